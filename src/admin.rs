@@ -1,0 +1,149 @@
+//! The admin listener, separate from the public ones: metrics, health, readiness, the routing
+//! table as JSON, and reload on demand.
+//!
+//! Owns: admin HTTP endpoints. Must not touch: the request path, or the table other than by
+//! reading it and asking `reload::Control` to reload.
+
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::UNIX_EPOCH;
+
+use bytes::Bytes;
+use http::{header, Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use serde_json::json;
+use tokio::net::TcpListener;
+
+use crate::reload::{Control, Outcome};
+use crate::server::Lifecycle;
+
+/// State the admin endpoints read.
+pub struct Admin {
+    pub control: Arc<Control>,
+    /// True once every listener is bound, false again when draining starts.
+    pub ready: AtomicBool,
+}
+
+type Reply = Response<Full<Bytes>>;
+
+fn reply(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Reply {
+    let mut r = Response::new(Full::new(body.into()));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static(content_type),
+    );
+    r
+}
+
+const TEXT: &str = "text/plain; charset=utf-8";
+const JSON: &str = "application/json";
+
+impl Admin {
+    pub async fn handle(&self, req: Request<Incoming>) -> Reply {
+        match (req.method(), req.uri().path()) {
+            (&Method::GET, "/metrics") => reply(
+                StatusCode::OK,
+                "text/plain; version=0.0.4; charset=utf-8",
+                self.control.metrics.render(),
+            ),
+            (&Method::GET, "/healthz") => reply(StatusCode::OK, TEXT, "ok\n"),
+            (&Method::GET, "/readyz") => {
+                if self.ready.load(Ordering::Acquire) {
+                    reply(StatusCode::OK, TEXT, "ready\n")
+                } else {
+                    reply(StatusCode::SERVICE_UNAVAILABLE, TEXT, "not ready\n")
+                }
+            }
+            (&Method::GET, "/routes") => reply(StatusCode::OK, JSON, self.routes_json()),
+            (&Method::POST, "/reload") => {
+                let control = Arc::clone(&self.control);
+                let outcome = tokio::task::spawn_blocking(move || control.reload("admin")).await;
+                match outcome {
+                    Ok(Outcome::Applied { generation }) => {
+                        reply(StatusCode::OK, JSON, json!({"result": "applied", "generation": generation}).to_string())
+                    }
+                    Ok(Outcome::Unchanged) => reply(
+                        StatusCode::OK,
+                        JSON,
+                        json!({"result": "unchanged", "generation": self.control.current().generation}).to_string(),
+                    ),
+                    Ok(Outcome::Rejected(e)) => {
+                        reply(StatusCode::UNPROCESSABLE_ENTITY, JSON, json!({"result": "rejected", "error": e}).to_string())
+                    }
+                    Err(_) => reply(StatusCode::INTERNAL_SERVER_ERROR, TEXT, "reload task failed\n"),
+                }
+            }
+            (_, "/metrics" | "/healthz" | "/readyz" | "/routes" | "/reload") => {
+                reply(StatusCode::METHOD_NOT_ALLOWED, TEXT, "method not allowed\n")
+            }
+            _ => reply(StatusCode::NOT_FOUND, TEXT, "not found\n"),
+        }
+    }
+
+    /// The serving table: generation, each route's bands, and the last reload error.
+    pub fn routes_json(&self) -> String {
+        let t = self.control.current();
+        let routes: Vec<_> = t
+            .routes
+            .iter()
+            .map(|r| {
+                let bands = r.bands.as_slice();
+                json!({
+                    "name": r.name,
+                    "salt": r.salt,
+                    "seed": r.seed,
+                    "cohorts": r.cohorts.iter().zip(bands).map(|(c, b)| json!({
+                        "cohort": c.name,
+                        "upstream": c.upstream.name(),
+                        "percent": f64::from(c.weight) / 100.0,
+                        "buckets": [b.start, b.end],
+                    })).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        let last_error = self.control.last_error().map(|e| {
+            json!({
+                "message": e.message,
+                "at_unix": e.at.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
+            })
+        });
+        let doc = json!({
+            "generation": t.generation,
+            "config_hash": format!("{:016x}", t.config_hash),
+            "routes": routes,
+            "last_reload_error": last_error,
+        });
+        serde_json::to_string_pretty(&doc).unwrap_or_default()
+    }
+}
+
+/// Serves the admin endpoints until `life.abort` fires (it outlives draining, so `/readyz`
+/// can report 503 while public listeners drain).
+pub async fn serve(listener: TcpListener, admin: Arc<Admin>, life: Lifecycle) {
+    loop {
+        let accepted = tokio::select! {
+            _ = life.abort.cancelled() => break,
+            a = listener.accept() => a,
+        };
+        let Ok((stream, _)) = accepted else { continue };
+        let admin = Arc::clone(&admin);
+        let abort = life.abort.clone();
+        tokio::spawn(async move {
+            let svc = service_fn(move |req| {
+                let admin = Arc::clone(&admin);
+                async move { Ok::<_, Infallible>(admin.handle(req).await) }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), svc);
+            tokio::select! {
+                _ = conn => {}
+                _ = abort.cancelled() => {}
+            }
+        });
+    }
+}

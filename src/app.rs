@@ -1,0 +1,191 @@
+//! Starting and stopping a whole proxy: load the config, bind listeners and the admin port,
+//! spawn the serving tasks, react to signals, and drain on shutdown.
+//!
+//! Owns: process lifecycle. Must not touch: request handling or table contents. Used by
+//! `main` and, in-process, by the integration tests.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+
+use crate::admin::{self, Admin};
+use crate::config::ConfigError;
+use crate::metrics::Metrics;
+use crate::proxy::Proxy;
+use crate::reload::{Control, Outcome};
+use crate::server::{self, Lifecycle};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("cannot bind {what} on {address}: {source}")]
+    Bind {
+        what: String,
+        address: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A started proxy. Dropping it does not stop it; call [`Running::shutdown`].
+pub struct Running {
+    /// Bound addresses by listener name (real ports when the config asked for port 0).
+    pub listeners: Vec<(String, SocketAddr)>,
+    pub admin_address: SocketAddr,
+    pub control: Arc<Control>,
+    pub admin: Arc<Admin>,
+    life: Lifecycle,
+    accept_tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+async fn bind(what: &str, address: SocketAddr) -> Result<TcpListener, StartError> {
+    TcpListener::bind(address)
+        .await
+        .map_err(|source| StartError::Bind {
+            what: what.to_string(),
+            address,
+            source,
+        })
+}
+
+/// Loads `config` and starts serving it.
+pub async fn start(config: &Path) -> Result<Running, StartError> {
+    let control = Arc::new(Control::start(config, Metrics::new())?);
+    let table = control.current();
+    let life = Lifecycle::default();
+
+    let mut bound = Vec::new();
+    for l in &table.listeners {
+        bound.push((
+            l.name.clone(),
+            bind(&format!("listener {:?}", l.name), l.address).await?,
+        ));
+    }
+    let admin_listener = bind("admin", table.admin_address).await?;
+    let admin_address = admin_listener.local_addr().unwrap_or(table.admin_address);
+    let admin = Arc::new(Admin {
+        control: Arc::clone(&control),
+        ready: false.into(),
+    });
+
+    let mut listeners = Vec::new();
+    let mut accept_tasks = Vec::new();
+    for (name, listener) in bound {
+        let address = listener.local_addr().unwrap_or(table.admin_address);
+        tracing::info!(listener = %name, %address, "listening");
+        listeners.push((name, address));
+        let proxy = Arc::new(Proxy::new(control.table(), false));
+        accept_tasks.push(tokio::spawn(server::serve(listener, proxy, life.clone())));
+    }
+    tracing::info!(address = %admin_address, "admin listening");
+    tokio::spawn(admin::serve(
+        admin_listener,
+        Arc::clone(&admin),
+        life.clone(),
+    ));
+
+    let metrics = control.metrics.clone();
+    let abort = life.abort.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            tokio::select! {
+                _ = abort.cancelled() => break,
+                _ = tick.tick() => metrics.upkeep(),
+            }
+        }
+    });
+
+    admin.ready.store(true, Ordering::Release);
+    Ok(Running {
+        listeners,
+        admin_address,
+        control,
+        admin,
+        life,
+        accept_tasks,
+    })
+}
+
+impl Running {
+    /// The bound address of the listener called `name`.
+    pub fn listener(&self, name: &str) -> Option<SocketAddr> {
+        self.listeners
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, a)| *a)
+    }
+
+    /// Reloads the config file off the async workers.
+    pub async fn reload(&self, trigger: &'static str) -> Outcome {
+        let control = Arc::clone(&self.control);
+        tokio::task::spawn_blocking(move || control.reload(trigger))
+            .await
+            .unwrap_or_else(|_| Outcome::Rejected("reload task panicked".into()))
+    }
+
+    /// Stops accepting, turns `/readyz` to 503, lets connections finish their exchanges for up
+    /// to `shutdown_timeout`, then cuts what is left. Returns whether everything drained.
+    pub async fn shutdown(self) -> bool {
+        let timeout = self.control.current().shutdown_timeout;
+        self.admin.ready.store(false, Ordering::Release);
+        self.life.drain.cancel();
+        for t in self.accept_tasks {
+            let _ = t.await;
+        }
+        self.life.connections.close();
+        let open = self.life.connections.len();
+        tracing::info!(connections = open, timeout = ?timeout, "draining");
+        let drained = tokio::time::timeout(timeout, self.life.connections.wait())
+            .await
+            .is_ok();
+        if !drained {
+            tracing::warn!(
+                connections = self.life.connections.len(),
+                "shutdown timeout reached; closing remaining connections"
+            );
+        }
+        self.life.abort.cancel();
+        self.life.connections.wait().await;
+        drained
+    }
+}
+
+/// Serves `config` until SIGTERM or SIGINT, reloading on SIGHUP.
+pub async fn run(config: &Path) -> Result<(), StartError> {
+    let running = start(config).await?;
+    wait_for_signals(&running).await;
+    running.shutdown().await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+#[cfg(unix)]
+pub async fn wait_for_signals(running: &Running) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut hup), Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::hangup()),
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers; serving until killed");
+        return std::future::pending().await;
+    };
+    loop {
+        tokio::select! {
+            _ = hup.recv() => { running.reload("SIGHUP").await; }
+            _ = term.recv() => { tracing::info!(signal = "SIGTERM", "shutting down"); return; }
+            _ = int.recv() => { tracing::info!(signal = "SIGINT", "shutting down"); return; }
+        }
+    }
+}
+
+#[cfg(not(unix))]
+pub async fn wait_for_signals(_running: &Running) {
+    let _ = tokio::signal::ctrl_c().await;
+}

@@ -1,0 +1,194 @@
+//! The response body cohort returns: either the upstream's body, observed frame by frame, or
+//! a short local body (404, 502, 504).
+//!
+//! Owns: per-request accounting that ends with the body (TTFB, duration, in-flight gauges, the
+//! idle-between-frames timeout). Must not touch: routing or header rewriting.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use tokio::time::{Instant, Sleep};
+
+use crate::metrics::FailureReason;
+use crate::table::CohortTarget;
+use crate::upstream::InFlight;
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The idle timeout fired between two body frames.
+#[derive(Debug, thiserror::Error)]
+#[error("upstream body idle for longer than {0:?}")]
+pub struct IdleTimeout(pub Duration);
+
+/// Request accounting that must happen exactly once, however the exchange ends (body done,
+/// error, or the client going away and the body being dropped).
+pub struct Accounting {
+    cohort: Arc<CohortTarget>,
+    start: Instant,
+    ttfb_done: bool,
+    _endpoint: Option<InFlight>,
+}
+
+impl Accounting {
+    pub fn start(cohort: Arc<CohortTarget>, start: Instant) -> Self {
+        cohort.metrics.in_flight.increment(1.0);
+        Accounting {
+            cohort,
+            start,
+            ttfb_done: false,
+            _endpoint: None,
+        }
+    }
+
+    pub fn hold_endpoint(&mut self, slot: InFlight) {
+        self._endpoint = Some(slot);
+    }
+
+    pub fn cohort(&self) -> &CohortTarget {
+        &self.cohort
+    }
+
+    fn first_byte(&mut self) {
+        if !self.ttfb_done {
+            self.ttfb_done = true;
+            self.cohort
+                .metrics
+                .ttfb
+                .record(self.start.elapsed().as_secs_f64());
+        }
+    }
+}
+
+impl Drop for Accounting {
+    fn drop(&mut self) {
+        let m = &self.cohort.metrics;
+        m.in_flight.decrement(1.0);
+        m.duration.record(self.start.elapsed().as_secs_f64());
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The upstream's body passed through frame by frame, never buffered.
+    pub struct ObservedBody {
+        inner: Incoming,
+        #[pin]
+        idle: Sleep,
+        idle_for: Duration,
+        acct: Accounting,
+        failed: bool,
+    }
+}
+
+impl ObservedBody {
+    pub fn new(inner: Incoming, acct: Accounting, idle_for: Duration) -> Self {
+        ObservedBody {
+            inner,
+            idle: tokio::time::sleep(idle_for),
+            idle_for,
+            acct,
+            failed: false,
+        }
+    }
+}
+
+impl Body for ObservedBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let mut this = self.project();
+        if *this.failed {
+            return Poll::Ready(None);
+        }
+        match Pin::new(this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if frame.data_ref().is_some_and(|d| !d.is_empty()) {
+                    this.acct.first_byte();
+                }
+                this.idle.as_mut().reset(Instant::now() + *this.idle_for);
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => {
+                *this.failed = true;
+                let reason = crate::upstream::classify(&e, false);
+                this.acct.cohort.metrics.failure(reason);
+                Poll::Ready(Some(Err(e.into())))
+            }
+            Poll::Ready(None) => {
+                // A body with no bytes still has a first byte time: its end.
+                this.acct.first_byte();
+                Poll::Ready(None)
+            }
+            Poll::Pending => {
+                ready!(this.idle.as_mut().poll(cx));
+                *this.failed = true;
+                this.acct.cohort.metrics.failure(FailureReason::Timeout);
+                Poll::Ready(Some(Err(Box::new(IdleTimeout(*this.idle_for)))))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.failed || self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+pin_project_lite::pin_project! {
+    #[project = ProxyBodyProj]
+    /// Either an observed upstream body or a short local one.
+    pub enum ProxyBody {
+        Upstream { #[pin] body: ObservedBody },
+        Local { #[pin] body: Full<Bytes> },
+    }
+}
+
+impl ProxyBody {
+    pub fn local(text: &'static str) -> Self {
+        ProxyBody::Local {
+            body: Full::new(Bytes::from_static(text.as_bytes())),
+        }
+    }
+}
+
+impl Body for ProxyBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.project() {
+            ProxyBodyProj::Upstream { body } => body.poll_frame(cx),
+            ProxyBodyProj::Local { body } => body.poll_frame(cx).map_err(|never| match never {}),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ProxyBody::Upstream { body } => body.is_end_stream(),
+            ProxyBody::Local { body } => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ProxyBody::Upstream { body } => body.size_hint(),
+            ProxyBody::Local { body } => body.size_hint(),
+        }
+    }
+}

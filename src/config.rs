@@ -1,0 +1,271 @@
+//! The configuration file as written: raw serde types (`deny_unknown_fields`) and loading.
+//!
+//! Owns: YAML parsing, and turning any error (syntax, type, or a later validation error that
+//! carries a field path) into a [`ConfigError`] that names file, line, column and field.
+//! Must not touch: validation rules (see `table`), sockets, metrics or the serving table.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::locate;
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    pub listeners: Vec<RawListener>,
+    #[serde(default)]
+    pub admin: RawAdmin,
+    #[serde(default)]
+    pub upstreams: BTreeMap<String, RawUpstream>,
+    #[serde(default)]
+    pub routes: Vec<RawRoute>,
+    /// Peers allowed to force a cohort with a route's `override_header`.
+    #[serde(default)]
+    pub trusted_cidrs: Vec<String>,
+    #[serde(default)]
+    pub reload: RawReload,
+    /// How long in-flight requests may run after SIGTERM/SIGINT.
+    #[serde(default = "default_shutdown_timeout", with = "humantime_serde")]
+    pub shutdown_timeout: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawListener {
+    pub name: String,
+    pub address: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdmin {
+    #[serde(default = "default_admin_address")]
+    pub address: String,
+}
+
+impl Default for RawAdmin {
+    fn default() -> Self {
+        RawAdmin {
+            address: default_admin_address(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawReload {
+    /// Content-hash poll that backs up the file watcher.
+    #[serde(default = "default_poll_interval", with = "humantime_serde")]
+    pub poll_interval: Duration,
+}
+
+impl Default for RawReload {
+    fn default() -> Self {
+        RawReload {
+            poll_interval: default_poll_interval(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUpstream {
+    pub endpoints: Vec<String>,
+    #[serde(default = "default_connect_timeout", with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// From the request being sent to the response headers arriving.
+    #[serde(default = "default_response_timeout", with = "humantime_serde")]
+    pub response_timeout: Duration,
+    /// Longest silence between two response body frames.
+    #[serde(default = "default_idle_timeout", with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// Idle kept-alive connections kept per endpoint.
+    #[serde(default = "default_max_idle")]
+    pub max_idle_per_endpoint: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRoute {
+    pub name: String,
+    #[serde(rename = "match", default)]
+    pub matcher: RawMatch,
+    #[serde(default)]
+    pub cohort_key: Vec<RawKeySource>,
+    pub salt: Option<String>,
+    pub split: Vec<RawSplit>,
+    /// `random` (weighted by percent) or the name of a cohort, for requests without a key.
+    pub fallback: Option<String>,
+    pub override_header: Option<String>,
+    pub outcome_header: Option<String>,
+    pub outcomes: Option<Vec<String>>,
+    /// Whether the response carries `x-cohort` too.
+    #[serde(default = "yes")]
+    pub response_cohort_header: bool,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMatch {
+    pub host: Option<String>,
+    pub path_prefix: Option<String>,
+    pub method: Option<String>,
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+}
+
+/// One key source; exactly one field is set (checked by the table).
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawKeySource {
+    pub header: Option<String>,
+    pub cookie: Option<String>,
+    pub query: Option<String>,
+    pub client_ip: Option<bool>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSplit {
+    pub cohort: String,
+    pub upstream: String,
+    pub percent: f64,
+}
+
+fn default_admin_address() -> String {
+    "127.0.0.1:9901".into()
+}
+fn default_poll_interval() -> Duration {
+    Duration::from_secs(2)
+}
+fn default_shutdown_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(2)
+}
+fn default_response_timeout() -> Duration {
+    Duration::from_secs(300)
+}
+fn default_idle_timeout() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_max_idle() -> usize {
+    256
+}
+fn yes() -> bool {
+    true
+}
+
+/// A config error located in its file.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    /// 1-based; 0 when the error has no place in the file (it could not be read).
+    pub line: usize,
+    pub column: usize,
+    /// Field path such as `routes[0].split[1].percent`; empty for syntax errors.
+    pub field: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file.display())?;
+        if self.line > 0 {
+            write!(f, ":{}:{}", self.line, self.column)?;
+        }
+        if !self.field.is_empty() {
+            write!(f, ": {}", self.field)?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+/// A parsed file, with its text kept so later validation errors can be located.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    pub file: PathBuf,
+    pub text: String,
+    pub raw: RawConfig,
+}
+
+impl Loaded {
+    /// A [`ConfigError`] for `field`, placed at that field's position in the file (or its
+    /// nearest present ancestor's).
+    pub fn error_at(&self, field: &str, message: impl Into<String>) -> ConfigError {
+        let (line, column) = locate::field_position(&self.text, field).unwrap_or((0, 0));
+        ConfigError {
+            file: self.file.clone(),
+            line,
+            column,
+            field: field.to_string(),
+            message: message.into(),
+        }
+    }
+
+    /// A stable hash of the file's contents, for audit lines and no-op reload detection.
+    pub fn content_hash(&self) -> u64 {
+        xxhash_rust::xxh3::xxh3_64(self.text.as_bytes())
+    }
+}
+
+/// Reads and parses `file`. Never panics on any input.
+pub fn load(file: &Path) -> Result<Loaded, ConfigError> {
+    let text = std::fs::read_to_string(file).map_err(|e| ConfigError {
+        file: file.to_path_buf(),
+        line: 0,
+        column: 0,
+        field: String::new(),
+        message: format!("cannot read: {e}"),
+    })?;
+    parse(file, text)
+}
+
+/// Parses `text` as if read from `file`.
+pub fn parse(file: &Path, text: String) -> Result<Loaded, ConfigError> {
+    let de = serde_yaml::Deserializer::from_str(&text);
+    match serde_path_to_error::deserialize::<_, RawConfig>(de) {
+        Ok(raw) => Ok(Loaded {
+            file: file.to_path_buf(),
+            text,
+            raw,
+        }),
+        Err(e) => {
+            let field = clean_path(&e.path().to_string());
+            let inner = e.into_inner();
+            let (line, column) = match inner.location() {
+                Some(loc) => (loc.line(), loc.column()),
+                None => locate::field_position(&text, &field).unwrap_or((0, 0)),
+            };
+            Err(ConfigError {
+                file: file.to_path_buf(),
+                line,
+                column,
+                field,
+                message: strip_location(&inner.to_string()),
+            })
+        }
+    }
+}
+
+/// serde_path_to_error writes `.` for the root; an empty path reads better.
+fn clean_path(path: &str) -> String {
+    if path == "." {
+        String::new()
+    } else {
+        path.to_string()
+    }
+}
+
+/// serde_yaml appends " at line L column C"; the location is printed once, up front.
+fn strip_location(message: &str) -> String {
+    match message.rfind(" at line ") {
+        Some(i) => message[..i].to_string(),
+        None => message.to_string(),
+    }
+}

@@ -1,0 +1,19 @@
+//! cohort: a weighted reverse proxy for canary releases of AI agents.
+//!
+//! Each request is hashed by a user or session key into a sticky cohort (see [`cohort`]),
+//! forwarded to that cohort's upstream, and measured per (route, cohort). The routing table
+//! is immutable and swapped whole on reload (see [`reload`]).
+
+pub mod admin;
+pub mod app;
+pub mod body;
+pub mod cohort;
+pub mod config;
+pub mod demo;
+pub mod locate;
+pub mod metrics;
+pub mod proxy;
+pub mod reload;
+pub mod server;
+pub mod table;
+pub mod upstream;

@@ -1,0 +1,172 @@
+//! Finds where a field path such as `routes[0].split[1].percent` sits in a YAML text, so
+//! validation errors (found after serde has forgotten positions) can name line and column.
+//!
+//! Owns: walking YAML parser events with their marks. Must not touch: config semantics.
+
+use yaml_rust2::parser::{Event, MarkedEventReceiver, Parser};
+use yaml_rust2::scanner::Marker;
+
+#[derive(Debug, Clone, PartialEq)]
+enum Seg {
+    Key(String),
+    Index(usize),
+}
+
+fn parse_path(path: &str) -> Vec<Seg> {
+    let mut segs = Vec::new();
+    for part in path.split('.').filter(|p| !p.is_empty()) {
+        let mut rest = part;
+        if let Some(i) = rest.find('[') {
+            if i > 0 {
+                segs.push(Seg::Key(rest[..i].to_string()));
+            }
+            rest = &rest[i..];
+            while let Some(stripped) = rest.strip_prefix('[') {
+                let Some(end) = stripped.find(']') else { break };
+                if let Ok(n) = stripped[..end].parse() {
+                    segs.push(Seg::Index(n));
+                }
+                rest = &stripped[end + 1..];
+            }
+        } else {
+            segs.push(Seg::Key(rest.to_string()));
+        }
+    }
+    segs
+}
+
+/// A node in the document tree, rebuilt from events: just enough to walk a path.
+enum Node {
+    Scalar(Marker),
+    Seq(Marker, Vec<Node>),
+    Map(Marker, Vec<(String, Marker, Node)>),
+}
+
+impl Node {
+    fn mark(&self) -> Marker {
+        match self {
+            Node::Scalar(m) | Node::Seq(m, _) | Node::Map(m, _) => *m,
+        }
+    }
+}
+
+#[derive(Default)]
+struct Builder {
+    stack: Vec<Frame>,
+    root: Option<Node>,
+}
+
+enum Frame {
+    Seq(Marker, Vec<Node>),
+    Map(
+        Marker,
+        Vec<(String, Marker, Node)>,
+        Option<(String, Marker)>,
+    ),
+}
+
+impl Builder {
+    fn push_node(&mut self, node: Node, key_text: Option<String>) {
+        match self.stack.last_mut() {
+            None => self.root = Some(node),
+            Some(Frame::Seq(_, items)) => items.push(node),
+            Some(Frame::Map(_, entries, pending)) => match pending.take() {
+                None => {
+                    let mark = node.mark();
+                    *pending = Some((key_text.unwrap_or_default(), mark));
+                }
+                Some((key, mark)) => entries.push((key, mark, node)),
+            },
+        }
+    }
+}
+
+impl MarkedEventReceiver for Builder {
+    fn on_event(&mut self, ev: Event, mark: Marker) {
+        match ev {
+            Event::Scalar(text, ..) => self.push_node(Node::Scalar(mark), Some(text)),
+            Event::SequenceStart(..) => self.stack.push(Frame::Seq(mark, Vec::new())),
+            Event::MappingStart(..) => self.stack.push(Frame::Map(mark, Vec::new(), None)),
+            Event::SequenceEnd => {
+                if let Some(Frame::Seq(m, items)) = self.stack.pop() {
+                    self.push_node(Node::Seq(m, items), None);
+                }
+            }
+            Event::MappingEnd => {
+                if let Some(Frame::Map(m, entries, _)) = self.stack.pop() {
+                    // A block mapping's start mark lands after its first key; the key reads better.
+                    let m = entries.first().map_or(m, |(_, key_mark, _)| *key_mark);
+                    self.push_node(Node::Map(m, entries), None);
+                }
+            }
+            Event::Alias(..) => self.push_node(Node::Scalar(mark), None),
+            _ => {}
+        }
+    }
+}
+
+/// 1-based (line, column) of `path`'s value in `text`, or of its deepest present ancestor
+/// (a missing field is reported where its parent is). `None` if the text does not parse.
+pub fn field_position(text: &str, path: &str) -> Option<(usize, usize)> {
+    let mut builder = Builder::default();
+    let mut parser = Parser::new_from_str(text);
+    parser.load(&mut builder, false).ok()?;
+    let mut node = builder.root.as_ref()?;
+    let mut best = node.mark();
+    for seg in parse_path(path) {
+        let next =
+            match (&seg, node) {
+                (Seg::Key(k), Node::Map(_, entries)) => entries
+                    .iter()
+                    .find(|(key, ..)| key == k)
+                    .map(|(_, key_mark, n)| {
+                        // A scalar value is best reported where it stands; a block at its key.
+                        match n {
+                            Node::Scalar(_) => (n, n.mark()),
+                            _ => (n, *key_mark),
+                        }
+                    }),
+                (Seg::Index(i), Node::Seq(_, items)) => items.get(*i).map(|n| (n, n.mark())),
+                _ => None,
+            };
+        match next {
+            Some((n, mark)) => {
+                node = n;
+                best = mark;
+            }
+            None => break,
+        }
+    }
+    Some((best.line(), best.col() + 1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DOC: &str = "listeners:\n  - name: public\n    address: 1.2.3.4:80\nroutes:\n  - name: a\n    split:\n      - cohort: s\n        percent: 95\n      - cohort: c\n        percent: 5.5\n";
+
+    #[test]
+    fn finds_nested_fields() {
+        assert_eq!(
+            field_position(DOC, "routes[0].split[1].percent"),
+            Some((10, 18))
+        );
+        assert_eq!(field_position(DOC, "listeners[0].address"), Some((3, 14)));
+        assert_eq!(field_position(DOC, "routes[0].split"), Some((6, 5)));
+    }
+
+    #[test]
+    fn missing_field_reports_nearest_ancestor() {
+        assert_eq!(
+            field_position(DOC, "routes[0].split[1].upstream"),
+            Some((9, 9))
+        );
+        assert_eq!(field_position(DOC, "routes[3]"), Some((4, 1)));
+    }
+
+    #[test]
+    fn bad_yaml_gives_none() {
+        assert_eq!(field_position("a: [", "a"), None);
+    }
+}

@@ -1,0 +1,159 @@
+//! The `cohort` command: wiring only. Parses arguments, sets up logging, and calls the library.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "cohort",
+    version,
+    about = "A weighted reverse proxy for canary releases of AI agents"
+)]
+struct Cli {
+    /// Log format.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve until SIGTERM/SIGINT, then drain. SIGHUP reloads the config.
+    Run {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Validate a config: exit 0 when good, 1 with the errors on stderr when not.
+    Check { file: PathBuf },
+    /// Print `KEY BUCKET COHORT` for each key, as the proxy would assign it.
+    Assign {
+        #[arg(long, short)]
+        config: PathBuf,
+        #[arg(long)]
+        route: String,
+        #[arg(required = true)]
+        keys: Vec<String>,
+    },
+    /// Run the proxy on config/demo.yaml with built-in stable and canary mock agents.
+    Demo {
+        /// Defaults to config/demo.yaml, or the built-in copy when that file is absent.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    match dispatch(cli.command) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("cohort: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    use std::io::IsTerminal;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Run { config } => {
+            runtime()?.block_on(cohort::app::run(&config))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Check { file } => Ok(check(&file)),
+        Command::Assign {
+            config,
+            route,
+            keys,
+        } => assign(&config, &route, &keys),
+        Command::Demo { config } => {
+            let (path, _keep) = demo_config(config)?;
+            runtime()?.block_on(cohort::demo::run(&path))?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn check(file: &Path) -> ExitCode {
+    let metrics = cohort::metrics::Metrics::new();
+    let result =
+        cohort::config::load(file).and_then(|l| cohort::table::from_loaded(&l, &metrics, None, 1));
+    match result {
+        Ok(table) => {
+            for w in table.warnings() {
+                eprintln!("warning: {w}");
+            }
+            println!("{}: ok ({} routes)", file.display(), table.routes.len());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn assign(config: &Path, route: &str, keys: &[String]) -> anyhow::Result<ExitCode> {
+    let loaded = cohort::config::load(config)?;
+    let table = cohort::table::from_loaded(&loaded, &cohort::metrics::Metrics::new(), None, 1)?;
+    let Some(r) = table.route(route) else {
+        let names: Vec<_> = table.routes.iter().map(|r| r.name.as_str()).collect();
+        anyhow::bail!(
+            "no route {route:?} in {} (routes: {})",
+            config.display(),
+            names.join(", ")
+        );
+    };
+    for key in keys {
+        let bucket = cohort::cohort::bucket(key.as_bytes(), r.seed);
+        println!("{key} {bucket} {}", r.cohorts[r.bands.lookup(bucket)].name);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The demo config path; writes the built-in copy to a temporary file when none is on disk.
+fn demo_config(given: Option<PathBuf>) -> anyhow::Result<(PathBuf, Option<tempfile::TempDir>)> {
+    if let Some(p) = given {
+        return Ok((p, None));
+    }
+    let local = PathBuf::from("config/demo.yaml");
+    if local.exists() {
+        return Ok((local, None));
+    }
+    let dir =
+        tempfile::tempdir().context("cannot create a temporary directory for the demo config")?;
+    let path = dir.path().join("demo.yaml");
+    std::fs::write(&path, cohort::demo::DEMO_YAML).context("cannot write the demo config")?;
+    Ok((path, Some(dir)))
+}

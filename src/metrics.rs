@@ -1,0 +1,253 @@
+//! Metric names, help texts, buckets, and the Prometheus recorder each proxy instance owns.
+//!
+//! Owns: creating metric handles (once, when a table is built) and rendering the scrape.
+//! Must not touch: the request path looks nothing up here; it only uses handles from the table.
+//! The recorder is per instance rather than global so in-process tests do not share counters.
+
+use std::sync::Arc;
+
+use metrics::{
+    Counter, Gauge, Histogram, Key, KeyName, Label, Metadata, Recorder, SharedString, Unit,
+};
+use metrics_exporter_prometheus::{
+    Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
+};
+
+pub const REQUESTS: &str = "cohort_requests_total";
+pub const DURATION: &str = "cohort_request_duration_seconds";
+pub const TTFB: &str = "cohort_time_to_first_byte_seconds";
+pub const UPSTREAM_FAILURES: &str = "cohort_upstream_failures_total";
+pub const OUTCOMES: &str = "cohort_outcomes_total";
+pub const IN_FLIGHT: &str = "cohort_in_flight_requests";
+pub const SPLIT: &str = "cohort_split_percent";
+pub const UNROUTED: &str = "cohort_unrouted_requests_total";
+pub const RELOADS: &str = "cohort_config_reloads_total";
+pub const GENERATION: &str = "cohort_config_generation";
+
+/// Agent latencies run from a cached answer (milliseconds) to a long tool-using turn (minutes).
+pub const LATENCY_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0,
+];
+
+pub const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+/// Why an upstream exchange failed; the label values of `cohort_upstream_failures_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureReason {
+    Connect = 0,
+    Timeout = 1,
+    Reset = 2,
+    Tls = 3,
+    Protocol = 4,
+}
+
+impl FailureReason {
+    pub const ALL: [FailureReason; 5] = [
+        Self::Connect,
+        Self::Timeout,
+        Self::Reset,
+        Self::Tls,
+        Self::Protocol,
+    ];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Connect => "connect",
+            Self::Timeout => "timeout",
+            Self::Reset => "reset",
+            Self::Tls => "tls",
+            Self::Protocol => "protocol",
+        }
+    }
+}
+
+static METADATA: Metadata<'static> = Metadata::new("cohort", metrics::Level::INFO, Some("cohort"));
+
+/// The registry of one proxy instance.
+#[derive(Clone)]
+pub struct Metrics {
+    recorder: Arc<PrometheusRecorder>,
+    handle: PrometheusHandle,
+    pub unrouted: Counter,
+    pub reload_success: Counter,
+    pub reload_failure: Counter,
+    pub generation: Gauge,
+}
+
+/// Handles for one (route, cohort), created when the table is built.
+#[derive(Clone)]
+pub struct CohortMetrics {
+    pub requests: [Counter; 5],
+    pub duration: Histogram,
+    pub ttfb: Histogram,
+    pub failures: [Counter; 5],
+    /// Aligned with the route's allowed outcome values.
+    pub outcomes: Vec<Counter>,
+    pub outcome_other: Counter,
+    pub in_flight: Gauge,
+    pub split: Gauge,
+}
+
+impl CohortMetrics {
+    #[inline]
+    pub fn request(&self, status: http::StatusCode) {
+        let class = (status.as_u16() / 100).clamp(1, 5) as usize - 1;
+        self.requests[class].increment(1);
+    }
+
+    #[inline]
+    pub fn failure(&self, reason: FailureReason) {
+        self.failures[reason as usize].increment(1);
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let recorder = PrometheusBuilder::new()
+            .set_buckets_for_metric(Matcher::Full(DURATION.into()), LATENCY_BUCKETS)
+            .and_then(|b| b.set_buckets_for_metric(Matcher::Full(TTFB.into()), LATENCY_BUCKETS))
+            .map(|b| b.build_recorder())
+            // The bucket list is a non-empty constant, so this branch is unreachable; an
+            // unconfigured recorder still serves (as summaries) rather than panicking.
+            .unwrap_or_else(|_| PrometheusBuilder::new().build_recorder());
+        let help: [(&str, Unit, &str); 10] = [
+            (
+                REQUESTS,
+                Unit::Count,
+                "Requests answered, by route, cohort and status class.",
+            ),
+            (
+                DURATION,
+                Unit::Seconds,
+                "Request start to last response byte, by route and cohort.",
+            ),
+            (
+                TTFB,
+                Unit::Seconds,
+                "Request start to first response body byte, by route and cohort.",
+            ),
+            (
+                UPSTREAM_FAILURES,
+                Unit::Count,
+                "Upstream exchanges that failed, by reason.",
+            ),
+            (
+                OUTCOMES,
+                Unit::Count,
+                "Agent outcomes reported by the backend's outcome header.",
+            ),
+            (
+                IN_FLIGHT,
+                Unit::Count,
+                "Requests currently in flight, by route and cohort.",
+            ),
+            (
+                SPLIT,
+                Unit::Percent,
+                "Configured share of each cohort, in percent.",
+            ),
+            (
+                UNROUTED,
+                Unit::Count,
+                "Requests that matched no route (answered 404).",
+            ),
+            (
+                RELOADS,
+                Unit::Count,
+                "Configuration reload attempts, by result.",
+            ),
+            (
+                GENERATION,
+                Unit::Count,
+                "Generation of the serving configuration; starts at 1.",
+            ),
+        ];
+        for (name, unit, text) in help {
+            let text = SharedString::const_str(text);
+            match name {
+                DURATION | TTFB => {
+                    recorder.describe_histogram(KeyName::from_const_str(name), Some(unit), text)
+                }
+                IN_FLIGHT | SPLIT | GENERATION => {
+                    recorder.describe_gauge(KeyName::from_const_str(name), Some(unit), text)
+                }
+                _ => recorder.describe_counter(KeyName::from_const_str(name), Some(unit), text),
+            }
+        }
+        let handle = recorder.handle();
+        let recorder = Arc::new(recorder);
+        let counter = |name: &'static str, labels: Vec<Label>| {
+            recorder.register_counter(&Key::from_parts(name, labels), &METADATA)
+        };
+        let unrouted = counter(UNROUTED, vec![]);
+        let reload_success = counter(RELOADS, vec![Label::new("result", "success")]);
+        let reload_failure = counter(RELOADS, vec![Label::new("result", "failure")]);
+        let generation = recorder.register_gauge(&Key::from_name(GENERATION), &METADATA);
+        Metrics {
+            recorder,
+            handle,
+            unrouted,
+            reload_success,
+            reload_failure,
+            generation,
+        }
+    }
+
+    /// Registers (or finds again, so counters survive reloads) the handles for one cohort.
+    pub fn cohort(&self, route: &str, cohort: &str, outcomes: &[String]) -> CohortMetrics {
+        let base = || {
+            vec![
+                Label::new("route", route.to_string()),
+                Label::new("cohort", cohort.to_string()),
+            ]
+        };
+        let with = |k: &'static str, v: String| {
+            let mut l = base();
+            l.push(Label::new(k, v));
+            l
+        };
+        let counter = |name: &'static str, labels: Vec<Label>| {
+            self.recorder
+                .register_counter(&Key::from_parts(name, labels), &METADATA)
+        };
+        CohortMetrics {
+            requests: STATUS_CLASSES
+                .map(|c| counter(REQUESTS, with("status_class", c.to_string()))),
+            duration: self
+                .recorder
+                .register_histogram(&Key::from_parts(DURATION, base()), &METADATA),
+            ttfb: self
+                .recorder
+                .register_histogram(&Key::from_parts(TTFB, base()), &METADATA),
+            failures: FailureReason::ALL
+                .map(|r| counter(UPSTREAM_FAILURES, with("reason", r.as_str().to_string()))),
+            outcomes: outcomes
+                .iter()
+                .map(|o| counter(OUTCOMES, with("outcome", o.clone())))
+                .collect(),
+            outcome_other: counter(OUTCOMES, with("outcome", "other".to_string())),
+            in_flight: self
+                .recorder
+                .register_gauge(&Key::from_parts(IN_FLIGHT, base()), &METADATA),
+            split: self
+                .recorder
+                .register_gauge(&Key::from_parts(SPLIT, base()), &METADATA),
+        }
+    }
+
+    /// The Prometheus text exposition (format 0.0.4).
+    pub fn render(&self) -> String {
+        self.handle.render()
+    }
+
+    /// Drains histogram samples into their buckets; called periodically so memory stays
+    /// bounded between scrapes.
+    pub fn upkeep(&self) {
+        self.handle.run_upkeep();
+    }
+}

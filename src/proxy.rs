@@ -1,0 +1,347 @@
+//! The request path: one table load, route match, one hash, header rewrite, forward, record.
+//!
+//! Owns: turning a downstream request into an upstream one and the response back, and mapping
+//! failures to status codes. Must not touch: listeners and connection handling (`server`),
+//! config validation (`table`), the swap (`reload`). Takes no lock, formats no label and looks
+//! up no metric by name: every handle comes from the table.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use bytes::{BufMut, BytesMut};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::uri::{Authority, PathAndQuery, Uri};
+use http::{Request, Response, StatusCode, Version};
+use hyper::body::Incoming;
+use tokio::time::Instant;
+
+use crate::body::{Accounting, ObservedBody, ProxyBody};
+use crate::cohort;
+use crate::metrics::FailureReason;
+use crate::table::{Route, RoutingTable};
+use crate::upstream;
+
+pub static X_COHORT: HeaderName = HeaderName::from_static("x-cohort");
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// The shared state of one request path: the swappable table and the listener's scheme.
+pub struct Proxy {
+    table: Arc<ArcSwap<RoutingTable>>,
+    proto: HeaderValue,
+}
+
+/// Where a failure came from, which decides the status (pingora's habit).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    Upstream(FailureReason),
+    Downstream,
+    Internal,
+}
+
+impl Failure {
+    fn response(self) -> Response<ProxyBody> {
+        let (status, body) = match self {
+            Failure::Upstream(FailureReason::Timeout) => {
+                (StatusCode::GATEWAY_TIMEOUT, "upstream timed out\n")
+            }
+            Failure::Upstream(FailureReason::Connect) => {
+                (StatusCode::BAD_GATEWAY, "upstream unavailable\n")
+            }
+            Failure::Upstream(_) => (StatusCode::BAD_GATEWAY, "upstream failed\n"),
+            Failure::Downstream => (StatusCode::BAD_REQUEST, "bad request\n"),
+            Failure::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "internal error\n"),
+        };
+        local(status, body)
+    }
+}
+
+pub fn local(status: StatusCode, body: &'static str) -> Response<ProxyBody> {
+    let mut resp = Response::new(ProxyBody::local(body));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    resp
+}
+
+impl Proxy {
+    pub fn new(table: Arc<ArcSwap<RoutingTable>>, tls: bool) -> Self {
+        let proto = HeaderValue::from_static(if tls { "https" } else { "http" });
+        Proxy { table, proto }
+    }
+
+    pub async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<ProxyBody> {
+        let start = Instant::now();
+        // A full Arc, not a guard: the request keeps its table to the end, whatever reloads.
+        let table = self.table.load_full();
+        let (mut parts, body) = req.into_parts();
+
+        let Ok(host) = request_host(&parts.uri, &parts.headers) else {
+            return Failure::Downstream.response();
+        };
+        let host_no_port = host.as_ref().map_or("", |h| strip_port(h.as_str()));
+        let Some(route) = table.find_route(
+            host_no_port,
+            parts.uri.path(),
+            &parts.method,
+            &parts.headers,
+        ) else {
+            table.unrouted.increment(1);
+            return local(StatusCode::NOT_FOUND, "no route\n");
+        };
+
+        let index = choose_cohort(route, &table, &parts.headers, &parts.uri, peer);
+        let target = Arc::clone(&route.cohorts[index]);
+        let mut acct = Accounting::start(Arc::clone(&target), start);
+
+        strip_hop_by_hop(&mut parts.headers);
+        if let Some(h) = &route.override_header {
+            parts.headers.remove(h);
+        }
+        parts.headers.insert(&X_COHORT, target.header_value.clone());
+        append_forwarded_for(&mut parts.headers, peer);
+        parts.headers.insert(&X_FORWARDED_PROTO, self.proto.clone());
+        if let Some(v) = host.and_then(|h| HeaderValue::from_str(h.as_str()).ok()) {
+            parts.headers.insert(&X_FORWARDED_HOST, v.clone());
+            // HTTP/2 carries the host in :authority; an HTTP/1.1 upstream needs it as Host.
+            parts.headers.entry(header::HOST).or_insert(v);
+        }
+
+        let upstream = &target.upstream;
+        let (endpoint, slot) = upstream.pick();
+        acct.hold_endpoint(slot);
+        parts.uri = match upstream_uri(&endpoint.authority, parts.uri.path_and_query()) {
+            Some(u) => u,
+            None => return self.fail(&target, Failure::Internal),
+        };
+        parts.version = Version::HTTP_11;
+
+        let sent = upstream.client.request(Request::from_parts(parts, body));
+        let result = tokio::time::timeout(upstream.spec.response_timeout, sent).await;
+        let resp = match result {
+            Err(_elapsed) => return self.fail(&target, Failure::Upstream(FailureReason::Timeout)),
+            Ok(Err(e)) => {
+                let reason = upstream::classify(&e, e.is_connect());
+                tracing::debug!(route = %route.name, cohort = %target.name, upstream = %upstream.name(), reason = reason.as_str(), error = %e, "upstream request failed");
+                return self.fail(&target, Failure::Upstream(reason));
+            }
+            Ok(Ok(resp)) => resp,
+        };
+
+        let (mut rparts, rbody) = resp.into_parts();
+        target.metrics.request(rparts.status);
+        if let Some(v) = rparts.headers.get(&route.outcome_header) {
+            match route.outcome_index(v.as_bytes()) {
+                Some(i) => target.metrics.outcomes[i].increment(1),
+                None => target.metrics.outcome_other.increment(1),
+            }
+        }
+        strip_hop_by_hop(&mut rparts.headers);
+        if route.response_cohort_header {
+            rparts
+                .headers
+                .insert(&X_COHORT, target.header_value.clone());
+        }
+        let body = ObservedBody::new(rbody, acct, upstream.spec.idle_timeout);
+        Response::from_parts(rparts, ProxyBody::Upstream { body })
+    }
+
+    fn fail(&self, target: &crate::table::CohortTarget, failure: Failure) -> Response<ProxyBody> {
+        if let Failure::Upstream(reason) = failure {
+            target.metrics.failure(reason);
+        }
+        let resp = failure.response();
+        target.metrics.request(resp.status());
+        resp
+    }
+}
+
+/// The override (from a trusted peer, naming a cohort of this route), else the key's band,
+/// else the route's fallback.
+fn choose_cohort(
+    route: &Route,
+    table: &RoutingTable,
+    headers: &HeaderMap,
+    uri: &Uri,
+    peer: SocketAddr,
+) -> usize {
+    if let Some(h) = &route.override_header {
+        if let Some(v) = headers.get(h) {
+            if table.is_trusted(peer.ip()) {
+                if let Some(i) = route.cohort_index(v.as_bytes()) {
+                    return i;
+                }
+            }
+        }
+    }
+    let client = crate::table::canonical_ip(peer.ip());
+    let key = cohort::extract_key(&route.key_sources, headers, uri, client);
+    route.assign(key.as_deref())
+}
+
+/// The authority the client addressed: the URI's (HTTP/2 or absolute-form) or Host.
+/// `Ok(None)` when there is none (HTTP/1.0); `Err` when Host is not a valid authority.
+fn request_host(uri: &Uri, headers: &HeaderMap) -> Result<Option<Authority>, ()> {
+    if let Some(a) = uri.authority() {
+        return Ok(Some(a.clone()));
+    }
+    match headers.get(header::HOST) {
+        Some(v) => Authority::try_from(v.as_bytes()).map(Some).map_err(|_| ()),
+        None => Ok(None),
+    }
+}
+
+fn strip_port(host: &str) -> &str {
+    if host.starts_with('[') {
+        return host.split_once(']').map(|(h, _)| &h[1..]).unwrap_or(host);
+    }
+    host.rsplit_once(':').map(|(h, _)| h).unwrap_or(host)
+}
+
+fn upstream_uri(authority: &Authority, pq: Option<&PathAndQuery>) -> Option<Uri> {
+    Uri::builder()
+        .scheme(upstream::scheme())
+        .authority(authority.clone())
+        .path_and_query(
+            pq.cloned()
+                .unwrap_or_else(|| PathAndQuery::from_static("/")),
+        )
+        .build()
+        .ok()
+}
+
+/// Headers that must never be removed because `Connection` names them: cohort sets them.
+fn protected(name: &HeaderName) -> bool {
+    name == header::HOST || name == X_COHORT || name.as_str().starts_with("x-forwarded-")
+}
+
+/// Removes hop-by-hop headers (RFC 9110 §7.6.1): those `Connection` names, the fixed list,
+/// every `Proxy-*`, and `TE` unless it asks only for trailers.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    if headers.contains_key(header::CONNECTION) {
+        let named: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+            .filter_map(|t| HeaderName::from_bytes(t.trim_ascii()).ok())
+            .filter(|n| !protected(n))
+            .collect();
+        for n in named {
+            headers.remove(n);
+        }
+        headers.remove(header::CONNECTION);
+    }
+    headers.remove(&KEEP_ALIVE);
+    headers.remove(header::TRANSFER_ENCODING);
+    headers.remove(header::UPGRADE);
+    headers.remove(&PROXY_CONNECTION);
+    if headers.keys().any(|k| k.as_str().starts_with("proxy-")) {
+        let proxies: Vec<HeaderName> = headers
+            .keys()
+            .filter(|k| k.as_str().starts_with("proxy-"))
+            .cloned()
+            .collect();
+        for n in proxies {
+            headers.remove(n);
+        }
+    }
+    if let Some(te) = headers.get(header::TE) {
+        let trailers = te.as_bytes().split(|&b| b == b',').any(|t| {
+            let t = t.split(|&b| b == b';').next().unwrap_or(t);
+            t.trim_ascii().eq_ignore_ascii_case(b"trailers")
+        });
+        if trailers {
+            headers.insert(header::TE, HeaderValue::from_static("trailers"));
+        } else {
+            headers.remove(header::TE);
+        }
+    }
+}
+
+/// Appends the peer to X-Forwarded-For, folding earlier values into one header.
+fn append_forwarded_for(headers: &mut HeaderMap, peer: SocketAddr) {
+    let ip = crate::table::canonical_ip(peer.ip());
+    let mut buf = BytesMut::with_capacity(64);
+    for v in headers.get_all(&X_FORWARDED_FOR) {
+        buf.put_slice(v.as_bytes());
+        buf.put_slice(b", ");
+    }
+    use std::fmt::Write;
+    let _ = write!(buf, "{ip}");
+    if let Ok(v) = HeaderValue::from_maybe_shared(buf.freeze()) {
+        headers.insert(&X_FORWARDED_FOR, v);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_is_stripped_but_protected_names_stay() {
+        let mut h = HeaderMap::new();
+        for (k, v) in [
+            (
+                "connection",
+                "keep-alive, x-secret, x-cohort, host, X-Forwarded-For",
+            ),
+            ("x-secret", "1"),
+            ("keep-alive", "timeout=5"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "websocket"),
+            ("proxy-authorization", "Basic x"),
+            ("proxy-connection", "keep-alive"),
+            ("te", "trailers, deflate;q=0.5"),
+            ("host", "example.com"),
+            ("x-forwarded-for", "1.2.3.4"),
+            ("x-keep", "yes"),
+        ] {
+            h.append(HeaderName::from_static(k), HeaderValue::from_static(v));
+        }
+        strip_hop_by_hop(&mut h);
+        let mut left: Vec<_> = h
+            .iter()
+            .map(|(k, v)| format!("{k}: {}", v.to_str().unwrap()))
+            .collect();
+        left.sort();
+        assert_eq!(
+            left,
+            [
+                "host: example.com",
+                "te: trailers",
+                "x-forwarded-for: 1.2.3.4",
+                "x-keep: yes"
+            ]
+        );
+
+        let mut h = HeaderMap::new();
+        h.insert(header::TE, HeaderValue::from_static("gzip"));
+        strip_hop_by_hop(&mut h);
+        assert!(h.is_empty());
+    }
+
+    #[test]
+    fn forwarded_for_appends() {
+        let mut h = HeaderMap::new();
+        h.append(&X_FORWARDED_FOR, HeaderValue::from_static("1.1.1.1"));
+        h.append(&X_FORWARDED_FOR, HeaderValue::from_static("2.2.2.2"));
+        append_forwarded_for(&mut h, "[::ffff:10.0.0.1]:5".parse().unwrap());
+        assert_eq!(
+            h.get_all(&X_FORWARDED_FOR).iter().collect::<Vec<_>>(),
+            ["1.1.1.1, 2.2.2.2, 10.0.0.1"]
+        );
+    }
+
+    #[test]
+    fn ports_are_stripped() {
+        assert_eq!(strip_port("a.example.com:8080"), "a.example.com");
+        assert_eq!(strip_port("a.example.com"), "a.example.com");
+        assert_eq!(strip_port("[::1]:80"), "::1");
+    }
+}

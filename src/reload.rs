@@ -1,0 +1,199 @@
+//! The one place that swaps the serving table: initial load, reloads from any trigger, the
+//! audit line for each applied change, and the record of the last failure.
+//!
+//! Owns: the `ArcSwap<RoutingTable>` store and the generation counter. Must not touch: the
+//! request path (which only loads), sockets, or file watching (see `watch`).
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use arc_swap::ArcSwap;
+
+use crate::config::{self, ConfigError};
+use crate::metrics::Metrics;
+use crate::table::{self, RoutingTable};
+
+/// The last reload that failed, for `GET /routes`.
+#[derive(Debug, Clone)]
+pub struct LastError {
+    pub at: SystemTime,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// The file's contents did not change since the serving table was built.
+    Unchanged,
+    Applied {
+        generation: u64,
+    },
+    Rejected(String),
+}
+
+pub struct Control {
+    table: Arc<ArcSwap<RoutingTable>>,
+    pub metrics: Metrics,
+    path: PathBuf,
+    /// Serialises reloads from signals, the admin endpoint and the watcher. Never taken on the
+    /// request path.
+    reloading: Mutex<()>,
+    last_error: Mutex<Option<LastError>>,
+}
+
+/// A reload that changes listeners or the admin address cannot be applied live.
+pub const NEEDS_RESTART: &str = "changing listeners or the admin address needs a restart; the rest of this config was not applied";
+
+impl Control {
+    /// Loads and validates `path` as generation 1.
+    pub fn start(path: &Path, metrics: Metrics) -> Result<Self, ConfigError> {
+        let loaded = config::load(path)?;
+        let table = table::from_loaded(&loaded, &metrics, None, 1)?;
+        table.publish_gauges();
+        metrics.generation.set(1.0);
+        tracing::info!(generation = 1, config_hash = %format_args!("{:016x}", table.config_hash), routes = table.routes.len(), file = %path.display(), "configuration loaded");
+        Ok(Control {
+            table: Arc::new(ArcSwap::from_pointee(table)),
+            metrics,
+            path: path.to_path_buf(),
+            reloading: Mutex::new(()),
+            last_error: Mutex::new(None),
+        })
+    }
+
+    /// The shared handle the request path loads from.
+    pub fn table(&self) -> Arc<ArcSwap<RoutingTable>> {
+        Arc::clone(&self.table)
+    }
+
+    pub fn current(&self) -> Arc<RoutingTable> {
+        self.table.load_full()
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn last_error(&self) -> Option<LastError> {
+        self.last_error.lock().map(|g| g.clone()).unwrap_or(None)
+    }
+
+    /// Re-reads the file; builds the new table entirely off the request path and publishes it
+    /// with one store, or leaves the serving table untouched. `trigger` is for the log.
+    pub fn reload(&self, trigger: &str) -> Outcome {
+        let _one_at_a_time = self.reloading.lock().unwrap_or_else(|p| p.into_inner());
+        let old = self.table.load_full();
+        let result = config::load(&self.path).and_then(|loaded| {
+            if loaded.content_hash() == old.config_hash {
+                return Ok(None);
+            }
+            let new = table::from_loaded(&loaded, &self.metrics, Some(&old), old.generation + 1)?;
+            if new.listeners != old.listeners || new.admin_address != old.admin_address {
+                return Err(loaded.error_at(
+                    if new.listeners != old.listeners {
+                        "listeners"
+                    } else {
+                        "admin.address"
+                    },
+                    NEEDS_RESTART,
+                ));
+            }
+            Ok(Some(new))
+        });
+        match result {
+            Ok(None) => {
+                tracing::debug!(trigger, "configuration unchanged");
+                Outcome::Unchanged
+            }
+            Ok(Some(new)) => {
+                let generation = new.generation;
+                let changes = diff(&old, &new);
+                let hash = new.config_hash;
+                new.publish_gauges();
+                self.table.store(Arc::new(new));
+                self.metrics.generation.set(generation as f64);
+                self.metrics.reload_success.increment(1);
+                if let Ok(mut e) = self.last_error.lock() {
+                    *e = None;
+                }
+                tracing::info!(trigger, generation, config_hash = %format_args!("{hash:016x}"), changes = %changes.join("; "), "configuration applied");
+                Outcome::Applied { generation }
+            }
+            Err(e) => {
+                self.metrics.reload_failure.increment(1);
+                let message = e.to_string();
+                tracing::error!(trigger, file = %e.file.display(), line = e.line, column = e.column, field = %e.field, error = %e.message, "configuration rejected; still serving the previous one");
+                if let Ok(mut last) = self.last_error.lock() {
+                    *last = Some(LastError {
+                        at: SystemTime::now(),
+                        message: message.clone(),
+                    });
+                }
+                Outcome::Rejected(message)
+            }
+        }
+    }
+}
+
+/// What changed between two tables, for the audit line: routes added or removed, and each
+/// cohort's percent from -> to.
+pub fn diff(old: &RoutingTable, new: &RoutingTable) -> Vec<String> {
+    let mut out = Vec::new();
+    for r in &old.routes {
+        if new.route(&r.name).is_none() {
+            out.push(format!("route {} removed", r.name));
+        }
+    }
+    for r in &new.routes {
+        let Some(before) = old.route(&r.name) else {
+            out.push(format!("route {} added", r.name));
+            continue;
+        };
+        for c in &r.cohorts {
+            let was = before
+                .cohorts
+                .iter()
+                .find(|b| b.name == c.name)
+                .map(|b| b.weight);
+            match was {
+                Some(w) if w == c.weight => {}
+                Some(w) => out.push(format!(
+                    "{}/{}: {}% -> {}%",
+                    r.name,
+                    c.name,
+                    pct(w),
+                    pct(c.weight)
+                )),
+                None => out.push(format!(
+                    "{}/{}: added at {}%",
+                    r.name,
+                    c.name,
+                    pct(c.weight)
+                )),
+            }
+        }
+        for b in &before.cohorts {
+            if r.cohorts.iter().all(|c| c.name != b.name) {
+                out.push(format!(
+                    "{}/{}: removed (was {}%)",
+                    r.name,
+                    b.name,
+                    pct(b.weight)
+                ));
+            }
+        }
+    }
+    if out.is_empty() {
+        out.push("no split changes".into());
+    }
+    out
+}
+
+fn pct(weight: u32) -> String {
+    let whole = weight / 100;
+    match weight % 100 {
+        0 => whole.to_string(),
+        frac if frac % 10 == 0 => format!("{whole}.{}", frac / 10),
+        frac => format!("{whole}.{frac:02}"),
+    }
+}

@@ -1,0 +1,252 @@
+//! The validated, immutable routing table: listeners, routes with their matchers, key sources,
+//! cohort bands, upstream handles, and the metric handles of every (route, cohort).
+//!
+//! Owns: the checked domain types and the lookups the request path makes on them.
+//! Must not touch: files (see `config`), the swap (see `reload`), sockets.
+//! Built by `TryFrom<TableInput>` in `build.rs`; never mutated once built.
+
+mod build;
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{HeaderMap, HeaderName, HeaderValue, Method};
+use ipnet::IpNet;
+use metrics::Counter;
+
+pub use build::{Invalid, TableError, TableInput};
+
+use crate::cohort::{self, Bands, KeySource};
+use crate::metrics::CohortMetrics;
+use crate::upstream::Upstream;
+
+pub struct RoutingTable {
+    pub generation: u64,
+    pub config_hash: u64,
+    pub listeners: Vec<ListenerSpec>,
+    pub admin_address: SocketAddr,
+    pub routes: Vec<Route>,
+    pub upstreams: BTreeMap<String, Arc<Upstream>>,
+    pub trusted_cidrs: Vec<IpNet>,
+    pub poll_interval: Duration,
+    pub shutdown_timeout: Duration,
+    pub unrouted: Counter,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenerSpec {
+    pub name: String,
+    pub address: SocketAddr,
+}
+
+pub struct Route {
+    pub name: String,
+    pub matcher: RouteMatch,
+    pub key_sources: Vec<KeySource>,
+    pub salt: String,
+    pub seed: u64,
+    pub bands: Bands,
+    pub cohorts: Vec<Arc<CohortTarget>>,
+    pub fallback: Fallback,
+    pub override_header: Option<HeaderName>,
+    pub outcome_header: HeaderName,
+    /// Allowed outcome values, aligned with each cohort's `metrics.outcomes`.
+    pub outcomes: Vec<String>,
+    pub response_cohort_header: bool,
+}
+
+pub struct CohortTarget {
+    pub name: String,
+    /// `x-cohort` value, built once.
+    pub header_value: HeaderValue,
+    /// Share in basis points (percent x 100).
+    pub weight: u32,
+    pub upstream: Arc<Upstream>,
+    pub metrics: CohortMetrics,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fallback {
+    /// A random bucket, so keyless requests follow the split's weights.
+    Random,
+    Cohort(usize),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostMatch {
+    Any,
+    /// Lower-cased host, without port.
+    Exact(String),
+    /// Lower-cased suffix including the leading dot: `*.example.com` stores `.example.com`.
+    Suffix(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteMatch {
+    pub host: HostMatch,
+    pub path_prefix: String,
+    pub method: Option<Method>,
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+}
+
+impl HostMatch {
+    /// `host` is the request's host without port, in any case.
+    pub fn matches(&self, host: &str) -> bool {
+        match self {
+            HostMatch::Any => true,
+            HostMatch::Exact(h) => host.eq_ignore_ascii_case(h),
+            HostMatch::Suffix(s) => {
+                host.len() > s.len()
+                    && host.as_bytes()[host.len() - s.len()..].eq_ignore_ascii_case(s.as_bytes())
+            }
+        }
+    }
+}
+
+impl RouteMatch {
+    pub fn matches(&self, host: &str, path: &str, method: &Method, headers: &HeaderMap) -> bool {
+        path.starts_with(self.path_prefix.as_str())
+            && self.host.matches(host)
+            && self.method.as_ref().is_none_or(|m| m == method)
+            && self
+                .headers
+                .iter()
+                .all(|(n, v)| headers.get_all(n).iter().any(|got| got == v))
+    }
+
+    /// Whether every request this matcher takes is also taken by `earlier` (so this route is
+    /// shadowed when it comes later). Conservative: only says yes when sure.
+    pub fn covered_by(&self, earlier: &RouteMatch) -> bool {
+        let host = match (&earlier.host, &self.host) {
+            (HostMatch::Any, _) => true,
+            (HostMatch::Exact(a), HostMatch::Exact(b)) => a == b,
+            (HostMatch::Suffix(a), HostMatch::Suffix(b)) => b.ends_with(a.as_str()),
+            (HostMatch::Suffix(a), HostMatch::Exact(b)) => {
+                b.len() > a.len() && b.ends_with(a.as_str())
+            }
+            _ => false,
+        };
+        let method = earlier.method.is_none() || earlier.method == self.method;
+        let headers = earlier.headers.iter().all(|h| self.headers.contains(h));
+        host && method && headers && self.path_prefix.starts_with(earlier.path_prefix.as_str())
+    }
+}
+
+impl RoutingTable {
+    /// First matching route, in config order.
+    #[inline]
+    pub fn find_route(
+        &self,
+        host: &str,
+        path: &str,
+        method: &Method,
+        headers: &HeaderMap,
+    ) -> Option<&Route> {
+        self.routes
+            .iter()
+            .find(|r| r.matcher.matches(host, path, method, headers))
+    }
+
+    pub fn route(&self, name: &str) -> Option<&Route> {
+        self.routes.iter().find(|r| r.name == name)
+    }
+
+    pub fn is_trusted(&self, peer: IpAddr) -> bool {
+        let peer = canonical_ip(peer);
+        self.trusted_cidrs.iter().any(|net| net.contains(&peer))
+    }
+
+    /// Sets the gauges that describe this table; called once it is the serving table.
+    pub fn publish_gauges(&self) {
+        for route in &self.routes {
+            for c in &route.cohorts {
+                c.metrics.split.set(f64::from(c.weight) / 100.0);
+            }
+        }
+    }
+
+    /// Operator warnings that do not stop the config from loading.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for (i, route) in self.routes.iter().enumerate() {
+            for c in &route.cohorts {
+                if c.weight == 0 {
+                    out.push(format!(
+                        "route {:?}: cohort {:?} is at 0% and receives no keyed traffic",
+                        route.name, c.name
+                    ));
+                }
+            }
+            if let Some(earlier) = self.routes[..i]
+                .iter()
+                .find(|e| route.matcher.covered_by(&e.matcher))
+            {
+                out.push(format!(
+                    "route {:?} is shadowed by the earlier route {:?} and never matches",
+                    route.name, earlier.name
+                ));
+            }
+        }
+        for name in self.upstreams.keys() {
+            let used = self
+                .routes
+                .iter()
+                .any(|r| r.cohorts.iter().any(|c| c.upstream.name() == name));
+            if !used {
+                out.push(format!("upstream {name:?} is not used by any route"));
+            }
+        }
+        out
+    }
+}
+
+impl Route {
+    /// The cohort index for a key, or the fallback when there is none.
+    #[inline]
+    pub fn assign(&self, key: Option<&[u8]>) -> usize {
+        match (key, self.fallback) {
+            (Some(k), _) => self.bands.lookup(cohort::bucket(k, self.seed)),
+            (None, Fallback::Random) => self.bands.lookup(fastrand::u32(..cohort::BUCKETS)),
+            (None, Fallback::Cohort(i)) => i,
+        }
+    }
+
+    pub fn cohort_index(&self, name: &[u8]) -> Option<usize> {
+        self.cohorts.iter().position(|c| c.name.as_bytes() == name)
+    }
+
+    /// Index into the cohort's outcome counters, `None` for `other`.
+    #[inline]
+    pub fn outcome_index(&self, value: &[u8]) -> Option<usize> {
+        self.outcomes
+            .iter()
+            .position(|o| o.as_bytes().eq_ignore_ascii_case(value))
+    }
+}
+
+/// IPv4-mapped IPv6 peers (from dual-stack sockets) are checked as IPv4.
+pub fn canonical_ip(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+        v4 => v4,
+    }
+}
+
+/// Validates a loaded file into a table, placing any rule violation at its line and column.
+pub fn from_loaded(
+    loaded: &crate::config::Loaded,
+    metrics: &crate::metrics::Metrics,
+    previous: Option<&RoutingTable>,
+    generation: u64,
+) -> Result<RoutingTable, crate::config::ConfigError> {
+    let input = TableInput {
+        raw: &loaded.raw,
+        metrics,
+        previous,
+        generation,
+        config_hash: loaded.content_hash(),
+    };
+    RoutingTable::try_from(input).map_err(|e| loaded.error_at(&e.path, e.kind.to_string()))
+}
