@@ -17,3 +17,4 @@ pub mod reload;
 pub mod server;
 pub mod table;
 pub mod upstream;
+pub mod watch;

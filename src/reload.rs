@@ -5,6 +5,7 @@
 //! request path (which only loads), sockets, or file watching (see `watch`).
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
@@ -39,6 +40,9 @@ pub struct Control {
     /// request path.
     reloading: Mutex<()>,
     last_error: Mutex<Option<LastError>>,
+    /// Hash of the contents last tried, good or bad, so the watcher and the poll retry a bad
+    /// file only once it changes again.
+    last_seen: AtomicU64,
 }
 
 /// A reload that changes listeners or the admin address cannot be applied live.
@@ -49,6 +53,9 @@ impl Control {
     pub fn start(path: &Path, metrics: Metrics) -> Result<Self, ConfigError> {
         let loaded = config::load(path)?;
         let table = table::from_loaded(&loaded, &metrics, None, 1)?;
+        for w in table.warnings() {
+            tracing::warn!(warning = %w, "configuration warning");
+        }
         table.publish_gauges();
         metrics.generation.set(1.0);
         tracing::info!(generation = 1, config_hash = %format_args!("{:016x}", table.config_hash), routes = table.routes.len(), file = %path.display(), "configuration loaded");
@@ -58,6 +65,7 @@ impl Control {
             path: path.to_path_buf(),
             reloading: Mutex::new(()),
             last_error: Mutex::new(None),
+            last_seen: AtomicU64::new(loaded.content_hash()),
         })
     }
 
@@ -78,11 +86,29 @@ impl Control {
         self.last_error.lock().map(|g| g.clone()).unwrap_or(None)
     }
 
+    /// Reloads only when the file's contents differ from the last ones tried: what the file
+    /// watcher and the poll call, so a bad file is reported once, not every poll.
+    pub fn reload_if_changed(&self, trigger: &str) -> Outcome {
+        match std::fs::read(&self.path) {
+            Ok(bytes)
+                if xxhash_rust::xxh3::xxh3_64(&bytes) == self.last_seen.load(Ordering::Acquire) =>
+            {
+                Outcome::Unchanged
+            }
+            // Unreadable (mid-swap, say) or changed: let `reload` read it and report.
+            _ => self.reload(trigger),
+        }
+    }
+
     /// Re-reads the file; builds the new table entirely off the request path and publishes it
     /// with one store, or leaves the serving table untouched. `trigger` is for the log.
     pub fn reload(&self, trigger: &str) -> Outcome {
         let _one_at_a_time = self.reloading.lock().unwrap_or_else(|p| p.into_inner());
         let old = self.table.load_full();
+        if let Ok(bytes) = std::fs::read(&self.path) {
+            self.last_seen
+                .store(xxhash_rust::xxh3::xxh3_64(&bytes), Ordering::Release);
+        }
         let result = config::load(&self.path).and_then(|loaded| {
             if loaded.content_hash() == old.config_hash {
                 return Ok(None);
