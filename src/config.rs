@@ -228,6 +228,29 @@ pub fn load(file: &Path) -> Result<Loaded, ConfigError> {
 
 /// Parses `text` as if read from `file`.
 pub fn parse(file: &Path, text: String) -> Result<Loaded, ConfigError> {
+    // YAML forbids duplicate keys, but a typed map (such as `upstreams`) would keep the last.
+    // Checked before the syntax pass, which would report them less precisely.
+    if let Some(dup) = locate::duplicate_key(&text) {
+        return Err(ConfigError {
+            file: file.to_path_buf(),
+            line: dup.line,
+            column: dup.column,
+            field: dup.field,
+            message: format!("duplicate key {:?}", dup.key),
+        });
+    }
+    // Syntax first: deserializing into the typed config stops at the first semantic error in
+    // the events before a syntax error, which would then be reported in its place.
+    if let Err(e) = serde_yaml::from_str::<serde_yaml::Value>(&text) {
+        let (line, column) = e.location().map_or((0, 0), |l| (l.line(), l.column()));
+        return Err(ConfigError {
+            file: file.to_path_buf(),
+            line,
+            column,
+            field: String::new(),
+            message: strip_location(&e.to_string()),
+        });
+    }
     let de = serde_yaml::Deserializer::from_str(&text);
     match serde_path_to_error::deserialize::<_, RawConfig>(de) {
         Ok(raw) => Ok(Loaded {
@@ -242,12 +265,13 @@ pub fn parse(file: &Path, text: String) -> Result<Loaded, ConfigError> {
                 Some(loc) => (loc.line(), loc.column()),
                 None => locate::field_position(&text, &field).unwrap_or((0, 0)),
             };
+            let message = strip_path(&strip_location(&inner.to_string()), &field);
             Err(ConfigError {
                 file: file.to_path_buf(),
                 line,
                 column,
                 field,
-                message: strip_location(&inner.to_string()),
+                message,
             })
         }
     }
@@ -262,10 +286,42 @@ fn clean_path(path: &str) -> String {
     }
 }
 
-/// serde_yaml appends " at line L column C"; the location is printed once, up front.
+/// serde_yaml writes " at line L column C" after a message (and after its context, for syntax
+/// errors); the location is printed once, up front.
 fn strip_location(message: &str) -> String {
-    match message.rfind(" at line ") {
-        Some(i) => message[..i].to_string(),
-        None => message.to_string(),
+    let mut out = String::with_capacity(message.len());
+    let mut rest = message;
+    while let Some(i) = rest.find(" at line ") {
+        out.push_str(&rest[..i]);
+        let after = &rest[i + " at line ".len()..];
+        let digits = |s: &str| s.len() - s.trim_start_matches(|c: char| c.is_ascii_digit()).len();
+        let n = digits(after);
+        let located = after[n..]
+            .strip_prefix(" column ")
+            .filter(|c| n > 0 && digits(c) > 0);
+        match located {
+            Some(c) => rest = &c[digits(c)..],
+            None => {
+                out.push_str(" at line ");
+                rest = after;
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// serde_yaml starts a message with the path of the enclosing value (`routes[0]: unknown
+/// field ...`); the field path is printed once, up front.
+fn strip_path(message: &str, field: &str) -> String {
+    match message.split_once(": ") {
+        Some((head, tail))
+            if !head.is_empty()
+                && field.starts_with(head)
+                && matches!(field[head.len()..].chars().next(), None | Some('.' | '[')) =>
+        {
+            tail.to_string()
+        }
+        _ => message.to_string(),
     }
 }

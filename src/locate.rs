@@ -94,8 +94,12 @@ impl MarkedEventReceiver for Builder {
             }
             Event::MappingEnd => {
                 if let Some(Frame::Map(m, entries, _)) = self.stack.pop() {
-                    // A block mapping's start mark lands after its first key; the key reads better.
-                    let m = entries.first().map_or(m, |(_, key_mark, _)| *key_mark);
+                    // A block mapping's start mark lands after its first key; the key reads
+                    // better. A flow mapping's start mark is its `{`, which is right as it is.
+                    let m = match entries.first() {
+                        Some((_, key_mark, _)) if key_mark.index() < m.index() => *key_mark,
+                        _ => m,
+                    };
                     self.push_node(Node::Map(m, entries), None);
                 }
             }
@@ -105,13 +109,62 @@ impl MarkedEventReceiver for Builder {
     }
 }
 
-/// 1-based (line, column) of `path`'s value in `text`, or of its deepest present ancestor
-/// (a missing field is reported where its parent is). `None` if the text does not parse.
-pub fn field_position(text: &str, path: &str) -> Option<(usize, usize)> {
+fn load(text: &str) -> Option<Node> {
     let mut builder = Builder::default();
     let mut parser = Parser::new_from_str(text);
     parser.load(&mut builder, false).ok()?;
-    let mut node = builder.root.as_ref()?;
+    builder.root
+}
+
+/// A mapping key that appears twice in the same mapping.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DuplicateKey {
+    /// Field path of the second occurrence, such as `upstreams.stable`.
+    pub field: String,
+    pub key: String,
+    /// 1-based position of the second occurrence's key.
+    pub line: usize,
+    pub column: usize,
+}
+
+/// The first key (in document order) repeated within one mapping, which YAML forbids but a
+/// typed map would silently collapse. `None` if there is none or the text does not parse.
+pub fn duplicate_key(text: &str) -> Option<DuplicateKey> {
+    fn walk(node: &Node, path: &str) -> Option<DuplicateKey> {
+        match node {
+            Node::Scalar(_) => None,
+            Node::Seq(_, items) => items
+                .iter()
+                .enumerate()
+                .find_map(|(i, n)| walk(n, &format!("{path}[{i}]"))),
+            Node::Map(_, entries) => entries.iter().enumerate().find_map(|(i, (key, mark, n))| {
+                let field = if path.is_empty() {
+                    key.clone()
+                } else {
+                    format!("{path}.{key}")
+                };
+                // Non-scalar keys have no text; they are not compared.
+                let repeated = !key.is_empty() && entries[..i].iter().any(|(k, ..)| k == key);
+                if repeated {
+                    return Some(DuplicateKey {
+                        field,
+                        key: key.clone(),
+                        line: mark.line(),
+                        column: mark.col() + 1,
+                    });
+                }
+                walk(n, &field)
+            }),
+        }
+    }
+    walk(&load(text)?, "")
+}
+
+/// 1-based (line, column) of `path`'s value in `text`, or of its deepest present ancestor
+/// (a missing field is reported where its parent is). `None` if the text does not parse.
+pub fn field_position(text: &str, path: &str) -> Option<(usize, usize)> {
+    let root = load(text)?;
+    let mut node = &root;
     let mut best = node.mark();
     for seg in parse_path(path) {
         let next =
@@ -163,6 +216,31 @@ mod tests {
             Some((9, 9))
         );
         assert_eq!(field_position(DOC, "routes[3]"), Some((4, 1)));
+    }
+
+    #[test]
+    fn finds_the_second_of_two_equal_keys() {
+        let text = "a:\n  b: 1\n  c: [{x: 1, y: 2, x: 3}]\n  b: 2\n";
+        assert_eq!(
+            duplicate_key(text),
+            Some(DuplicateKey {
+                field: "a.c[0].x".into(),
+                key: "x".into(),
+                line: 3,
+                column: 20,
+            })
+        );
+        assert_eq!(duplicate_key(DOC), None);
+        assert_eq!(duplicate_key("a: ["), None);
+    }
+
+    #[test]
+    fn flow_collections_are_found_at_their_opening_bracket() {
+        let text = "a:\n  - {x: 1}\n  - {}\n  - [1, {y: 2}]\n";
+        assert_eq!(field_position(text, "a[0]"), Some((2, 5)));
+        assert_eq!(field_position(text, "a[1]"), Some((3, 5)));
+        assert_eq!(field_position(text, "a[2][1]"), Some((4, 9)));
+        assert_eq!(field_position(text, "a[2][1].y"), Some((4, 13)));
     }
 
     #[test]

@@ -6,6 +6,8 @@
 //! Built by `TryFrom<TableInput>` in `build.rs`; never mutated once built.
 
 mod build;
+#[cfg(test)]
+mod tests;
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
