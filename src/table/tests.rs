@@ -1000,3 +1000,107 @@ fn accepted_cidrs() {
         assert_eq!(t.is_trusted(peer.parse().unwrap()), trusted, "{peer}");
     }
 }
+
+// ---- the shipped configs ------------------------------------------------------------------
+
+fn load_shipped(name: &str) -> (crate::config::Loaded, RoutingTable) {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("config")
+        .join(name);
+    let loaded = crate::config::load(&path).unwrap_or_else(|e| panic!("{e}"));
+    let table = from_loaded(&loaded, &Metrics::new(), None, 1).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(table.warnings(), Vec::<String>::new(), "{name}");
+    (loaded, table)
+}
+
+/// Every key the raw config types have, by name (the names of upstreams and match headers,
+/// which the user chooses, are not keys of the types).
+fn option_names(value: &serde_yaml::Value, user_keys: bool, out: &mut Vec<String>) {
+    match value {
+        serde_yaml::Value::Mapping(m) => {
+            for (k, v) in m {
+                let k = k.as_str().unwrap_or_default();
+                if !user_keys {
+                    out.push(k.to_string());
+                }
+                if k != "headers" {
+                    option_names(v, k == "upstreams", out);
+                }
+            }
+        }
+        serde_yaml::Value::Sequence(s) => s.iter().for_each(|v| option_names(v, false, out)),
+        _ => {}
+    }
+}
+
+#[test]
+fn reference_config_loads_and_shows_every_option() {
+    let (loaded, t) = load_shipped("cohort.yaml");
+    // Serialised, the raw config holds every option, unset ones as null.
+    let value = serde_yaml::to_value(&loaded.raw).unwrap();
+    let mut names = Vec::new();
+    option_names(&value, false, &mut names);
+    for name in [
+        "poll_interval",
+        "max_idle_per_endpoint",
+        "client_ip",
+        "path_prefix",
+    ] {
+        assert!(
+            names.iter().any(|n| n == name),
+            "{name} not among {names:?}"
+        );
+    }
+    for name in &names {
+        let shown = loaded.text.lines().any(|l| {
+            let l = l.trim_start().trim_start_matches("- ");
+            l.starts_with(&format!("{name}:")) && !l.contains(": null")
+        });
+        assert!(shown, "config/cohort.yaml does not show `{name}`");
+    }
+
+    assert_eq!(t.listeners.len(), 2);
+    assert_eq!(t.trusted_cidrs.len(), 3);
+    assert_eq!(t.upstreams.len(), 3);
+    let small = &t.upstreams["agent-v42-small-model"].spec;
+    assert_eq!(small.connect_timeout, Duration::from_millis(500));
+    assert_eq!(small.max_idle_per_endpoint, 32);
+    let r = &t.routes[0];
+    assert_eq!(r.matcher.host, HostMatch::Exact("api.example.com".into()));
+    assert_eq!(r.matcher.method, Some(Method::POST));
+    assert_eq!(r.key_sources.len(), 4);
+    assert_eq!(r.seed, seed_for("support-2026-11"));
+    let bands: Vec<_> = r
+        .bands
+        .as_slice()
+        .iter()
+        .map(|b| (b.start, b.end))
+        .collect();
+    assert_eq!(bands, [(0, 9000), (9300, 10000), (9000, 9300)]);
+    assert_eq!(r.fallback, Fallback::Cohort(0));
+    assert_eq!(r.override_header.as_ref().unwrap(), "x-cohort-override");
+    assert_eq!(r.outcomes.len(), 5);
+
+    // The example error in the file's header is the one cohort prints.
+    let example = loaded
+        .text
+        .lines()
+        .find_map(|l| l.strip_prefix("#   cohort.yaml:"))
+        .unwrap();
+    let bad = loaded.text.replacen("percent: 7\n", "percent: 7.005\n", 1);
+    let Err(e) = build(&bad) else {
+        panic!("7.005% was accepted")
+    };
+    assert_eq!(e.to_string(), format!("cohort.yaml:{example}"));
+}
+
+#[test]
+fn demo_config_loads() {
+    let (loaded, t) = load_shipped("demo.yaml");
+    assert_eq!(loaded.text, crate::demo::DEMO_YAML);
+    let r = t.route("support-agent").unwrap();
+    let names: Vec<_> = r.cohorts.iter().map(|c| c.name.as_str()).collect();
+    assert_eq!(names, ["stable", "canary"]);
+    assert!(r.override_header.is_some());
+    assert!(t.is_trusted("127.0.0.1".parse().unwrap()));
+}
