@@ -229,7 +229,6 @@ pub fn load(file: &Path) -> Result<Loaded, ConfigError> {
 /// Parses `text` as if read from `file`.
 pub fn parse(file: &Path, text: String) -> Result<Loaded, ConfigError> {
     // YAML forbids duplicate keys, but a typed map (such as `upstreams`) would keep the last.
-    // Checked before the syntax pass, which would report them less precisely.
     if let Some(dup) = locate::duplicate_key(&text) {
         return Err(ConfigError {
             file: file.to_path_buf(),
@@ -237,18 +236,6 @@ pub fn parse(file: &Path, text: String) -> Result<Loaded, ConfigError> {
             column: dup.column,
             field: dup.field,
             message: format!("duplicate key {:?}", dup.key),
-        });
-    }
-    // Syntax first: deserializing into the typed config stops at the first semantic error in
-    // the events before a syntax error, which would then be reported in its place.
-    if let Err(e) = serde_yaml::from_str::<serde_yaml::Value>(&text) {
-        let (line, column) = e.location().map_or((0, 0), |l| (l.line(), l.column()));
-        return Err(ConfigError {
-            file: file.to_path_buf(),
-            line,
-            column,
-            field: String::new(),
-            message: strip_location(&e.to_string()),
         });
     }
     let de = serde_yaml::Deserializer::from_str(&text);
@@ -259,6 +246,18 @@ pub fn parse(file: &Path, text: String) -> Result<Loaded, ConfigError> {
             raw,
         }),
         Err(e) => {
+            // The typed pass stops at the first semantic error in the events that precede a
+            // syntax error, which would then be reported in its place: syntax comes first.
+            if let Err(syntax) = serde_yaml::from_str::<serde_yaml::Value>(&text) {
+                let (line, column) = syntax.location().map_or((0, 0), |l| (l.line(), l.column()));
+                return Err(ConfigError {
+                    file: file.to_path_buf(),
+                    line,
+                    column,
+                    field: String::new(),
+                    message: strip_location(&syntax.to_string()),
+                });
+            }
             let field = clean_path(&e.path().to_string());
             let inner = e.into_inner();
             let (line, column) = match inner.location() {
