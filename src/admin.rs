@@ -109,6 +109,7 @@ impl Admin {
         let last_error = self.control.last_error().map(|e| {
             json!({
                 "message": e.message,
+                "at": humantime::format_rfc3339_seconds(e.at).to_string(),
                 "at_unix": e.at.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
             })
         });

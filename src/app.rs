@@ -101,7 +101,7 @@ pub async fn start(config: &Path) -> Result<Running, StartError> {
         }
     });
 
-    tokio::spawn(crate::watch::run(Arc::clone(&control), life.abort.clone()));
+    crate::watch::spawn(Arc::clone(&control), life.abort.clone());
 
     admin.ready.store(true, Ordering::Release);
     Ok(Running {

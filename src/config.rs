@@ -61,12 +61,16 @@ pub struct RawReload {
     /// Content-hash poll that backs up the file watcher.
     #[serde(default = "default_poll_interval", with = "humantime_serde")]
     pub poll_interval: Duration,
+    /// Watch the config file's directory for changes; the poll runs either way.
+    #[serde(default = "yes")]
+    pub watch: bool,
 }
 
 impl Default for RawReload {
     fn default() -> Self {
         RawReload {
             poll_interval: default_poll_interval(),
+            watch: true,
         }
     }
 }

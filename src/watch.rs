@@ -12,7 +12,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use notify::{RecursiveMode, Watcher};
+use notify::{RecommendedWatcher, RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -21,9 +21,22 @@ use crate::reload::Control;
 /// Editors and kubelet make several changes per save; reload once they settle.
 const DEBOUNCE: Duration = Duration::from_millis(150);
 
-/// Watches until `stop` fires. Failing to set up the watcher is logged and leaves the poll.
-pub async fn run(control: Arc<Control>, stop: CancellationToken) {
-    let (tx, mut rx) = mpsc::channel::<()>(1);
+/// Starts watching now (so no change after the initial load is missed) and serves the
+/// watcher and the poll on a task until `stop` fires. A watcher that cannot be set up is
+/// logged; the poll still runs.
+pub fn spawn(control: Arc<Control>, stop: CancellationToken) -> tokio::task::JoinHandle<()> {
+    let (tx, rx) = mpsc::channel::<()>(1);
+    let watcher = if control.current().watch {
+        directory_watcher(&control, tx.clone())
+    } else {
+        None
+    };
+    // Anything written between the initial load and the watch being set up is caught here.
+    let _ = tx.try_send(());
+    tokio::spawn(run(control, stop, rx, watcher))
+}
+
+fn directory_watcher(control: &Control, tx: mpsc::Sender<()>) -> Option<RecommendedWatcher> {
     let dir = control
         .path()
         .parent()
@@ -37,14 +50,21 @@ pub async fn run(control: Arc<Control>, stop: CancellationToken) {
         }
     })
     .and_then(|mut w| w.watch(&dir, RecursiveMode::NonRecursive).map(|_| w));
-    let _watcher = match watcher {
+    match watcher {
         Ok(w) => Some(w),
         Err(e) => {
             tracing::warn!(dir = %dir.display(), error = %e, "cannot watch the config directory; relying on the poll");
             None
         }
-    };
+    }
+}
 
+async fn run(
+    control: Arc<Control>,
+    stop: CancellationToken,
+    mut rx: mpsc::Receiver<()>,
+    _watcher: Option<RecommendedWatcher>,
+) {
     loop {
         let poll = control.current().poll_interval;
         let trigger = tokio::select! {

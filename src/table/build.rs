@@ -237,6 +237,7 @@ impl TryFrom<TableInput<'_>> for RoutingTable {
             upstreams,
             trusted_cidrs,
             poll_interval: raw.reload.poll_interval,
+            watch: raw.reload.watch,
             shutdown_timeout: raw.shutdown_timeout,
             unrouted: input.metrics.unrouted.clone(),
         })

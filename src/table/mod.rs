@@ -33,6 +33,7 @@ pub struct RoutingTable {
     pub upstreams: BTreeMap<String, Arc<Upstream>>,
     pub trusted_cidrs: Vec<IpNet>,
     pub poll_interval: Duration,
+    pub watch: bool,
     pub shutdown_timeout: Duration,
     pub unrouted: Counter,
 }
