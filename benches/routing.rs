@@ -1,1 +1,109 @@
-fn main() {}
+//! The routing decision on the request path: cohort key extraction, the contract's hash, the
+//! band lookup, and fetching the chosen cohort's metric handle, on the table built from the
+//! contract's minimal config (stable 95, canary 5).
+//!
+//!     cargo bench --bench routing -- --warm-up-time 1 --measurement-time 3
+//!
+//! Keys cycle through 1,024 prebuilt requests with distinct user ids, so the band lookup sees
+//! both cohorts as it would in traffic; building the requests is outside the timed loop.
+
+use std::hint::black_box;
+use std::net::IpAddr;
+use std::path::Path;
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use http::header::{ACCEPT, CONTENT_TYPE, COOKIE, USER_AGENT};
+use http::{HeaderMap, HeaderValue, Uri};
+
+use cohort::cohort::{bucket, extract_key};
+use cohort::table::{Route, RoutingTable};
+
+const MINIMAL: &str = include_str!("../config/minimal.yaml");
+const REQUESTS: usize = 1024;
+
+fn table(text: &str) -> RoutingTable {
+    let loaded =
+        cohort::config::parse(Path::new("minimal.yaml"), text.to_string()).expect("parses");
+    cohort::table::from_loaded(&loaded, &cohort::metrics::Metrics::new(), None, 1).expect("valid")
+}
+
+/// Headers as an agent client sends them, plus `extra` carrying the key.
+fn headers(extra: (&http::HeaderName, String)) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    h.insert(
+        USER_AGENT,
+        HeaderValue::from_static("agent-sdk/1.4 python/3.12"),
+    );
+    h.insert(ACCEPT, HeaderValue::from_static("text/event-stream"));
+    h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    h.insert(
+        "x-request-id",
+        HeaderValue::from_static("0f8b2c1e-4c1d-4d59-9a57-2f1c0c6a9e21"),
+    );
+    h.insert(extra.0, HeaderValue::from_str(&extra.1).expect("ascii"));
+    h
+}
+
+/// One routing decision: the key, its cohort, and that cohort's 2xx counter handle.
+#[inline]
+fn decide<'t>(route: &'t Route, h: &HeaderMap, uri: &Uri, client: IpAddr) -> &'t metrics::Counter {
+    let key = extract_key(&route.key_sources, h, uri, client);
+    let index = route.assign(key.as_deref());
+    &route.cohorts[index].metrics.requests[1]
+}
+
+fn bench(c: &mut Criterion) {
+    let by_header = table(MINIMAL);
+    let by_cookie = table(&MINIMAL.replacen("- header: x-user-id", "- cookie: session", 1));
+    let uri: Uri = "/v1/chat".parse().expect("uri");
+    let client: IpAddr = "10.1.2.3".parse().expect("ip");
+    let user_header = http::HeaderName::from_static("x-user-id");
+    let header_requests: Vec<HeaderMap> = (0..REQUESTS)
+        .map(|i| headers((&user_header, format!("user-{i}"))))
+        .collect();
+    let cookie_requests: Vec<HeaderMap> = (0..REQUESTS)
+        .map(|i| {
+            headers((
+                &COOKIE,
+                format!("_ga=GA1.2.1234567890.1700000000; session=s-{i}-4f1c9a; theme=dark"),
+            ))
+        })
+        .collect();
+    let keys: Vec<String> = (0..REQUESTS).map(|i| format!("user-{i}")).collect();
+
+    // What is timed is the real decision: the contract puts user-3 in canary, user-1 in stable.
+    let route = &by_header.routes[0];
+    for (i, cohort) in [(1, "stable"), (3, "canary")] {
+        let key = extract_key(&route.key_sources, &header_requests[i], &uri, client);
+        assert_eq!(route.cohorts[route.assign(key.as_deref())].name, cohort);
+    }
+
+    let mut group = c.benchmark_group("routing");
+    for (name, table, requests) in [
+        ("header_key_hash_band_metric", &by_header, &header_requests),
+        ("cookie_key_hash_band_metric", &by_cookie, &cookie_requests),
+    ] {
+        let route = &table.routes[0];
+        let mut i = 0;
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                i = (i + 1) % REQUESTS;
+                black_box(decide(route, black_box(&requests[i]), &uri, client));
+            })
+        });
+    }
+    // The hash and band lookup alone, for comparison.
+    let route = &by_header.routes[0];
+    let mut i = 0;
+    group.bench_function("hash_band_only", |b| {
+        b.iter(|| {
+            i = (i + 1) % REQUESTS;
+            let key = black_box(keys[i].as_bytes());
+            black_box(route.bands.lookup(bucket(key, route.seed)))
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
