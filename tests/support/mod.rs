@@ -92,6 +92,8 @@ pub enum Respond {
     Trailers,
     /// Records the request and never answers.
     Hang,
+    /// Answers like `Json`, but only once the gate opens.
+    Gated(Gate),
 }
 
 pub const SSE_ONE: &str = "data: one\n\n";
@@ -297,6 +299,12 @@ async fn mock_reply(state: &MockState, req: Request<Incoming>) -> Response<MockB
 
     let mut resp = match &state.respond {
         Respond::Hang => return std::future::pending().await,
+        Respond::Gated(gate) => {
+            gate.wait().await;
+            let json =
+                serde_json::json!({"upstream": state.name, "x_cohort": seen.all("x-cohort")});
+            Response::new(full(json.to_string()))
+        }
         Respond::Json => {
             let json = serde_json::json!({
                 "upstream": state.name,

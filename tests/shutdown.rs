@@ -1,0 +1,261 @@
+//! Graceful shutdown: stop accepting, `/readyz` 503, in-flight streams finish, HTTP/2 gets
+//! GOAWAY, `shutdown_timeout` cuts what outlives it, and the process exits 0 on SIGTERM.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use support::*;
+
+fn sse_config(upstream: SocketAddr, top: &[&str]) -> Config {
+    let mut c = Config::new();
+    for t in top {
+        c = c.top(t);
+    }
+    c.upstream("agent", upstream)
+        .route(Route::new("chat").single("agent"))
+}
+
+/// Reads the next non-empty data frame of a streamed body (HTTP/2 may end a stream with an
+/// empty DATA frame).
+async fn next_data(body: &mut Incoming) -> Option<Bytes> {
+    loop {
+        match within("the next body frame", body.frame()).await {
+            Some(Ok(f)) => match f.into_data() {
+                Ok(d) if !d.is_empty() => return Some(d),
+                _ => continue,
+            },
+            Some(Err(_)) | None => return None,
+        }
+    }
+}
+
+async fn refuses_connections(addr: SocketAddr) {
+    within("the listener to stop accepting", async {
+        while tokio::net::TcpStream::connect(addr).await.is_ok() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_lets_streams_finish_refuses_new_connections_and_sends_goaway() {
+    let gate = Gate::new();
+    let agent = MockUpstream::builder()
+        .respond_with(Respond::Sse(gate.clone()))
+        .start()
+        .await;
+    let p = sse_config(agent.addr, &[]).start().await;
+
+    let mut h1 = send(&p.client, get(p.public, "/stream", &[]))
+        .await
+        .into_body();
+    assert_eq!(
+        next_data(&mut h1).await.as_deref(),
+        Some(SSE_ONE.as_bytes())
+    );
+    let mut h2 = H2c::connect(p.public).await;
+    let mut h2_body = h2.send(get(p.public, "/stream", &[])).await.into_body();
+    assert_eq!(
+        next_data(&mut h2_body).await.as_deref(),
+        Some(SSE_ONE.as_bytes())
+    );
+
+    let TestProxy {
+        running,
+        public,
+        admin,
+        client,
+        dir: _dir,
+    } = p;
+    let shutdown = tokio::spawn(running.shutdown());
+    refuses_connections(public).await;
+    let ready = fetch(&client, request("GET", admin, "/readyz", &[], Bytes::new())).await;
+    assert_eq!(ready.status, 503, "readyz while draining");
+
+    // The h2 connection got GOAWAY: no new stream is accepted on it.
+    within("GOAWAY to refuse a new stream", async {
+        loop {
+            let r = h2
+                .sender_mut()
+                .send_request(get(public, "/stream", &[]))
+                .await;
+            if r.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+
+    gate.release();
+    gate.release();
+    assert_eq!(
+        next_data(&mut h1).await.as_deref(),
+        Some(SSE_TWO.as_bytes())
+    );
+    assert_eq!(
+        next_data(&mut h2_body).await.as_deref(),
+        Some(SSE_TWO.as_bytes())
+    );
+    assert_eq!(next_data(&mut h1).await, None);
+    assert_eq!(next_data(&mut h2_body).await, None);
+    assert!(
+        within("shutdown", shutdown).await.unwrap(),
+        "everything drained before the timeout"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kept_alive_http1_gets_connection_close_after_its_current_response() {
+    let gate = Gate::new();
+    let agent = MockUpstream::builder()
+        .respond_with(Respond::Gated(gate.clone()))
+        .start()
+        .await;
+    let p = sse_config(agent.addr, &[]).start().await;
+    // A kept-alive connection (the gate lets one response through), then a request on it
+    // that waits for its response headers.
+    gate.release();
+    let warm = fetch(&p.client, get(p.public, "/", &[])).await;
+    assert_eq!(warm.status, 200);
+    let pending = {
+        let client = p.client.clone();
+        let req = get(p.public, "/slow", &[]);
+        tokio::spawn(async move { fetch(&client, req).await })
+    };
+    within("the request to reach the backend", async {
+        while agent.request_count() < 2 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    let TestProxy {
+        running,
+        public,
+        dir: _dir,
+        ..
+    } = p;
+    let shutdown = tokio::spawn(running.shutdown());
+    refuses_connections(public).await;
+    gate.release();
+    let reply = within("the in-flight response", pending).await.unwrap();
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.header("connection"), Some("close"));
+    assert!(within("shutdown", shutdown).await.unwrap());
+}
+
+#[tokio::test]
+async fn shutdown_timeout_cuts_a_stream_that_outlives_it() {
+    let gate = Gate::new();
+    let agent = MockUpstream::builder()
+        .respond_with(Respond::Sse(gate))
+        .start()
+        .await;
+    let p = sse_config(agent.addr, &["shutdown_timeout: 300ms"])
+        .start()
+        .await;
+    let mut body = send(&p.client, get(p.public, "/stream", &[]))
+        .await
+        .into_body();
+    assert_eq!(
+        next_data(&mut body).await.as_deref(),
+        Some(SSE_ONE.as_bytes())
+    );
+    let drained = within("shutdown", p.running.shutdown()).await;
+    assert!(
+        !drained,
+        "the stream outlived shutdown_timeout, so the drain is not clean"
+    );
+    // The second event never comes: the connection was cut.
+    assert_eq!(next_data(&mut body).await, None);
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct Proc(Child);
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_finishes_the_stream_in_flight_and_exits_zero() {
+    let gate = Gate::new();
+    let agent = MockUpstream::builder()
+        .respond_with(Respond::Sse(gate.clone()))
+        .start()
+        .await;
+    let (port, admin_port) = (free_port(), free_port());
+    let yaml = sse_config(agent.addr, &[])
+        .yaml()
+        .replacen("127.0.0.1:0", &format!("127.0.0.1:{port}"), 1)
+        .replacen("127.0.0.1:0", &format!("127.0.0.1:{admin_port}"), 1);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("cohort.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    let mut proc = Proc(
+        Command::new(env!("CARGO_BIN_EXE_cohort"))
+            .args(["run", "--config"])
+            .arg(&path)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let public: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    within("the proxy to listen", async {
+        while tokio::net::TcpStream::connect(public).await.is_err() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+
+    let client = h1_client();
+    let mut body = send(&client, get(public, "/stream", &[])).await.into_body();
+    assert_eq!(
+        next_data(&mut body).await.as_deref(),
+        Some(SSE_ONE.as_bytes())
+    );
+
+    let status = Command::new("kill")
+        .args(["-TERM", &proc.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    refuses_connections(public).await;
+    assert!(
+        proc.0.try_wait().unwrap().is_none(),
+        "exited with a stream still in flight"
+    );
+
+    gate.release();
+    assert_eq!(
+        next_data(&mut body).await.as_deref(),
+        Some(SSE_TWO.as_bytes())
+    );
+    assert_eq!(next_data(&mut body).await, None);
+    let code = within("the process to exit", async {
+        loop {
+            if let Some(code) = proc.0.try_wait().unwrap() {
+                return code;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert_eq!(code.code(), Some(0));
+}
