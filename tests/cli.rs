@@ -3,9 +3,9 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-/// The contract's minimal.yaml, read from `../shared/contract/` beside this repository.
+/// The contract's minimal.yaml, as vendored in config/ (a unit test keeps the copy exact).
 fn minimal() -> String {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/contract/minimal.yaml");
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/minimal.yaml");
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
