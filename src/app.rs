@@ -75,12 +75,18 @@ pub async fn start(config: &Path) -> Result<Running, StartError> {
 
     let mut listeners = Vec::new();
     let mut accept_tasks = Vec::new();
-    for (name, listener) in bound {
+    for (index, (name, listener)) in bound.into_iter().enumerate() {
         let address = listener.local_addr().unwrap_or(table.admin_address);
         tracing::info!(listener = %name, %address, "listening");
         listeners.push((name, address));
-        let proxy = Arc::new(Proxy::new(control.table(), false));
-        accept_tasks.push(tokio::spawn(server::serve(listener, proxy, life.clone())));
+        let tls = table.listeners.get(index).is_some_and(|l| l.tls);
+        let proxy = Arc::new(Proxy::new(control.table(), tls));
+        accept_tasks.push(tokio::spawn(server::serve(
+            listener,
+            index,
+            proxy,
+            life.clone(),
+        )));
     }
     tracing::info!(address = %admin_address, "admin listening");
     tokio::spawn(admin::serve(

@@ -16,7 +16,7 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use tokio::time::{Instant, Sleep};
 
-use crate::metrics::FailureReason;
+use crate::metrics::{FailureReason, OutcomeSlot};
 use crate::table::CohortTarget;
 use crate::upstream::InFlight;
 
@@ -34,6 +34,21 @@ pub struct Accounting {
     start: Instant,
     ttfb_done: bool,
     _endpoint: Option<InFlight>,
+    grpc: Option<GrpcVerdict>,
+}
+
+/// A gRPC answer's verdict comes in its trailers (`grpc-status`), so its outcome is counted
+/// when the body ends: `error` when the status is not 0, else the outcome header's value.
+#[derive(Debug, Clone, Copy)]
+pub struct GrpcVerdict {
+    pub outcome: Option<OutcomeSlot>,
+    pub error: OutcomeSlot,
+    pub failed: bool,
+}
+
+/// Whether a `grpc-status` value reports a failure (anything but 0).
+pub fn grpc_failed(status: &http::HeaderValue) -> bool {
+    status.as_bytes().trim_ascii() != b"0"
 }
 
 impl Accounting {
@@ -44,6 +59,18 @@ impl Accounting {
             start,
             ttfb_done: false,
             _endpoint: None,
+            grpc: None,
+        }
+    }
+
+    /// Counts the outcome when the body ends instead of now (see [`GrpcVerdict`]).
+    pub fn defer_outcome(&mut self, verdict: GrpcVerdict) {
+        self.grpc = Some(verdict);
+    }
+
+    fn trailers(&mut self, trailers: &http::HeaderMap) {
+        if let (Some(v), Some(status)) = (self.grpc.as_mut(), trailers.get("grpc-status")) {
+            v.failed |= grpc_failed(status);
         }
     }
 
@@ -69,6 +96,13 @@ impl Accounting {
 impl Drop for Accounting {
     fn drop(&mut self) {
         let m = &self.cohort.metrics;
+        if let Some(v) = self.grpc {
+            match (v.failed, v.outcome) {
+                (true, _) => m.outcome(v.error),
+                (false, Some(slot)) => m.outcome(slot),
+                (false, None) => {}
+            }
+        }
         m.in_flight.decrement(1.0);
         m.duration.record(self.start.elapsed().as_secs_f64());
     }
@@ -114,6 +148,8 @@ impl Body for ObservedBody {
             Poll::Ready(Some(Ok(frame))) => {
                 if frame.data_ref().is_some_and(|d| !d.is_empty()) {
                     this.acct.first_byte();
+                } else if let Some(t) = frame.trailers_ref() {
+                    this.acct.trailers(t);
                 }
                 this.idle.as_mut().reset(Instant::now() + *this.idle_for);
                 Poll::Ready(Some(Ok(frame)))
@@ -157,6 +193,10 @@ pin_project_lite::pin_project! {
 }
 
 impl ProxyBody {
+    pub fn empty() -> Self {
+        Self::local("")
+    }
+
     pub fn local(text: &'static str) -> Self {
         ProxyBody::Local {
             body: Full::new(Bytes::from_static(text.as_bytes())),

@@ -38,6 +38,39 @@ pub struct RawConfig {
 pub struct RawListener {
     pub name: String,
     pub address: String,
+    /// Terminate TLS on this listener.
+    pub tls: Option<RawListenerTls>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawListenerTls {
+    /// Chosen by SNI; the first without `server_names` is the default.
+    pub certificates: Vec<RawCertificate>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCertificate {
+    /// PEM certificate chain, leaf first. Relative paths are relative to the config file.
+    pub cert: PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+    /// SNI names (exact or `*.suffix`) this certificate answers for.
+    #[serde(default)]
+    pub server_names: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUpstreamTls {
+    /// PEM roots to verify the upstream against; the system roots when absent.
+    pub ca_file: Option<PathBuf>,
+    /// SNI and verification name; the endpoint's host when absent.
+    pub server_name: Option<String>,
+    /// Client certificate and key for mutual TLS.
+    pub client_cert: Option<PathBuf>,
+    pub client_key: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -90,6 +123,24 @@ pub struct RawUpstream {
     /// Idle kept-alive connections kept per endpoint.
     #[serde(default = "default_max_idle")]
     pub max_idle_per_endpoint: usize,
+    /// `http1`, `http2` (h2c prior knowledge, or ALPN h2 over TLS) or `auto` (ALPN over TLS,
+    /// HTTP/1.1 in cleartext).
+    #[serde(default)]
+    pub protocol: RawProtocol,
+    /// Settings for `https://` endpoints.
+    pub tls: Option<RawUpstreamTls>,
+    /// Longest silence on an upgraded (WebSocket) connection before it is closed.
+    #[serde(default = "default_tunnel_idle_timeout", with = "humantime_serde")]
+    pub tunnel_idle_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RawProtocol {
+    #[default]
+    Http1,
+    Http2,
+    Auto,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -158,6 +209,9 @@ fn default_response_timeout() -> Duration {
 fn default_idle_timeout() -> Duration {
     Duration::from_secs(60)
 }
+fn default_tunnel_idle_timeout() -> Duration {
+    Duration::from_secs(300)
+}
 fn default_max_idle() -> usize {
     256
 }
@@ -210,6 +264,14 @@ impl Loaded {
             field: field.to_string(),
             message: message.into(),
         }
+    }
+
+    /// The directory relative paths in the file are resolved against.
+    pub fn base_dir(&self) -> &Path {
+        self.file
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."))
     }
 
     /// A stable hash of the file's contents, for audit lines and no-op reload detection.

@@ -192,6 +192,7 @@ pub async fn run(config: &Path) -> Result<(), DemoError> {
             let authority =
                 crate::upstream::parse_endpoint(ep).map_err(|e| DemoError::Agent(ep.clone(), e))?;
             let addr: SocketAddr = authority
+                .authority
                 .as_str()
                 .parse()
                 .map_err(|_| DemoError::Agent(ep.clone(), "not an ip:port".into()))?;

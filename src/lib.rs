@@ -16,5 +16,7 @@ pub mod proxy;
 pub mod reload;
 pub mod server;
 pub mod table;
+pub mod tls;
+pub mod tunnel;
 pub mod upstream;
 pub mod watch;

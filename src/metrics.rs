@@ -87,7 +87,23 @@ pub struct CohortMetrics {
     pub split: Gauge,
 }
 
+/// Which outcome counter a backend's verdict lands in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutcomeSlot {
+    /// Index into the route's allowed outcomes.
+    Allowed(usize),
+    Other,
+}
+
 impl CohortMetrics {
+    #[inline]
+    pub fn outcome(&self, slot: OutcomeSlot) {
+        match slot {
+            OutcomeSlot::Allowed(i) => self.outcomes[i].increment(1),
+            OutcomeSlot::Other => self.outcome_other.increment(1),
+        }
+    }
+
     #[inline]
     pub fn request(&self, status: http::StatusCode) {
         let class = (status.as_u16() / 100).clamp(1, 5) as usize - 1;

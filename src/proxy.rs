@@ -16,7 +16,7 @@ use http::{Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
-use crate::body::{Accounting, ObservedBody, ProxyBody};
+use crate::body::{Accounting, GrpcVerdict, ObservedBody, ProxyBody};
 use crate::cohort;
 use crate::metrics::FailureReason;
 use crate::table::{Route, RoutingTable};
@@ -76,10 +76,20 @@ impl Proxy {
         Proxy { table, proto }
     }
 
-    pub async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<ProxyBody> {
+    pub fn table(&self) -> &ArcSwap<RoutingTable> {
+        &self.table
+    }
+
+    pub async fn handle(
+        &self,
+        mut req: Request<Incoming>,
+        peer: SocketAddr,
+    ) -> Response<ProxyBody> {
         let start = Instant::now();
         // A full Arc, not a guard: the request keeps its table to the end, whatever reloads.
         let table = self.table.load_full();
+        let upgrade = upgrade_protocol(&req);
+        let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
 
         let Ok(host) = request_host(&parts.uri, &parts.headers) else {
@@ -101,6 +111,12 @@ impl Proxy {
         let mut acct = Accounting::start(Arc::clone(&target), start);
 
         strip_hop_by_hop(&mut parts.headers);
+        if let Some(protocol) = &upgrade {
+            parts
+                .headers
+                .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            parts.headers.insert(header::UPGRADE, protocol.clone());
+        }
         if let Some(h) = &route.override_header {
             parts.headers.remove(h);
         }
@@ -116,7 +132,7 @@ impl Proxy {
         let upstream = &target.upstream;
         let (endpoint, slot) = upstream.pick();
         acct.hold_endpoint(slot);
-        parts.uri = match upstream_uri(&endpoint.authority, parts.uri.path_and_query()) {
+        parts.uri = match upstream_uri(endpoint, parts.uri.path_and_query()) {
             Some(u) => u,
             None => return self.fail(&target, Failure::Internal),
         };
@@ -134,19 +150,51 @@ impl Proxy {
             Ok(Ok(resp)) => resp,
         };
 
+        let mut resp = resp;
+        let switched = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
+        let upstream_upgrade =
+            (switched && client_upgrade.is_some()).then(|| hyper::upgrade::on(&mut resp));
         let (mut rparts, rbody) = resp.into_parts();
         target.metrics.request(rparts.status);
-        if let Some(v) = rparts.headers.get(&route.outcome_header) {
-            match route.outcome_index(v.as_bytes()) {
-                Some(i) => target.metrics.outcomes[i].increment(1),
-                None => target.metrics.outcome_other.increment(1),
-            }
+        let outcome = rparts
+            .headers
+            .get(&route.outcome_header)
+            .map(|v| route.outcome_slot(v.as_bytes()));
+        if is_grpc(&rparts.headers) {
+            // Trailers-only answers carry grpc-status in the head.
+            let failed = rparts
+                .headers
+                .get("grpc-status")
+                .is_some_and(crate::body::grpc_failed);
+            acct.defer_outcome(GrpcVerdict {
+                outcome,
+                error: route.outcome_slot(b"error"),
+                failed,
+            });
+        } else if let Some(slot) = outcome {
+            target.metrics.outcome(slot);
         }
+        let switched_to = rparts.headers.get(header::UPGRADE).cloned();
         strip_hop_by_hop(&mut rparts.headers);
         if route.response_cohort_header {
             rparts
                 .headers
                 .insert(&X_COHORT, target.header_value.clone());
+        }
+        if let (Some(client), Some(up)) = (client_upgrade, upstream_upgrade) {
+            rparts
+                .headers
+                .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            if let Some(p) = switched_to {
+                rparts.headers.insert(header::UPGRADE, p);
+            }
+            tokio::spawn(crate::tunnel::run(
+                client,
+                up,
+                acct,
+                upstream.spec.tunnel_idle_timeout,
+            ));
+            return Response::from_parts(rparts, ProxyBody::empty());
         }
         let body = ObservedBody::new(rbody, acct, upstream.spec.idle_timeout);
         Response::from_parts(rparts, ProxyBody::Upstream { body })
@@ -160,6 +208,30 @@ impl Proxy {
         target.metrics.request(resp.status());
         resp
     }
+}
+
+/// The protocol an HTTP/1.1 request asks to switch to (`Connection: upgrade` plus `Upgrade`).
+fn upgrade_protocol<B>(req: &Request<B>) -> Option<HeaderValue> {
+    if req.version() != Version::HTTP_11 {
+        return None;
+    }
+    let asks = req
+        .headers()
+        .get_all(header::CONNECTION)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"upgrade"));
+    if asks {
+        req.headers().get(header::UPGRADE).cloned()
+    } else {
+        None
+    }
+}
+
+fn is_grpc(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
 }
 
 /// The override (from a trusted peer, naming a cohort of this route), else the key's band,
@@ -204,10 +276,10 @@ fn strip_port(host: &str) -> &str {
     host.rsplit_once(':').map(|(h, _)| h).unwrap_or(host)
 }
 
-fn upstream_uri(authority: &Authority, pq: Option<&PathAndQuery>) -> Option<Uri> {
+fn upstream_uri(endpoint: &upstream::Endpoint, pq: Option<&PathAndQuery>) -> Option<Uri> {
     Uri::builder()
-        .scheme(upstream::scheme())
-        .authority(authority.clone())
+        .scheme(endpoint.scheme.clone())
+        .authority(endpoint.authority.clone())
         .path_and_query(
             pq.cloned()
                 .unwrap_or_else(|| PathAndQuery::from_static("/")),

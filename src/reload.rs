@@ -59,13 +59,14 @@ impl Control {
         table.publish_gauges();
         metrics.generation.set(1.0);
         tracing::info!(generation = 1, config_hash = %format_args!("{:016x}", table.config_hash), routes = table.routes.len(), file = %path.display(), "configuration loaded");
+        let seen = fingerprint(path, &table).unwrap_or(0);
         Ok(Control {
             table: Arc::new(ArcSwap::from_pointee(table)),
             metrics,
             path: path.to_path_buf(),
             reloading: Mutex::new(()),
             last_error: Mutex::new(None),
-            last_seen: AtomicU64::new(loaded.content_hash()),
+            last_seen: AtomicU64::new(seen),
         })
     }
 
@@ -89,12 +90,8 @@ impl Control {
     /// Reloads only when the file's contents differ from the last ones tried: what the file
     /// watcher and the poll call, so a bad file is reported once, not every poll.
     pub fn reload_if_changed(&self, trigger: &str) -> Outcome {
-        match std::fs::read(&self.path) {
-            Ok(bytes)
-                if xxhash_rust::xxh3::xxh3_64(&bytes) == self.last_seen.load(Ordering::Acquire) =>
-            {
-                Outcome::Unchanged
-            }
+        match fingerprint(&self.path, &self.table.load()) {
+            Some(f) if f == self.last_seen.load(Ordering::Acquire) => Outcome::Unchanged,
             // Unreadable (mid-swap, say) or changed: let `reload` read it and report.
             _ => self.reload(trigger),
         }
@@ -105,12 +102,12 @@ impl Control {
     pub fn reload(&self, trigger: &str) -> Outcome {
         let _one_at_a_time = self.reloading.lock().unwrap_or_else(|p| p.into_inner());
         let old = self.table.load_full();
-        if let Ok(bytes) = std::fs::read(&self.path) {
-            self.last_seen
-                .store(xxhash_rust::xxh3::xxh3_64(&bytes), Ordering::Release);
+        if let Some(f) = fingerprint(&self.path, &old) {
+            self.last_seen.store(f, Ordering::Release);
         }
         let result = config::load(&self.path).and_then(|loaded| {
-            if loaded.content_hash() == old.config_hash {
+            let same_tls_files = crate::tls::files_hash(&old.tls_files) == old.tls_files_hash;
+            if loaded.content_hash() == old.config_hash && same_tls_files {
                 return Ok(None);
             }
             let new = table::from_loaded(&loaded, &self.metrics, Some(&old), old.generation + 1)?;
@@ -161,6 +158,13 @@ impl Control {
     }
 }
 
+/// The config file's contents and the TLS files the serving table uses, as one hash: a change
+/// to either (a rotated certificate, say) is a change to reload.
+fn fingerprint(path: &Path, table: &RoutingTable) -> Option<u64> {
+    let yaml = xxhash_rust::xxh3::xxh3_64(&std::fs::read(path).ok()?);
+    Some(yaml ^ crate::tls::files_hash(&table.tls_files).rotate_left(1))
+}
+
 /// What changed between two tables, for the audit line: routes added or removed, and each
 /// cohort's percent from -> to.
 pub fn diff(old: &RoutingTable, new: &RoutingTable) -> Vec<String> {
@@ -208,6 +212,9 @@ pub fn diff(old: &RoutingTable, new: &RoutingTable) -> Vec<String> {
                 ));
             }
         }
+    }
+    if old.tls_files_hash != new.tls_files_hash || old.tls_files != new.tls_files {
+        out.push("tls certificates or keys changed".into());
     }
     if out.is_empty() {
         out.push("no split changes".into());

@@ -37,8 +37,13 @@ pub fn http_builder() -> auto::Builder<TokioExecutor> {
     builder
 }
 
-/// Accepts on `listener` until `life.drain` fires, serving each connection on its own task.
-pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, life: Lifecycle) {
+/// A client that opens a TCP connection and never finishes the handshake is dropped after this.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Accepts on `listener` (the table's listener number `index`) until `life.drain` fires,
+/// serving each connection on its own task. TLS listeners take the serving table's
+/// certificates at each handshake, so rotation needs no restart and spares open connections.
+pub async fn serve(listener: TcpListener, index: usize, proxy: Arc<Proxy>, life: Lifecycle) {
     let builder = Arc::new(http_builder());
     let local = listener.local_addr().ok();
     loop {
@@ -57,21 +62,40 @@ pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, life: Lifecycle) {
             }
         };
         let _ = stream.set_nodelay(true);
+        let tls = proxy
+            .table()
+            .load()
+            .listener_tls
+            .get(index)
+            .cloned()
+            .flatten();
         let (proxy, builder, life2) = (Arc::clone(&proxy), Arc::clone(&builder), life.clone());
         life.connections.spawn(async move {
-            serve_connection(stream, peer, proxy, &builder, life2).await;
+            match tls {
+                None => serve_connection(stream, peer, proxy, &builder, life2).await,
+                Some(config) => {
+                    let accept = tokio_rustls::TlsAcceptor::from(config).accept(stream);
+                    match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, accept).await {
+                        Ok(Ok(tls)) => serve_connection(tls, peer, proxy, &builder, life2).await,
+                        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                    }
+                }
+            }
         });
     }
     tracing::debug!(listener = ?local, "stopped accepting");
 }
 
-async fn serve_connection(
-    stream: tokio::net::TcpStream,
+async fn serve_connection<I>(
+    stream: I,
     peer: SocketAddr,
     proxy: Arc<Proxy>,
     builder: &auto::Builder<TokioExecutor>,
     life: Lifecycle,
-) {
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let svc = service_fn(move |req| {
         let proxy = Arc::clone(&proxy);
         async move { Ok::<_, Infallible>(proxy.handle(req, peer).await) }

@@ -5,41 +5,77 @@
 //! Must not touch: routing decisions, metrics registration, configuration files.
 
 use std::error::Error as StdError;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use http::uri::{Authority, Scheme};
 use hyper::body::Incoming;
+use hyper_rustls::{FixedServerNameResolver, HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
+use rustls_pki_types::ServerName;
 
 use crate::metrics::FailureReason;
+use crate::tls::{self, TlsError};
+
+/// How cohort speaks to an upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    Http1,
+    /// h2c with prior knowledge in cleartext, ALPN `h2` over TLS.
+    Http2,
+    /// ALPN over TLS (h2 preferred); HTTP/1.1 in cleartext.
+    Auto,
+}
+
+/// TLS settings of an upstream, with a hash of the files so a rotated certificate makes a
+/// different spec (and a fresh pool).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamTls {
+    pub ca_file: Option<PathBuf>,
+    pub server_name: Option<String>,
+    pub client_cert: Option<(PathBuf, PathBuf)>,
+    pub files_hash: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EndpointSpec {
+    pub scheme: Scheme,
+    pub authority: Authority,
+}
 
 /// What an upstream is made of, as validated from the config; two upstreams with equal specs
 /// are interchangeable, which lets a reload keep the old pool.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UpstreamSpec {
     pub name: String,
-    pub endpoints: Vec<Authority>,
+    pub endpoints: Vec<EndpointSpec>,
+    pub protocol: Protocol,
+    pub tls: UpstreamTls,
     pub connect_timeout: Duration,
     pub response_timeout: Duration,
     pub idle_timeout: Duration,
+    pub tunnel_idle_timeout: Duration,
     pub max_idle_per_endpoint: usize,
 }
 
 pub struct Endpoint {
+    pub scheme: Scheme,
     pub authority: Authority,
     in_flight: AtomicUsize,
 }
 
+pub type UpstreamClient = Client<HttpsConnector<HttpConnector>, Incoming>;
+
 /// A live upstream: endpoints with their load, and one pooled client shared by all of them
-/// (the pool is keyed per endpoint authority).
+/// (the pool is keyed per endpoint).
 pub struct Upstream {
     pub spec: UpstreamSpec,
     pub endpoints: Vec<Endpoint>,
-    pub client: Client<HttpConnector, Incoming>,
+    pub client: UpstreamClient,
 }
 
 /// Holds one in-flight slot on an endpoint until dropped (when the response body ends).
@@ -57,30 +93,69 @@ impl Drop for InFlight {
 }
 
 impl Upstream {
-    pub fn new(spec: UpstreamSpec) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(spec.connect_timeout));
-        connector.set_keepalive(Some(Duration::from_secs(60)));
+    pub fn new(spec: UpstreamSpec) -> Result<Self, TlsError> {
+        let mut http = HttpConnector::new();
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(spec.connect_timeout));
+        http.set_keepalive(Some(Duration::from_secs(60)));
+        // The TLS connector wraps plain `http://` too, so one client type serves both.
+        http.enforce_http(false);
+        let uses_tls = spec.endpoints.iter().any(|e| e.scheme == Scheme::HTTPS);
+        let config = if uses_tls {
+            let t = &spec.tls;
+            let client = t
+                .client_cert
+                .as_ref()
+                .map(|(c, k)| (c.as_path(), k.as_path()));
+            tls::client_config(t.ca_file.as_deref(), client)?
+        } else {
+            // Never used for a handshake; avoids reading the system roots for nothing.
+            rustls::ClientConfig::builder_with_provider(tls::provider())
+                .with_safe_default_protocol_versions()
+                .map_err(|e| TlsError {
+                    path: "<tls>".into(),
+                    reason: e.to_string(),
+                })?
+                .with_root_certificates(rustls::RootCertStore::empty())
+                .with_no_client_auth()
+        };
+        let mut builder = HttpsConnectorBuilder::new()
+            .with_tls_config(config)
+            .https_or_http();
+        if let Some(name) = &spec.tls.server_name {
+            let name = ServerName::try_from(name.clone()).map_err(|e| TlsError {
+                path: "server_name".into(),
+                reason: format!("{name:?}: {e}"),
+            })?;
+            builder = builder.with_server_name_resolver(FixedServerNameResolver::new(name));
+        }
+        let connector = match spec.protocol {
+            Protocol::Http1 => builder.enable_http1().wrap_connector(http),
+            Protocol::Http2 => builder.enable_http2().wrap_connector(http),
+            Protocol::Auto => builder.enable_all_versions().wrap_connector(http),
+        };
         let client = Client::builder(TokioExecutor::new())
             .pool_timer(TokioTimer::new())
             .timer(TokioTimer::new())
             .pool_idle_timeout(Duration::from_secs(90))
             .pool_max_idle_per_host(spec.max_idle_per_endpoint)
+            .http2_only(spec.protocol == Protocol::Http2)
+            .http2_adaptive_window(true)
             .build(connector);
         let endpoints = spec
             .endpoints
             .iter()
-            .map(|a| Endpoint {
-                authority: a.clone(),
+            .map(|e| Endpoint {
+                scheme: e.scheme.clone(),
+                authority: e.authority.clone(),
                 in_flight: AtomicUsize::new(0),
             })
             .collect();
-        Upstream {
+        Ok(Upstream {
             spec,
             endpoints,
             client,
-        }
+        })
     }
 
     pub fn name(&self) -> &str {
@@ -120,38 +195,44 @@ impl Upstream {
     }
 }
 
-/// `http` for every endpoint in this build; TLS upstreams come with their own issue.
-pub fn scheme() -> Scheme {
-    Scheme::HTTP
-}
-
-/// Parses `host:port` or `http://host:port` (no path).
-pub fn parse_endpoint(s: &str) -> Result<Authority, String> {
-    let rest = if let Some(r) = s.strip_prefix("http://") {
-        r
-    } else if s.starts_with("https://") {
-        return Err("https endpoints are not supported yet; use http://host:port".into());
+/// Parses `host:port`, `http://host:port` or `https://host[:port]` (no path).
+pub fn parse_endpoint(s: &str) -> Result<EndpointSpec, String> {
+    let (scheme, rest) = if let Some(r) = s.strip_prefix("http://") {
+        (Scheme::HTTP, r)
+    } else if let Some(r) = s.strip_prefix("https://") {
+        (Scheme::HTTPS, r)
     } else if s.contains("://") {
-        return Err("the only scheme accepted is http://".into());
+        return Err("the schemes accepted are http:// and https://".into());
     } else {
-        s
+        (Scheme::HTTP, s)
     };
     let rest = rest.strip_suffix('/').unwrap_or(rest);
     if rest.contains('/') || rest.contains('@') {
-        return Err("expected host:port or http://host:port, with no path or user".into());
+        return Err(
+            "expected host:port, http://host:port or https://host:port, with no path or user"
+                .into(),
+        );
     }
-    let authority: Authority = rest.parse().map_err(|e| format!("not a host:port: {e}"))?;
-    if authority.port_u16().is_none() {
-        return Err("a port is required (host:port)".into());
-    }
+    let mut authority: Authority = rest.parse().map_err(|e| format!("not a host:port: {e}"))?;
     if authority.host().is_empty() {
         return Err("a host is required (host:port)".into());
     }
-    Ok(authority)
+    if authority.port_u16().is_none() {
+        if scheme != Scheme::HTTPS {
+            return Err("a port is required (host:port)".into());
+        }
+        authority = format!("{rest}:443")
+            .parse()
+            .map_err(|e| format!("not a host: {e}"))?;
+    }
+    Ok(EndpointSpec { scheme, authority })
 }
 
 /// Maps a client error to the reason label and whether it is a timeout (504) or not (502).
 pub fn classify(err: &(dyn StdError + 'static), is_connect: bool) -> FailureReason {
+    if tls::is_tls_error(err) {
+        return FailureReason::Tls;
+    }
     let mut cur: Option<&(dyn StdError + 'static)> = Some(err);
     while let Some(e) = cur {
         if let Some(io) = e.downcast_ref::<std::io::Error>() {
@@ -185,20 +266,18 @@ pub fn classify(err: &(dyn StdError + 'static), is_connect: bool) -> FailureReas
 mod tests {
     use super::*;
 
+    fn parsed(s: &str) -> String {
+        let e = parse_endpoint(s).unwrap();
+        format!("{}://{}", e.scheme, e.authority)
+    }
+
     #[test]
     fn endpoints_parse() {
-        assert_eq!(
-            parse_endpoint("127.0.0.1:80").unwrap().as_str(),
-            "127.0.0.1:80"
-        );
-        assert_eq!(
-            parse_endpoint("http://agent.svc:8080").unwrap().as_str(),
-            "agent.svc:8080"
-        );
-        assert_eq!(
-            parse_endpoint("http://[::1]:8080/").unwrap().as_str(),
-            "[::1]:8080"
-        );
+        assert_eq!(parsed("127.0.0.1:80"), "http://127.0.0.1:80");
+        assert_eq!(parsed("http://agent.svc:8080"), "http://agent.svc:8080");
+        assert_eq!(parsed("http://[::1]:8080/"), "http://[::1]:8080");
+        assert_eq!(parsed("https://agent.svc"), "https://agent.svc:443");
+        assert_eq!(parsed("https://agent.svc:8443"), "https://agent.svc:8443");
         for bad in [
             "127.0.0.1",
             "ftp://x:1",
@@ -216,12 +295,20 @@ mod tests {
         let spec = UpstreamSpec {
             name: "u".into(),
             endpoints: vec![
-                "127.0.0.1:1".parse().unwrap(),
-                "127.0.0.1:2".parse().unwrap(),
+                parse_endpoint("127.0.0.1:1").unwrap(),
+                parse_endpoint("127.0.0.1:2").unwrap(),
             ],
+            protocol: Protocol::Http1,
+            tls: UpstreamTls {
+                ca_file: None,
+                server_name: None,
+                client_cert: None,
+                files_hash: 0,
+            },
             connect_timeout: Duration::from_secs(1),
             response_timeout: Duration::from_secs(1),
             idle_timeout: Duration::from_secs(1),
+            tunnel_idle_timeout: Duration::from_secs(1),
             max_idle_per_endpoint: 1,
         };
         let rt = tokio::runtime::Builder::new_current_thread()
@@ -229,7 +316,7 @@ mod tests {
             .build()
             .unwrap();
         rt.block_on(async {
-            let up = Arc::new(Upstream::new(spec));
+            let up = Arc::new(Upstream::new(spec).unwrap());
             // With two endpoints both are always sampled, so the idle one must win.
             let mut held = Vec::new();
             for _ in 0..10 {

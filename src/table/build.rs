@@ -10,9 +10,9 @@ use ipnet::IpNet;
 
 use super::{CohortTarget, Fallback, HostMatch, ListenerSpec, Route, RouteMatch, RoutingTable};
 use crate::cohort::{self, Bands, KeySource, BUCKETS};
-use crate::config::{RawConfig, RawKeySource, RawRoute};
+use crate::config::{RawConfig, RawKeySource, RawProtocol, RawRoute};
 use crate::metrics::Metrics;
-use crate::upstream::{parse_endpoint, Upstream, UpstreamSpec};
+use crate::upstream::{parse_endpoint, Protocol, Upstream, UpstreamSpec};
 
 pub const DEFAULT_OUTCOME_HEADER: &str = "x-agent-outcome";
 pub const DEFAULT_OUTCOMES: [&str; 4] = ["resolved", "escalated", "abandoned", "error"];
@@ -24,6 +24,8 @@ pub struct TableInput<'a> {
     pub previous: Option<&'a RoutingTable>,
     pub generation: u64,
     pub config_hash: u64,
+    /// Relative TLS file paths are resolved against this (the config file's directory).
+    pub base_dir: &'a std::path::Path,
 }
 
 /// A broken rule at a field path such as `routes[0].split[1].percent`.
@@ -82,6 +84,10 @@ pub enum Invalid {
     BadCidr { value: String },
     #[error("must not be empty")]
     Empty,
+    #[error("{reason}")]
+    Tls { reason: String },
+    #[error("{value:?} is not one of http1, http2, auto")]
+    BadProtocol { value: String },
 }
 
 fn err(path: impl Into<String>, kind: Invalid) -> TableError {
@@ -152,6 +158,8 @@ impl TryFrom<TableInput<'_>> for RoutingTable {
             return Err(err("listeners", Invalid::NoListeners));
         }
         let mut listeners: Vec<ListenerSpec> = Vec::new();
+        let mut listener_tls = Vec::new();
+        let mut tls_files = super::secure::TlsFiles::default();
         for (i, l) in raw.listeners.iter().enumerate() {
             check_name(&format!("listeners[{i}].name"), &l.name)?;
             if listeners.iter().any(|x| x.name == l.name) {
@@ -174,9 +182,19 @@ impl TryFrom<TableInput<'_>> for RoutingTable {
                     },
                 ));
             }
+            listener_tls.push(match &l.tls {
+                Some(t) => Some(super::secure::listener_config(
+                    &format!("listeners[{i}].tls"),
+                    t,
+                    input.base_dir,
+                    &mut tls_files,
+                )?),
+                None => None,
+            });
             listeners.push(ListenerSpec {
                 name: l.name.clone(),
                 address,
+                tls: l.tls.is_some(),
             });
         }
         let admin_address = parse_addr("admin.address", &raw.admin.address)?;
@@ -206,7 +224,7 @@ impl TryFrom<TableInput<'_>> for RoutingTable {
             })
             .collect::<Result<Vec<_>, _>>()?;
 
-        let upstreams = build_upstreams(&input)?;
+        let upstreams = build_upstreams(&input, &mut tls_files)?;
 
         if raw.routes.is_empty() {
             return Err(err("routes", Invalid::NoRoutes));
@@ -232,6 +250,9 @@ impl TryFrom<TableInput<'_>> for RoutingTable {
             generation: input.generation,
             config_hash: input.config_hash,
             listeners,
+            listener_tls,
+            tls_files_hash: crate::tls::files_hash(&tls_files.0),
+            tls_files: tls_files.0,
             admin_address,
             routes,
             upstreams,
@@ -244,7 +265,10 @@ impl TryFrom<TableInput<'_>> for RoutingTable {
     }
 }
 
-fn build_upstreams(input: &TableInput<'_>) -> Result<BTreeMap<String, Arc<Upstream>>, TableError> {
+fn build_upstreams(
+    input: &TableInput<'_>,
+    files: &mut super::secure::TlsFiles,
+) -> Result<BTreeMap<String, Arc<Upstream>>, TableError> {
     let mut out = BTreeMap::new();
     for (name, u) in &input.raw.upstreams {
         let path = format!("upstreams.{name}");
@@ -268,12 +292,26 @@ fn build_upstreams(input: &TableInput<'_>) -> Result<BTreeMap<String, Arc<Upstre
                 })
             })
             .collect::<Result<Vec<_>, _>>()?;
+        let tls = super::secure::upstream_tls(
+            &format!("{path}.tls"),
+            u.tls.as_ref(),
+            input.base_dir,
+            files,
+        )?;
+        let protocol = match u.protocol {
+            RawProtocol::Http1 => Protocol::Http1,
+            RawProtocol::Http2 => Protocol::Http2,
+            RawProtocol::Auto => Protocol::Auto,
+        };
         let spec = UpstreamSpec {
             name: name.clone(),
             endpoints,
+            protocol,
+            tls,
             connect_timeout: u.connect_timeout,
             response_timeout: u.response_timeout,
             idle_timeout: u.idle_timeout,
+            tunnel_idle_timeout: u.tunnel_idle_timeout,
             max_idle_per_endpoint: u.max_idle_per_endpoint,
         };
         let reused = input
@@ -281,10 +319,18 @@ fn build_upstreams(input: &TableInput<'_>) -> Result<BTreeMap<String, Arc<Upstre
             .and_then(|t| t.upstreams.get(name))
             .filter(|old| old.spec == spec)
             .cloned();
-        out.insert(
-            name.clone(),
-            reused.unwrap_or_else(|| Arc::new(Upstream::new(spec))),
-        );
+        let upstream = match reused {
+            Some(u) => u,
+            None => Arc::new(Upstream::new(spec).map_err(|e| {
+                err(
+                    format!("{path}.tls"),
+                    Invalid::Tls {
+                        reason: e.to_string(),
+                    },
+                )
+            })?),
+        };
+        out.insert(name.clone(), upstream);
     }
     Ok(out)
 }

@@ -6,6 +6,7 @@
 //! Built by `TryFrom<TableInput>` in `build.rs`; never mutated once built.
 
 mod build;
+mod secure;
 #[cfg(test)]
 mod tests;
 
@@ -21,13 +22,19 @@ use metrics::Counter;
 pub use build::{Invalid, TableError, TableInput};
 
 use crate::cohort::{self, Bands, KeySource};
-use crate::metrics::CohortMetrics;
+use crate::metrics::{CohortMetrics, OutcomeSlot};
 use crate::upstream::Upstream;
 
 pub struct RoutingTable {
     pub generation: u64,
     pub config_hash: u64,
     pub listeners: Vec<ListenerSpec>,
+    /// TLS server config per listener (aligned with `listeners`); new handshakes use the
+    /// serving table's, so a reload rotates certificates without touching open connections.
+    pub listener_tls: Vec<Option<Arc<rustls::ServerConfig>>>,
+    /// Every TLS file the table was built from, and a hash of their contents.
+    pub tls_files: Vec<std::path::PathBuf>,
+    pub tls_files_hash: u64,
     pub admin_address: SocketAddr,
     pub routes: Vec<Route>,
     pub upstreams: BTreeMap<String, Arc<Upstream>>,
@@ -42,6 +49,7 @@ pub struct RoutingTable {
 pub struct ListenerSpec {
     pub name: String,
     pub address: SocketAddr,
+    pub tls: bool,
 }
 
 pub struct Route {
@@ -220,12 +228,18 @@ impl Route {
         self.cohorts.iter().position(|c| c.name.as_bytes() == name)
     }
 
-    /// Index into the cohort's outcome counters, `None` for `other`.
+    /// The outcome counter for a backend's verdict; values outside the allowed list are
+    /// `other`, so a backend can never mint a new label value.
     #[inline]
-    pub fn outcome_index(&self, value: &[u8]) -> Option<usize> {
-        self.outcomes
+    pub fn outcome_slot(&self, value: &[u8]) -> OutcomeSlot {
+        match self
+            .outcomes
             .iter()
             .position(|o| o.as_bytes().eq_ignore_ascii_case(value))
+        {
+            Some(i) => OutcomeSlot::Allowed(i),
+            None => OutcomeSlot::Other,
+        }
     }
 }
 
@@ -250,6 +264,7 @@ pub fn from_loaded(
         previous,
         generation,
         config_hash: loaded.content_hash(),
+        base_dir: loaded.base_dir(),
     };
     RoutingTable::try_from(input).map_err(|e| loaded.error_at(&e.path, e.kind.to_string()))
 }

@@ -84,7 +84,8 @@ fn minimal_yaml_is_accepted_with_its_defaults() {
     assert_eq!(t.poll_interval, Duration::from_secs(2));
     assert_eq!(t.shutdown_timeout, Duration::from_secs(30));
     let canary = &t.upstreams["canary"].spec;
-    assert_eq!(canary.endpoints[0].as_str(), "127.0.0.1:18002");
+    assert_eq!(canary.endpoints[0].authority.as_str(), "127.0.0.1:18002");
+    assert_eq!(canary.endpoints[0].scheme, http::uri::Scheme::HTTP);
     assert_eq!(canary.connect_timeout, Duration::from_secs(2));
     assert_eq!(canary.response_timeout, Duration::from_secs(300));
     assert_eq!(canary.idle_timeout, Duration::from_secs(60));
@@ -166,11 +167,14 @@ fn unknown_key_at_top_level() {
 #[test]
 fn unknown_key_in_a_listener() {
     reject(
-        &insert_after("    address: 127.0.0.1:8080", "    tls: true\n"),
+        &insert_after("    address: 127.0.0.1:8080", "    colour: blue\n"),
         6,
         5,
-        "listeners[0].tls",
-        &["unknown field `tls`", "expected `name` or `address`"],
+        "listeners[0].colour",
+        &[
+            "unknown field `colour`",
+            "expected one of `name`, `address`, `tls`",
+        ],
     );
 }
 
@@ -532,15 +536,11 @@ fn unknown_upstream() {
 fn bad_endpoints() {
     for (endpoint, says) in [
         ("127.0.0.1", "a port is required"),
-        (
-            "https://127.0.0.1:18002",
-            "https endpoints are not supported",
-        ),
         ("http://127.0.0.1:18002/v1", "with no path"),
         ("http://user@127.0.0.1:18002", "with no path or user"),
         (
             "ftp://127.0.0.1:18002",
-            "the only scheme accepted is http://",
+            "the schemes accepted are http:// and https://",
         ),
         ("not an endpoint", "not a host:port"),
         (":18002", "a host is required"),
@@ -587,7 +587,7 @@ fn accepted_endpoint_forms() {
     ] {
         let t = accept(&edit("127.0.0.1:18002", endpoint));
         assert_eq!(
-            t.upstreams["canary"].spec.endpoints[0].as_str(),
+            t.upstreams["canary"].spec.endpoints[0].authority.as_str(),
             authority,
             "{endpoint}"
         );
@@ -1059,7 +1059,9 @@ fn reference_config_loads_and_shows_every_option() {
         assert!(shown, "config/cohort.yaml does not show `{name}`");
     }
 
-    assert_eq!(t.listeners.len(), 2);
+    assert_eq!(t.listeners.len(), 3);
+    assert!(t.listener_tls[2].is_some());
+    assert_eq!(t.tls_files.len(), 5);
     assert_eq!(t.trusted_cidrs.len(), 3);
     assert_eq!(t.upstreams.len(), 3);
     let small = &t.upstreams["agent-v42-small-model"].spec;
@@ -1088,10 +1090,18 @@ fn reference_config_loads_and_shows_every_option() {
         .find_map(|l| l.strip_prefix("#   cohort.yaml:"))
         .unwrap();
     let bad = loaded.text.replacen("percent: 7\n", "percent: 7.005\n", 1);
-    let Err(e) = build(&bad) else {
+    // Parsed where the file lives, so its relative TLS paths resolve.
+    let path = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/config/cohort.yaml"));
+    let Err(e) =
+        crate::config::parse(path, bad).and_then(|l| from_loaded(&l, &Metrics::new(), None, 1))
+    else {
         panic!("7.005% was accepted")
     };
-    assert_eq!(e.to_string(), format!("cohort.yaml:{example}"));
+    let shown = format!(
+        "cohort.yaml:{}:{}: {}: {}",
+        e.line, e.column, e.field, e.message
+    );
+    assert_eq!(shown, format!("cohort.yaml:{example}"));
 }
 
 #[test]

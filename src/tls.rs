@@ -1,0 +1,237 @@
+//! TLS material: loading PEM certificates and keys, the SNI certificate resolver for
+//! listeners, and the client configuration for `https://` upstreams. rustls with `ring`.
+//!
+//! Owns: everything that reads TLS files or builds rustls configs. Must not touch: sockets
+//! (the listener and the upstream connector use what this builds), routing, metrics.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+
+use rustls::crypto::CryptoProvider;
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use rustls::{ClientConfig, RootCertStore, ServerConfig};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+/// A TLS file that could not be used, with the file and the reason.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}: {reason}", path.display())]
+pub struct TlsError {
+    pub path: PathBuf,
+    pub reason: String,
+}
+
+fn fail(path: &Path, reason: impl fmt::Display) -> TlsError {
+    TlsError {
+        path: path.to_path_buf(),
+        reason: reason.to_string(),
+    }
+}
+
+pub fn provider() -> Arc<CryptoProvider> {
+    static PROVIDER: OnceLock<Arc<CryptoProvider>> = OnceLock::new();
+    Arc::clone(PROVIDER.get_or_init(|| Arc::new(rustls::crypto::ring::default_provider())))
+}
+
+const VERSIONS: &[&rustls::SupportedProtocolVersion] =
+    &[&rustls::version::TLS13, &rustls::version::TLS12];
+
+pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let bytes = std::fs::read(path).map_err(|e| fail(path, format!("cannot read: {e}")))?;
+    let certs = CertificateDer::pem_slice_iter(&bytes)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| fail(path, format!("not a PEM certificate file: {e}")))?;
+    if certs.is_empty() {
+        return Err(fail(path, "no PEM certificate found"));
+    }
+    Ok(certs)
+}
+
+pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    let bytes = std::fs::read(path).map_err(|e| fail(path, format!("cannot read: {e}")))?;
+    PrivateKeyDer::from_pem_slice(&bytes)
+        .map_err(|e| fail(path, format!("no usable PEM private key: {e}")))
+}
+
+/// A certificate chain and its key, checked to belong together.
+pub fn certified_key(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, TlsError> {
+    let chain = load_certs(cert)?;
+    let der = load_key(key)?;
+    CertifiedKey::from_der(chain, der, &provider())
+        .map(Arc::new)
+        .map_err(|e| {
+            fail(
+                key,
+                format!("does not fit the certificate {}: {e}", cert.display()),
+            )
+        })
+}
+
+/// Picks a listener's certificate by SNI: exact name, then the longest `*.suffix`, then the
+/// default (used also when the client sends no SNI).
+#[derive(Default)]
+pub struct SniResolver {
+    exact: HashMap<String, Arc<CertifiedKey>>,
+    /// Suffixes include the leading dot, longest first.
+    suffixes: Vec<(String, Arc<CertifiedKey>)>,
+    default: Option<Arc<CertifiedKey>>,
+}
+
+impl fmt::Debug for SniResolver {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SniResolver")
+            .field("exact", &self.exact.keys().collect::<Vec<_>>())
+            .field(
+                "suffixes",
+                &self.suffixes.iter().map(|(s, _)| s).collect::<Vec<_>>(),
+            )
+            .field("default", &self.default.is_some())
+            .finish()
+    }
+}
+
+impl SniResolver {
+    /// Adds `key` for `names`; with no names it becomes the default (the first one wins).
+    pub fn add(&mut self, names: &[String], key: Arc<CertifiedKey>) {
+        if names.is_empty() && self.default.is_none() {
+            self.default = Some(Arc::clone(&key));
+        }
+        for name in names {
+            let name = name.to_ascii_lowercase();
+            match name.strip_prefix('*') {
+                Some(suffix) => self.suffixes.push((suffix.to_string(), Arc::clone(&key))),
+                None => {
+                    self.exact.insert(name, Arc::clone(&key));
+                }
+            }
+        }
+        self.suffixes
+            .sort_by_key(|(s, _)| std::cmp::Reverse(s.len()));
+        if self.default.is_none() {
+            self.default = Some(key);
+        }
+    }
+
+    pub fn pick(&self, sni: Option<&str>) -> Option<Arc<CertifiedKey>> {
+        let Some(name) = sni else {
+            return self.default.clone();
+        };
+        let name = name.to_ascii_lowercase();
+        if let Some(k) = self.exact.get(&name) {
+            return Some(Arc::clone(k));
+        }
+        self.suffixes
+            .iter()
+            .find(|(s, _)| name.len() > s.len() && name.ends_with(s.as_str()))
+            .map(|(_, k)| Arc::clone(k))
+            .or_else(|| self.default.clone())
+    }
+}
+
+impl ResolvesServerCert for SniResolver {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        self.pick(hello.server_name())
+    }
+}
+
+/// A listener's server config: TLS 1.2 and 1.3, ALPN `h2` then `http/1.1`.
+pub fn server_config(resolver: SniResolver) -> Result<Arc<ServerConfig>, rustls::Error> {
+    let mut config = ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(VERSIONS)?
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(resolver));
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// The system's roots, read once (reading them is slow and they do not change under us).
+fn native_roots() -> RootCertStore {
+    static ROOTS: OnceLock<RootCertStore> = OnceLock::new();
+    ROOTS
+        .get_or_init(|| {
+            let mut roots = RootCertStore::empty();
+            let found = rustls_native_certs::load_native_certs();
+            for e in &found.errors {
+                tracing::warn!(error = %e, "while loading the system's root certificates");
+            }
+            let (added, ignored) = roots.add_parsable_certificates(found.certs);
+            tracing::debug!(added, ignored, "system root certificates loaded");
+            roots
+        })
+        .clone()
+}
+
+/// Client config for an upstream: roots from `ca_file` or the system, optional client cert.
+/// ALPN is set by the connector from the upstream's protocol.
+pub fn client_config(
+    ca_file: Option<&Path>,
+    client: Option<(&Path, &Path)>,
+) -> Result<ClientConfig, TlsError> {
+    let roots = match ca_file {
+        Some(path) => {
+            let mut roots = RootCertStore::empty();
+            for cert in load_certs(path)? {
+                roots
+                    .add(cert)
+                    .map_err(|e| fail(path, format!("not a usable CA certificate: {e}")))?;
+            }
+            roots
+        }
+        None => native_roots(),
+    };
+    let builder = ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(VERSIONS)
+        .map_err(|e| fail(Path::new("<tls>"), e))?
+        .with_root_certificates(roots);
+    match client {
+        Some((cert, key)) => builder
+            .with_client_auth_cert(load_certs(cert)?, load_key(key)?)
+            .map_err(|e| {
+                fail(
+                    key,
+                    format!(
+                        "does not fit the client certificate {}: {e}",
+                        cert.display()
+                    ),
+                )
+            }),
+        None => Ok(builder.with_no_client_auth()),
+    }
+}
+
+/// A hash of the files' contents (a missing file hashes as missing), so a reload notices a
+/// rotated certificate even when the YAML did not change.
+pub fn files_hash(paths: &[PathBuf]) -> u64 {
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    for p in paths {
+        h.update(p.as_os_str().as_encoded_bytes());
+        match std::fs::read(p) {
+            Ok(bytes) => h.update(&bytes),
+            Err(_) => h.update(b"\0missing"),
+        }
+    }
+    h.digest()
+}
+
+/// Whether `err`, somewhere in its chain, is a TLS failure.
+pub fn is_tls_error(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(err);
+    while let Some(e) = cur {
+        if e.is::<rustls::Error>() {
+            return true;
+        }
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            if io
+                .get_ref()
+                .is_some_and(|inner| inner.is::<rustls::Error>())
+            {
+                return true;
+            }
+        }
+        cur = e.source();
+    }
+    false
+}
