@@ -49,6 +49,20 @@ enum Command {
         /// Defaults to config/demo.yaml, or the built-in copy when that file is absent.
         #[arg(long, short)]
         config: Option<PathBuf>,
+        #[command(flatten)]
+        args: cohort::demo::DemoArgs,
+    },
+    /// Serve one demo mock agent (for containers: the stable and canary behind `cohort run`).
+    DemoAgent(cohort::demo::AgentArgs),
+    /// Drive the demo's load (random users, steady rate) against a running proxy.
+    DemoLoad(cohort::demo::LoadArgs),
+    /// GET a URL (the admin /healthz by default): exit 0 on a 2xx answer, 1 otherwise.
+    Healthcheck {
+        #[arg(long, default_value = "http://127.0.0.1:9901/healthz")]
+        url: String,
+        /// How long to wait for the answer.
+        #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+        timeout: std::time::Duration,
     },
 }
 
@@ -97,10 +111,34 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             route,
             keys,
         } => assign(&config, &route, &keys),
-        Command::Demo { config } => {
+        Command::Demo { config, args } => {
             let (path, _keep) = demo_config(config)?;
-            runtime()?.block_on(cohort::demo::run(&path))?;
+            runtime()?.block_on(cohort::demo::run(&path, &args))?;
             Ok(ExitCode::SUCCESS)
+        }
+        Command::DemoAgent(args) => {
+            let address = std::net::SocketAddr::new(args.bind, args.port);
+            runtime()?
+                .block_on(cohort::demo::agent::run_agent(address, args.spec()))
+                .with_context(|| format!("cannot serve the demo agent on {address}"))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::DemoLoad(args) => {
+            runtime()?.block_on(cohort::demo::run_load(&args));
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Healthcheck { url, timeout } => {
+            match runtime()?.block_on(cohort::demo::load::probe(&url, timeout)) {
+                Ok(status) if status.is_success() => Ok(ExitCode::SUCCESS),
+                Ok(status) => {
+                    eprintln!("cohort: {url} answered {status}");
+                    Ok(ExitCode::FAILURE)
+                }
+                Err(e) => {
+                    eprintln!("cohort: {e}");
+                    Ok(ExitCode::FAILURE)
+                }
+            }
         }
     }
 }

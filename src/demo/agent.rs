@@ -1,0 +1,287 @@
+//! The mock agent: JSON replies and SSE token streams carrying an `x-agent-outcome` header,
+//! with knobs that make it misbehave (errors, latency, escalations) for a demo of a bad canary.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Request, Response, StatusCode};
+use http_body::{Body, Frame};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+
+/// A body fed frame by frame from a channel: each `send` reaches the client as one frame.
+pub struct ChannelBody {
+    rx: mpsc::Receiver<Frame<Bytes>>,
+}
+
+impl ChannelBody {
+    pub fn new(capacity: usize) -> (mpsc::Sender<Frame<Bytes>>, Self) {
+        let (tx, rx) = mpsc::channel(capacity);
+        (tx, ChannelBody { rx })
+    }
+}
+
+impl Body for ChannelBody {
+    type Data = Bytes;
+    type Error = Infallible;
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        self.rx.poll_recv(cx).map(|f| f.map(Ok))
+    }
+}
+
+/// How a mock agent behaves.
+#[derive(Debug, Clone)]
+pub struct AgentSpec {
+    pub name: String,
+    /// Outcome weights: resolved, escalated, abandoned (percent).
+    pub outcomes: [u32; 3],
+    /// Delay between streamed tokens.
+    pub token_delay: Duration,
+    /// Share of replies (0..=1) that fail with 500 and outcome `error`.
+    pub error_rate: f64,
+    /// Think time before the response headers: each reply waits between this and 1.5 times
+    /// this (so it is a floor on time to first byte).
+    pub latency: Duration,
+    /// When set, the share of turns (0..=1) that end `escalated`; the rest split between
+    /// resolved and abandoned in the proportions of `outcomes`.
+    pub escalation_rate: Option<f64>,
+}
+
+impl AgentSpec {
+    fn new(name: &str, outcomes: [u32; 3], token_ms: u64) -> Self {
+        AgentSpec {
+            name: name.into(),
+            outcomes,
+            token_delay: Duration::from_millis(token_ms),
+            error_rate: 0.0,
+            latency: Duration::ZERO,
+            escalation_rate: None,
+        }
+    }
+    pub fn stable() -> Self {
+        Self::new("stable", [78, 17, 5], 40)
+    }
+    pub fn canary() -> Self {
+        Self::new("canary", [84, 12, 4], 30)
+    }
+    /// A well-behaved agent called `name` (the stable profile).
+    pub fn named(name: &str) -> Self {
+        Self::new(name, [78, 17, 5], 40)
+    }
+
+    /// This profile with the misbehaviour knobs applied.
+    pub fn tuned(
+        mut self,
+        error_rate: f64,
+        latency_ms: u64,
+        escalation_rate: Option<f64>,
+        token_ms: Option<u64>,
+    ) -> Self {
+        self.error_rate = error_rate;
+        self.latency = Duration::from_millis(latency_ms);
+        self.escalation_rate = escalation_rate;
+        if let Some(ms) = token_ms {
+            self.token_delay = Duration::from_millis(ms);
+        }
+        self
+    }
+
+    fn outcome(&self) -> &'static str {
+        let [r, e, a] = self.outcomes;
+        if let Some(rate) = self.escalation_rate {
+            if fastrand::f64() < rate {
+                return "escalated";
+            }
+            let rest = (r + a).max(1);
+            return if fastrand::u32(..rest) < r {
+                "resolved"
+            } else {
+                "abandoned"
+            };
+        }
+        let roll = fastrand::u32(..(r + e + a).max(1));
+        if roll < r {
+            "resolved"
+        } else if roll < r + e {
+            "escalated"
+        } else {
+            "abandoned"
+        }
+    }
+
+    fn think_time(&self) -> Duration {
+        if self.latency.is_zero() {
+            return Duration::ZERO;
+        }
+        self.latency.mul_f64(1.0 + fastrand::f64() / 2.0)
+    }
+}
+
+/// Serves a mock agent on `listener` forever (HTTP/1.1 and h2c).
+pub async fn serve_agent(listener: TcpListener, spec: AgentSpec) {
+    let builder = Arc::new(hyper_util::server::conn::auto::Builder::new(
+        TokioExecutor::new(),
+    ));
+    let spec = Arc::new(spec);
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let (spec, builder) = (Arc::clone(&spec), Arc::clone(&builder));
+        tokio::spawn(async move {
+            let svc = service_fn(move |req| {
+                let spec = Arc::clone(&spec);
+                async move { Ok::<_, Infallible>(agent_reply(&spec, req).await) }
+            });
+            let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
+        });
+    }
+}
+
+/// `cohort demo-agent`: one mock agent on `address` until SIGTERM/SIGINT.
+pub async fn run_agent(address: SocketAddr, spec: AgentSpec) -> std::io::Result<()> {
+    let listener = TcpListener::bind(address).await?;
+    tracing::info!(agent = %spec.name, address = %listener.local_addr()?, error_rate = spec.error_rate,
+        latency_ms = spec.latency.as_millis() as u64, escalation_rate = ?spec.escalation_rate, "demo agent listening");
+    tokio::select! {
+        _ = serve_agent(listener, spec) => {}
+        _ = super::stop_signal() => tracing::info!("demo agent stopping"),
+    }
+    Ok(())
+}
+
+const TOKENS: &[&str] = &[
+    "Thanks ",
+    "for ",
+    "reaching ",
+    "out. ",
+    "I ",
+    "have ",
+    "reset ",
+    "your ",
+    "password; ",
+    "check ",
+    "your ",
+    "inbox.",
+];
+
+async fn agent_reply(spec: &AgentSpec, req: Request<Incoming>) -> Response<ChannelBody> {
+    let think = spec.think_time();
+    if !think.is_zero() {
+        tokio::time::sleep(think).await;
+    }
+    let failed = spec.error_rate > 0.0 && fastrand::f64() < spec.error_rate;
+    let outcome = if failed { "error" } else { spec.outcome() };
+    let wants_stream = req.uri().path().ends_with("/stream")
+        || req
+            .headers()
+            .get(header::ACCEPT)
+            .is_some_and(|a| a.as_bytes().starts_with(b"text/event-stream"));
+    let cohort = req
+        .headers()
+        .get("x-cohort")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("-")
+        .to_string();
+    let (tx, body) = ChannelBody::new(4);
+    let mut resp = Response::new(body);
+    let h = resp.headers_mut();
+    h.insert("x-agent-outcome", HeaderValue::from_static(outcome));
+    h.insert(
+        "x-agent",
+        HeaderValue::from_str(&spec.name).unwrap_or(HeaderValue::from_static("agent")),
+    );
+    if wants_stream && !failed {
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/event-stream"),
+        );
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+        let (delay, name) = (spec.token_delay, spec.name.clone());
+        tokio::spawn(async move {
+            for t in TOKENS {
+                let ev = format!("data: {{\"agent\":\"{name}\",\"token\":\"{t}\"}}\n\n");
+                if tx.send(Frame::data(Bytes::from(ev))).await.is_err() {
+                    return;
+                }
+                tokio::time::sleep(delay).await;
+            }
+            let _ = tx
+                .send(Frame::data(Bytes::from_static(b"data: [DONE]\n\n")))
+                .await;
+        });
+    } else {
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        let json = if failed {
+            serde_json::json!({"agent": spec.name, "cohort_header": cohort, "error": "the agent failed (demo error rate)"})
+        } else {
+            serde_json::json!({
+                "agent": spec.name,
+                "cohort_header": cohort,
+                "reply": TOKENS.concat(),
+                "outcome": outcome,
+            })
+        };
+        let _ = tx.try_send(Frame::data(Bytes::from(format!("{json}\n"))));
+    }
+    *resp.status_mut() = if failed {
+        StatusCode::INTERNAL_SERVER_ERROR
+    } else {
+        StatusCode::OK
+    };
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shares(spec: &AgentSpec, n: usize) -> [usize; 3] {
+        let mut c = [0; 3];
+        for _ in 0..n {
+            match spec.outcome() {
+                "resolved" => c[0] += 1,
+                "escalated" => c[1] += 1,
+                _ => c[2] += 1,
+            }
+        }
+        c
+    }
+
+    #[test]
+    fn escalation_rate_overrides_the_profile() {
+        let mut spec = AgentSpec::stable();
+        spec.escalation_rate = Some(1.0);
+        assert_eq!(shares(&spec, 200), [0, 200, 0]);
+        spec.escalation_rate = Some(0.0);
+        let c = shares(&spec, 2000);
+        assert_eq!(c[1], 0);
+        assert!(c[0] > c[2], "resolved still dominates abandoned: {c:?}");
+    }
+
+    #[test]
+    fn think_time_is_a_floor() {
+        let mut spec = AgentSpec::canary();
+        assert_eq!(spec.think_time(), Duration::ZERO);
+        spec.latency = Duration::from_millis(300);
+        for _ in 0..100 {
+            let t = spec.think_time();
+            assert!(t >= spec.latency && t <= spec.latency.mul_f64(1.5), "{t:?}");
+        }
+    }
+}
