@@ -77,7 +77,10 @@ pub struct SniResolver {
     exact: HashMap<String, Arc<CertifiedKey>>,
     /// Suffixes include the leading dot, longest first.
     suffixes: Vec<(String, Arc<CertifiedKey>)>,
+    /// The first certificate without names.
     default: Option<Arc<CertifiedKey>>,
+    /// The first certificate, the default when every one has names.
+    first: Option<Arc<CertifiedKey>>,
 }
 
 impl fmt::Debug for SniResolver {
@@ -89,15 +92,20 @@ impl fmt::Debug for SniResolver {
                 &self.suffixes.iter().map(|(s, _)| s).collect::<Vec<_>>(),
             )
             .field("default", &self.default.is_some())
+            .field("first", &self.first.is_some())
             .finish()
     }
 }
 
 impl SniResolver {
-    /// Adds `key` for `names`; with no names it becomes the default (the first one wins).
+    /// Adds `key` for `names`; the first one with no names becomes the default, else the
+    /// first one added.
     pub fn add(&mut self, names: &[String], key: Arc<CertifiedKey>) {
         if names.is_empty() && self.default.is_none() {
             self.default = Some(Arc::clone(&key));
+        }
+        if self.first.is_none() {
+            self.first = Some(Arc::clone(&key));
         }
         for name in names {
             let name = name.to_ascii_lowercase();
@@ -110,14 +118,15 @@ impl SniResolver {
         }
         self.suffixes
             .sort_by_key(|(s, _)| std::cmp::Reverse(s.len()));
-        if self.default.is_none() {
-            self.default = Some(key);
-        }
+    }
+
+    fn fallback(&self) -> Option<Arc<CertifiedKey>> {
+        self.default.as_ref().or(self.first.as_ref()).cloned()
     }
 
     pub fn pick(&self, sni: Option<&str>) -> Option<Arc<CertifiedKey>> {
         let Some(name) = sni else {
-            return self.default.clone();
+            return self.fallback();
         };
         let name = name.to_ascii_lowercase();
         if let Some(k) = self.exact.get(&name) {
@@ -127,7 +136,7 @@ impl SniResolver {
             .iter()
             .find(|(s, _)| name.len() > s.len() && name.ends_with(s.as_str()))
             .map(|(_, k)| Arc::clone(k))
-            .or_else(|| self.default.clone())
+            .or_else(|| self.fallback())
     }
 }
 

@@ -7,10 +7,13 @@
 
 #![allow(dead_code)]
 
+pub mod tls;
+
 use std::convert::Infallible;
 use std::fmt::Display;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -94,7 +97,19 @@ pub enum Respond {
     Hang,
     /// Answers like `Json`, but only once the gate opens.
     Gated(Gate),
+    /// Answers like `Json` once this many requests (the barrier's size) are waiting together.
+    Barrier(Arc<tokio::sync::Barrier>),
+    /// A gRPC answer: `content-type: application/grpc`, one message (`GRPC_REPLY`), then the
+    /// trailers `grpc-status` (the request's `x-mock-grpc-status`, default 0) and
+    /// `grpc-message` (the request's `x-mock-grpc-message`, if any). With a request header
+    /// `x-mock-grpc-trailers-only`, both go in the head of an empty response instead.
+    Grpc,
+    /// Accepts a WebSocket upgrade and echoes every text and binary message back.
+    WebSocket,
 }
+
+/// The gRPC message `Respond::Grpc` answers with: a 5-byte frame header, then `reply`.
+pub const GRPC_REPLY: &[u8] = b"\0\0\0\0\x05reply";
 
 pub const SSE_ONE: &str = "data: one\n\n";
 pub const SSE_TWO: &str = "data: two\n\n";
@@ -134,6 +149,7 @@ pub struct MockBuilder {
     respond: Respond,
     outcome_header: String,
     outcome: Option<String>,
+    tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 struct MockState {
@@ -143,9 +159,11 @@ struct MockState {
     outcome: Option<HeaderValue>,
     seen: Mutex<Vec<Seen>>,
     connections: AtomicUsize,
+    tls_failures: AtomicUsize,
 }
 
-/// A backend on `127.0.0.1:<random port>` serving HTTP/1.1 and h2c.
+/// A backend on `127.0.0.1:<random port>` serving HTTP/1.1 and h2c, or (with
+/// [`MockBuilder::tls`]) HTTP/1.1 and HTTP/2 over TLS.
 pub struct MockUpstream {
     pub name: String,
     pub addr: SocketAddr,
@@ -160,6 +178,7 @@ impl MockUpstream {
             respond: Respond::Json,
             outcome_header: "x-agent-outcome".into(),
             outcome: None,
+            tls: None,
         }
     }
 
@@ -201,6 +220,11 @@ impl MockUpstream {
     pub fn connections(&self) -> usize {
         self.state.connections.load(Ordering::SeqCst)
     }
+
+    /// TLS handshakes that failed (a TLS mock only).
+    pub fn tls_failures(&self) -> usize {
+        self.state.tls_failures.load(Ordering::SeqCst)
+    }
 }
 
 impl Drop for MockUpstream {
@@ -227,6 +251,11 @@ impl MockBuilder {
         self.outcome_header = name.into();
         self
     }
+    /// Serves over TLS with this config (see `tls::Leaf::server_config`).
+    pub fn tls(mut self, config: Arc<rustls::ServerConfig>) -> Self {
+        self.tls = Some(config);
+        self
+    }
 
     pub async fn start(self) -> MockUpstream {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -238,8 +267,9 @@ impl MockBuilder {
             outcome: self.outcome.map(|o| HeaderValue::from_str(&o).unwrap()),
             seen: Mutex::new(Vec::new()),
             connections: AtomicUsize::new(0),
+            tls_failures: AtomicUsize::new(0),
         });
-        let accept = tokio::spawn(mock_accept(listener, Arc::clone(&state)));
+        let accept = tokio::spawn(mock_accept(listener, Arc::clone(&state), self.tls));
         MockUpstream {
             name: self.name,
             addr,
@@ -249,7 +279,11 @@ impl MockBuilder {
     }
 }
 
-async fn mock_accept(listener: TcpListener, state: Arc<MockState>) {
+async fn mock_accept(
+    listener: TcpListener,
+    state: Arc<MockState>,
+    tls: Option<Arc<rustls::ServerConfig>>,
+) {
     let builder = Arc::new(hyper_util::server::conn::auto::Builder::new(
         TokioExecutor::new(),
     ));
@@ -258,13 +292,30 @@ async fn mock_accept(listener: TcpListener, state: Arc<MockState>) {
             continue;
         };
         state.connections.fetch_add(1, Ordering::SeqCst);
-        let (state, builder) = (Arc::clone(&state), Arc::clone(&builder));
+        let (state, builder, tls) = (Arc::clone(&state), Arc::clone(&builder), tls.clone());
         tokio::spawn(async move {
+            let failures = Arc::clone(&state);
             let svc = service_fn(move |req| {
                 let state = Arc::clone(&state);
                 async move { Ok::<_, Infallible>(mock_reply(&state, req).await) }
             });
-            let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
+            match tls {
+                None => {
+                    let io = TokioIo::new(stream);
+                    let _ = builder.serve_connection_with_upgrades(io, svc).await;
+                }
+                Some(config) => {
+                    match tokio_rustls::TlsAcceptor::from(config).accept(stream).await {
+                        Ok(stream) => {
+                            let io = TokioIo::new(stream);
+                            let _ = builder.serve_connection_with_upgrades(io, svc).await;
+                        }
+                        Err(_) => {
+                            failures.tls_failures.fetch_add(1, Ordering::SeqCst);
+                        }
+                    }
+                }
+            }
         });
     }
 }
@@ -276,7 +327,8 @@ fn full(bytes: impl Into<Bytes>) -> MockBody {
 }
 
 async fn mock_reply(state: &MockState, req: Request<Incoming>) -> Response<MockBody> {
-    let (parts, body) = req.into_parts();
+    let (mut parts, body) = req.into_parts();
+    let upgrade = parts.extensions.remove::<hyper::upgrade::OnUpgrade>();
     let (body, trailers) = match body.collect().await {
         Ok(c) => {
             let trailers = c.trailers().cloned();
@@ -358,6 +410,14 @@ async fn mock_reply(state: &MockState, req: Request<Incoming>) -> Response<MockB
                 .insert("trailer", HeaderValue::from_static("x-checksum"));
             r
         }
+        Respond::Barrier(barrier) => {
+            barrier.wait().await;
+            let json =
+                serde_json::json!({"upstream": state.name, "x_cohort": seen.all("x-cohort")});
+            Response::new(full(json.to_string()))
+        }
+        Respond::Grpc => grpc_reply(&seen),
+        Respond::WebSocket => websocket_reply(&seen, upgrade),
     };
     resp.headers_mut()
         .insert("x-upstream", HeaderValue::from_str(&state.name).unwrap());
@@ -372,6 +432,75 @@ async fn mock_reply(state: &MockState, req: Request<Incoming>) -> Response<MockB
         );
     }
     resp
+}
+
+fn grpc_reply(seen: &Seen) -> Response<MockBody> {
+    let status = seen.header("x-mock-grpc-status").unwrap_or("0").to_string();
+    let mut status_fields = HeaderMap::new();
+    status_fields.insert("grpc-status", HeaderValue::from_str(&status).unwrap());
+    if let Some(m) = seen.header("x-mock-grpc-message") {
+        status_fields.insert("grpc-message", HeaderValue::from_str(m).unwrap());
+    }
+    let mut r = if seen.header("x-mock-grpc-trailers-only").is_some() {
+        let mut r = Response::new(full(Bytes::new()));
+        r.headers_mut().extend(status_fields);
+        r
+    } else {
+        let (tx, body) = ChannelBody::new(4);
+        tokio::spawn(async move {
+            for frame in [
+                Frame::data(Bytes::from_static(GRPC_REPLY)),
+                Frame::trailers(status_fields),
+            ] {
+                if tx.send(frame).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Response::new(body.boxed())
+    };
+    r.headers_mut()
+        .insert("content-type", HeaderValue::from_static("application/grpc"));
+    r
+}
+
+fn websocket_reply(seen: &Seen, upgrade: Option<hyper::upgrade::OnUpgrade>) -> Response<MockBody> {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+    use tokio_tungstenite::tungstenite::protocol::Role;
+
+    let (Some(key), Some(upgrade)) = (seen.header("sec-websocket-key"), upgrade) else {
+        let mut r = Response::new(full("not a websocket request\n"));
+        *r.status_mut() = StatusCode::BAD_REQUEST;
+        return r;
+    };
+    let accept = derive_accept_key(key.as_bytes());
+    tokio::spawn(async move {
+        let Ok(upgraded) = upgrade.await else {
+            return;
+        };
+        let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
+            TokioIo::new(upgraded),
+            Role::Server,
+            None,
+        )
+        .await;
+        while let Some(Ok(msg)) = ws.next().await {
+            if (msg.is_text() || msg.is_binary()) && ws.send(msg).await.is_err() {
+                break;
+            }
+        }
+    });
+    let mut r = Response::new(full(Bytes::new()));
+    *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = r.headers_mut();
+    h.insert("connection", HeaderValue::from_static("upgrade"));
+    h.insert("upgrade", HeaderValue::from_static("websocket"));
+    h.insert(
+        "sec-websocket-accept",
+        HeaderValue::from_str(&accept).unwrap(),
+    );
+    r
 }
 
 /// An address on which nothing listens (bound, then released).
@@ -390,6 +519,13 @@ pub struct Config {
     top: Vec<String>,
     upstreams: Vec<String>,
     routes: Vec<Route>,
+    /// `listeners[0].tls.certificates` entries, already in YAML.
+    certificates: Vec<String>,
+}
+
+/// A path as a double-quoted YAML scalar.
+pub fn yaml_path(path: &Path) -> String {
+    format!("{:?}", path.display().to_string())
 }
 
 impl Config {
@@ -422,10 +558,28 @@ impl Config {
         self
     }
 
+    /// Terminates TLS on the public listener with this certificate, for `server_names` (none
+    /// for a default certificate). Certificates are listed in the order added.
+    pub fn certificate(mut self, cert: &Path, key: &Path, server_names: &[&str]) -> Self {
+        let names: Vec<String> = server_names.iter().map(|n| format!("{n:?}")).collect();
+        self.certificates.push(format!(
+            "        - cert: {}\n          key: {}\n          server_names: [{}]\n",
+            yaml_path(cert),
+            yaml_path(key),
+            names.join(", ")
+        ));
+        self
+    }
+
     pub fn yaml(&self) -> String {
-        let mut s = String::from(
-            "listeners:\n  - name: public\n    address: 127.0.0.1:0\nadmin:\n  address: 127.0.0.1:0\n",
-        );
+        let mut s = String::from("listeners:\n  - name: public\n    address: 127.0.0.1:0\n");
+        if !self.certificates.is_empty() {
+            s.push_str("    tls:\n      certificates:\n");
+            for c in &self.certificates {
+                s.push_str(c);
+            }
+        }
+        s.push_str("admin:\n  address: 127.0.0.1:0\n");
         for t in &self.top {
             s.push_str(t);
             s.push('\n');

@@ -1,0 +1,297 @@
+//! TLS listeners: certificates chosen by SNI (exact, wildcard, default), ALPN h2 and
+//! http/1.1, live rotation that spares open connections, and clear errors for bad files.
+
+mod support;
+
+use std::path::Path;
+use std::time::Duration;
+
+use http::{StatusCode, Version};
+use support::tls::{handshake, peer_leaf, Leaf, TestCa, TlsConn};
+use support::*;
+
+/// A proxy whose public listener serves `certs` (in order) in front of a JSON mock.
+async fn tls_proxy(certs: &[(&Leaf, &[&str])], dir: &Path) -> (TestProxy, MockUpstream) {
+    let mock = MockUpstream::json("backend").await;
+    let mut config = Config::new().upstream("backend", mock.addr).route(
+        Route::new("agent")
+            .key("header: x-user-id")
+            .single("backend"),
+    );
+    for (i, (leaf, names)) in certs.iter().enumerate() {
+        let (cert, key) = leaf.write(dir, &format!("leaf{i}"));
+        config = config.certificate(&cert, &key, names);
+    }
+    (config.start().await, mock)
+}
+
+#[tokio::test]
+async fn sni_chooses_the_certificate() {
+    let ca = TestCa::new("cohort test CA");
+    let a = ca.leaf(&["a.test"]);
+    let b = ca.leaf(&["b.test", "*.b.test"]);
+    let fallback = ca.leaf(&["default.test"]);
+    let dir = tempfile::tempdir().unwrap();
+    // The default (no server_names) comes last: it is the first without names, not the first.
+    let (proxy, _mock) = tls_proxy(
+        &[
+            (&a, &["a.test"]),
+            (&b, &["b.test", "*.b.test"]),
+            (&fallback, &[]),
+        ],
+        dir.path(),
+    )
+    .await;
+
+    let cases = [
+        ("a.test", &a, "exact name"),
+        ("A.TEST", &a, "exact name, any case"),
+        ("b.test", &b, "exact name of the second"),
+        ("api.b.test", &b, "wildcard"),
+        ("default.test", &fallback, "no name matches"),
+    ];
+    for (sni, want, what) in cases {
+        let stream = handshake(proxy.public, ca.client_config(&[]), sni).await;
+        assert!(
+            peer_leaf(&stream) == want.der,
+            "SNI {sni} ({what}) got the wrong certificate"
+        );
+    }
+
+    // No SNI at all: the default certificate (verified for its own name).
+    let mut no_sni = ca.client_config(&[]);
+    no_sni.enable_sni = false;
+    let stream = handshake(proxy.public, no_sni, "default.test").await;
+    assert!(
+        peer_leaf(&stream) == fallback.der,
+        "a client without SNI got the wrong certificate"
+    );
+}
+
+#[tokio::test]
+async fn alpn_h2_and_http1_reach_the_upstream_as_https() {
+    let ca = TestCa::new("cohort test CA");
+    let leaf = ca.leaf(&["agent.test"]);
+    let dir = tempfile::tempdir().unwrap();
+    let (proxy, mock) = tls_proxy(&[(&leaf, &["agent.test"])], dir.path()).await;
+
+    let offers: [(&[&str], Option<&str>, Version); 4] = [
+        (&["h2", "http/1.1"], Some("h2"), Version::HTTP_2),
+        (&["h2"], Some("h2"), Version::HTTP_2),
+        (&["http/1.1"], Some("http/1.1"), Version::HTTP_11),
+        (&[], None, Version::HTTP_11),
+    ];
+    for (i, (offer, chosen, version)) in offers.into_iter().enumerate() {
+        let mut conn = TlsConn::connect(proxy.public, ca.client_config(offer), "agent.test").await;
+        assert_eq!(conn.alpn.as_deref(), chosen, "ALPN for offer {offer:?}");
+        assert_eq!(conn.version(), version);
+        let r = conn.get(&format!("/v1/chat?n={i}"), &[]).await;
+        assert_eq!(r.status, StatusCode::OK, "offer {offer:?}: {}", r.text());
+        assert_eq!(r.version, version);
+        assert_eq!(r.header("x-cohort"), Some("backend"));
+
+        let seen = mock.requests().pop().unwrap();
+        assert_eq!(seen.target, format!("/v1/chat?n={i}"));
+        assert_eq!(seen.all("x-forwarded-proto"), ["https"], "offer {offer:?}");
+        assert_eq!(
+            seen.all("x-forwarded-host"),
+            ["agent.test"],
+            "offer {offer:?}"
+        );
+        assert_eq!(seen.all("host"), ["agent.test"], "offer {offer:?}");
+    }
+    assert_eq!(mock.request_count(), 4);
+}
+
+#[tokio::test]
+async fn rotation_reaches_new_handshakes_and_spares_open_connections() {
+    let ca = TestCa::new("cohort test CA");
+    let old = ca.leaf(&["agent.test"]);
+    let new = ca.leaf(&["agent.test"]);
+    assert!(old.der != new.der);
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = old.write(dir.path(), "agent");
+    let mock = MockUpstream::json("backend").await;
+    let proxy = Config::new()
+        .upstream("backend", mock.addr)
+        .route(Route::new("agent").single("backend"))
+        .certificate(&cert, &key, &[])
+        .start()
+        .await;
+    assert_eq!(proxy.running.control.current().generation, 1);
+
+    let mut h1 =
+        TlsConn::connect(proxy.public, ca.client_config(&["http/1.1"]), "agent.test").await;
+    let mut h2 = TlsConn::connect(proxy.public, ca.client_config(&["h2"]), "agent.test").await;
+    assert_eq!(
+        (h1.version(), h2.version()),
+        (Version::HTTP_11, Version::HTTP_2)
+    );
+    assert!(h1.leaf == old.der && h2.leaf == old.der);
+    assert_eq!(h1.get("/before", &[]).await.status, StatusCode::OK);
+    assert_eq!(h2.get("/before", &[]).await.status, StatusCode::OK);
+
+    new.replace(&cert, &key);
+    within("a reload after the certificate changed", async {
+        while proxy.running.control.current().generation < 2 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+
+    let mut fresh = TlsConn::connect(proxy.public, ca.client_config(&["h2"]), "agent.test").await;
+    assert!(
+        fresh.leaf == new.der,
+        "a new handshake should get the rotated certificate"
+    );
+    assert_eq!(fresh.get("/fresh", &[]).await.status, StatusCode::OK);
+
+    // The connections opened before the rotation keep working, on their old certificate.
+    for i in 0..3 {
+        let r = h1.get(&format!("/after/h1/{i}"), &[]).await;
+        assert_eq!(
+            r.status,
+            StatusCode::OK,
+            "kept-alive HTTP/1.1 after rotation"
+        );
+        let r = h2.get(&format!("/after/h2/{i}"), &[]).await;
+        assert_eq!(r.status, StatusCode::OK, "HTTP/2 after rotation");
+    }
+    assert!(h1.leaf == old.der && h2.leaf == old.der);
+    assert_eq!(mock.request_count(), 2 + 1 + 6);
+    assert!(proxy.running.control.last_error().is_none());
+}
+
+/// The config error for a listener whose certificates are `certs`, built the way a reload
+/// does (parse, then the table), or `None` if it is accepted.
+fn listener_error(dir: &Path, certs: &[(&Path, &Path)]) -> Option<cohort::config::ConfigError> {
+    let mut config = Config::new()
+        .upstream("backend", "127.0.0.1:1")
+        .route(Route::new("agent").single("backend"));
+    for (cert, key) in certs {
+        config = config.certificate(cert, key, &[]);
+    }
+    let file = dir.join("cohort.yaml");
+    let loaded = cohort::config::parse(&file, config.yaml()).expect("the YAML parses");
+    let metrics = cohort::metrics::Metrics::new();
+    cohort::table::from_loaded(&loaded, &metrics, None, 1).err()
+}
+
+#[tokio::test]
+async fn bad_certificates_are_config_errors_naming_file_and_reason() {
+    let ca = TestCa::new("cohort test CA");
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (cert, key) = ca.leaf(&["agent.test"]).write(d, "good");
+    let (other_cert, other_key) = ca.leaf(&["other.test"]).write(d, "other");
+    let missing = d.join("missing.crt");
+    let empty = d.join("empty.pem");
+    std::fs::write(&empty, "").unwrap();
+    let prose = d.join("prose.pem");
+    std::fs::write(&prose, "this is not a certificate\n").unwrap();
+    let broken = d.join("broken.pem");
+    std::fs::write(
+        &broken,
+        "-----BEGIN CERTIFICATE-----\n!!! not base64 !!!\n-----END CERTIFICATE-----\n",
+    )
+    .unwrap();
+
+    assert_eq!(listener_error(d, &[(&cert, &key)]), None, "the good pair");
+    assert_eq!(
+        listener_error(d, &[(&cert, &key), (&other_cert, &other_key)]),
+        None
+    );
+
+    let show = |p: &Path| p.display().to_string();
+    // (cert, key, message prefix)
+    let cases: Vec<(&Path, &Path, String)> = vec![
+        (&missing, &key, format!("{}: cannot read: ", show(&missing))),
+        (
+            &cert,
+            &missing,
+            format!("{}: cannot read: ", show(&missing)),
+        ),
+        (
+            &empty,
+            &key,
+            format!("{}: no PEM certificate found", show(&empty)),
+        ),
+        (
+            &prose,
+            &key,
+            format!("{}: no PEM certificate found", show(&prose)),
+        ),
+        (
+            &broken,
+            &key,
+            format!("{}: not a PEM certificate file: ", show(&broken)),
+        ),
+        (
+            &cert,
+            &empty,
+            format!("{}: no usable PEM private key: ", show(&empty)),
+        ),
+        // A key as the certificate: not a certificate.
+        (
+            &key,
+            &key,
+            format!("{}: no PEM certificate found", show(&key)),
+        ),
+        // A certificate as the key: no key in it.
+        (
+            &cert,
+            &cert,
+            format!("{}: no usable PEM private key: ", show(&cert)),
+        ),
+        // Two good files that do not belong together.
+        (
+            &cert,
+            &other_key,
+            format!(
+                "{}: does not fit the certificate {}: ",
+                show(&other_key),
+                show(&cert)
+            ),
+        ),
+    ];
+    for (bad_cert, bad_key, prefix) in &cases {
+        let bad = (*bad_cert, *bad_key);
+        for (position, certs) in [
+            (0, vec![bad]),
+            (1, vec![(cert.as_path(), key.as_path()), bad]),
+        ] {
+            let e = listener_error(d, &certs).unwrap_or_else(|| {
+                panic!("{bad_cert:?} with {bad_key:?} at {position} should be rejected")
+            });
+            assert_eq!(
+                e.field,
+                format!("listeners[0].tls.certificates[{position}]"),
+                "{e}"
+            );
+            assert!(
+                e.message.starts_with(prefix.as_str()),
+                "{e}\nexpected {prefix}"
+            );
+            assert!(e.line > 0, "the error is placed in the file: {e}");
+            assert_eq!(e.file, d.join("cohort.yaml"));
+        }
+    }
+
+    // Starting a proxy on such a file fails the same way, with no panic.
+    let config = Config::new()
+        .upstream("backend", "127.0.0.1:1")
+        .route(Route::new("agent").single("backend"))
+        .certificate(&cert, &other_key, &[]);
+    let file = d.join("start.yaml");
+    std::fs::write(&file, config.yaml()).unwrap();
+    let e = match within("start", cohort::app::start(&file)).await {
+        Ok(_) => panic!("a mismatched pair should not start"),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        e.contains("listeners[0].tls.certificates[0]")
+            && e.contains(&show(&other_key))
+            && e.contains("does not fit the certificate"),
+        "{e}"
+    );
+}
