@@ -232,15 +232,35 @@ pub fn is_tls_error(err: &(dyn std::error::Error + 'static)) -> bool {
         if e.is::<rustls::Error>() {
             return true;
         }
-        if let Some(io) = e.downcast_ref::<std::io::Error>() {
-            if io
-                .get_ref()
-                .is_some_and(|inner| inner.is::<rustls::Error>())
-            {
-                return true;
-            }
-        }
-        cur = e.source();
+        // `io::Error::source` skips the error an io::Error wraps (it returns that error's own
+        // source), so step into the wrapped error itself: hyper-rustls wraps tokio-rustls's
+        // io::Error, which wraps the rustls::Error, in a second io::Error.
+        cur = match e
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+        {
+            Some(inner) => Some(inner as &(dyn std::error::Error + 'static)),
+            None => e.source(),
+        };
     }
     false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tls_errors_are_found_inside_nested_io_errors() {
+        let tls = || rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer);
+        let direct = std::io::Error::new(std::io::ErrorKind::InvalidData, tls());
+        assert!(is_tls_error(&direct));
+        // What a failed upstream handshake looks like through hyper-rustls.
+        let nested =
+            std::io::Error::other(std::io::Error::new(std::io::ErrorKind::InvalidData, tls()));
+        assert!(is_tls_error(&nested));
+        assert!(!is_tls_error(&std::io::Error::other(std::io::Error::from(
+            std::io::ErrorKind::ConnectionRefused
+        ))));
+    }
 }

@@ -66,14 +66,16 @@ async fn two_hundred_reloads_under_load_fail_nothing() {
     let ten = split_yaml(&stable, &canary, 10, &[]);
     let p = Arc::new(TestProxy::start(&five).await);
     let path = p.dir.path().join("cohort.yaml");
-    let stop = Arc::new(tokio::sync::Notify::new());
+    // A token, not a Notify: a client between two requests when the reloads end must still
+    // see the stop (notify_waiters reaches only futures that already exist).
+    let stop = tokio_util::sync::CancellationToken::new();
     let (ok, bad) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
 
     let mut clients = Vec::new();
     for worker in 0..4 {
         let (p, stop, ok, bad) = (
             Arc::clone(&p),
-            Arc::clone(&stop),
+            stop.clone(),
             Arc::clone(&ok),
             Arc::clone(&bad),
         );
@@ -84,11 +86,9 @@ async fn two_hundred_reloads_under_load_fail_nothing() {
                 let key = format!("w{worker}-user-{i}");
                 i += 1;
                 let req = get(p.public, "/chat", &[("x-user-id", key.as_str())]);
-                let stopped = stop.notified();
-                tokio::pin!(stopped);
                 let reply = tokio::select! {
                     r = fetch(&client, req) => r,
-                    _ = &mut stopped => return,
+                    _ = stop.cancelled() => return,
                 };
                 let at5 = contract_cohort(
                     "agent",
@@ -132,7 +132,7 @@ async fn two_hundred_reloads_under_load_fail_nothing() {
         );
         assert_eq!(canary_weight(&p), weight, "after reload {n}");
     }
-    stop.notify_waiters();
+    stop.cancel();
     for c in clients {
         within("a client task", c).await.unwrap();
     }
