@@ -227,4 +227,10 @@ async fn demo_agent_subcommand_serves_its_knobs() {
     assert_eq!(reply.status, 500);
     assert_eq!(reply.header("x-agent"), Some("canary"));
     assert_eq!(reply.header("x-agent-outcome"), Some("error"));
+    let health = fetch(&client, get(addr, "/healthz", &[])).await;
+    assert_eq!(
+        (health.status.as_u16(), health.text().as_str()),
+        (200, "ok\n"),
+        "probes pass whatever the knobs"
+    );
 }

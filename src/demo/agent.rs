@@ -178,6 +178,12 @@ const TOKENS: &[&str] = &[
 ];
 
 async fn agent_reply(spec: &AgentSpec, req: Request<Incoming>) -> Response<ChannelBody> {
+    if req.uri().path() == "/healthz" {
+        // For container and pod probes: healthy whatever the knobs say.
+        let (tx, body) = ChannelBody::new(1);
+        let _ = tx.try_send(Frame::data(Bytes::from_static(b"ok\n")));
+        return Response::new(body);
+    }
     let think = spec.think_time();
     if !think.is_zero() {
         tokio::time::sleep(think).await;

@@ -1,0 +1,782 @@
+//! docker/ as users run it, checked without Docker, Kubernetes or Grafana: every YAML file
+//! parses (multi-document files included), the configs it carries validate with cohort's own
+//! loader, the pieces agree with each other (ports, paths, service names, arguments), the
+//! Dockerfile's build stage gets every file `cargo build --locked --release` reads, and the
+//! rules and dashboard query only the contract's metrics. `docker/check-image.sh` and
+//! `tests/prometheus.sh` run the real thing where this machine can.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use clap::Parser;
+use serde::Deserialize;
+use serde_yaml::Value;
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn read(rel: &str) -> String {
+    let path = repo().join(rel);
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// Every document of a YAML file (`---`-separated).
+fn documents(rel: &str) -> Vec<Value> {
+    let text = read(rel);
+    serde_yaml::Deserializer::from_str(&text)
+        .map(|doc| Value::deserialize(doc).unwrap_or_else(|e| panic!("{rel}: {e}")))
+        .collect()
+}
+
+fn document(rel: &str) -> Value {
+    let mut docs = documents(rel);
+    assert_eq!(docs.len(), 1, "{rel} should hold one document");
+    let mut doc = docs.remove(0);
+    doc.apply_merge()
+        .unwrap_or_else(|e| panic!("{rel}: merge keys: {e}"));
+    doc
+}
+
+fn yaml_files(dir: &Path, out: &mut Vec<PathBuf>) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            yaml_files(&path, out);
+        } else if path.extension().is_some_and(|e| e == "yml" || e == "yaml") {
+            out.push(path);
+        }
+    }
+}
+
+fn str_of<'a>(v: &'a Value, what: &str) -> &'a str {
+    v.as_str()
+        .unwrap_or_else(|| panic!("{what} should be a string: {v:?}"))
+}
+
+fn strings(v: &Value, what: &str) -> Vec<String> {
+    v.as_sequence()
+        .unwrap_or_else(|| panic!("{what} should be a list: {v:?}"))
+        .iter()
+        .map(|s| match s {
+            Value::Number(n) => n.to_string(),
+            other => str_of(other, what).to_string(),
+        })
+        .collect()
+}
+
+/// Validates a cohort config text as `cohort check` does and returns its admin port.
+fn validate_cohort_config(what: &str, text: &str) -> cohort::table::RoutingTable {
+    let loaded = cohort::config::parse(Path::new(what), text.to_string())
+        .unwrap_or_else(|e| panic!("{what}: {e}"));
+    cohort::table::from_loaded(&loaded, &cohort::metrics::Metrics::new(), None, 1)
+        .unwrap_or_else(|e| panic!("{what}: {e}"))
+}
+
+#[test]
+fn every_yaml_file_under_docker_parses() {
+    let mut files = Vec::new();
+    yaml_files(&repo().join("docker"), &mut files);
+    let names: BTreeSet<String> = files
+        .iter()
+        .map(|p| {
+            p.strip_prefix(repo())
+                .unwrap()
+                .to_string_lossy()
+                .into_owned()
+        })
+        .collect();
+    for expected in [
+        "docker/docker-compose.yml",
+        "docker/cohort/cohort.yaml",
+        "docker/prometheus/prometheus.yml",
+        "docker/prometheus/rules.yml",
+        "docker/prometheus/rules_test.yml",
+        "docker/grafana/provisioning/datasources/prometheus.yml",
+        "docker/grafana/provisioning/dashboards/cohort.yml",
+        "docker/k8s/configmap.yaml",
+        "docker/k8s/deployment.yaml",
+        "docker/k8s/canary.yaml",
+        "docker/k8s/service.yaml",
+        "docker/k8s/podmonitor.yaml",
+        "docker/k8s/kustomization.yaml",
+    ] {
+        assert!(names.contains(expected), "{expected} is missing: {names:?}");
+    }
+    for name in &names {
+        let docs = documents(name);
+        assert!(!docs.is_empty(), "{name} has no document");
+        for (i, doc) in docs.iter().enumerate() {
+            assert!(doc.is_mapping(), "{name} document {i} is not a mapping");
+        }
+    }
+    assert_eq!(
+        documents("docker/k8s/canary.yaml").len(),
+        2,
+        "Deployment + Service"
+    );
+}
+
+/// `${NAME:-default}` → `default`, as compose substitutes with an empty environment.
+fn compose_defaults(s: &str) -> String {
+    let mut out = String::new();
+    let mut rest = s;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let end = rest[start..].find('}').expect("closing brace") + start;
+        let inner = &rest[start + 2..end];
+        out.push_str(inner.split_once(":-").map_or("", |(_, d)| d));
+        rest = &rest[end + 1..];
+    }
+    out.push_str(rest);
+    out
+}
+
+#[derive(Parser)]
+struct AgentCli {
+    #[command(flatten)]
+    args: cohort::demo::AgentArgs,
+}
+
+#[derive(Parser)]
+struct LoadCli {
+    #[command(flatten)]
+    args: cohort::demo::LoadArgs,
+}
+
+/// Parses a container command line the way `cohort` would, for the demo subcommands.
+fn demo_agent_args(command: &[String]) -> cohort::demo::AgentArgs {
+    assert_eq!(command[0], "demo-agent", "{command:?}");
+    let argv = std::iter::once("cohort".to_string()).chain(command[1..].iter().cloned());
+    AgentCli::try_parse_from(argv)
+        .unwrap_or_else(|e| panic!("{command:?}: {e}"))
+        .args
+}
+
+#[test]
+fn compose_runs_cohort_in_front_of_its_agents() {
+    let compose = document("docker/docker-compose.yml");
+    let services = &compose["services"];
+    for name in [
+        "stable",
+        "canary",
+        "cohort",
+        "load",
+        "prometheus",
+        "grafana",
+    ] {
+        assert!(services.get(name).is_some(), "service {name} is missing");
+    }
+    // The services that run cohort's image build it from docker/Dockerfile.
+    for name in ["stable", "canary", "cohort", "load"] {
+        let build = &services[name]["build"];
+        let context = repo()
+            .join("docker")
+            .join(str_of(&build["context"], "context"));
+        let dockerfile = str_of(&build["dockerfile"], "dockerfile");
+        assert!(context.join(dockerfile).is_file(), "{name}: {dockerfile}");
+        assert_eq!(str_of(&services[name]["image"], "image"), "cohort:dev");
+    }
+
+    // cohort serves the mounted directory's config, which validates.
+    let command = strings(&services["cohort"]["command"], "command");
+    assert_eq!(command, ["run", "--config", "/etc/cohort/cohort.yaml"]);
+    let volumes = strings(&services["cohort"]["volumes"], "volumes");
+    assert!(
+        volumes.contains(&"./cohort:/etc/cohort:ro".to_string()),
+        "a directory mount: {volumes:?}"
+    );
+    let table = validate_cohort_config(
+        "docker/cohort/cohort.yaml",
+        &read("docker/cohort/cohort.yaml"),
+    );
+    assert_eq!(table.admin_address.to_string(), "0.0.0.0:9901");
+
+    // Each upstream names a compose service whose demo agent listens on that port.
+    let config: Value = serde_yaml::from_str(&read("docker/cohort/cohort.yaml")).unwrap();
+    for (name, upstream) in config["upstreams"].as_mapping().unwrap() {
+        let name = str_of(name, "upstream");
+        let endpoint = strings(&upstream["endpoints"], "endpoints").remove(0);
+        let (host, port) = endpoint
+            .trim_start_matches("http://")
+            .split_once(':')
+            .unwrap();
+        let command: Vec<String> = strings(&services[host]["command"], "command")
+            .iter()
+            .map(|a| compose_defaults(a))
+            .collect();
+        let agent = demo_agent_args(&command);
+        assert_eq!(agent.name, name);
+        assert_eq!(agent.port.to_string(), port, "{host}");
+        assert!(
+            agent.bind.is_unspecified(),
+            "{host} must bind 0.0.0.0 in its container"
+        );
+        let health = strings(&services[host]["healthcheck"]["test"], "healthcheck").join(" ");
+        assert!(
+            health.contains(&format!("127.0.0.1:{port}/healthz")),
+            "{health}"
+        );
+    }
+
+    // The load generator targets cohort's public listener.
+    let load: Vec<String> = strings(&services["load"]["command"], "command")
+        .iter()
+        .map(|a| compose_defaults(a))
+        .collect();
+    assert_eq!(load[0], "demo-load");
+    let args = LoadCli::try_parse_from(
+        std::iter::once("cohort".to_string()).chain(load[1..].iter().cloned()),
+    )
+    .unwrap_or_else(|e| panic!("{load:?}: {e}"))
+    .args;
+    let public = table.listeners[0].address.port();
+    assert_eq!(args.target, format!("http://cohort:{public}"));
+
+    // Prometheus scrapes cohort's admin port; Grafana mounts what exists.
+    let prom = document("docker/prometheus/prometheus.yml");
+    let target = strings(
+        &prom["scrape_configs"][0]["static_configs"][0]["targets"],
+        "targets",
+    );
+    assert_eq!(target, [format!("cohort:{}", table.admin_address.port())]);
+    for rule_file in strings(&prom["rule_files"], "rule_files") {
+        assert!(
+            repo().join("docker/prometheus").join(&rule_file).is_file(),
+            "{rule_file}"
+        );
+    }
+    for volume in strings(&services["grafana"]["volumes"], "volumes")
+        .iter()
+        .chain(&strings(&services["prometheus"]["volumes"], "volumes"))
+    {
+        let host = volume.split(':').next().unwrap();
+        assert!(repo().join("docker").join(host).is_dir(), "{volume}");
+    }
+    let home = services["grafana"]["environment"]["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
+        .as_str()
+        .unwrap();
+    let provider = document("docker/grafana/provisioning/dashboards/cohort.yml");
+    let dir = str_of(&provider["providers"][0]["options"]["path"], "path");
+    assert!(home.starts_with(dir), "{home} is not under {dir}");
+    let file = Path::new(home).file_name().unwrap();
+    assert!(repo()
+        .join("docker/grafana/dashboards")
+        .join(file)
+        .is_file());
+}
+
+fn kind<'a>(docs: &'a [Value], kind: &str, name: &str) -> &'a Value {
+    docs.iter()
+        .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
+        .unwrap_or_else(|| panic!("no {kind} {name}"))
+}
+
+#[test]
+fn kubernetes_runs_cohort_as_a_sidecar_on_its_configmap() {
+    let mut docs = Vec::new();
+    let kustomization = document("docker/k8s/kustomization.yaml");
+    for file in strings(&kustomization["resources"], "resources") {
+        docs.extend(documents(&format!("docker/k8s/{file}")));
+    }
+    let configmap = kind(&docs, "ConfigMap", "cohort-config");
+    let text = str_of(&configmap["data"]["cohort.yaml"], "cohort.yaml");
+    let table = validate_cohort_config("configmap.yaml:cohort.yaml", text);
+    assert!(
+        table.admin_address.ip().is_unspecified(),
+        "in a pod the admin listener binds 0.0.0.0 for scraping"
+    );
+    let admin_port = table.admin_address.port();
+    let public_port = table.listeners[0].address.port();
+
+    let deployment = kind(&docs, "Deployment", "support-agent");
+    let pod = &deployment["spec"]["template"];
+    let annotations = &pod["metadata"]["annotations"];
+    assert_eq!(annotations["prometheus.io/scrape"], "true");
+    assert_eq!(
+        annotations["prometheus.io/port"],
+        admin_port.to_string().as_str()
+    );
+    assert_eq!(annotations["prometheus.io/path"], "/metrics");
+    let containers = pod["spec"]["containers"].as_sequence().unwrap();
+    assert!(containers.len() >= 2, "the agent and the cohort sidecar");
+    let cohort = containers.iter().find(|c| c["name"] == "cohort").unwrap();
+    let args = strings(&cohort["args"], "args");
+    let config = args[args.iter().position(|a| a == "--config").unwrap() + 1].clone();
+    let port = |name: &str| {
+        cohort["ports"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == name)
+            .and_then(|p| p["containerPort"].as_u64())
+            .unwrap_or_else(|| panic!("container port {name}"))
+    };
+    assert_eq!(port("admin"), admin_port as u64);
+    assert_eq!(port("http"), public_port as u64);
+    assert_eq!(cohort["readinessProbe"]["httpGet"]["path"], "/readyz");
+    assert_eq!(cohort["livenessProbe"]["httpGet"]["path"], "/healthz");
+
+    // The ConfigMap is mounted as the directory holding --config, never through subPath.
+    let volume = pod["spec"]["volumes"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|v| v["configMap"]["name"] == "cohort-config")
+        .expect("a configMap volume");
+    let mount = cohort["volumeMounts"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == volume["name"])
+        .expect("the config volume is mounted");
+    assert!(
+        mount.get("subPath").is_none(),
+        "subPath mounts never see ConfigMap updates"
+    );
+    assert_eq!(
+        Path::new(&config).parent().unwrap(),
+        Path::new(str_of(&mount["mountPath"], "mountPath"))
+    );
+    assert_eq!(Path::new(&config).file_name().unwrap(), "cohort.yaml");
+
+    // Drain fits in the grace period.
+    let grace = deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+        .as_u64()
+        .unwrap();
+    assert!(table.shutdown_timeout.as_secs() + 5 < grace, "{grace}s");
+
+    // The stable upstream is the agent beside cohort; the canary one is the canary Service.
+    let agent = containers.iter().find(|c| c["name"] == "agent").unwrap();
+    let agent_args = demo_agent_args(&strings(&agent["args"], "args"));
+    let stable = table.routes[0].cohorts[0].upstream.name().to_string();
+    assert_eq!(stable, "stable");
+    let config: Value = serde_yaml::from_str(text).unwrap();
+    let endpoint =
+        |name: &str| strings(&config["upstreams"][name]["endpoints"], "endpoints").remove(0);
+    assert_eq!(endpoint("stable"), format!("127.0.0.1:{}", agent_args.port));
+    let canary_service = kind(&docs, "Service", "support-agent-canary");
+    let canary_port = canary_service["spec"]["ports"][0]["port"].as_u64().unwrap();
+    assert_eq!(
+        endpoint("canary"),
+        format!("http://support-agent-canary:{canary_port}")
+    );
+    let canary = kind(&docs, "Deployment", "support-agent-canary");
+    let canary_agent = &canary["spec"]["template"]["spec"]["containers"][0];
+    let canary_args = demo_agent_args(&strings(&canary_agent["args"], "args"));
+    assert_eq!(canary_args.port as u64, canary_port);
+    for (selector, labels) in [
+        (
+            &canary_service["spec"]["selector"],
+            &canary["spec"]["template"]["metadata"]["labels"],
+        ),
+        (
+            &kind(&docs, "Service", "support-agent")["spec"]["selector"],
+            &pod["metadata"]["labels"],
+        ),
+    ] {
+        for (k, v) in selector.as_mapping().unwrap() {
+            assert_eq!(&labels[k], v, "selector {k:?}");
+        }
+    }
+    assert_eq!(
+        kind(&docs, "Service", "support-agent")["spec"]["ports"][0]["targetPort"],
+        "http"
+    );
+
+    // The PodMonitor (outside the kustomization) scrapes the admin port of the same pods.
+    let monitor = document("docker/k8s/podmonitor.yaml");
+    assert_eq!(monitor["kind"], "PodMonitor");
+    assert_eq!(monitor["spec"]["podMetricsEndpoints"][0]["port"], "admin");
+    for (k, v) in monitor["spec"]["selector"]["matchLabels"]
+        .as_mapping()
+        .unwrap()
+    {
+        assert_eq!(&pod["metadata"]["labels"][k], v);
+    }
+}
+
+/// The metric families a PromQL text or dashboard uses: `cohort_...` names, histogram suffixes
+/// removed.
+fn metric_names(text: &str) -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    let bytes = text.as_bytes();
+    let mut i = 0;
+    while let Some(at) = text[i..].find("cohort_") {
+        let start = i + at;
+        let boundary = start == 0
+            || !(bytes[start - 1].is_ascii_alphanumeric() || b"_:".contains(&bytes[start - 1]));
+        let end = text[start..]
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .map_or(text.len(), |e| start + e);
+        if boundary && text.as_bytes().get(end) != Some(&b':') {
+            let name = &text[start..end];
+            let family = ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|s| name.strip_suffix(s))
+                .unwrap_or(name);
+            names.insert(family.to_string());
+        }
+        i = end;
+    }
+    names
+}
+
+fn contract_metrics() -> BTreeSet<String> {
+    use cohort::metrics::*;
+    [
+        REQUESTS,
+        DURATION,
+        TTFB,
+        UPSTREAM_FAILURES,
+        OUTCOMES,
+        IN_FLIGHT,
+        SPLIT,
+        UNROUTED,
+        RELOADS,
+        GENERATION,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+#[test]
+fn rules_use_only_contract_metrics_and_cover_the_issue() {
+    let rules = document("docker/prometheus/rules.yml");
+    let mut records = BTreeSet::new();
+    let mut alerts = BTreeSet::new();
+    let mut used = BTreeSet::new();
+    for group in rules["groups"].as_sequence().unwrap() {
+        for rule in group["rules"].as_sequence().unwrap() {
+            let expr = str_of(&rule["expr"], "expr");
+            used.extend(metric_names(expr));
+            if let Some(r) = rule["record"].as_str() {
+                records.insert(r.to_string());
+            } else {
+                let alert = str_of(&rule["alert"], "alert").to_string();
+                if alert.starts_with("CohortCanary") {
+                    assert_eq!(rule["for"], "5m", "{alert}");
+                }
+                alerts.insert(alert);
+            }
+        }
+    }
+    let known = contract_metrics();
+    assert!(
+        used.is_subset(&known),
+        "unknown metrics: {:?}",
+        used.difference(&known).collect::<Vec<_>>()
+    );
+    for part in [
+        "requests:rate",
+        "error_ratio",
+        "p50",
+        "p95",
+        "p99",
+        "resolution",
+        "escalation",
+    ] {
+        assert!(
+            records.iter().any(|r| r.contains(part)),
+            "no recording rule for {part}"
+        );
+    }
+    for quantity in ["request_duration_seconds", "time_to_first_byte_seconds"] {
+        for q in ["p50", "p95", "p99"] {
+            assert!(
+                records
+                    .iter()
+                    .any(|r| r.contains(quantity) && r.contains(q)),
+                "{quantity} {q}"
+            );
+        }
+    }
+    for alert in [
+        "CohortCanaryErrorRatioAboveStable",
+        "CohortCanaryLatencyAboveStable",
+        "CohortCanaryEscalationsAboveStable",
+    ] {
+        assert!(alerts.contains(alert), "{alert}");
+    }
+    // Every alert is exercised by the promtool unit tests.
+    let tests = read("docker/prometheus/rules_test.yml");
+    for alert in &alerts {
+        assert!(
+            tests.contains(&format!("alertname: {alert}")),
+            "{alert} has no unit test"
+        );
+    }
+}
+
+#[test]
+fn the_dashboard_compares_cohorts_on_contract_metrics() {
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&read("docker/grafana/dashboards/cohort.json")).unwrap();
+    let panels = dashboard["panels"].as_array().unwrap();
+    let mut ids = BTreeSet::new();
+    let mut used = BTreeSet::new();
+    let mut titles = String::new();
+    for p in panels {
+        assert!(ids.insert(p["id"].as_u64().unwrap()), "duplicate panel id");
+        let grid = &p["gridPos"];
+        assert!(grid["x"].as_u64().unwrap() + grid["w"].as_u64().unwrap() <= 24);
+        titles.push_str(&p["title"].as_str().unwrap().to_lowercase());
+        titles.push('\n');
+        for t in p["targets"].as_array().into_iter().flatten() {
+            let expr = t["expr"].as_str().unwrap();
+            assert!(!metric_names(expr).is_empty(), "{expr}");
+            used.extend(metric_names(expr));
+        }
+    }
+    let known = contract_metrics();
+    assert!(
+        used.is_subset(&known),
+        "unknown metrics: {:?}",
+        used.difference(&known).collect::<Vec<_>>()
+    );
+    for m in [
+        cohort::metrics::REQUESTS,
+        cohort::metrics::DURATION,
+        cohort::metrics::TTFB,
+        cohort::metrics::OUTCOMES,
+        cohort::metrics::SPLIT,
+        cohort::metrics::RELOADS,
+        cohort::metrics::GENERATION,
+    ] {
+        assert!(used.contains(m), "the dashboard does not show {m}");
+    }
+    for topic in [
+        "requests per second",
+        "error ratio",
+        "request duration",
+        "time to first byte",
+        "outcome",
+        "split percent",
+        "config reloads",
+        "config generation",
+    ] {
+        assert!(titles.contains(topic), "no panel about {topic}:\n{titles}");
+    }
+    // Side by side: a panel repeated for each cohort, horizontally.
+    assert!(panels
+        .iter()
+        .any(|p| p["repeat"] == "cohort" && p["repeatDirection"] == "h"));
+    let vars: Vec<&str> = dashboard["templating"]["list"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(vars, ["datasource", "route", "cohort"]);
+    let datasource = document("docker/grafana/provisioning/datasources/prometheus.yml");
+    assert_eq!(datasource["datasources"][0]["type"], "prometheus");
+}
+
+/// Dockerfile instructions, continuation lines joined, comments dropped.
+fn instructions(text: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut current = String::new();
+    for line in text.lines() {
+        let trimmed = line.trim();
+        if trimmed.starts_with('#') && current.is_empty()
+            || trimmed.is_empty() && current.is_empty()
+        {
+            continue;
+        }
+        if let Some(body) = trimmed.strip_suffix('\\') {
+            current.push_str(body);
+            current.push(' ');
+            continue;
+        }
+        current.push_str(trimmed);
+        let (word, rest) = current.split_once(' ').unwrap_or((&current, ""));
+        out.push((word.to_uppercase(), rest.trim().to_string()));
+        current.clear();
+    }
+    out
+}
+
+#[test]
+fn the_dockerfile_builds_what_cargo_builds_and_runs_unprivileged() {
+    let dockerfile = read("docker/Dockerfile");
+    let steps = instructions(&dockerfile);
+    let stages: Vec<usize> = steps
+        .iter()
+        .enumerate()
+        .filter(|(_, (w, _))| w == "FROM")
+        .map(|(i, _)| i)
+        .collect();
+    assert_eq!(stages.len(), 2, "a build stage and a runtime stage");
+    let (build, runtime) = (&steps[stages[0]..stages[1]], &steps[stages[1]..]);
+    assert!(build[0].1.ends_with(" AS build"), "{:?}", build[0]);
+
+    let runs: Vec<&str> = build
+        .iter()
+        .filter(|(w, _)| w == "RUN")
+        .map(|(_, r)| r.as_str())
+        .collect();
+    assert!(
+        runs.iter()
+            .any(|r| r.contains("cargo build --locked --release")),
+        "{runs:?}"
+    );
+
+    // What the build stage copies in covers every file cargo reads.
+    let mut copied = Vec::new();
+    for (_, rest) in build.iter().filter(|(w, _)| w == "COPY") {
+        let words: Vec<&str> = rest.split_whitespace().collect();
+        for src in &words[..words.len() - 1] {
+            assert!(
+                repo().join(src).exists(),
+                "COPY {src}: not in the repository"
+            );
+            copied.push(src.trim_end_matches('/').to_string());
+        }
+    }
+    let covered = |path: &str| {
+        copied
+            .iter()
+            .any(|c| path == c || path.starts_with(&format!("{c}/")))
+    };
+    let manifest = read("Cargo.toml");
+    let mut needed = vec![
+        "Cargo.toml".to_string(),
+        "Cargo.lock".to_string(),
+        "src/main.rs".to_string(),
+        "src/lib.rs".to_string(),
+    ];
+    let mut section = String::new();
+    for line in manifest.lines() {
+        if line.starts_with('[') {
+            section = line.to_string();
+        } else if let Some((key, value)) = line.split_once('=') {
+            let value = value.trim().trim_matches('"');
+            if key.trim() == "name" && section == "[[bench]]" {
+                needed.push(format!("benches/{value}.rs"));
+            } else if key.trim() == "path" && section.starts_with('[') {
+                needed.push(value.to_string());
+            }
+        }
+    }
+    let mut sources = Vec::new();
+    rust_files(&repo().join("src"), &mut sources);
+    for file in sources {
+        let text = std::fs::read_to_string(&file).unwrap();
+        for (at, _) in text
+            .match_indices("include_str!(\"")
+            .chain(text.match_indices("include_bytes!(\""))
+        {
+            let arg = &text[at..];
+            let start = arg.find('"').unwrap() + 1;
+            let end = start + arg[start..].find('"').unwrap();
+            let target = file.parent().unwrap().join(&arg[start..end]);
+            let target = target
+                .canonicalize()
+                .unwrap_or_else(|e| panic!("{}: {e}", target.display()));
+            let rel = target.strip_prefix(repo().canonicalize().unwrap()).unwrap();
+            needed.push(rel.to_string_lossy().into_owned());
+        }
+    }
+    for path in &needed {
+        assert!(
+            covered(path),
+            "the build stage does not COPY {path} (copies {copied:?})"
+        );
+    }
+
+    // The context filter lets through everything the Dockerfile copies.
+    let ignore = read("docker/Dockerfile.dockerignore");
+    let allowed: Vec<&str> = ignore
+        .lines()
+        .filter_map(|l| l.strip_prefix('!'))
+        .map(|l| l.trim_end_matches('/'))
+        .collect();
+    for (_, rest) in steps
+        .iter()
+        .filter(|(w, r)| w == "COPY" && !r.starts_with("--from"))
+    {
+        let words: Vec<&str> = rest.split_whitespace().collect();
+        for src in &words[..words.len() - 1] {
+            let src = src.trim_end_matches('/');
+            assert!(
+                allowed
+                    .iter()
+                    .any(|a| src == *a || src.starts_with(&format!("{a}/"))),
+                "{src} is excluded by Dockerfile.dockerignore"
+            );
+        }
+    }
+
+    // Runtime: the binary from the build stage, a numeric non-root user, a health check on
+    // the admin /healthz of the config it ships, and `run` on that config.
+    let get = |word: &str| {
+        runtime
+            .iter()
+            .filter(|(w, _)| w == word)
+            .map(|(_, r)| r.clone())
+            .collect::<Vec<_>>()
+    };
+    assert!(get("COPY")
+        .iter()
+        .any(|c| c.starts_with("--from=build ") && c.ends_with(" /usr/local/bin/cohort")));
+    let user = get("USER").pop().expect("a USER");
+    let uid: u32 = user
+        .split(':')
+        .next()
+        .unwrap()
+        .parse()
+        .expect("a numeric user");
+    assert_ne!(uid, 0);
+    let config_copy = get("COPY")
+        .into_iter()
+        .find(|c| c.ends_with(" /etc/cohort/cohort.yaml"))
+        .expect("a default config");
+    let config_src = config_copy.split_whitespace().next().unwrap();
+    let table = validate_cohort_config(config_src, &read(config_src));
+    let json =
+        |s: &str| -> Vec<String> { serde_json::from_str(s).unwrap_or_else(|e| panic!("{s}: {e}")) };
+    let health = get("HEALTHCHECK").pop().expect("a HEALTHCHECK");
+    let cmd = json(&health[health.find("CMD ").expect("HEALTHCHECK ... CMD") + 4..]);
+    assert_eq!(cmd[..2], ["/usr/local/bin/cohort", "healthcheck"]);
+    assert_eq!(
+        cmd[2..],
+        [
+            "--url".to_string(),
+            format!("http://127.0.0.1:{}/healthz", table.admin_address.port())
+        ]
+    );
+    let entrypoint = json(&get("ENTRYPOINT").pop().unwrap());
+    let command = json(&get("CMD").pop().unwrap());
+    assert_eq!(entrypoint, ["/usr/local/bin/cohort"]);
+    assert_eq!(command, ["run", "--config", "/etc/cohort/cohort.yaml"]);
+}
+
+fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            rust_files(&path, out);
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            out.push(path);
+        }
+    }
+}
+
+#[test]
+fn compose_defaults_substitute_like_compose() {
+    assert_eq!(compose_defaults("${A:-12%}"), "12%");
+    assert_eq!(compose_defaults("x${A:-1}y${B}z"), "x1yz");
+    assert_eq!(compose_defaults("plain"), "plain");
+}
+
+#[test]
+fn metric_names_finds_families_not_recording_rules() {
+    let names = metric_names(
+        "sum(rate(cohort_requests_total[5m])) / route_cohort:cohort_requests:rate5m + cohort_time_to_first_byte_seconds_bucket",
+    );
+    assert_eq!(
+        names.into_iter().collect::<Vec<_>>(),
+        ["cohort_requests_total", "cohort_time_to_first_byte_seconds"]
+    );
+}
