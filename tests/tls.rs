@@ -4,6 +4,7 @@
 mod support;
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::{StatusCode, Version};
@@ -23,6 +24,18 @@ async fn tls_proxy(certs: &[(&Leaf, &[&str])], dir: &Path) -> (TestProxy, MockUp
         config = config.certificate(&cert, &key, names);
     }
     (config.start().await, mock)
+}
+
+/// A proxy serving the certificate in these files (read from there, so they can be rotated).
+async fn proxy_with_default_cert(cert: &Path, key: &Path) -> (TestProxy, MockUpstream) {
+    let mock = MockUpstream::json("backend").await;
+    let proxy = Config::new()
+        .upstream("backend", mock.addr)
+        .route(Route::new("agent").single("backend"))
+        .certificate(cert, key, &[])
+        .start()
+        .await;
+    (proxy, mock)
 }
 
 #[tokio::test]
@@ -111,13 +124,7 @@ async fn rotation_reaches_new_handshakes_and_spares_open_connections() {
     assert!(old.der != new.der);
     let dir = tempfile::tempdir().unwrap();
     let (cert, key) = old.write(dir.path(), "agent");
-    let mock = MockUpstream::json("backend").await;
-    let proxy = Config::new()
-        .upstream("backend", mock.addr)
-        .route(Route::new("agent").single("backend"))
-        .certificate(&cert, &key, &[])
-        .start()
-        .await;
+    let (proxy, mock) = proxy_with_default_cert(&cert, &key).await;
     assert_eq!(proxy.running.control.current().generation, 1);
 
     let mut h1 =
@@ -294,4 +301,61 @@ async fn bad_certificates_are_config_errors_naming_file_and_reason() {
             && e.contains("does not fit the certificate"),
         "{e}"
     );
+}
+
+#[tokio::test]
+async fn a_broken_rotation_keeps_the_serving_certificate() {
+    let ca = TestCa::new("cohort test CA");
+    let good = ca.leaf(&["agent.test"]);
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = good.write(dir.path(), "agent");
+    let (proxy, _mock) = proxy_with_default_cert(&cert, &key).await;
+
+    // A half-written certificate, as a careless rotation might leave it.
+    let truncated = &good.cert_pem[..good.cert_pem.len() / 2];
+    let tmp = cert.with_extension("tmp");
+    std::fs::write(&tmp, truncated).unwrap();
+    std::fs::rename(&tmp, &cert).unwrap();
+    let message = within("the broken certificate to be rejected", async {
+        loop {
+            if let Some(e) = proxy.running.control.last_error() {
+                return e.message;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(
+        message.contains("listeners[0].tls.certificates[0]")
+            && message.contains(&cert.display().to_string()),
+        "{message}"
+    );
+    assert_eq!(proxy.running.control.current().generation, 1);
+
+    let mut conn = TlsConn::connect(proxy.public, ca.client_config(&["h2"]), "agent.test").await;
+    assert!(
+        conn.leaf == good.der,
+        "still serving the last good certificate"
+    );
+    assert_eq!(conn.get("/", &[]).await.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn tls_1_2_and_1_3_are_both_accepted() {
+    let ca = TestCa::new("cohort test CA");
+    let leaf = ca.leaf(&["agent.test"]);
+    let dir = tempfile::tempdir().unwrap();
+    let (proxy, mock) = tls_proxy(&[(&leaf, &[])], dir.path()).await;
+    for version in [&rustls::version::TLS12, &rustls::version::TLS13] {
+        let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_protocol_versions(&[version])
+        .unwrap()
+        .with_root_certificates(ca.roots())
+        .with_no_client_auth();
+        let stream = handshake(proxy.public, config, "agent.test").await;
+        assert_eq!(stream.get_ref().1.protocol_version(), Some(version.version));
+    }
+    assert_eq!(mock.request_count(), 0);
 }
