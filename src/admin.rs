@@ -45,6 +45,12 @@ const JSON: &str = "application/json";
 
 impl Admin {
     pub async fn handle(&self, req: Request<Incoming>) -> Reply {
+        let open = matches!(req.uri().path(), "/metrics" | "/healthz" | "/readyz");
+        if !open {
+            if let Some(refusal) = self.refusal(&req) {
+                return refusal;
+            }
+        }
         match (req.method(), req.uri().path()) {
             (&Method::GET, "/metrics") => reply(
                 StatusCode::OK,
@@ -83,6 +89,40 @@ impl Admin {
             }
             _ => reply(StatusCode::NOT_FOUND, TEXT, "not found\n"),
         }
+    }
+
+    /// Why a guarded endpoint is refused, if it is: it needs the bearer token when one is
+    /// configured, and without one it is served only on a loopback admin address.
+    fn refusal(&self, req: &Request<Incoming>) -> Option<Reply> {
+        use subtle::ConstantTimeEq;
+        let table = self.control.current();
+        let Some(token) = table.admin_token.as_deref() else {
+            if table.admin_address.ip().is_loopback() {
+                return None;
+            }
+            return Some(reply(
+                StatusCode::FORBIDDEN,
+                TEXT,
+                "this admin endpoint needs admin.token_file when the admin address is not loopback\n",
+            ));
+        };
+        let given = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "));
+        if given.is_some_and(|g| bool::from(g.ct_eq(token.as_bytes()))) {
+            return None;
+        }
+        let mut r = reply(
+            StatusCode::UNAUTHORIZED,
+            TEXT,
+            "a bearer token is required\n",
+        );
+        r.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            header::HeaderValue::from_static("Bearer"),
+        );
+        Some(r)
     }
 
     /// The serving table: generation, each route's bands, and the last reload error.

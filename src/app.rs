@@ -78,15 +78,17 @@ pub async fn start(config: &Path) -> Result<Running, StartError> {
     for (index, (name, listener)) in bound.into_iter().enumerate() {
         let address = listener.local_addr().unwrap_or(table.admin_address);
         tracing::info!(listener = %name, %address, "listening");
-        listeners.push((name, address));
         let tls = table.listeners.get(index).is_some_and(|l| l.tls);
         let proxy = Arc::new(Proxy::new(control.table(), tls));
-        accept_tasks.push(tokio::spawn(server::serve(
-            listener,
+        let (refused, open_gauge) = control.metrics.listener(&name);
+        listeners.push((name, address));
+        let me = server::Listener {
             index,
             proxy,
-            life.clone(),
-        )));
+            refused,
+            open_gauge,
+        };
+        accept_tasks.push(tokio::spawn(server::serve(listener, me, life.clone())));
     }
     tracing::info!(address = %admin_address, "admin listening");
     tokio::spawn(admin::serve(

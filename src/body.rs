@@ -232,3 +232,110 @@ impl Body for ProxyBody {
         }
     }
 }
+
+/// The client's request body went over the route's `max_body_bytes`.
+#[derive(Debug, thiserror::Error)]
+#[error("request body larger than {0} bytes")]
+pub struct BodyTooLarge(pub u64);
+
+/// The client stopped sending its request body for longer than `body_read_timeout`.
+#[derive(Debug, thiserror::Error)]
+#[error("request body idle for longer than {0:?}")]
+pub struct BodyTimeout(pub Duration);
+
+/// The client's request body on its way upstream, frame by frame, with the route's size cap
+/// and the slow-POST timer between frames. The timer is only created once the body actually
+/// waits, so bodiless requests pay nothing for it.
+pub struct RequestBody {
+    inner: Incoming,
+    idle: Option<Pin<Box<Sleep>>>,
+    idle_for: Duration,
+    limit: u64,
+    seen: u64,
+    done: bool,
+}
+
+impl RequestBody {
+    pub fn new(inner: Incoming, limit: u64, idle_for: Duration) -> Self {
+        RequestBody {
+            inner,
+            idle: None,
+            idle_for,
+            limit,
+            seen: 0,
+            done: false,
+        }
+    }
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        if this.done {
+            return Poll::Ready(None);
+        }
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(d) = frame.data_ref() {
+                    this.seen += d.len() as u64;
+                    if this.seen > this.limit {
+                        this.done = true;
+                        return Poll::Ready(Some(Err(Box::new(BodyTooLarge(this.limit)))));
+                    }
+                }
+                if let Some(idle) = this.idle.as_mut() {
+                    idle.as_mut().reset(Instant::now() + this.idle_for);
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => {
+                this.done = true;
+                Poll::Ready(Some(Err(e.into())))
+            }
+            Poll::Ready(None) => {
+                this.done = true;
+                Poll::Ready(None)
+            }
+            Poll::Pending => {
+                let idle_for = this.idle_for;
+                let idle = this
+                    .idle
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(idle_for)));
+                ready!(idle.as_mut().poll(cx));
+                this.done = true;
+                Poll::Ready(Some(Err(Box::new(BodyTimeout(idle_for)))))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done || self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Whether an upstream error was really the client's body: too large or too slow.
+pub fn client_body_fault(
+    err: &(dyn std::error::Error + 'static),
+) -> Option<crate::hygiene::Reject> {
+    let mut cur = Some(err);
+    while let Some(e) = cur {
+        if e.is::<BodyTooLarge>() {
+            return Some(crate::hygiene::Reject::BodyTooLarge);
+        }
+        if e.is::<BodyTimeout>() {
+            return Some(crate::hygiene::Reject::BodyTimeout);
+        }
+        cur = e.source();
+    }
+    None
+}

@@ -31,6 +31,58 @@ pub struct RawConfig {
     /// How long in-flight requests may run after SIGTERM/SIGINT.
     #[serde(default = "default_shutdown_timeout", with = "humantime_serde")]
     pub shutdown_timeout: Duration,
+    /// Proxies (CIDRs) whose X-Forwarded-For is believed when finding the client's address.
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
+    #[serde(default)]
+    pub limits: RawLimits,
+}
+
+/// Edge limits and request hygiene; defaults follow Envoy's edge guidance.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawLimits {
+    pub max_request_header_bytes: usize,
+    pub max_request_headers: usize,
+    pub max_uri_bytes: usize,
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub body_read_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub keepalive_timeout: Duration,
+    pub max_connections: usize,
+    pub http2_max_concurrent_streams: u32,
+    pub underscore_headers: RawUnderscores,
+    pub normalize_path: bool,
+    pub reject_encoded_slashes: bool,
+}
+
+impl Default for RawLimits {
+    fn default() -> Self {
+        RawLimits {
+            max_request_header_bytes: 64 * 1024,
+            max_request_headers: 100,
+            max_uri_bytes: 16 * 1024,
+            header_read_timeout: Duration::from_secs(10),
+            body_read_timeout: Duration::from_secs(60),
+            keepalive_timeout: Duration::from_secs(60),
+            max_connections: 10_000,
+            http2_max_concurrent_streams: 100,
+            underscore_headers: RawUnderscores::Reject,
+            normalize_path: false,
+            reject_encoded_slashes: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RawUnderscores {
+    #[default]
+    Reject,
+    Drop,
+    Allow,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -78,12 +130,16 @@ pub struct RawUpstreamTls {
 pub struct RawAdmin {
     #[serde(default = "default_admin_address")]
     pub address: String,
+    /// File holding the bearer token that guards the admin endpoints (all but /metrics,
+    /// /healthz and /readyz); required when the address is not loopback.
+    pub token_file: Option<PathBuf>,
 }
 
 impl Default for RawAdmin {
     fn default() -> Self {
         RawAdmin {
             address: default_admin_address(),
+            token_file: None,
         }
     }
 }
@@ -161,6 +217,11 @@ pub struct RawRoute {
     /// Whether the response carries `x-cohort` too.
     #[serde(default = "yes")]
     pub response_cohort_header: bool,
+    /// Largest request body accepted, in bytes (413 beyond).
+    #[serde(default = "default_max_body_bytes")]
+    pub max_body_bytes: u64,
+    /// Secret for signed overrides in `override_header` (see `cohort sign-override`).
+    pub override_secret_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
@@ -208,6 +269,9 @@ fn default_response_timeout() -> Duration {
 }
 fn default_idle_timeout() -> Duration {
     Duration::from_secs(60)
+}
+fn default_max_body_bytes() -> u64 {
+    16 * 1024 * 1024
 }
 fn default_tunnel_idle_timeout() -> Duration {
     Duration::from_secs(300)

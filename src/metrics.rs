@@ -23,6 +23,10 @@ pub const SPLIT: &str = "cohort_split_percent";
 pub const UNROUTED: &str = "cohort_unrouted_requests_total";
 pub const RELOADS: &str = "cohort_config_reloads_total";
 pub const GENERATION: &str = "cohort_config_generation";
+pub const REJECTED: &str = "cohort_rejected_requests_total";
+pub const OVERRIDE_REJECTED: &str = "cohort_override_rejected_total";
+pub const CONNECTIONS_REFUSED: &str = "cohort_connections_refused_total";
+pub const OPEN_CONNECTIONS: &str = "cohort_open_connections";
 
 /// Agent latencies run from a cached answer (milliseconds) to a long tool-using turn (minutes).
 pub const LATENCY_BUCKETS: &[f64] = &[
@@ -71,6 +75,8 @@ pub struct Metrics {
     pub reload_success: Counter,
     pub reload_failure: Counter,
     pub generation: Gauge,
+    /// Aligned with `hygiene::Reject::ALL`.
+    pub rejected: [Counter; 7],
 }
 
 /// Handles for one (route, cohort), created when the table is built.
@@ -131,7 +137,27 @@ impl Metrics {
             // The bucket list is a non-empty constant, so this branch is unreachable; an
             // unconfigured recorder still serves (as summaries) rather than panicking.
             .unwrap_or_else(|_| PrometheusBuilder::new().build_recorder());
-        let help: [(&str, Unit, &str); 10] = [
+        let help: [(&str, Unit, &str); 14] = [
+            (
+                REJECTED,
+                Unit::Count,
+                "Requests refused at the edge before routing, by reason.",
+            ),
+            (
+                OVERRIDE_REJECTED,
+                Unit::Count,
+                "Cohort overrides ignored and stripped, by route and reason.",
+            ),
+            (
+                CONNECTIONS_REFUSED,
+                Unit::Count,
+                "Connections refused because the listener was at max_connections.",
+            ),
+            (
+                OPEN_CONNECTIONS,
+                Unit::Count,
+                "Client connections open, by listener.",
+            ),
             (
                 REQUESTS,
                 Unit::Count,
@@ -189,7 +215,7 @@ impl Metrics {
                 DURATION | TTFB => {
                     recorder.describe_histogram(KeyName::from_const_str(name), Some(unit), text)
                 }
-                IN_FLIGHT | SPLIT | GENERATION => {
+                IN_FLIGHT | SPLIT | GENERATION | OPEN_CONNECTIONS => {
                     recorder.describe_gauge(KeyName::from_const_str(name), Some(unit), text)
                 }
                 _ => recorder.describe_counter(KeyName::from_const_str(name), Some(unit), text),
@@ -204,6 +230,8 @@ impl Metrics {
         let reload_success = counter(RELOADS, vec![Label::new("result", "success")]);
         let reload_failure = counter(RELOADS, vec![Label::new("result", "failure")]);
         let generation = recorder.register_gauge(&Key::from_name(GENERATION), &METADATA);
+        let rejected = crate::hygiene::Reject::ALL
+            .map(|r| counter(REJECTED, vec![Label::new("reason", r.as_str())]));
         Metrics {
             recorder,
             handle,
@@ -211,6 +239,7 @@ impl Metrics {
             reload_success,
             reload_failure,
             generation,
+            rejected,
         }
     }
 
@@ -254,6 +283,29 @@ impl Metrics {
                 .recorder
                 .register_gauge(&Key::from_parts(SPLIT, base()), &METADATA),
         }
+    }
+
+    /// Override rejections of one route, aligned with `signed::Rejection::ALL`.
+    pub fn override_rejected(&self, route: &str) -> [Counter; 5] {
+        crate::signed::Rejection::ALL.map(|r| {
+            let labels = vec![
+                Label::new("route", route.to_string()),
+                Label::new("reason", r.as_str()),
+            ];
+            self.recorder
+                .register_counter(&Key::from_parts(OVERRIDE_REJECTED, labels), &METADATA)
+        })
+    }
+
+    /// Connection handles of one listener: refused count and open gauge.
+    pub fn listener(&self, name: &str) -> (Counter, Gauge) {
+        let labels = || vec![Label::new("listener", name.to_string())];
+        (
+            self.recorder
+                .register_counter(&Key::from_parts(CONNECTIONS_REFUSED, labels()), &METADATA),
+            self.recorder
+                .register_gauge(&Key::from_parts(OPEN_CONNECTIONS, labels()), &METADATA),
+        )
     }
 
     /// The Prometheus text exposition (format 0.0.4).

@@ -16,10 +16,11 @@ use http::{Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
-use crate::body::{Accounting, GrpcVerdict, ObservedBody, ProxyBody};
-use crate::cohort;
+use crate::body::{Accounting, GrpcVerdict, ObservedBody, ProxyBody, RequestBody};
+use crate::hygiene::{self, Reject};
 use crate::metrics::FailureReason;
-use crate::table::{Route, RoutingTable};
+use crate::overrides;
+use crate::table::RoutingTable;
 use crate::upstream;
 
 pub static X_COHORT: HeaderName = HeaderName::from_static("x-cohort");
@@ -60,6 +61,18 @@ impl Failure {
     }
 }
 
+/// Refuses a request at the edge, counted by reason.
+fn reject(table: &RoutingTable, r: Reject) -> Response<ProxyBody> {
+    table.rejected[r as usize].increment(1);
+    let mut resp = local(r.status(), r.body());
+    if matches!(r, Reject::BodyTooLarge | Reject::BodyTimeout) {
+        // The rest of the body is unread; the connection cannot be reused.
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    resp
+}
+
 pub fn local(status: StatusCode, body: &'static str) -> Response<ProxyBody> {
     let mut resp = Response::new(ProxyBody::local(body));
     *resp.status_mut() = status;
@@ -92,21 +105,30 @@ impl Proxy {
         let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
 
+        let routed_path = match hygiene::check(&mut parts, &table.policy) {
+            Ok(p) => p,
+            Err(r) => return reject(&table, r),
+        };
         let Ok(host) = request_host(&parts.uri, &parts.headers) else {
-            return Failure::Downstream.response();
+            return reject(&table, Reject::BadHost);
         };
         let host_no_port = host.as_ref().map_or("", |h| strip_port(h.as_str()));
-        let Some(route) = table.find_route(
-            host_no_port,
-            parts.uri.path(),
-            &parts.method,
-            &parts.headers,
-        ) else {
+        let path = routed_path.as_deref().unwrap_or(parts.uri.path());
+        let Some(route) = table.find_route(host_no_port, path, &parts.method, &parts.headers)
+        else {
             table.unrouted.increment(1);
             return local(StatusCode::NOT_FOUND, "no route\n");
         };
+        let declared = parts
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > route.max_body_bytes) {
+            return reject(&table, Reject::BodyTooLarge);
+        }
 
-        let index = choose_cohort(route, &table, &parts.headers, &parts.uri, peer);
+        let client = table.client_ip(peer.ip(), &parts.headers);
+        let index = overrides::choose_cohort(route, &table, &parts.headers, &parts.uri, client);
         let target = Arc::clone(&route.cohorts[index]);
         let mut acct = Accounting::start(Arc::clone(&target), start);
 
@@ -138,11 +160,15 @@ impl Proxy {
         };
         parts.version = Version::HTTP_11;
 
+        let body = RequestBody::new(body, route.max_body_bytes, table.limits.body_read_timeout);
         let sent = upstream.client.request(Request::from_parts(parts, body));
         let result = tokio::time::timeout(upstream.spec.response_timeout, sent).await;
         let resp = match result {
             Err(_elapsed) => return self.fail(&target, Failure::Upstream(FailureReason::Timeout)),
             Ok(Err(e)) => {
+                if let Some(fault) = crate::body::client_body_fault(&e) {
+                    return reject(&table, fault);
+                }
                 let reason = upstream::classify(&e, e.is_connect());
                 tracing::debug!(route = %route.name, cohort = %target.name, upstream = %upstream.name(), reason = reason.as_str(), error = %e, "upstream request failed");
                 return self.fail(&target, Failure::Upstream(reason));
@@ -232,29 +258,6 @@ fn is_grpc(headers: &HeaderMap) -> bool {
     headers
         .get(header::CONTENT_TYPE)
         .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
-}
-
-/// The override (from a trusted peer, naming a cohort of this route), else the key's band,
-/// else the route's fallback.
-fn choose_cohort(
-    route: &Route,
-    table: &RoutingTable,
-    headers: &HeaderMap,
-    uri: &Uri,
-    peer: SocketAddr,
-) -> usize {
-    if let Some(h) = &route.override_header {
-        if let Some(v) = headers.get(h) {
-            if table.is_trusted(peer.ip()) {
-                if let Some(i) = route.cohort_index(v.as_bytes()) {
-                    return i;
-                }
-            }
-        }
-    }
-    let client = crate::table::canonical_ip(peer.ip());
-    let key = cohort::extract_key(&route.key_sources, headers, uri, client);
-    route.assign(key.as_deref())
 }
 
 /// The authority the client addressed: the URI's (HTTP/2 or absolute-form) or Host.

@@ -11,7 +11,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::uri::{Authority, Scheme};
-use hyper::body::Incoming;
 use hyper_rustls::{FixedServerNameResolver, HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
@@ -68,7 +67,7 @@ pub struct Endpoint {
     in_flight: AtomicUsize,
 }
 
-pub type UpstreamClient = Client<HttpsConnector<HttpConnector>, Incoming>;
+pub type UpstreamClient = Client<HttpsConnector<HttpConnector>, crate::body::RequestBody>;
 
 /// A live upstream: endpoints with their load, and one pooled client shared by all of them
 /// (the pool is keyed per endpoint).

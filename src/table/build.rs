@@ -86,8 +86,10 @@ pub enum Invalid {
     Empty,
     #[error("{reason}")]
     Tls { reason: String },
-    #[error("{value:?} is not one of http1, http2, auto")]
-    BadProtocol { value: String },
+    #[error("{path}: {reason}")]
+    Secret { path: String, reason: String },
+    #[error("must be at least {min}")]
+    TooSmall { min: u64 },
 }
 
 fn err(path: impl Into<String>, kind: Invalid) -> TableError {
@@ -198,6 +200,7 @@ impl TryFrom<TableInput<'_>> for RoutingTable {
             });
         }
         let admin_address = parse_addr("admin.address", &raw.admin.address)?;
+
         if let Some(l) = listeners.iter().find(|l| clashes(l.address, admin_address)) {
             return Err(err(
                 "admin.address",
@@ -207,6 +210,10 @@ impl TryFrom<TableInput<'_>> for RoutingTable {
                 },
             ));
         }
+        let admin_token = match &raw.admin.token_file {
+            Some(p) => Some(read_secret("admin.token_file", &input.base_dir.join(p))?),
+            None => None,
+        };
 
         let trusted_cidrs = raw
             .trusted_cidrs
@@ -223,6 +230,13 @@ impl TryFrom<TableInput<'_>> for RoutingTable {
                     })
             })
             .collect::<Result<Vec<_>, _>>()?;
+        let trusted_proxies = raw
+            .trusted_proxies
+            .iter()
+            .enumerate()
+            .map(|(i, s)| parse_cidr(&format!("trusted_proxies[{i}]"), s))
+            .collect::<Result<Vec<_>, _>>()?;
+        let (limits, policy) = build_limits(&raw.limits)?;
 
         let upstreams = build_upstreams(&input, &mut tls_files)?;
 
@@ -243,7 +257,13 @@ impl TryFrom<TableInput<'_>> for RoutingTable {
                     },
                 ));
             }
-            routes.push(build_route(&path, r, &upstreams, input.metrics)?);
+            routes.push(build_route(
+                &path,
+                r,
+                &upstreams,
+                input.metrics,
+                input.base_dir,
+            )?);
         }
 
         Ok(RoutingTable {
@@ -257,6 +277,11 @@ impl TryFrom<TableInput<'_>> for RoutingTable {
             routes,
             upstreams,
             trusted_cidrs,
+            trusted_proxies,
+            limits,
+            policy,
+            admin_token: admin_token.map(|t| String::from_utf8_lossy(&t).into_owned()),
+            rejected: input.metrics.rejected.clone(),
             poll_interval: raw.reload.poll_interval,
             watch: raw.reload.watch,
             shutdown_timeout: raw.shutdown_timeout,
@@ -444,7 +469,15 @@ fn build_route(
     r: &RawRoute,
     upstreams: &BTreeMap<String, Arc<Upstream>>,
     metrics: &Metrics,
+    base_dir: &std::path::Path,
 ) -> Result<Route, TableError> {
+    let override_secret = match &r.override_secret_file {
+        Some(p) => Some(read_secret(
+            &format!("{path}.override_secret_file"),
+            &base_dir.join(p),
+        )?),
+        None => None,
+    };
     let matcher = build_match(path, r)?;
     let key_sources = r
         .cohort_key
@@ -562,5 +595,93 @@ fn build_route(
         outcome_header,
         outcomes,
         response_cohort_header: r.response_cohort_header,
+        max_body_bytes: r.max_body_bytes,
+        override_secret,
+        override_rejected: metrics.override_rejected(&r.name),
     })
+}
+
+fn parse_cidr(path: &str, s: &str) -> Result<IpNet, TableError> {
+    s.parse::<IpNet>()
+        .or_else(|_| s.parse::<std::net::IpAddr>().map(IpNet::from))
+        .map_err(|_| {
+            err(
+                path,
+                Invalid::BadCidr {
+                    value: s.to_string(),
+                },
+            )
+        })
+}
+
+/// A secret or token file: its contents without the trailing newline editors add.
+fn read_secret(path: &str, file: &std::path::Path) -> Result<Vec<u8>, TableError> {
+    let fail = |reason: String| {
+        err(
+            path,
+            Invalid::Secret {
+                path: file.display().to_string(),
+                reason,
+            },
+        )
+    };
+    let mut bytes = std::fs::read(file).map_err(|e| fail(format!("cannot read: {e}")))?;
+    while bytes.last().is_some_and(|b| b.is_ascii_whitespace()) {
+        bytes.pop();
+    }
+    if bytes.len() < crate::signed::MIN_SECRET_BYTES {
+        return Err(fail(format!(
+            "must hold at least {} bytes",
+            crate::signed::MIN_SECRET_BYTES
+        )));
+    }
+    Ok(bytes)
+}
+
+fn build_limits(
+    l: &crate::config::RawLimits,
+) -> Result<(super::ConnLimits, crate::hygiene::Policy), TableError> {
+    let at_least = |field: &str, value: u64, min: u64| {
+        if value < min {
+            Err(err(format!("limits.{field}"), Invalid::TooSmall { min }))
+        } else {
+            Ok(())
+        }
+    };
+    at_least(
+        "max_request_header_bytes",
+        l.max_request_header_bytes as u64,
+        1024,
+    )?;
+    at_least("max_request_headers", l.max_request_headers as u64, 1)?;
+    at_least("max_uri_bytes", l.max_uri_bytes as u64, 64)?;
+    at_least("max_connections", l.max_connections as u64, 1)?;
+    at_least(
+        "http2_max_concurrent_streams",
+        u64::from(l.http2_max_concurrent_streams),
+        1,
+    )?;
+    let limits = super::ConnLimits {
+        header_read_timeout: l.header_read_timeout,
+        body_read_timeout: l.body_read_timeout,
+        keepalive_timeout: l.keepalive_timeout,
+        max_connections: l.max_connections,
+        http2_max_concurrent_streams: l.http2_max_concurrent_streams,
+        max_header_bytes: l.max_request_header_bytes,
+        max_headers: l.max_request_headers,
+        max_uri_bytes: l.max_uri_bytes,
+    };
+    let policy = crate::hygiene::Policy {
+        max_header_bytes: l.max_request_header_bytes,
+        max_headers: l.max_request_headers,
+        max_uri_bytes: l.max_uri_bytes,
+        underscores: match l.underscore_headers {
+            crate::config::RawUnderscores::Reject => crate::hygiene::Underscores::Reject,
+            crate::config::RawUnderscores::Drop => crate::hygiene::Underscores::Drop,
+            crate::config::RawUnderscores::Allow => crate::hygiene::Underscores::Allow,
+        },
+        normalize_path: l.normalize_path,
+        reject_encoded_slashes: l.reject_encoded_slashes,
+    };
+    Ok((limits, policy))
 }

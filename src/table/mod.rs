@@ -39,10 +39,31 @@ pub struct RoutingTable {
     pub routes: Vec<Route>,
     pub upstreams: BTreeMap<String, Arc<Upstream>>,
     pub trusted_cidrs: Vec<IpNet>,
+    /// Proxies whose X-Forwarded-For entries are believed when finding the client address.
+    pub trusted_proxies: Vec<IpNet>,
+    pub limits: ConnLimits,
+    pub policy: crate::hygiene::Policy,
+    /// Bearer token for the guarded admin endpoints.
+    pub admin_token: Option<String>,
+    /// `cohort_rejected_requests_total`, aligned with `hygiene::Reject::ALL`.
+    pub rejected: [Counter; 7],
     pub poll_interval: Duration,
     pub watch: bool,
     pub shutdown_timeout: Duration,
     pub unrouted: Counter,
+}
+
+/// Connection-level limits, read by listeners for each new connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnLimits {
+    pub header_read_timeout: Duration,
+    pub body_read_timeout: Duration,
+    pub keepalive_timeout: Duration,
+    pub max_connections: usize,
+    pub http2_max_concurrent_streams: u32,
+    pub max_header_bytes: usize,
+    pub max_headers: usize,
+    pub max_uri_bytes: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -66,6 +87,11 @@ pub struct Route {
     /// Allowed outcome values, aligned with each cohort's `metrics.outcomes`.
     pub outcomes: Vec<String>,
     pub response_cohort_header: bool,
+    pub max_body_bytes: u64,
+    /// Key for signed overrides in `override_header`.
+    pub override_secret: Option<Vec<u8>>,
+    /// `cohort_override_rejected_total`, aligned with `signed::Rejection::ALL`.
+    pub override_rejected: [Counter; 5],
 }
 
 pub struct CohortTarget {
@@ -164,9 +190,40 @@ impl RoutingTable {
         self.routes.iter().find(|r| r.name == name)
     }
 
-    pub fn is_trusted(&self, peer: IpAddr) -> bool {
+    /// Whether `client` (already resolved through trusted proxies) may force a cohort.
+    pub fn is_trusted(&self, client: IpAddr) -> bool {
+        let client = canonical_ip(client);
+        self.trusted_cidrs.iter().any(|net| net.contains(&client))
+    }
+
+    /// The client's address: the socket peer, or, when the peer is a trusted proxy, the
+    /// right-most X-Forwarded-For entry that is not itself a trusted proxy (as nginx's
+    /// `real_ip_recursive`). A value a client can forge is never believed.
+    pub fn client_ip(&self, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
         let peer = canonical_ip(peer);
-        self.trusted_cidrs.iter().any(|net| net.contains(&peer))
+        let trusted = |ip: &IpAddr| self.trusted_proxies.iter().any(|n| n.contains(ip));
+        if self.trusted_proxies.is_empty() || !trusted(&peer) {
+            return peer;
+        }
+        let mut client = peer;
+        let values: Vec<&[u8]> = headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .map(|v| v.as_bytes())
+            .collect();
+        for entry in values.iter().rev().flat_map(|v| v.rsplit(|&b| b == b',')) {
+            let Some(ip) = std::str::from_utf8(entry)
+                .ok()
+                .and_then(|s| s.trim().parse::<IpAddr>().ok())
+            else {
+                break;
+            };
+            client = canonical_ip(ip);
+            if !trusted(&client) {
+                break;
+            }
+        }
+        client
     }
 
     /// Sets the gauges that describe this table; called once it is the serving table.

@@ -1,0 +1,212 @@
+//! Public listeners: accepting connections, serving HTTP/1.1 and HTTP/2 (prior knowledge) on
+//! each, with TLS where configured, the connection limits, and draining on shutdown.
+//!
+//! Owns: sockets and connection lifecycles (connection cap, first-request and keep-alive
+//! timers, TLS handshakes). Must not touch: request rewriting (`proxy`), the admin endpoints
+//! (`admin`), or the table beyond reading its listener settings.
+
+mod watchdog;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use metrics::{Counter, Gauge};
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::proxy::Proxy;
+use crate::table::ConnLimits;
+use watchdog::{Activity, Tracked};
+
+/// Signals shared by every listener: `drain` asks connections to finish their current
+/// exchange and close; `abort` (after `shutdown_timeout`) cuts whatever is left.
+#[derive(Clone, Default)]
+pub struct Lifecycle {
+    pub drain: CancellationToken,
+    pub abort: CancellationToken,
+    pub connections: TaskTracker,
+}
+
+/// A client that opens a TCP connection and never finishes the handshake is dropped after this.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The answer to a connection over the listener's `max_connections`.
+const AT_CAPACITY: &[u8] =
+    b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain\r\ncontent-length: 21\r\nconnection: close\r\n\r\ntoo many connections\n";
+
+/// One listener's handles: what it serves through, and its connection accounting.
+pub struct Listener {
+    pub index: usize,
+    pub proxy: Arc<Proxy>,
+    pub refused: Counter,
+    pub open_gauge: Gauge,
+}
+
+pub fn http_builder(limits: &ConnLimits) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .keep_alive(true)
+        .header_read_timeout(limits.header_read_timeout)
+        .max_headers(limits.max_headers)
+        // Room for the largest head cohort accepts; cohort itself enforces the exact caps.
+        .max_buf_size((limits.max_header_bytes + limits.max_uri_bytes + 8192).max(8192));
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(limits.http2_max_concurrent_streams)
+        .max_header_list_size((limits.max_header_bytes + limits.max_uri_bytes) as u32)
+        // Keep h2's defaults against rapid reset (CVE-2023-44487) explicit.
+        .max_pending_accept_reset_streams(20)
+        .max_local_error_reset_streams(1024);
+    builder
+}
+
+/// Accepts on `listener` until `life.drain` fires, serving each connection on its own task.
+/// Limits and TLS certificates come from the serving table at each accept, so a reload
+/// changes them for new connections and spares open ones.
+pub async fn serve(listener: TcpListener, me: Listener, life: Lifecycle) {
+    let local = listener.local_addr().ok();
+    let open = Arc::new(AtomicUsize::new(0));
+    let mut cached: Option<(u64, Arc<auto::Builder<TokioExecutor>>)> = None;
+    loop {
+        let accepted = tokio::select! {
+            biased;
+            _ = life.drain.cancelled() => break,
+            a = listener.accept() => a,
+        };
+        let (stream, peer) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                // Out of descriptors or a peer reset before accept: keep serving the others.
+                tracing::warn!(listener = ?local, error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                continue;
+            }
+        };
+        let table = me.proxy.table().load_full();
+        if open.load(Ordering::Relaxed) >= table.limits.max_connections {
+            me.refused.increment(1);
+            tokio::spawn(refuse(stream));
+            continue;
+        }
+        let builder = match &cached {
+            Some((generation, b)) if *generation == table.generation => Arc::clone(b),
+            _ => {
+                let b = Arc::new(http_builder(&table.limits));
+                cached = Some((table.generation, Arc::clone(&b)));
+                b
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let guard = OpenGuard::new(&open, &me.open_gauge);
+        let tls = table.listener_tls.get(me.index).cloned().flatten();
+        let (proxy, limits, life2) = (Arc::clone(&me.proxy), table.limits.clone(), life.clone());
+        life.connections.spawn(async move {
+            let _guard = guard;
+            match tls {
+                None => serve_connection(stream, peer, proxy, &builder, &limits, life2).await,
+                Some(config) => {
+                    let accept = tokio_rustls::TlsAcceptor::from(config).accept(stream);
+                    match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, accept).await {
+                        Ok(Ok(tls)) => {
+                            serve_connection(tls, peer, proxy, &builder, &limits, life2).await
+                        }
+                        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                    }
+                }
+            }
+        });
+    }
+    tracing::debug!(listener = ?local, "stopped accepting");
+}
+
+async fn refuse(mut stream: TcpStream) {
+    let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(AT_CAPACITY)).await;
+    let _ = stream.shutdown().await;
+}
+
+/// Counts a connection as open for the listener's cap and gauge until dropped.
+struct OpenGuard {
+    open: Arc<AtomicUsize>,
+    gauge: Gauge,
+}
+
+impl OpenGuard {
+    fn new(open: &Arc<AtomicUsize>, gauge: &Gauge) -> Self {
+        open.fetch_add(1, Ordering::Relaxed);
+        gauge.increment(1.0);
+        OpenGuard {
+            open: Arc::clone(open),
+            gauge: gauge.clone(),
+        }
+    }
+}
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        self.open.fetch_sub(1, Ordering::Relaxed);
+        self.gauge.decrement(1.0);
+    }
+}
+
+async fn serve_connection<I>(
+    stream: I,
+    peer: SocketAddr,
+    proxy: Arc<Proxy>,
+    builder: &auto::Builder<TokioExecutor>,
+    limits: &ConnLimits,
+    life: Lifecycle,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let activity = Arc::new(Activity::new());
+    let act = Arc::clone(&activity);
+    let svc = service_fn(move |req| {
+        let (proxy, act) = (Arc::clone(&proxy), Arc::clone(&act));
+        async move {
+            let busy = act.begin();
+            Ok::<_, Infallible>(proxy.handle(req, peer).await.map(|b| Tracked::new(b, busy)))
+        }
+    });
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
+    tokio::pin!(conn);
+    let mut closing = false;
+    let result = loop {
+        let deadline = activity.deadline(limits);
+        tokio::select! {
+            r = conn.as_mut() => break r,
+            _ = life.abort.cancelled() => break Ok(()),
+            _ = life.drain.cancelled(), if !closing => {
+                // HTTP/1: finish the current response with `Connection: close`; HTTP/2: GOAWAY.
+                conn.as_mut().graceful_shutdown();
+                closing = true;
+            }
+            _ = tokio::time::sleep_until(deadline), if !closing => {
+                if activity.requests() == 0 && activity.expired(limits) {
+                    // Nothing ever arrived (or the first head never finished): a slow or idle
+                    // client, dropped without an answer.
+                    tracing::debug!(%peer, "no request within header_read_timeout; closing");
+                    break Ok(());
+                }
+                if activity.expired(limits) {
+                    conn.as_mut().graceful_shutdown();
+                    closing = true;
+                }
+            }
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(%peer, error = %e, "connection ended with an error");
+    }
+}
