@@ -163,7 +163,8 @@ async fn websocket_echo_follows_the_sticky_cohort() {
 
 #[tokio::test]
 async fn an_idle_tunnel_is_closed() {
-    let (proxy, _stable, _canary) = ws_proxy(&["tunnel_idle_timeout: 300ms"]).await;
+    // Long enough for one echo on a loaded machine, short enough for a quick test.
+    let (proxy, _stable, _canary) = ws_proxy(&["tunnel_idle_timeout: 1s"]).await;
     let cohort = "canary";
     let (mut ws, resp) = connect(&proxy, &key_for(cohort)).await;
     assert_eq!(resp.status(), StatusCode::SWITCHING_PROTOCOLS);
