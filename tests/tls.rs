@@ -359,3 +359,66 @@ async fn tls_1_2_and_1_3_are_both_accepted() {
     }
     assert_eq!(mock.request_count(), 0);
 }
+
+/// A Kubernetes Secret volume holding `leaf`: `tls.crt -> ..data/tls.crt`, `..data -> ..<ts>`.
+fn secret_volume(dir: &Path, leaf: &Leaf, ts: &str) {
+    let real = dir.join(ts);
+    std::fs::create_dir(&real).unwrap();
+    leaf.write(&real, "tls");
+    let tmp = dir.join("..data_tmp");
+    std::os::unix::fs::symlink(ts, &tmp).unwrap();
+    // kubelet's swap: the new `..data` is renamed over the old one.
+    std::fs::rename(&tmp, dir.join("..data")).unwrap();
+    for f in ["tls.crt", "tls.key"] {
+        let link = dir.join(f);
+        if std::fs::symlink_metadata(&link).is_err() {
+            std::os::unix::fs::symlink(format!("..data/{f}"), &link).unwrap();
+        }
+    }
+}
+
+/// cert-manager renews, kubelet swaps the Secret volume's `..data`: with `reload` settings
+/// `reload`, the proxy must notice (by the watcher on the certificate's own directory, or by
+/// the poll) and serve the new certificate.
+async fn secret_rotation_is_noticed(reload: &str) {
+    let ca = TestCa::new("cohort test CA");
+    let (old, new) = (ca.leaf(&["agent.test"]), ca.leaf(&["agent.test"]));
+    let secret = tempfile::tempdir().unwrap();
+    secret_volume(secret.path(), &old, "..2026_01_01_00_00_00.1");
+    let mock = MockUpstream::json("backend").await;
+    let proxy = Config::new()
+        .top(reload)
+        .upstream("backend", mock.addr)
+        .route(Route::new("agent").single("backend"))
+        .certificate(
+            &secret.path().join("tls.crt"),
+            &secret.path().join("tls.key"),
+            &[],
+        )
+        .start()
+        .await;
+    let conn = TlsConn::connect(proxy.public, ca.client_config(&[]), "agent.test").await;
+    assert!(conn.leaf == old.der);
+
+    secret_volume(secret.path(), &new, "..2026_03_01_00_00_00.2");
+    within("the rotated Secret to be applied", async {
+        while proxy.running.control.current().generation < 2 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    let mut conn = TlsConn::connect(proxy.public, ca.client_config(&[]), "agent.test").await;
+    assert!(conn.leaf == new.der, "{reload}: the new certificate");
+    assert_eq!(conn.get("/", &[]).await.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn a_secret_volume_swap_is_seen_by_the_watcher() {
+    // The config file's directory is not the certificate's, and the poll never runs.
+    secret_rotation_is_noticed("reload: {poll_interval: 1h, watch: true}").await;
+}
+
+#[tokio::test]
+async fn a_secret_volume_swap_is_seen_by_the_poll() {
+    secret_rotation_is_noticed("reload: {poll_interval: 200ms, watch: false}").await;
+}
