@@ -99,7 +99,8 @@ cp "$BIN" "$WORK/cohort"
 chmod 0755 "$WORK" "$WORK/cohort"
 export BIN_DEST CONFIG_SRC CONFIG_DEST STOP_SIGNAL WORK uid gid REPO
 export IMAGE_LINE="${IMAGE_ENTRYPOINT[*]} ${IMAGE_CMD[*]}" HEALTH_LINE="${HEALTH[*]}"
-unshare --mount --net --fork --kill-child bash -euo pipefail <<'NS'
+# A PID namespace too: when its first process ends, the kernel ends every process in it.
+unshare --mount --net --pid --fork --mount-proc --kill-child bash -euo pipefail <<'NS'
 fail() { echo "check-image: FAIL: $*" >&2; exit 1; }
 ip link set lo up
 # The image's paths, on layers private to this mount namespace.
