@@ -243,6 +243,12 @@ pub struct BodyTooLarge(pub u64);
 #[error("request body idle for longer than {0:?}")]
 pub struct BodyTimeout(pub Duration);
 
+/// Reading the client's request body failed: bad chunked framing, or the client went away
+/// part way. The client's fault, never the upstream's.
+#[derive(Debug, thiserror::Error)]
+#[error("request body unreadable: {0}")]
+pub struct BadBody(#[source] pub hyper::Error);
+
 /// The client's request body on its way upstream, frame by frame, with the route's size cap
 /// and the slow-POST timer between frames. The timer is only created once the body actually
 /// waits, so bodiless requests pay nothing for it.
@@ -296,7 +302,7 @@ impl Body for RequestBody {
             }
             Poll::Ready(Some(Err(e))) => {
                 this.done = true;
-                Poll::Ready(Some(Err(e.into())))
+                Poll::Ready(Some(Err(Box::new(BadBody(e)))))
             }
             Poll::Ready(None) => {
                 this.done = true;
@@ -323,7 +329,7 @@ impl Body for RequestBody {
     }
 }
 
-/// Whether an upstream error was really the client's body: too large or too slow.
+/// Whether an upstream error was really the client's body: too large, too slow or malformed.
 pub fn client_body_fault(
     err: &(dyn std::error::Error + 'static),
 ) -> Option<crate::hygiene::Reject> {
@@ -334,6 +340,9 @@ pub fn client_body_fault(
         }
         if e.is::<BodyTimeout>() {
             return Some(crate::hygiene::Reject::BodyTimeout);
+        }
+        if e.is::<BadBody>() {
+            return Some(crate::hygiene::Reject::BadBody);
         }
         cur = e.source();
     }

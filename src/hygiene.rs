@@ -54,10 +54,12 @@ pub enum Reject {
     BadPath = 4,
     BodyTooLarge = 5,
     BodyTimeout = 6,
+    /// A request body the client framed wrongly (a bad chunk size) or abandoned part way.
+    BadBody = 7,
 }
 
 impl Reject {
-    pub const ALL: [Reject; 7] = [
+    pub const ALL: [Reject; 8] = [
         Self::UriTooLong,
         Self::HeadersTooLarge,
         Self::BadHost,
@@ -65,6 +67,7 @@ impl Reject {
         Self::BadPath,
         Self::BodyTooLarge,
         Self::BodyTimeout,
+        Self::BadBody,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -76,6 +79,7 @@ impl Reject {
             Self::BadPath => "bad_path",
             Self::BodyTooLarge => "body_too_large",
             Self::BodyTimeout => "body_timeout",
+            Self::BadBody => "bad_body",
         }
     }
 
@@ -83,7 +87,9 @@ impl Reject {
         match self {
             Self::UriTooLong => StatusCode::URI_TOO_LONG,
             Self::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            Self::BadHost | Self::UnderscoreHeader | Self::BadPath => StatusCode::BAD_REQUEST,
+            Self::BadHost | Self::UnderscoreHeader | Self::BadPath | Self::BadBody => {
+                StatusCode::BAD_REQUEST
+            }
             Self::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
         }
@@ -98,6 +104,7 @@ impl Reject {
             Self::BadPath => "malformed request path\n",
             Self::BodyTooLarge => "request body too large\n",
             Self::BodyTimeout => "request body too slow\n",
+            Self::BadBody => "malformed or incomplete request body\n",
         }
     }
 }

@@ -109,10 +109,26 @@ impl MarkedEventReceiver for Builder {
     }
 }
 
+/// Deeper than any config (serde_yaml itself refuses nesting past 128), shallow enough that
+/// walking the tree cannot exhaust the stack.
+const MAX_DEPTH: usize = 256;
+
+/// The first document's tree. Events are pulled one by one rather than through
+/// `Parser::load`, which recurses once per nesting level and so overflows the stack on a
+/// deeply nested block sequence (`- - - - ...`); past `MAX_DEPTH` there is no tree.
 fn load(text: &str) -> Option<Node> {
     let mut builder = Builder::default();
     let mut parser = Parser::new_from_str(text);
-    parser.load(&mut builder, false).ok()?;
+    loop {
+        let (ev, mark) = parser.next_token().ok()?;
+        if matches!(ev, Event::DocumentEnd | Event::StreamEnd) {
+            break;
+        }
+        builder.on_event(ev, mark);
+        if builder.stack.len() > MAX_DEPTH {
+            return None;
+        }
+    }
     builder.root
 }
 
@@ -246,5 +262,23 @@ mod tests {
     #[test]
     fn bad_yaml_gives_none() {
         assert_eq!(field_position("a: [", "a"), None);
+    }
+
+    #[test]
+    fn deep_nesting_gives_none_without_overflowing_the_stack() {
+        let indented = |n: usize| (0..n).map(|i| format!("{}k:\n", " ".repeat(i))).collect();
+        for n in [MAX_DEPTH + 1, 100_000] {
+            for text in [
+                "- ".repeat(n),
+                format!("{}x{}", "[".repeat(n), "]".repeat(n)),
+                format!("{}1{}", "{a: ".repeat(n), "}".repeat(n)),
+                indented(n.min(2_000)),
+            ] {
+                assert_eq!(duplicate_key(&text), None, "depth {n}");
+                assert_eq!(field_position(&text, "a"), None, "depth {n}");
+            }
+        }
+        let shallow = format!("{}a: 1\n", "- ".repeat(MAX_DEPTH - 1));
+        assert!(field_position(&shallow, "a").is_some());
     }
 }

@@ -56,6 +56,19 @@ enum Command {
     DemoAgent(cohort::demo::AgentArgs),
     /// Drive the demo's load (random users, steady rate) against a running proxy.
     DemoLoad(cohort::demo::LoadArgs),
+    /// Print a signed cohort override (for a route's `override_header`) valid for `--ttl`.
+    SignOverride {
+        /// The route's `override_secret_file`; trailing whitespace is ignored, as the proxy
+        /// ignores it.
+        #[arg(long)]
+        secret_file: PathBuf,
+        /// The cohort the value forces.
+        #[arg(long)]
+        cohort: String,
+        /// How long the value stays valid, such as `1h` or `30m`.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        ttl: std::time::Duration,
+    },
     /// GET a URL (the admin /healthz by default): exit 0 on a 2xx answer, 1 otherwise.
     Healthcheck {
         #[arg(long, default_value = "http://127.0.0.1:9901/healthz")]
@@ -127,6 +140,14 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             runtime()?.block_on(cohort::demo::run_load(&args));
             Ok(ExitCode::SUCCESS)
         }
+        Command::SignOverride {
+            secret_file,
+            cohort,
+            ttl,
+        } => {
+            println!("{}", sign_override(&secret_file, &cohort, ttl)?);
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Healthcheck { url, timeout } => {
             match runtime()?.block_on(cohort::demo::load::probe(&url, timeout)) {
                 Ok(status) if status.is_success() => Ok(ExitCode::SUCCESS),
@@ -178,6 +199,30 @@ fn assign(config: &Path, route: &str, keys: &[String]) -> anyhow::Result<ExitCod
         println!("{key} {bucket} {}", r.cohorts[r.bands.lookup(bucket)].name);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `cohort::signed::sign` over the secret as the proxy reads it, expiring `ttl` from now.
+fn sign_override(
+    secret_file: &Path,
+    name: &str,
+    ttl: std::time::Duration,
+) -> anyhow::Result<String> {
+    let mut secret = std::fs::read(secret_file)
+        .with_context(|| format!("cannot read {}", secret_file.display()))?;
+    while secret.last().is_some_and(|b| b.is_ascii_whitespace()) {
+        secret.pop();
+    }
+    anyhow::ensure!(
+        secret.len() >= cohort::signed::MIN_SECRET_BYTES,
+        "{}: the secret must hold at least {} bytes",
+        secret_file.display(),
+        cohort::signed::MIN_SECRET_BYTES
+    );
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .context("the clock is before 1970")?;
+    let expires = now.checked_add(ttl).context("--ttl is too long")?.as_secs();
+    Ok(cohort::signed::sign(&secret, name, expires))
 }
 
 /// The demo config path; writes the built-in copy to a temporary file when none is on disk.

@@ -76,7 +76,7 @@ pub struct Metrics {
     pub reload_failure: Counter,
     pub generation: Gauge,
     /// Aligned with `hygiene::Reject::ALL`.
-    pub rejected: [Counter; 7],
+    pub rejected: [Counter; 8],
 }
 
 /// Handles for one (route, cohort), created when the table is built.

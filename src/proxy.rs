@@ -65,7 +65,10 @@ impl Failure {
 fn reject(table: &RoutingTable, r: Reject) -> Response<ProxyBody> {
     table.rejected[r as usize].increment(1);
     let mut resp = local(r.status(), r.body());
-    if matches!(r, Reject::BodyTooLarge | Reject::BodyTimeout) {
+    if matches!(
+        r,
+        Reject::BodyTooLarge | Reject::BodyTimeout | Reject::BadBody
+    ) {
         // The rest of the body is unread; the connection cannot be reused.
         resp.headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("close"));

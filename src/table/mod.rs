@@ -46,7 +46,7 @@ pub struct RoutingTable {
     /// Bearer token for the guarded admin endpoints.
     pub admin_token: Option<String>,
     /// `cohort_rejected_requests_total`, aligned with `hygiene::Reject::ALL`.
-    pub rejected: [Counter; 7],
+    pub rejected: [Counter; 8],
     pub poll_interval: Duration,
     pub watch: bool,
     pub shutdown_timeout: Duration,
