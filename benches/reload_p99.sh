@@ -52,8 +52,23 @@ taskset -c "$rest" wrk -t1 -c64 -d2s -s "$work/users.lua" http://127.0.0.1:18210
 echo "== no reloads"
 load | grep -E "Requests/sec|50%|99%|Non-2xx|Socket errors" || true
 echo "== 10 reloads/s"
-( n=0; while true; do n=$((n + 1)); config $(( n % 2 ? 10 : 5 )) > "$work/next.yaml"; mv "$work/next.yaml" "$work/cohort.yaml";
-    curl -s -XPOST 127.0.0.1:18219/reload >/dev/null; sleep 0.1; done ) &
+# The reloader is one light process (no fork per reload) beside wrk and the backend, never
+# on the proxy's core: it rewrites the split and POSTs /reload on a kept-alive connection.
+config 10 > "$work/ten.yaml"; config 5 > "$work/five.yaml"
+cat > "$work/reloader.py" <<PY
+import http.client, os, time
+conn = http.client.HTTPConnection("127.0.0.1", 18219)
+n = 0
+while True:
+    n += 1
+    src = "$work/ten.yaml" if n % 2 else "$work/five.yaml"
+    with open(src) as f, open("$work/next.yaml", "w") as g:
+        g.write(f.read())
+    os.replace("$work/next.yaml", "$work/cohort.yaml")
+    conn.request("POST", "/reload"); conn.getresponse().read()
+    time.sleep(0.1)
+PY
+taskset -c "$rest" python3 "$work/reloader.py" &
 reloader=$!
 load | grep -E "Requests/sec|50%|99%|Non-2xx|Socket errors" || true
 kill $reloader

@@ -79,7 +79,7 @@ pub async fn start(config: &Path) -> Result<Running, StartError> {
         let address = listener.local_addr().unwrap_or(table.admin_address);
         tracing::info!(listener = %name, %address, "listening");
         let tls = table.listeners.get(index).is_some_and(|l| l.tls);
-        let proxy = Arc::new(Proxy::new(control.table(), tls));
+        let proxy = Arc::new(Proxy::new(control.table(), tls, life.clone()));
         let (refused, open_gauge) = control.metrics.listener(&name);
         listeners.push((name, address));
         let me = server::Listener {

@@ -68,6 +68,12 @@ impl Accounting {
         self.grpc = Some(verdict);
     }
 
+    fn stream_failed(&mut self) {
+        if let Some(v) = self.grpc.as_mut() {
+            v.failed = true;
+        }
+    }
+
     fn trailers(&mut self, trailers: &http::HeaderMap) {
         if let (Some(v), Some(status)) = (self.grpc.as_mut(), trailers.get("grpc-status")) {
             v.failed |= grpc_failed(status);
@@ -156,6 +162,8 @@ impl Body for ObservedBody {
             }
             Poll::Ready(Some(Err(e))) => {
                 *this.failed = true;
+                // A gRPC stream cut before its grpc-status is a failed call.
+                this.acct.stream_failed();
                 let reason = crate::upstream::classify(&e, false);
                 this.acct.cohort.metrics.failure(reason);
                 Poll::Ready(Some(Err(e.into())))
@@ -168,6 +176,7 @@ impl Body for ObservedBody {
             Poll::Pending => {
                 ready!(this.idle.as_mut().poll(cx));
                 *this.failed = true;
+                this.acct.stream_failed();
                 this.acct.cohort.metrics.failure(FailureReason::Timeout);
                 Poll::Ready(Some(Err(Box::new(IdleTimeout(*this.idle_for)))))
             }

@@ -34,6 +34,9 @@ static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection"
 pub struct Proxy {
     table: Arc<ArcSwap<RoutingTable>>,
     proto: HeaderValue,
+    /// Upgraded connections outlive their request: they are tracked with the connections, so
+    /// shutdown waits for them and cuts them at `shutdown_timeout`.
+    life: crate::server::Lifecycle,
 }
 
 /// Where a failure came from, which decides the status (pingora's habit).
@@ -87,9 +90,13 @@ pub fn local(status: StatusCode, body: &'static str) -> Response<ProxyBody> {
 }
 
 impl Proxy {
-    pub fn new(table: Arc<ArcSwap<RoutingTable>>, tls: bool) -> Self {
+    pub fn new(
+        table: Arc<ArcSwap<RoutingTable>>,
+        tls: bool,
+        life: crate::server::Lifecycle,
+    ) -> Self {
         let proto = HeaderValue::from_static(if tls { "https" } else { "http" });
-        Proxy { table, proto }
+        Proxy { table, proto, life }
     }
 
     pub fn table(&self) -> &ArcSwap<RoutingTable> {
@@ -155,6 +162,12 @@ impl Proxy {
         }
 
         let upstream = &target.upstream;
+        if upstream.spec.protocol == upstream::Protocol::Http2 {
+            // HTTP/2 names the host in :authority, which is the endpoint's here; a second,
+            // different `host` would make the request malformed (RFC 9113 §8.3.1). The
+            // client's host still travels in X-Forwarded-Host.
+            parts.headers.remove(header::HOST);
+        }
         let (endpoint, slot) = upstream.pick();
         acct.hold_endpoint(slot);
         parts.uri = match upstream_uri(endpoint, parts.uri.path_and_query()) {
@@ -217,11 +230,12 @@ impl Proxy {
             if let Some(p) = switched_to {
                 rparts.headers.insert(header::UPGRADE, p);
             }
-            tokio::spawn(crate::tunnel::run(
+            self.life.connections.spawn(crate::tunnel::run(
                 client,
                 up,
                 acct,
                 upstream.spec.tunnel_idle_timeout,
+                self.life.abort.clone(),
             ));
             return Response::from_parts(rparts, ProxyBody::empty());
         }

@@ -11,12 +11,19 @@ use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 use crate::body::Accounting;
 
 /// Waits for both upgrades, then pipes bytes until one side closes or nothing moves for
 /// `idle`. The request's duration (recorded when `acct` drops) is the tunnel's lifetime.
-pub async fn run(client: OnUpgrade, upstream: OnUpgrade, acct: Accounting, idle: Duration) {
+pub async fn run(
+    client: OnUpgrade,
+    upstream: OnUpgrade,
+    acct: Accounting,
+    idle: Duration,
+    abort: CancellationToken,
+) {
     let (client, upstream) = match tokio::try_join!(client, upstream) {
         Ok(pair) => pair,
         Err(e) => {
@@ -41,6 +48,7 @@ pub async fn run(client: OnUpgrade, upstream: OnUpgrade, acct: Accounting, idle:
                 Ok(0) | Err(_) => break,
                 Ok(n) => if cw.write_all(&ubuf[..n]).await.is_err() { break },
             },
+            _ = abort.cancelled() => break,
             _ = &mut idle_timer => {
                 tracing::debug!(idle = ?idle, "closing an idle upgraded connection");
                 break;

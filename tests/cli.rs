@@ -37,6 +37,35 @@ fn check_accepts_minimal_yaml() {
 }
 
 #[test]
+fn check_warns_about_zero_cohorts_unused_upstreams_and_shadowed_routes() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = minimal()
+        .replace("percent: 95\n", "percent: 100\n")
+        .replace("percent: 5\n", "percent: 0\n")
+        .replace(
+            "upstreams:\n",
+            "upstreams:\n  spare:\n    endpoints: [\"127.0.0.1:18003\"]\n",
+        )
+        + "  - name: later\n    match:\n      path_prefix: /v1/\n    split:\n      - cohort: stable\n        upstream: stable\n        percent: 100\n";
+    write(dir.path(), "warn.yaml", &text);
+    let out = cohort(&["check", "warn.yaml"], dir.path());
+    assert_eq!(out.status.code(), Some(0), "warnings do not fail the check");
+    let warnings: Vec<String> = stderr(&out).lines().map(str::to_string).collect();
+    assert_eq!(
+        warnings,
+        [
+            "warning: route \"agent\": cohort \"canary\" is at 0% and receives no keyed traffic",
+            "warning: route \"later\" is shadowed by the earlier route \"agent\" and never matches",
+            "warning: upstream \"spare\" is not used by any route",
+        ]
+    );
+    assert_eq!(
+        String::from_utf8(out.stdout).unwrap(),
+        "warn.yaml: ok (2 routes)\n"
+    );
+}
+
+#[test]
 fn check_rejects_a_bad_file_with_its_place() {
     let dir = tempfile::tempdir().unwrap();
     // The canary's percent has three decimals; the error points at the value.
