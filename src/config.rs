@@ -356,6 +356,9 @@ pub fn load(file: &Path) -> Result<Loaded, ConfigError> {
     parse(file, text)
 }
 
+/// serde_yaml's own recursion limit; no config comes near it.
+const MAX_NESTING: usize = 128;
+
 /// Parses `text` as if read from `file`.
 pub fn parse(file: &Path, text: String) -> Result<Loaded, ConfigError> {
     // YAML forbids duplicate keys, but a typed map (such as `upstreams`) would keep the last.
@@ -366,6 +369,17 @@ pub fn parse(file: &Path, text: String) -> Result<Loaded, ConfigError> {
             column: dup.column,
             field: dup.field,
             message: format!("duplicate key {:?}", dup.key),
+        });
+    }
+    // serde_yaml refuses deeper nesting anyway, but only after libyaml has spent time
+    // quadratic in the depth on it: a few deep brackets would stall a reload for minutes.
+    if let Some((line, column)) = locate::too_deep(&text, MAX_NESTING) {
+        return Err(ConfigError {
+            file: file.to_path_buf(),
+            line,
+            column,
+            field: String::new(),
+            message: format!("recursion limit exceeded: nested deeper than {MAX_NESTING} levels"),
         });
     }
     let de = serde_yaml::Deserializer::from_str(&text);

@@ -132,6 +132,36 @@ fn load(text: &str) -> Option<Node> {
     builder.root
 }
 
+/// 1-based (line, column) of the first sequence or mapping nested more than `limit` deep,
+/// found in one linear pass (libyaml, under serde_yaml, takes time quadratic in the depth of
+/// flow collections before serde's own depth limit applies). `None` when there is none or
+/// the text does not parse before that point. The scanner reads ahead in flow context and
+/// gives up past 255 open brackets; that counts as too deep.
+pub fn too_deep(text: &str, limit: usize) -> Option<(usize, usize)> {
+    let mut parser = Parser::new_from_str(text);
+    let mut depth = 0usize;
+    loop {
+        let (ev, mark) = match parser.next_token() {
+            Ok(next) => next,
+            Err(e) if e.info() == "recursion limit exceeded" => {
+                return Some((e.marker().line(), e.marker().col() + 1));
+            }
+            Err(_) => return None,
+        };
+        match ev {
+            Event::SequenceStart(..) | Event::MappingStart(..) => {
+                depth += 1;
+                if depth > limit {
+                    return Some((mark.line(), mark.col() + 1));
+                }
+            }
+            Event::SequenceEnd | Event::MappingEnd => depth = depth.saturating_sub(1),
+            Event::DocumentEnd | Event::StreamEnd => return None,
+            _ => {}
+        }
+    }
+}
+
 /// A mapping key that appears twice in the same mapping.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DuplicateKey {
@@ -262,6 +292,21 @@ mod tests {
     #[test]
     fn bad_yaml_gives_none() {
         assert_eq!(field_position("a: [", "a"), None);
+    }
+
+    #[test]
+    fn too_deep_finds_the_first_collection_past_the_limit() {
+        // Root mapping, routes, a route, its split, a split entry: five levels.
+        assert_eq!(too_deep(DOC, 5), None);
+        assert_eq!(too_deep(DOC, 4).map(|(line, _)| line), Some(7));
+        assert!(too_deep(DOC, 1).is_some());
+        assert_eq!(too_deep("[[[1]]]", 2), Some((1, 3)));
+        assert_eq!(too_deep("[[[1]]]", 3), None);
+        assert_eq!(too_deep(&"[".repeat(200), 128), Some((1, 129)));
+        assert_eq!(too_deep(&"[".repeat(300_000), 128), Some((1, 256)));
+        assert_eq!(too_deep(&"{a: ".repeat(300_000), 128), Some((1, 1021)));
+        assert!(too_deep(&"- ".repeat(300_000), 128).is_some());
+        assert_eq!(too_deep("a: [", 2), None);
     }
 
     #[test]
