@@ -35,6 +35,12 @@ pub struct Accounting {
     ttfb_done: bool,
     _endpoint: Option<InFlight>,
     grpc: Option<GrpcVerdict>,
+    /// For a rollout's guards: the status the client got (0 until answered), whether the body
+    /// was cut, the outcome counted, and the time to first byte.
+    status: u16,
+    cut: bool,
+    outcome: Option<OutcomeSlot>,
+    ttfb: Option<Duration>,
 }
 
 /// A gRPC answer's verdict comes in its trailers (`grpc-status`), so its outcome is counted
@@ -60,7 +66,22 @@ impl Accounting {
             ttfb_done: false,
             _endpoint: None,
             grpc: None,
+            status: 0,
+            cut: false,
+            outcome: None,
+            ttfb: None,
         }
+    }
+
+    /// Notes the status the client gets, for a rollout's guards (a request never answered,
+    /// say refused for its own body, is not a sample).
+    pub fn answered(&mut self, status: http::StatusCode) {
+        self.status = status.as_u16();
+    }
+
+    /// Notes the outcome counted from the response head.
+    pub fn counted_outcome(&mut self, slot: OutcomeSlot) {
+        self.outcome = Some(slot);
     }
 
     /// Counts the outcome when the body ends instead of now (see [`GrpcVerdict`]).
@@ -69,6 +90,7 @@ impl Accounting {
     }
 
     fn stream_failed(&mut self) {
+        self.cut = true;
         if let Some(v) = self.grpc.as_mut() {
             v.failed = true;
         }
@@ -91,10 +113,9 @@ impl Accounting {
     fn first_byte(&mut self) {
         if !self.ttfb_done {
             self.ttfb_done = true;
-            self.cohort
-                .metrics
-                .ttfb
-                .record(self.start.elapsed().as_secs_f64());
+            let ttfb = self.start.elapsed();
+            self.ttfb = Some(ttfb);
+            self.cohort.metrics.ttfb.record(ttfb.as_secs_f64());
         }
     }
 }
@@ -103,14 +124,20 @@ impl Drop for Accounting {
     fn drop(&mut self) {
         let m = &self.cohort.metrics;
         if let Some(v) = self.grpc {
-            match (v.failed, v.outcome) {
-                (true, _) => m.outcome(v.error),
-                (false, Some(slot)) => m.outcome(slot),
-                (false, None) => {}
+            self.outcome = match (v.failed, v.outcome) {
+                (true, _) => Some(v.error),
+                (false, slot) => slot,
+            };
+            if let Some(slot) = self.outcome {
+                m.outcome(slot);
             }
         }
         m.in_flight.decrement(1.0);
-        m.duration.record(self.start.elapsed().as_secs_f64());
+        let duration = self.start.elapsed();
+        m.duration.record(duration.as_secs_f64());
+        if let (Some(cells), 1..) = (&self.cohort.guard, self.status) {
+            cells.record(self.status, self.cut, self.outcome, self.ttfb, duration);
+        }
     }
 }
 

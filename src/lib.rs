@@ -16,6 +16,7 @@ pub mod metrics;
 pub mod overrides;
 pub mod proxy;
 pub mod reload;
+pub mod rollout;
 pub mod server;
 pub mod signed;
 pub mod table;

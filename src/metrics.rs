@@ -308,6 +308,38 @@ impl Metrics {
         )
     }
 
+    /// A gauge outside the per-cohort sets (a rollout's), described with `help`.
+    pub fn gauge(
+        &self,
+        name: &'static str,
+        help: &'static str,
+        labels: &[(&'static str, &str)],
+    ) -> Gauge {
+        self.recorder.describe_gauge(
+            KeyName::from_const_str(name),
+            None,
+            SharedString::const_str(help),
+        );
+        self.recorder
+            .register_gauge(&Key::from_parts(name, owned(labels)), &METADATA)
+    }
+
+    /// A counter outside the per-cohort sets (a rollout's), described with `help`.
+    pub fn counter(
+        &self,
+        name: &'static str,
+        help: &'static str,
+        labels: &[(&'static str, &str)],
+    ) -> Counter {
+        self.recorder.describe_counter(
+            KeyName::from_const_str(name),
+            None,
+            SharedString::const_str(help),
+        );
+        self.recorder
+            .register_counter(&Key::from_parts(name, owned(labels)), &METADATA)
+    }
+
     /// The Prometheus text exposition (format 0.0.4).
     pub fn render(&self) -> String {
         self.handle.render()
@@ -318,4 +350,11 @@ impl Metrics {
     pub fn upkeep(&self) {
         self.handle.run_upkeep();
     }
+}
+
+fn owned(labels: &[(&'static str, &str)]) -> Vec<Label> {
+    labels
+        .iter()
+        .map(|(k, v)| Label::new(*k, v.to_string()))
+        .collect()
 }

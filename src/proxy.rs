@@ -172,7 +172,7 @@ impl Proxy {
         acct.hold_endpoint(slot);
         parts.uri = match upstream_uri(endpoint, parts.uri.path_and_query()) {
             Some(u) => u,
-            None => return self.fail(&target, Failure::Internal),
+            None => return self.fail(&mut acct, Failure::Internal),
         };
         parts.version = Version::HTTP_11;
 
@@ -180,14 +180,16 @@ impl Proxy {
         let sent = upstream.client.request(Request::from_parts(parts, body));
         let result = tokio::time::timeout(upstream.spec.response_timeout, sent).await;
         let resp = match result {
-            Err(_elapsed) => return self.fail(&target, Failure::Upstream(FailureReason::Timeout)),
+            Err(_elapsed) => {
+                return self.fail(&mut acct, Failure::Upstream(FailureReason::Timeout))
+            }
             Ok(Err(e)) => {
                 if let Some(fault) = crate::body::client_body_fault(&e) {
                     return reject(&table, fault);
                 }
                 let reason = upstream::classify(&e, e.is_connect());
                 tracing::debug!(route = %route.name, cohort = %target.name, upstream = %upstream.name(), reason = reason.as_str(), error = %e, "upstream request failed");
-                return self.fail(&target, Failure::Upstream(reason));
+                return self.fail(&mut acct, Failure::Upstream(reason));
             }
             Ok(Ok(resp)) => resp,
         };
@@ -198,6 +200,7 @@ impl Proxy {
             (switched && client_upgrade.is_some()).then(|| hyper::upgrade::on(&mut resp));
         let (mut rparts, rbody) = resp.into_parts();
         target.metrics.request(rparts.status);
+        acct.answered(rparts.status);
         let outcome = rparts
             .headers
             .get(&route.outcome_header)
@@ -215,6 +218,7 @@ impl Proxy {
             });
         } else if let Some(slot) = outcome {
             target.metrics.outcome(slot);
+            acct.counted_outcome(slot);
         }
         let switched_to = rparts.headers.get(header::UPGRADE).cloned();
         strip_hop_by_hop(&mut rparts.headers);
@@ -243,12 +247,14 @@ impl Proxy {
         Response::from_parts(rparts, ProxyBody::Upstream { body })
     }
 
-    fn fail(&self, target: &crate::table::CohortTarget, failure: Failure) -> Response<ProxyBody> {
+    fn fail(&self, acct: &mut Accounting, failure: Failure) -> Response<ProxyBody> {
+        let target = acct.cohort();
         if let Failure::Upstream(reason) = failure {
             target.metrics.failure(reason);
         }
         let resp = failure.response();
         target.metrics.request(resp.status());
+        acct.answered(resp.status());
         resp
     }
 }

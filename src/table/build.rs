@@ -556,6 +556,7 @@ fn build_route(
             weight,
             upstream: Arc::clone(upstream),
             metrics: metrics.cohort(&r.name, &s.cohort, &outcomes),
+            guard: None,
         }));
     }
     if total != BUCKETS {

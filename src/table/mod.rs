@@ -102,6 +102,9 @@ pub struct CohortTarget {
     pub weight: u32,
     pub upstream: Arc<Upstream>,
     pub metrics: CohortMetrics,
+    /// Where the request path records samples for a rollout's guards: set on the canary and
+    /// the baseline of a route whose rollout is being judged, absent otherwise.
+    pub guard: Option<Arc<crate::rollout::Cells>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
