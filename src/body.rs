@@ -141,23 +141,22 @@ impl Drop for Accounting {
     }
 }
 
-pin_project_lite::pin_project! {
-    /// The upstream's body passed through frame by frame, never buffered.
-    pub struct ObservedBody {
-        inner: Incoming,
-        #[pin]
-        idle: Sleep,
-        idle_for: Duration,
-        acct: Accounting,
-        failed: bool,
-    }
+/// The upstream's body passed through frame by frame, never buffered. The idle timer is
+/// only created once the body actually waits for the upstream, so a response that is already
+/// in hand costs no timer.
+pub struct ObservedBody {
+    inner: Incoming,
+    idle: Option<Pin<Box<Sleep>>>,
+    idle_for: Duration,
+    acct: Accounting,
+    failed: bool,
 }
 
 impl ObservedBody {
     pub fn new(inner: Incoming, acct: Accounting, idle_for: Duration) -> Self {
         ObservedBody {
             inner,
-            idle: tokio::time::sleep(idle_for),
+            idle: None,
             idle_for,
             acct,
             failed: false,
@@ -170,25 +169,27 @@ impl Body for ObservedBody {
     type Error = BoxError;
 
     fn poll_frame(
-        self: Pin<&mut Self>,
+        mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let mut this = self.project();
-        if *this.failed {
+        let this = &mut *self;
+        if this.failed {
             return Poll::Ready(None);
         }
-        match Pin::new(this.inner).poll_frame(cx) {
+        match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 if frame.data_ref().is_some_and(|d| !d.is_empty()) {
                     this.acct.first_byte();
                 } else if let Some(t) = frame.trailers_ref() {
                     this.acct.trailers(t);
                 }
-                this.idle.as_mut().reset(Instant::now() + *this.idle_for);
+                if let Some(idle) = this.idle.as_mut() {
+                    idle.as_mut().reset(Instant::now() + this.idle_for);
+                }
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => {
-                *this.failed = true;
+                this.failed = true;
                 // A gRPC stream cut before its grpc-status is a failed call.
                 this.acct.stream_failed();
                 let reason = crate::upstream::classify(&e, false);
@@ -201,11 +202,15 @@ impl Body for ObservedBody {
                 Poll::Ready(None)
             }
             Poll::Pending => {
-                ready!(this.idle.as_mut().poll(cx));
-                *this.failed = true;
+                let idle_for = this.idle_for;
+                let idle = this
+                    .idle
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(idle_for)));
+                ready!(idle.as_mut().poll(cx));
+                this.failed = true;
                 this.acct.stream_failed();
                 this.acct.cohort.metrics.failure(FailureReason::Timeout);
-                Poll::Ready(Some(Err(Box::new(IdleTimeout(*this.idle_for)))))
+                Poll::Ready(Some(Err(Box::new(IdleTimeout(idle_for)))))
             }
         }
     }

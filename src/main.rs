@@ -6,6 +6,11 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
+/// mimalloc: fewer instructions per allocation than glibc's malloc on the request path
+/// (measured with benches/instructions.sh; see the README's performance section).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "cohort",
@@ -32,6 +37,10 @@ enum Command {
     Run {
         #[arg(long, short)]
         config: PathBuf,
+        /// Runtime threads. 1 runs everything on one single-threaded runtime (no cross-thread
+        /// wake-ups: the fastest choice on one core). Default: the CPUs this process may use.
+        #[arg(long)]
+        workers: Option<usize>,
     },
     /// Validate a config: exit 0 when good, 1 with the errors on stderr when not.
     Check { file: PathBuf },
@@ -112,10 +121,28 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("cannot start the async runtime")
 }
 
+/// The proxy's runtime: single-threaded when one CPU (or one worker) is all there is, since
+/// a work-stealing pool on one core only adds wake-ups between its threads.
+fn serving_runtime(workers: Option<usize>) -> anyhow::Result<tokio::runtime::Runtime> {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let workers = workers.unwrap_or(cpus).max(1);
+    let mut builder = if workers == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(workers);
+        b
+    };
+    builder
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
 fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
     match command {
-        Command::Run { config } => {
-            runtime()?.block_on(cohort::app::run(&config))?;
+        Command::Run { config, workers } => {
+            serving_runtime(workers)?.block_on(cohort::app::run(&config))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Check { file } => Ok(check(&file)),

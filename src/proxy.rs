@@ -322,6 +322,19 @@ fn protected(name: &HeaderName) -> bool {
 /// Removes hop-by-hop headers (RFC 9110 §7.6.1): those `Connection` names, the fixed list,
 /// every `Proxy-*`, and `TE` unless it asks only for trailers.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Most messages carry none of these: one pass over the names (standard names compare as
+    // small enums) spares a hash lookup per hop-by-hop name.
+    let hop = |k: &HeaderName| {
+        k == header::CONNECTION
+            || k == header::TE
+            || k == header::TRANSFER_ENCODING
+            || k == header::UPGRADE
+            || k == KEEP_ALIVE
+            || k.as_str().starts_with("proxy-")
+    };
+    if !headers.keys().any(hop) {
+        return;
+    }
     if headers.contains_key(header::CONNECTION) {
         let named: Vec<HeaderName> = headers
             .get_all(header::CONNECTION)
