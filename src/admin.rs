@@ -1,5 +1,5 @@
 //! The admin listener, separate from the public ones: metrics, health, readiness, the routing
-//! table as JSON, and reload on demand.
+//! table as JSON, reload on demand, and the rollouts (state, and an operator's actions).
 //!
 //! Owns: admin HTTP endpoints. Must not touch: the request path, or the table other than by
 //! reading it and asking `reload::Control` to reload.
@@ -19,6 +19,7 @@ use serde_json::json;
 use tokio::net::TcpListener;
 
 use crate::reload::{Control, Outcome};
+use crate::rollout::{Action, ActionError};
 use crate::server::Lifecycle;
 
 /// State the admin endpoints read.
@@ -66,6 +67,15 @@ impl Admin {
                 }
             }
             (&Method::GET, "/routes") => reply(StatusCode::OK, JSON, self.routes_json()),
+            (&Method::GET, "/rollouts") => reply(
+                StatusCode::OK,
+                JSON,
+                serde_json::to_string_pretty(&self.control.rollouts().report()).unwrap_or_default(),
+            ),
+            (method, path) if path.starts_with("/rollouts/") => {
+                self.rollout_action(method, &path["/rollouts/".len()..])
+                    .await
+            }
             (&Method::POST, "/reload") => {
                 let control = Arc::clone(&self.control);
                 let outcome = tokio::task::spawn_blocking(move || control.reload("admin")).await;
@@ -84,10 +94,45 @@ impl Admin {
                     Err(_) => reply(StatusCode::INTERNAL_SERVER_ERROR, TEXT, "reload task failed\n"),
                 }
             }
-            (_, "/metrics" | "/healthz" | "/readyz" | "/routes" | "/reload") => {
+            (_, "/metrics" | "/healthz" | "/readyz" | "/routes" | "/reload" | "/rollouts") => {
                 reply(StatusCode::METHOD_NOT_ALLOWED, TEXT, "method not allowed\n")
             }
             _ => reply(StatusCode::NOT_FOUND, TEXT, "not found\n"),
+        }
+    }
+
+    /// `POST /rollouts/{route}/{pause|resume|promote|rollback}`: `rest` is `{route}/{action}`.
+    async fn rollout_action(&self, method: &Method, rest: &str) -> Reply {
+        let error =
+            |status, message: String| reply(status, JSON, json!({ "error": message }).to_string());
+        let Some((route, action)) = rest.rsplit_once('/') else {
+            return reply(StatusCode::NOT_FOUND, TEXT, "not found\n");
+        };
+        let Some(action) = Action::parse(action) else {
+            return error(
+                StatusCode::NOT_FOUND,
+                format!(
+                    "unknown rollout action {action:?}: use pause, resume, promote or rollback"
+                ),
+            );
+        };
+        if method != Method::POST {
+            return reply(StatusCode::METHOD_NOT_ALLOWED, TEXT, "method not allowed\n");
+        }
+        let (control, route) = (Arc::clone(&self.control), route.to_string());
+        match tokio::task::spawn_blocking(move || control.rollout_action(&route, action)).await {
+            Ok(Ok(d)) => reply(
+                StatusCode::OK,
+                JSON,
+                json!({ "result": d.decision, "decision": d }).to_string(),
+            ),
+            Ok(Err(e @ ActionError::NotFound(_))) => error(StatusCode::NOT_FOUND, e.to_string()),
+            Ok(Err(e @ ActionError::Conflict(_))) => error(StatusCode::CONFLICT, e.to_string()),
+            Err(_) => reply(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                TEXT,
+                "rollout action failed\n",
+            ),
         }
     }
 
@@ -125,7 +170,8 @@ impl Admin {
         Some(r)
     }
 
-    /// The serving table: generation, each route's bands, and the last reload error.
+    /// The serving table: generation, each route's bands (the effective percents, with the
+    /// file's beside them), its rollout in brief, and the last reload error.
     pub fn routes_json(&self) -> String {
         let t = self.control.current();
         let routes: Vec<_> = t
@@ -141,8 +187,10 @@ impl Admin {
                         "cohort": c.name,
                         "upstream": c.upstream.name(),
                         "percent": f64::from(c.weight) / 100.0,
+                        "configured_percent": f64::from(c.configured) / 100.0,
                         "buckets": [b.start, b.end],
                     })).collect::<Vec<_>>(),
+                    "rollout": self.control.rollouts().summary(&r.name),
                 })
             })
             .collect();

@@ -53,8 +53,29 @@ async fn bind(what: &str, address: SocketAddr) -> Result<TcpListener, StartError
         })
 }
 
+/// How a proxy is started beyond its config file.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// How often the rollout judge looks; `None` leaves the judging to the caller (tests drive
+    /// `rollout::judge::tick` with a simulated clock).
+    pub judge_every: Option<Duration>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            judge_every: Some(crate::rollout::judge::EVERY),
+        }
+    }
+}
+
 /// Loads `config` and starts serving it.
 pub async fn start(config: &Path) -> Result<Running, StartError> {
+    start_with(config, Options::default()).await
+}
+
+/// Loads `config` and starts serving it, with `options`.
+pub async fn start_with(config: &Path, options: Options) -> Result<Running, StartError> {
     let control = Arc::new(Control::start(config, Metrics::new())?);
     let table = control.current();
     let life = Lifecycle::default();
@@ -110,6 +131,13 @@ pub async fn start(config: &Path) -> Result<Running, StartError> {
     });
 
     crate::watch::spawn(Arc::clone(&control), life.abort.clone());
+    if let Some(every) = options.judge_every {
+        tokio::spawn(crate::rollout::judge::run(
+            Arc::clone(&control),
+            every,
+            life.abort.clone(),
+        ));
+    }
 
     admin.ready.store(true, Ordering::Release);
     Ok(Running {
@@ -162,6 +190,11 @@ impl Running {
         }
         self.life.abort.cancel();
         self.life.connections.wait().await;
+        let control = Arc::clone(&self.control);
+        let _ = tokio::task::spawn_blocking(move || {
+            control.rollouts().checkpoint(crate::rollout::Now::real())
+        })
+        .await;
         drained
     }
 }

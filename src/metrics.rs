@@ -191,7 +191,7 @@ impl Metrics {
             (
                 SPLIT,
                 Unit::Percent,
-                "Configured share of each cohort, in percent.",
+                "Share of each cohort, in percent: the configured one, or its rollout's.",
             ),
             (
                 UNROUTED,

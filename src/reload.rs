@@ -13,6 +13,7 @@ use arc_swap::ArcSwap;
 
 use crate::config::{self, ConfigError};
 use crate::metrics::Metrics;
+use crate::rollout::{Action, ActionError, Decision, Now, Rollouts};
 use crate::table::{self, RoutingTable};
 
 /// The last reload that failed, for `GET /routes`.
@@ -43,16 +44,26 @@ pub struct Control {
     /// Hash of the contents last tried, good or bad, so the watcher and the poll retry a bad
     /// file only once it changes again.
     last_seen: AtomicU64,
+    /// The live rollouts, whose state sets their canaries' effective percents in every table
+    /// stored here.
+    rollouts: Rollouts,
 }
 
 /// A reload that changes listeners or the admin address cannot be applied live.
 pub const NEEDS_RESTART: &str = "changing listeners or the admin address needs a restart; the rest of this config was not applied";
 
+/// Rollout state stays where the process started keeping it.
+pub const STATE_DIR_RESTART: &str =
+    "changing state_dir needs a restart; the rest of this config was not applied";
+
 impl Control {
     /// Loads and validates `path` as generation 1.
     pub fn start(path: &Path, metrics: Metrics) -> Result<Self, ConfigError> {
         let loaded = config::load(path)?;
-        let table = table::from_loaded(&loaded, &metrics, None, 1)?;
+        let mut table = table::from_loaded(&loaded, &metrics, None, 1)?;
+        let rollouts = Rollouts::open(table.state_dir.as_deref(), metrics.clone())
+            .map_err(|e| loaded.error_at("state_dir", e.to_string()))?;
+        rollouts.reconcile(&mut table, Now::real(), "startup");
         for w in table.warnings() {
             tracing::warn!(warning = %w, "configuration warning");
         }
@@ -67,7 +78,36 @@ impl Control {
             reloading: Mutex::new(()),
             last_error: Mutex::new(None),
             last_seen: AtomicU64::new(seen),
+            rollouts,
         })
+    }
+
+    pub fn rollouts(&self) -> &Rollouts {
+        &self.rollouts
+    }
+
+    /// Swaps in a copy of the serving table with the effective percents the rollouts want
+    /// now, if they differ: how a rollout's decision reaches the request path, in one store.
+    /// Whether a table was swapped in.
+    pub fn apply_rollouts(&self, trigger: &str) -> bool {
+        let _one_at_a_time = self.reloading.lock().unwrap_or_else(|p| p.into_inner());
+        let old = self.table.load_full();
+        let mut new = RoutingTable::clone(&old);
+        if !self.rollouts.adjust(&mut new) {
+            return false;
+        }
+        let changes = diff(&old, &new);
+        new.publish_gauges();
+        self.table.store(Arc::new(new));
+        tracing::info!(trigger, generation = old.generation, changes = %changes.join("; "), "rollout percents applied");
+        true
+    }
+
+    /// An operator's action on `route`'s rollout, applied to the serving table at once.
+    pub fn rollout_action(&self, route: &str, action: Action) -> Result<Decision, ActionError> {
+        let decision = self.rollouts.act(route, action, Now::real())?;
+        self.apply_rollouts("admin");
+        Ok(decision)
     }
 
     /// The shared handle the request path loads from.
@@ -110,7 +150,11 @@ impl Control {
             if loaded.content_hash() == old.config_hash && same_tls_files {
                 return Ok(None);
             }
-            let new = table::from_loaded(&loaded, &self.metrics, Some(&old), old.generation + 1)?;
+            let mut new =
+                table::from_loaded(&loaded, &self.metrics, Some(&old), old.generation + 1)?;
+            if new.state_dir != old.state_dir {
+                return Err(loaded.error_at("state_dir", STATE_DIR_RESTART));
+            }
             if new.listeners != old.listeners || new.admin_address != old.admin_address {
                 return Err(loaded.error_at(
                     if new.listeners != old.listeners {
@@ -121,6 +165,7 @@ impl Control {
                     NEEDS_RESTART,
                 ));
             }
+            self.rollouts.reconcile(&mut new, Now::real(), "reload");
             Ok(Some(new))
         });
         match result {

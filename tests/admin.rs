@@ -44,10 +44,11 @@ async fn health_readiness_and_routes() {
     assert_eq!(
         agent["cohorts"],
         json!([
-            {"cohort": "stable", "upstream": "stable", "percent": 95.0, "buckets": [0, 9500]},
-            {"cohort": "canary", "upstream": "canary", "percent": 5.0, "buckets": [9500, 10000]},
+            {"cohort": "stable", "upstream": "stable", "percent": 95.0, "configured_percent": 95.0, "buckets": [0, 9500]},
+            {"cohort": "canary", "upstream": "canary", "percent": 5.0, "configured_percent": 5.0, "buckets": [9500, 10000]},
         ])
     );
+    assert_eq!(agent["rollout"], json!(null));
     assert_eq!(doc["routes"].as_array().unwrap().len(), 1);
     // None of this touched a backend.
     assert_eq!(stable.connections() + canary.connections(), 0);

@@ -90,6 +90,10 @@ pub enum Invalid {
     Secret { path: String, reason: String },
     #[error("must be at least {min}")]
     TooSmall { min: u64 },
+    #[error("{reason}")]
+    Rollout { reason: String },
+    #[error("a rollout keeps its state in the top-level `state_dir`, which is not set")]
+    NoStateDir,
 }
 
 fn err(path: impl Into<String>, kind: Invalid) -> TableError {
@@ -257,6 +261,9 @@ impl TryFrom<TableInput<'_>> for RoutingTable {
                     },
                 ));
             }
+            if r.rollout.is_some() && raw.state_dir.is_none() {
+                return Err(err(format!("{path}.rollout"), Invalid::NoStateDir));
+            }
             routes.push(build_route(
                 &path,
                 r,
@@ -286,6 +293,7 @@ impl TryFrom<TableInput<'_>> for RoutingTable {
             watch: raw.reload.watch,
             shutdown_timeout: raw.shutdown_timeout,
             unrouted: input.metrics.unrouted.clone(),
+            state_dir: raw.state_dir.as_ref().map(|d| input.base_dir.join(d)),
         })
     }
 }
@@ -554,6 +562,7 @@ fn build_route(
             name: s.cohort.clone(),
             header_value,
             weight,
+            configured: weight,
             upstream: Arc::clone(upstream),
             metrics: metrics.cohort(&r.name, &s.cohort, &outcomes),
             guard: None,
@@ -583,6 +592,30 @@ fn build_route(
     if salt.is_empty() {
         return Err(err(format!("{path}.salt"), Invalid::Empty));
     }
+    let rollout = match &r.rollout {
+        Some(raw) => {
+            let rp = format!("{path}.rollout");
+            check_name(&format!("{rp}.id"), &raw.id)?;
+            let split: Vec<(&str, u32)> = cohorts
+                .iter()
+                .map(|c| (c.name.as_str(), c.weight))
+                .collect();
+            let named = match fallback {
+                Fallback::Cohort(i) => Some(i),
+                Fallback::Random => None,
+            };
+            let spec = crate::rollout::spec::build(raw, &split, &outcomes, named).map_err(|e| {
+                let at = if e.field.is_empty() {
+                    rp.clone()
+                } else {
+                    format!("{rp}.{}", e.field)
+                };
+                err(at, Invalid::Rollout { reason: e.message })
+            })?;
+            Some(Arc::new(spec))
+        }
+        None => None,
+    };
     Ok(Route {
         name: r.name.clone(),
         matcher,
@@ -599,6 +632,7 @@ fn build_route(
         max_body_bytes: r.max_body_bytes,
         override_secret,
         override_rejected: metrics.override_rejected(&r.name),
+        rollout,
     })
 }
 

@@ -6,6 +6,8 @@
 //! Built by `TryFrom<TableInput>` in `build.rs`; never mutated once built.
 
 mod build;
+#[cfg(test)]
+mod rollout_tests;
 mod secure;
 #[cfg(test)]
 mod tests;
@@ -19,12 +21,13 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method};
 use ipnet::IpNet;
 use metrics::Counter;
 
-pub use build::{Invalid, TableError, TableInput};
+pub use build::{basis_points, Invalid, TableError, TableInput, DEFAULT_OUTCOMES};
 
 use crate::cohort::{self, Bands, KeySource};
 use crate::metrics::{CohortMetrics, OutcomeSlot};
 use crate::upstream::Upstream;
 
+#[derive(Clone)]
 pub struct RoutingTable {
     pub generation: u64,
     pub config_hash: u64,
@@ -51,6 +54,8 @@ pub struct RoutingTable {
     pub watch: bool,
     pub shutdown_timeout: Duration,
     pub unrouted: Counter,
+    /// Where rollouts keep their state and audit log (resolved against the config's directory).
+    pub state_dir: Option<std::path::PathBuf>,
 }
 
 /// Connection-level limits, read by listeners for each new connection.
@@ -73,6 +78,7 @@ pub struct ListenerSpec {
     pub tls: bool,
 }
 
+#[derive(Clone)]
 pub struct Route {
     pub name: String,
     pub matcher: RouteMatch,
@@ -92,14 +98,21 @@ pub struct Route {
     pub override_secret: Option<Vec<u8>>,
     /// `cohort_override_rejected_total`, aligned with `signed::Rejection::ALL`.
     pub override_rejected: [Counter; 5],
+    /// The route's rollout, as configured; its state lives in `rollout::Rollouts`, which sets
+    /// the cohorts' effective weights.
+    pub rollout: Option<Arc<crate::rollout::RolloutSpec>>,
 }
 
+#[derive(Clone)]
 pub struct CohortTarget {
     pub name: String,
     /// `x-cohort` value, built once.
     pub header_value: HeaderValue,
-    /// Share in basis points (percent x 100).
+    /// Share in basis points (percent x 100) that the bands are built from: the file's, or
+    /// the rollout's when the route has one.
     pub weight: u32,
+    /// Share in basis points as the file has it.
+    pub configured: u32,
     pub upstream: Arc<Upstream>,
     pub metrics: CohortMetrics,
     /// Where the request path records samples for a rollout's guards: set on the canary and

@@ -16,19 +16,19 @@ use crate::metrics::Metrics;
 /// The contract's minimal config. Line numbers below refer to it:
 /// 3 `listeners:`, 5 listener address, 7 admin address, 10/12 stable/canary endpoints,
 /// 14 route name, 16 path_prefix, 18 header source, 19 `split:`, 20-22 stable, 23-25 canary.
-const MINIMAL: &str = include_str!("../../config/minimal.yaml");
+pub(super) const MINIMAL: &str = include_str!("../../config/minimal.yaml");
 
 const LISTENERS: &str = "listeners:\n  - name: public\n    address: 127.0.0.1:8080\n";
 const SPLIT: &str = "    split:\n      - cohort: stable\n        upstream: stable\n        percent: 95\n      - cohort: canary\n        upstream: canary\n        percent: 5\n";
 
 /// `MINIMAL` with `from`, which must occur exactly once, replaced by `to`.
-fn edit(from: &str, to: &str) -> String {
+pub(super) fn edit(from: &str, to: &str) -> String {
     assert_eq!(MINIMAL.matches(from).count(), 1, "{from:?} must occur once");
     MINIMAL.replacen(from, to, 1)
 }
 
 /// `MINIMAL` with `lines` inserted after the line `anchor` (given without its newline).
-fn insert_after(anchor: &str, lines: &str) -> String {
+pub(super) fn insert_after(anchor: &str, lines: &str) -> String {
     edit(&format!("{anchor}\n"), &format!("{anchor}\n{lines}"))
 }
 
@@ -38,13 +38,19 @@ fn build(text: &str) -> Result<RoutingTable, ConfigError> {
 }
 
 #[track_caller]
-fn accept(text: &str) -> RoutingTable {
+pub(super) fn accept(text: &str) -> RoutingTable {
     build(text).unwrap_or_else(|e| panic!("rejected: {e}\n{text}"))
 }
 
 /// Asserts the exact location and field, and that the message holds every one of `says`.
 #[track_caller]
-fn reject(text: &str, line: usize, column: usize, field: &str, says: &[&str]) -> ConfigError {
+pub(super) fn reject(
+    text: &str,
+    line: usize,
+    column: usize,
+    field: &str,
+    says: &[&str],
+) -> ConfigError {
     let Err(e) = build(text) else {
         panic!("accepted, expected an error at {field}:\n{text}")
     };

@@ -7,6 +7,7 @@
 
 #![allow(dead_code)]
 
+pub mod sim;
 pub mod tls;
 
 use std::convert::Infallible;

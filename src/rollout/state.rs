@@ -1,0 +1,391 @@
+//! What rollouts keep on disk, in `state_dir`: one state file per route
+//! (`rollout-<route>.json`, written whole and atomically: a temporary file, fsync, rename, fsync
+//! of the directory) and the audit log (`audit.jsonl`, one JSON line appended per decision).
+//!
+//! Owns: the file formats and their checks. A state file carries a checksum of its contents;
+//! one that does not parse, does not match its checksum or does not make sense is reported
+//! as corrupt and never trusted. Must not touch: decisions (`machine`), the table.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::cells::{Tally, BINS, OUTCOME_SLOTS};
+use super::guard::Reading;
+use super::machine::{DecisionKind, Phase, Progress};
+
+const VERSION: u32 = 1;
+pub const AUDIT_FILE: &str = "audit.jsonl";
+
+/// Where a rollout stood, in a decision record.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Position {
+    pub state: Phase,
+    /// Index into the steps (0 is the first).
+    pub step: usize,
+    /// The canary's share.
+    pub percent: f64,
+}
+
+/// One decision with the numbers behind it: a line of the audit log, an entry of the history.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Decision {
+    /// RFC 3339, UTC.
+    pub at: String,
+    pub at_unix_ms: u64,
+    pub route: String,
+    pub id: String,
+    pub decision: DecisionKind,
+    /// `judge`, `admin`, `startup` or `reload`.
+    pub trigger: String,
+    /// Absent for a rollout's first decision.
+    pub from: Option<Position>,
+    pub to: Position,
+    pub reason: String,
+    pub soaked_seconds: f64,
+    pub canary_samples: u64,
+    pub baseline_samples: u64,
+    pub guards: Vec<Reading>,
+}
+
+/// A rollout's state file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Saved {
+    pub version: u32,
+    pub route: String,
+    pub id: String,
+    pub state: Phase,
+    pub step: usize,
+    pub soaked_ms: u64,
+    pub canary: SavedTally,
+    pub baseline: SavedTally,
+    pub wealth: BTreeMap<String, f64>,
+    /// Why the rollout is halted, when it is.
+    pub note: Option<String>,
+    pub history: Vec<Decision>,
+}
+
+/// A [`Tally`] with its histograms and outcome counters kept sparse: `[index, count]` pairs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SavedTally {
+    pub requests: u64,
+    pub errors: u64,
+    pub with_outcome: u64,
+    pub outcomes: Vec<(usize, u64)>,
+    pub latency: Vec<(usize, u64)>,
+    pub ttfb: Vec<(usize, u64)>,
+}
+
+fn sparse(v: &[u64]) -> Vec<(usize, u64)> {
+    v.iter()
+        .enumerate()
+        .filter(|(_, c)| **c > 0)
+        .map(|(i, c)| (i, *c))
+        .collect()
+}
+
+fn dense(pairs: &[(usize, u64)], len: usize, what: &str) -> Result<Vec<u64>, String> {
+    let mut v = vec![0; len];
+    for &(i, c) in pairs {
+        *v.get_mut(i)
+            .ok_or_else(|| format!("{what} index {i} out of range"))? = c;
+    }
+    Ok(v)
+}
+
+impl From<&Tally> for SavedTally {
+    fn from(t: &Tally) -> Self {
+        SavedTally {
+            requests: t.requests,
+            errors: t.errors,
+            with_outcome: t.with_outcome,
+            outcomes: sparse(&t.outcomes),
+            latency: sparse(&t.latency),
+            ttfb: sparse(&t.ttfb),
+        }
+    }
+}
+
+impl SavedTally {
+    fn restore(&self) -> Result<Tally, String> {
+        Ok(Tally {
+            requests: self.requests,
+            errors: self.errors,
+            with_outcome: self.with_outcome,
+            outcomes: dense(&self.outcomes, OUTCOME_SLOTS, "outcome")?,
+            latency: dense(&self.latency, BINS, "latency bin")?,
+            ttfb: dense(&self.ttfb, BINS, "ttfb bin")?,
+        })
+    }
+}
+
+impl Saved {
+    pub fn new(
+        route: &str,
+        id: &str,
+        p: &Progress,
+        note: Option<String>,
+        history: Vec<Decision>,
+    ) -> Self {
+        Saved {
+            version: VERSION,
+            route: route.to_string(),
+            id: id.to_string(),
+            state: p.phase,
+            step: p.step,
+            soaked_ms: u64::try_from(p.soaked.as_millis()).unwrap_or(u64::MAX),
+            canary: (&p.canary).into(),
+            baseline: (&p.baseline).into(),
+            // A wealth that is not a number would not survive JSON; it restarts at 1.
+            wealth: p
+                .wealth
+                .iter()
+                .map(|(k, w)| (k.clone(), if w.is_finite() { *w } else { 0.0 }))
+                .collect(),
+            note,
+            history,
+        }
+    }
+
+    /// The progress this file describes, or why it makes no sense.
+    pub fn progress(&self) -> Result<Progress, String> {
+        if self.wealth.values().any(|w| !w.is_finite()) {
+            return Err("a guard's wealth is not a number".into());
+        }
+        Ok(Progress {
+            phase: self.state,
+            step: self.step,
+            soaked: Duration::from_millis(self.soaked_ms),
+            canary: self.canary.restore()?,
+            baseline: self.baseline.restore()?,
+            wealth: self.wealth.clone(),
+        })
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{}: corrupt rollout state ({reason}); not trusted", path.display())]
+    Corrupt { path: PathBuf, reason: String },
+}
+
+/// The state directory.
+#[derive(Debug, Clone)]
+pub struct Store {
+    dir: PathBuf,
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StateError + '_ {
+    move |source| StateError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// The file's text: `{"checksum":"<xxh3 of the state's JSON, 16 hex digits>","state":{...}}`.
+fn encode(saved: &Saved) -> String {
+    // Serialising plain data with string keys cannot fail.
+    let body = serde_json::to_string(saved).unwrap_or_default();
+    let sum = xxhash_rust::xxh3::xxh3_64(body.as_bytes());
+    format!("{{\"checksum\":\"{sum:016x}\",\"state\":{body}}}\n")
+}
+
+fn decode(text: &str) -> Result<Saved, String> {
+    let shape = || "not a cohort rollout state file".to_string();
+    let rest = text.strip_prefix("{\"checksum\":\"").ok_or_else(shape)?;
+    let (hex, rest) = rest.split_at_checked(16).ok_or_else(shape)?;
+    let body = rest
+        .strip_prefix("\",\"state\":")
+        .and_then(|r| r.trim_end().strip_suffix('}'))
+        .ok_or_else(shape)?;
+    let want = u64::from_str_radix(hex, 16).map_err(|_| shape())?;
+    if xxhash_rust::xxh3::xxh3_64(body.as_bytes()) != want {
+        return Err("checksum mismatch: edited or damaged".into());
+    }
+    let saved: Saved = serde_json::from_str(body).map_err(|e| e.to_string())?;
+    if saved.version != VERSION {
+        return Err(format!("unknown version {}", saved.version));
+    }
+    Ok(saved)
+}
+
+impl Store {
+    /// Creates the directory if needed and checks that files can be written in it.
+    pub fn open(dir: &Path) -> Result<Store, StateError> {
+        fs::create_dir_all(dir).map_err(io(dir))?;
+        tempfile::NamedTempFile::new_in(dir).map_err(io(dir))?;
+        Ok(Store {
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn path(&self, route: &str) -> PathBuf {
+        self.dir.join(format!("rollout-{route}.json"))
+    }
+
+    /// The saved state of `route`'s rollout; `Ok(None)` when there is none.
+    pub fn load(&self, route: &str) -> Result<Option<Saved>, StateError> {
+        let path = self.path(route);
+        let text = match fs::read(&path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io(&path)(e)),
+        };
+        let corrupt = |reason: String| StateError::Corrupt {
+            path: path.clone(),
+            reason,
+        };
+        let text = String::from_utf8(text).map_err(|_| corrupt("not UTF-8".into()))?;
+        let saved = decode(&text).map_err(corrupt)?;
+        if saved.route != route {
+            return Err(corrupt(format!("written for route {:?}", saved.route)));
+        }
+        saved.progress().map_err(corrupt)?;
+        Ok(Some(saved))
+    }
+
+    /// Replaces `route`'s state file atomically.
+    pub fn save(&self, saved: &Saved) -> Result<(), StateError> {
+        let path = self.path(&saved.route);
+        let mut tmp = tempfile::NamedTempFile::new_in(&self.dir).map_err(io(&self.dir))?;
+        tmp.write_all(encode(saved).as_bytes())
+            .map_err(io(tmp.path()))?;
+        tmp.as_file().sync_all().map_err(io(&path))?;
+        tmp.persist(&path).map_err(|e| io(&path)(e.error))?;
+        self.sync_dir()
+    }
+
+    /// Moves a corrupt state file aside (to `<name>.corrupt`), keeping it for inspection.
+    pub fn set_aside(&self, route: &str) -> Result<PathBuf, StateError> {
+        let path = self.path(route);
+        let aside = path.with_extension("json.corrupt");
+        fs::rename(&path, &aside).map_err(io(&path))?;
+        self.sync_dir()?;
+        Ok(aside)
+    }
+
+    /// Appends one decision to the audit log, flushed to disk.
+    pub fn audit(&self, d: &Decision) -> Result<(), StateError> {
+        let path = self.dir.join(AUDIT_FILE);
+        let mut line = serde_json::to_string(d).unwrap_or_default();
+        line.push('\n');
+        let mut f = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(io(&path))?;
+        f.write_all(line.as_bytes()).map_err(io(&path))?;
+        f.sync_data().map_err(io(&path))
+    }
+
+    fn sync_dir(&self) -> Result<(), StateError> {
+        File::open(&self.dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io(&self.dir))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn saved() -> Saved {
+        let mut p = Progress::start();
+        p.step = 2;
+        p.soaked = Duration::from_millis(12_345);
+        p.canary.requests = 10;
+        p.canary.latency[40] = 7;
+        p.baseline.outcomes[3] = 2;
+        p.wealth.insert("error_rate".into(), 1.5);
+        Saved::new("agent", "v2", &p, None, Vec::new())
+    }
+
+    #[test]
+    fn a_saved_state_reads_back_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("nested/state")).unwrap();
+        assert!(store.load("agent").unwrap().is_none());
+        let s = saved();
+        store.save(&s).unwrap();
+        let back = store.load("agent").unwrap().unwrap();
+        assert_eq!(back, s);
+        let p = back.progress().unwrap();
+        assert_eq!((p.step, p.soaked.as_millis()), (2, 12_345));
+        assert_eq!((p.canary.latency[40], p.baseline.outcomes[3]), (7, 2));
+    }
+
+    #[test]
+    fn damaged_files_are_corrupt_and_set_aside() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store.save(&saved()).unwrap();
+        let path = store.path("agent");
+        let good = fs::read_to_string(&path).unwrap();
+        let cases = [
+            good[..good.len() / 2].to_string(),
+            good.replace("\"step\":2", "\"step\":3"),
+            "garbage".to_string(),
+            String::new(),
+            good.replace("\"route\":\"agent\"", "\"route\":\"other\""),
+        ];
+        for (i, text) in cases.iter().enumerate() {
+            fs::write(&path, text).unwrap();
+            match store.load("agent") {
+                Err(StateError::Corrupt { .. }) => {}
+                other => panic!("case {i}: {other:?}"),
+            }
+        }
+        let aside = store.set_aside("agent").unwrap();
+        assert!(aside.exists() && !path.exists());
+        assert!(store.load("agent").unwrap().is_none());
+    }
+
+    #[test]
+    fn the_audit_log_gets_one_line_per_decision() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let d = Decision {
+            at: "2026-01-01T00:00:00Z".into(),
+            at_unix_ms: 1,
+            route: "agent".into(),
+            id: "v2".into(),
+            decision: DecisionKind::Rollback,
+            trigger: "judge".into(),
+            from: None,
+            to: Position {
+                state: Phase::RolledBack,
+                step: 0,
+                percent: 0.0,
+            },
+            reason: "test".into(),
+            soaked_seconds: 1.0,
+            canary_samples: 1,
+            baseline_samples: 2,
+            guards: Vec::new(),
+        };
+        store.audit(&d).unwrap();
+        store.audit(&d).unwrap();
+        let text = fs::read_to_string(dir.path().join(AUDIT_FILE)).unwrap();
+        let lines: Vec<Decision> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines, [d.clone(), d]);
+    }
+}

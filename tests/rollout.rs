@@ -1,0 +1,588 @@
+//! Progressive delivery end to end: the proxy in front of simulated backends whose error rate,
+//! latency and outcomes each test chooses, the judge ticked by the test on a simulated clock
+//! (soak time passes without sleeping; nothing here asserts a timing), the state directory
+//! across reloads and restarts, the admin endpoints, the audit log and the metrics.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use cohort::rollout::{judge, Now};
+use serde_json::Value;
+use support::sim::{Behaviour, SimBackend};
+use support::{fetch, get, h1_client, request, within, Config, H1Client, Reply, Route, Scrape};
+
+/// A proxy on a config file of its own directory, with the judge left to the test.
+struct Rig {
+    running: cohort::app::Running,
+    public: SocketAddr,
+    admin: SocketAddr,
+    client: H1Client,
+    now: Now,
+    next_user: u64,
+    token: Option<String>,
+}
+
+fn write_config(dir: &Path, stable: &SimBackend, canary: &SimBackend, rollout: &str) -> PathBuf {
+    // The tests reload when they mean to: no watcher or poll racing them.
+    let yaml = Config::new()
+        .top("state_dir: state")
+        .top("reload: {watch: false, poll_interval: 1h}")
+        .upstream("stable", stable.addr)
+        .upstream("canary", canary.addr)
+        .route(
+            Route::new("agent")
+                .key("header: x-user-id")
+                .set(&format!("rollout: {rollout}"))
+                .split(&[("stable", "stable", "90"), ("canary", "canary", "10")]),
+        )
+        .yaml();
+    let path = dir.join("cohort.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    path
+}
+
+impl Rig {
+    async fn start(path: &Path) -> Rig {
+        let options = cohort::app::Options { judge_every: None };
+        let running = match within("start", cohort::app::start_with(path, options)).await {
+            Ok(r) => r,
+            Err(e) => panic!("proxy did not start: {e}"),
+        };
+        Rig {
+            public: running.listener("public").unwrap(),
+            admin: running.admin_address,
+            running,
+            client: h1_client(),
+            now: Now::real(),
+            next_user: 0,
+            token: None,
+        }
+    }
+
+    /// `n` requests from new users, 16 at a time; how many the canary answered.
+    async fn send(&mut self, n: u64) -> u64 {
+        let gate = Arc::new(tokio::sync::Semaphore::new(16));
+        let mut set = tokio::task::JoinSet::new();
+        for _ in 0..n {
+            self.next_user += 1;
+            let (client, gate) = (self.client.clone(), Arc::clone(&gate));
+            let req = get(
+                self.public,
+                "/",
+                &[("x-user-id", &format!("user-{}", self.next_user))],
+            );
+            set.spawn(async move {
+                let _permit = gate.acquire().await.unwrap();
+                fetch(&client, req).await.header("x-cohort") == Some("canary")
+            });
+        }
+        let mut canary = 0;
+        while let Some(r) = within("a batch of requests", set.join_next()).await {
+            canary += u64::from(r.unwrap());
+        }
+        canary
+    }
+
+    /// One judge tick `secs` simulated seconds after the last.
+    fn tick(&mut self, secs: u64) -> bool {
+        self.now = self.now.later(Duration::from_secs(secs));
+        judge::tick(&self.running.control, self.now)
+    }
+
+    async fn admin(&self, method: &str, path: &str) -> Reply {
+        let bearer = self.token.as_ref().map(|t| format!("Bearer {t}"));
+        let headers: Vec<(&str, &str)> = bearer
+            .as_deref()
+            .map(|b| vec![("authorization", b)])
+            .unwrap_or_default();
+        fetch(
+            &self.client,
+            request(method, self.admin, path, &headers, Bytes::new()),
+        )
+        .await
+    }
+
+    /// The route's rollout, from `GET /rollouts`.
+    async fn rollout(&self) -> Value {
+        let r = self.admin("GET", "/rollouts").await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        r.json()["rollouts"][0].clone()
+    }
+
+    /// (effective, configured) percent of a cohort, from `GET /routes`.
+    async fn percent(&self, cohort: &str) -> (f64, f64) {
+        let routes = self.admin("GET", "/routes").await.json();
+        let c = routes["routes"][0]["cohorts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["cohort"] == cohort)
+            .unwrap()
+            .clone();
+        (
+            c["percent"].as_f64().unwrap(),
+            c["configured_percent"].as_f64().unwrap(),
+        )
+    }
+
+    async fn scrape(&self) -> Scrape {
+        Scrape::parse(&self.admin("GET", "/metrics").await.text())
+    }
+
+    /// Sends `per_tick` requests and ticks one simulated second until the rollout leaves
+    /// `state` or `ticks` pass; the rollout then.
+    async fn run_while(&mut self, state: &str, per_tick: u64, ticks: u64) -> Value {
+        for _ in 0..ticks {
+            self.send(per_tick).await;
+            self.tick(1);
+            let r = self.rollout().await;
+            if r["state"] != state {
+                return r;
+            }
+        }
+        self.rollout().await
+    }
+
+    async fn stop(self) {
+        self.running.shutdown().await;
+    }
+}
+
+fn decisions(r: &Value) -> Vec<String> {
+    r["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["decision"].as_str().unwrap().to_string())
+        .collect()
+}
+
+fn audit(dir: &Path) -> Vec<Value> {
+    std::fs::read_to_string(dir.join("state/audit.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// Simulated stable and canary backends, and a config for them in a directory of its own.
+struct Setup {
+    stable: SimBackend,
+    canary: SimBackend,
+    dir: tempfile::TempDir,
+    path: PathBuf,
+}
+
+async fn setup(stable: Behaviour, canary: Behaviour, rollout: &str) -> Setup {
+    let (stable, canary) = (
+        SimBackend::start(stable).await,
+        SimBackend::start(canary).await,
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(dir.path(), &stable, &canary, rollout);
+    Setup {
+        stable,
+        canary,
+        dir,
+        path,
+    }
+}
+
+fn errors(rate: f64) -> Behaviour {
+    Behaviour {
+        error_rate: rate,
+        ..Behaviour::default()
+    }
+}
+
+#[tokio::test]
+async fn twice_the_error_rate_is_rolled_back_before_the_second_step() {
+    let s = setup(
+        errors(0.1),
+        errors(0.2),
+        "{id: v2, canary: canary, steps: [20, 50, 100], soak: 60s, min_samples: 100}",
+    )
+    .await;
+    let mut rig = Rig::start(&s.path).await;
+    assert_eq!(rig.percent("canary").await, (20.0, 10.0));
+    let r = rig.run_while("ramping", 200, 60).await;
+    assert_eq!(r["state"], "rolled_back", "{r:#}");
+    assert_eq!(r["step"], 0, "{r:#}");
+    assert_eq!(decisions(&r), ["start", "rollback"]);
+    let d = &r["history"][1];
+    assert_eq!(d["trigger"], "judge");
+    let g = &d["guards"][0];
+    assert_eq!(
+        (&g["guard"], &g["status"]),
+        (&"error_rate".into(), &"fail".into()),
+        "{d:#}"
+    );
+    assert!(g["statistic"].as_f64() >= g["threshold"].as_f64(), "{g:#}");
+    assert!(g["canary"].as_f64() > g["baseline"].as_f64(), "{g:#}");
+
+    // One swap: the canary has no buckets, and nobody reaches it any more.
+    assert_eq!(rig.percent("canary").await, (0.0, 10.0));
+    assert_eq!(rig.percent("stable").await, (100.0, 90.0));
+    assert_eq!(rig.send(200).await, 0);
+
+    let lines = audit(s.dir.path());
+    let kinds: Vec<_> = lines.iter().map(|l| l["decision"].clone()).collect();
+    assert_eq!(kinds, ["start", "rollback"]);
+    assert_eq!(lines[1]["from"]["percent"], 20.0);
+    assert_eq!(lines[1]["to"]["percent"], 0.0);
+    assert!(lines[1]["canary_samples"].as_u64() >= Some(100));
+
+    let s = rig.scrape().await;
+    s.assert_well_formed();
+    let route = ("route", "agent");
+    assert_eq!(
+        s.metric("cohort_rollout_state", &[route, ("state", "rolled_back")]),
+        1.0
+    );
+    assert_eq!(
+        s.metric("cohort_rollout_state", &[route, ("state", "ramping")]),
+        0.0
+    );
+    assert_eq!(s.metric("cohort_rollout_step_percent", &[route]), 0.0);
+    let rollbacks = [route, ("decision", "rollback")];
+    assert_eq!(s.metric("cohort_rollout_decisions_total", &rollbacks), 1.0);
+    assert_eq!(
+        s.metric("cohort_split_percent", &[route, ("cohort", "canary")]),
+        0.0
+    );
+    rig.stop().await;
+}
+
+#[tokio::test]
+async fn an_equal_canary_walks_every_step_to_the_end() {
+    let s = setup(
+        errors(0.02), errors(0.02),
+        "{id: v2, canary: canary, steps: [10, 50, 100], soak: 5s, min_samples: 50, after: promote, \
+         guards: [{metric: error_rate, margin: 4}, {metric: latency, relative_margin: 2}]}",
+    )
+    .await;
+    let mut rig = Rig::start(&s.path).await;
+    let mut seen = vec![rig.percent("canary").await.0];
+    for _ in 0..300 {
+        rig.send(100).await;
+        rig.tick(1);
+        let p = rig.percent("canary").await.0;
+        if seen.last() != Some(&p) {
+            seen.push(p);
+        }
+        if rig.rollout().await["state"] != "ramping" {
+            break;
+        }
+    }
+    let r = rig.rollout().await;
+    assert_eq!(r["state"], "promoted", "{r:#}");
+    assert_eq!(decisions(&r), ["start", "advance", "advance", "promote"]);
+    assert_eq!(seen, [10.0, 50.0, 100.0]);
+    assert_eq!(rig.percent("canary").await, (100.0, 10.0));
+    assert_eq!(rig.percent("stable").await, (0.0, 90.0));
+    // Each advance waited out the soak with enough samples, every guard passing.
+    for d in &r["history"].as_array().unwrap()[1..] {
+        assert!(d["soaked_seconds"].as_f64() >= Some(5.0), "{d:#}");
+        assert!(d["canary_samples"].as_u64() >= Some(50), "{d:#}");
+    }
+    let advance = &r["history"][1]["guards"];
+    assert!(
+        advance
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|g| g["status"] == "pass"),
+        "{advance:#}"
+    );
+    rig.stop().await;
+}
+
+#[tokio::test]
+async fn a_slower_canary_is_caught_by_the_latency_guard() {
+    let slow = Behaviour {
+        latency: Duration::from_millis(40),
+        ..Behaviour::default()
+    };
+    let s = setup(
+        Behaviour::default(),
+        slow,
+        "{id: v2, canary: canary, steps: [50, 100], soak: 60s, min_samples: 30, \
+         guards: [{metric: error_rate, margin: 5}, {metric: latency, relative_margin: 0.5}]}",
+    )
+    .await;
+    let mut rig = Rig::start(&s.path).await;
+    let r = rig.run_while("ramping", 60, 60).await;
+    assert_eq!(r["state"], "rolled_back", "{r:#}");
+    let guards = r["history"][1]["guards"].as_array().unwrap().clone();
+    let latency = guards.iter().find(|g| g["guard"] == "latency p50").unwrap();
+    assert_eq!(latency["status"], "fail", "{latency:#}");
+    assert!(
+        latency["canary"].as_f64() > latency["limit"].as_f64(),
+        "{latency:#}"
+    );
+    assert!(latency["slower_share"].as_f64() > Some(0.9), "{latency:#}");
+    rig.stop().await;
+}
+
+#[tokio::test]
+async fn a_restart_mid_step_resumes_the_step_its_soak_and_its_samples() {
+    let s = setup(
+        errors(0.0),
+        errors(0.0),
+        "{id: v2, canary: canary, steps: [10, 50, 100], soak: 100s, min_samples: 20, \
+         guards: [{metric: error_rate, margin: 5}]}",
+    )
+    .await;
+    let mut rig = Rig::start(&s.path).await;
+    for _ in 0..30 {
+        rig.send(100).await;
+        rig.tick(10);
+        if rig.rollout().await["step"] == 1 {
+            break;
+        }
+    }
+    for _ in 0..4 {
+        rig.send(100).await;
+        rig.tick(10);
+    }
+    let before = rig.rollout().await;
+    assert_eq!(
+        (&before["state"], &before["step"]),
+        (&"ramping".into(), &1.into())
+    );
+    assert_eq!(before["soaked_seconds"], 40.0, "{before:#}");
+    let samples = before["samples"].clone();
+    assert!(samples["canary"].as_u64() > Some(0), "{before:#}");
+    rig.stop().await;
+
+    let mut rig = Rig::start(&s.path).await;
+    let after = rig.rollout().await;
+    assert_eq!(
+        (&after["state"], &after["step"]),
+        (&"ramping".into(), &1.into())
+    );
+    assert_eq!(after["soaked_seconds"], 40.0, "{after:#}");
+    assert_eq!(after["samples"], samples);
+    assert_eq!(decisions(&after), ["start", "advance"]);
+    assert_eq!(rig.percent("canary").await, (50.0, 10.0));
+
+    // 90 s soaked of 100: still at the step; past 100, on to the next.
+    rig.send(100).await;
+    rig.tick(50);
+    assert_eq!(rig.rollout().await["step"], 1);
+    rig.send(100).await;
+    rig.tick(20);
+    let r = rig.rollout().await;
+    assert_eq!(r["step"], 2, "{r:#}");
+    assert_eq!(rig.percent("canary").await.0, 100.0);
+    rig.stop().await;
+}
+
+#[tokio::test]
+async fn a_rolled_back_rollout_stays_rolled_back_across_reload_and_restart() {
+    let rollout = |id: &str, min: u32| {
+        format!("{{id: {id}, canary: canary, steps: [25, 100], soak: 1h, min_samples: {min}}}")
+    };
+    let s = setup(errors(0.0), errors(0.0), &rollout("v2", 100)).await;
+    let rewrite = |r: String| write_config(s.dir.path(), &s.stable, &s.canary, &r);
+    let rig = Rig::start(&s.path).await;
+    assert_eq!(rig.percent("canary").await.0, 25.0);
+    let r = rig.admin("POST", "/rollouts/agent/rollback").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["result"], "rollback");
+    assert_eq!(rig.percent("canary").await, (0.0, 10.0));
+    for action in ["resume", "promote", "rollback", "pause"] {
+        let r = rig
+            .admin("POST", &format!("/rollouts/agent/{action}"))
+            .await;
+        assert_eq!(r.status, 409, "{action}: {}", r.text());
+    }
+
+    // A reload with the same id keeps it rolled back.
+    rewrite(rollout("v2", 200));
+    let r = rig.admin("POST", "/reload").await;
+    assert_eq!(r.json()["result"], "applied", "{}", r.text());
+    assert_eq!(rig.rollout().await["state"], "rolled_back");
+    assert_eq!(rig.rollout().await["min_samples"], 200);
+    assert_eq!(rig.percent("canary").await.0, 0.0);
+    rig.stop().await;
+
+    // So does a restart.
+    let rig = Rig::start(&s.path).await;
+    assert_eq!(rig.rollout().await["state"], "rolled_back");
+    assert_eq!(rig.percent("canary").await.0, 0.0);
+    assert_eq!(
+        rig.scrape()
+            .await
+            .metric("cohort_rollout_step_percent", &[("route", "agent")]),
+        0.0
+    );
+
+    // A new id starts a new rollout.
+    rewrite(rollout("v3", 100));
+    assert_eq!(
+        rig.admin("POST", "/reload").await.json()["result"],
+        "applied"
+    );
+    let r = rig.rollout().await;
+    assert_eq!(
+        (&r["id"], &r["state"], &r["step"]),
+        (&"v3".into(), &"ramping".into(), &0.into())
+    );
+    assert_eq!(rig.percent("canary").await.0, 25.0);
+    let kinds: Vec<_> = audit(s.dir.path())
+        .iter()
+        .map(|l| (l["id"].clone(), l["decision"].clone()))
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            ("v2".into(), "start".into()),
+            ("v2".into(), "rollback".into()),
+            ("v3".into(), "start".into())
+        ]
+    );
+    rig.stop().await;
+}
+
+#[tokio::test]
+async fn a_corrupt_state_file_is_reported_and_never_trusted() {
+    let s = setup(
+        errors(0.0),
+        errors(0.0),
+        "{id: v2, canary: canary, steps: [30, 100], soak: 1h}",
+    )
+    .await;
+    std::fs::create_dir_all(s.dir.path().join("state")).unwrap();
+    let state = s.dir.path().join("state/rollout-agent.json");
+    std::fs::write(
+        &state,
+        "{\"checksum\":\"0000000000000000\",\"state\":{\"step\":1}}\n",
+    )
+    .unwrap();
+    let rig = Rig::start(&s.path).await;
+    let r = rig.rollout().await;
+    assert_eq!(r["state"], "halted", "{r:#}");
+    assert!(r["note"].as_str().unwrap().contains("corrupt"), "{r:#}");
+    assert_eq!(rig.percent("canary").await.0, 0.0);
+    assert!(s
+        .dir
+        .path()
+        .join("state/rollout-agent.json.corrupt")
+        .exists());
+    assert_eq!(decisions(&r), ["halt"]);
+
+    let r = rig.admin("POST", "/rollouts/agent/resume").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = rig.rollout().await;
+    assert_eq!(
+        (&r["state"], &r["step"], &r["note"]),
+        (&"ramping".into(), &0.into(), &Value::Null)
+    );
+    assert_eq!(rig.percent("canary").await.0, 30.0);
+    rig.stop().await;
+}
+
+#[tokio::test]
+async fn operators_pause_resume_and_promote_behind_the_admin_token() {
+    let s = setup(
+        errors(0.0),
+        errors(0.0),
+        "{id: v2, canary: canary, steps: [5, 20], soak: 1s, min_samples: 10, after: hold}",
+    )
+    .await;
+    let token = "a-token-of-enough-bytes";
+    std::fs::write(s.dir.path().join("token"), token).unwrap();
+    let yaml = std::fs::read_to_string(&s.path).unwrap().replace(
+        "admin:\n  address: 127.0.0.1:0\n",
+        "admin:\n  address: 127.0.0.1:0\n  token_file: token\n",
+    );
+    std::fs::write(&s.path, yaml).unwrap();
+    let mut rig = Rig::start(&s.path).await;
+    assert_eq!(rig.admin("GET", "/rollouts").await.status, 401);
+    assert_eq!(rig.admin("POST", "/rollouts/agent/pause").await.status, 401);
+    rig.token = Some(token.into());
+
+    assert_eq!(rig.admin("GET", "/rollouts/agent/pause").await.status, 405);
+    assert_eq!(rig.admin("POST", "/rollouts/nope/pause").await.status, 404);
+    assert_eq!(
+        rig.admin("POST", "/rollouts/agent/explode").await.status,
+        404
+    );
+    assert_eq!(rig.admin("POST", "/rollouts").await.status, 405);
+
+    let r = rig.admin("POST", "/rollouts/agent/pause").await;
+    assert_eq!(
+        (r.status.as_u16(), r.json()["result"].clone()),
+        (200, "pause".into())
+    );
+    assert_eq!(rig.admin("POST", "/rollouts/agent/pause").await.status, 409);
+    // Paused: soaked and sampled, yet it stays at its step.
+    for _ in 0..5 {
+        rig.send(100).await;
+        rig.tick(2);
+    }
+    let r = rig.rollout().await;
+    assert_eq!(
+        (&r["state"], &r["step"]),
+        (&"paused".into(), &0.into()),
+        "{r:#}"
+    );
+    assert_eq!(
+        rig.admin("POST", "/rollouts/agent/resume").await.status,
+        200
+    );
+    rig.send(100).await;
+    rig.tick(1);
+    assert_eq!(rig.rollout().await["step"], 1);
+
+    let r = rig.admin("POST", "/rollouts/agent/promote").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["decision"]["to"]["percent"], 100.0);
+    assert_eq!(rig.percent("canary").await.0, 100.0);
+    assert_eq!(rig.send(50).await, 50);
+    let r = rig.rollout().await;
+    assert_eq!(
+        decisions(&r),
+        ["start", "pause", "resume", "advance", "promote"]
+    );
+    assert!(r["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .skip(1)
+        .take(2)
+        .all(|d| d["trigger"] == "admin"));
+    rig.stop().await;
+}
+
+#[tokio::test]
+async fn the_judge_runs_by_itself_once_a_second() {
+    let s = setup(
+        errors(0.0),
+        errors(0.0),
+        "{id: v2, canary: canary, steps: [50, 100], soak: 0s, min_samples: 5, after: promote, \
+         guards: [{metric: error_rate, margin: 10}]}",
+    )
+    .await;
+    let running = within("start", cohort::app::start(&s.path)).await.unwrap();
+    let public = running.listener("public").unwrap();
+    let client = h1_client();
+    let promoted = async {
+        for user in 0.. {
+            let req = get(public, "/", &[("x-user-id", &format!("u{user}"))]);
+            assert_eq!(fetch(&client, req).await.status, 200);
+            if running.control.rollouts().summary("agent").unwrap()["state"] == "promoted" {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    within("the judge to promote the canary", promoted).await;
+    running.shutdown().await;
+}

@@ -1,0 +1,92 @@
+//! A simulated agent backend for the rollout tests: each reply fails with a chosen
+//! probability (500, outcome `error`), waits a chosen latency, and reports `escalated` or
+//! `resolved` in chosen proportions. The behaviour can be changed while it serves.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Response, StatusCode};
+use http_body_util::Full;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpListener;
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Behaviour {
+    /// Share of replies that are 500 with outcome `error`.
+    pub error_rate: f64,
+    /// Wait before the response head.
+    pub latency: Duration,
+    /// Share of successful replies that end `escalated` (the rest `resolved`).
+    pub escalated: f64,
+}
+
+pub struct SimBackend {
+    pub addr: SocketAddr,
+    behaviour: Arc<Mutex<Behaviour>>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for SimBackend {
+    fn drop(&mut self) {
+        self.accept.abort();
+    }
+}
+
+impl SimBackend {
+    pub async fn start(behaviour: Behaviour) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let shared = Arc::new(Mutex::new(behaviour));
+        let b = Arc::clone(&shared);
+        let accept = tokio::spawn(async move {
+            let builder = Arc::new(hyper_util::server::conn::auto::Builder::new(
+                TokioExecutor::new(),
+            ));
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let (b, builder) = (Arc::clone(&b), Arc::clone(&builder));
+                tokio::spawn(async move {
+                    let svc = service_fn(move |_req| {
+                        let now = *b.lock().unwrap();
+                        async move { Ok::<_, Infallible>(reply(now).await) }
+                    });
+                    let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
+                });
+            }
+        });
+        SimBackend {
+            addr,
+            behaviour: shared,
+            accept,
+        }
+    }
+
+    /// Changes how later requests are answered.
+    pub fn set(&self, behaviour: Behaviour) {
+        *self.behaviour.lock().unwrap() = behaviour;
+    }
+}
+
+async fn reply(b: Behaviour) -> Response<Full<Bytes>> {
+    if !b.latency.is_zero() {
+        tokio::time::sleep(b.latency).await;
+    }
+    let (status, outcome) = if fastrand::f64() < b.error_rate {
+        (StatusCode::INTERNAL_SERVER_ERROR, "error")
+    } else if fastrand::f64() < b.escalated {
+        (StatusCode::OK, "escalated")
+    } else {
+        (StatusCode::OK, "resolved")
+    };
+    let mut r = Response::new(Full::new(Bytes::from_static(b"{\"reply\":\"ok\"}")));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert("x-agent-outcome", outcome.parse().unwrap());
+    r
+}
