@@ -18,7 +18,14 @@ http { access_log off; keepalive_requests 1000000;
   server { listen 127.0.0.1:18501; location / { return 200 "stable agent reply\n"; } }
   server { listen 127.0.0.1:18502; location / { return 200 "canary agent reply\n"; } } }
 NGX
+# ROLLOUT=1 gives the route a rollout (error-rate and latency guards), to price the guards'
+# sample recording on the request path.
+rollout=""
+if [ "${ROLLOUT:-0}" = 1 ]; then
+  rollout="    rollout: {id: bench, canary: canary, steps: [5, 50], soak: 1h, guards: [{metric: error_rate}, {metric: latency, quantile: 0.95}]}"
+fi
 cat > "$work/cohort.yaml" <<YAML
+state_dir: $work/state
 listeners: [{name: public, address: "127.0.0.1:18510"}]
 admin: {address: "127.0.0.1:18519"}
 upstreams:
@@ -30,6 +37,7 @@ routes:
     split:
       - {cohort: stable, upstream: stable, percent: 95}
       - {cohort: canary, upstream: canary, percent: 5}
+$rollout
 YAML
 cat > "$work/client.py" <<'PY'
 import http.client, random, sys, time
@@ -53,4 +61,4 @@ count() {
   callgrind_annotate "$work/cg.$1" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1}'
 }
 a=$(count 500 "$@"); b=$(count 2500 "$@")
-echo "instructions per request: $(( (b - a) / 2000 ))  (500 requests: $a, 2500 requests: $b; args: $*)"
+echo "instructions per request: $(( (b - a) / 2000 ))  (500 requests: $a, 2500 requests: $b; args: $*; ROLLOUT=${ROLLOUT:-0})"
