@@ -171,16 +171,15 @@ fn aa_spec(alpha: f64) -> RolloutSpec {
     )
 }
 
-/// Runs `sims` A/A rollouts; the number rolled back.
-fn aa_rollbacks(sims: u64, alpha: f64, seed: u64) -> u64 {
+/// Runs `sims` A/A rollouts of `spec`; the number rolled back.
+fn aa_rollbacks(sims: u64, spec: &RolloutSpec, seed: u64) -> u64 {
     let mut rng = Rng::with_seed(seed);
-    let spec = aa_spec(alpha);
     let mut rolled_back = 0;
     for i in 0..sims {
         // Several base rates: rare errors are where normal approximations fail.
         let error = [0.001, 0.01, 0.05, 0.2][(i % 4) as usize];
         let same = Cohort::new(&mut rng, error, 0.2, 200.0);
-        let end = run(&spec, Progress::start(), &same, &same, 100, 5_000, &mut rng);
+        let end = run(spec, Progress::start(), &same, &same, 100, 5_000, &mut rng);
         assert_ne!(
             end.phase,
             Phase::Ramping,
@@ -196,7 +195,7 @@ fn aa_rollbacks(sims: u64, alpha: f64, seed: u64) -> u64 {
 #[test]
 fn an_aa_canary_is_rolled_back_at_most_alpha_of_the_time() {
     let (sims, alpha) = (240, 0.05);
-    let rolled_back = aa_rollbacks(sims, alpha, 42);
+    let rolled_back = aa_rollbacks(sims, &aa_spec(alpha), 42);
     let rate = rolled_back as f64 / sims as f64;
     assert!(
         rate <= alpha,
@@ -208,14 +207,134 @@ fn an_aa_canary_is_rolled_back_at_most_alpha_of_the_time() {
 #[test]
 #[ignore]
 fn aa_long() {
+    let sims = 2_000;
+    let pct = |n: u64| 100.0 * n as f64 / sims as f64;
     for alpha in [0.05, 0.2] {
-        let sims = 2_000;
-        let rolled_back = aa_rollbacks(sims, alpha, 7);
-        println!(
-            "alpha {alpha}: {rolled_back} of {sims} A/A rollouts rolled back ({:.2}%)",
-            100.0 * rolled_back as f64 / sims as f64
-        );
+        let rolled_back = aa_rollbacks(sims, &aa_spec(alpha), 7);
+        println!("alpha {alpha}, three guards: {rolled_back} of {sims} A/A rollouts rolled back ({:.2}%)", pct(rolled_back));
         assert!(rolled_back as f64 / sims as f64 <= alpha);
+    }
+    // The same with one error_rate guard, against a z-test for two proportions looked at
+    // every second at the same per-step alpha: what continuous monitoring does to a test
+    // made for one look.
+    let alpha = 0.05;
+    let one = spec_of(
+        &[1.0, 5.0, 25.0, 50.0, 100.0],
+        30,
+        100,
+        alpha,
+        vec![guard(RawGuardMetric::ErrorRate, None)],
+    );
+    let e = aa_rollbacks(sims, &one, 8);
+    let z = naive_rollbacks(sims, &one, 8);
+    println!("alpha {alpha}, error_rate alone: e-process {e} ({:.2}%), z-test at every look {z} ({:.2}%)", pct(e), pct(z));
+}
+
+/// A/A rollouts judged by a pooled one-sided z-test on the step's error counts at every tick
+/// (at `alpha / steps`, after `min_samples`), moving on as the judge does; the number rolled
+/// back.
+fn naive_rollbacks(sims: u64, spec: &RolloutSpec, seed: u64) -> u64 {
+    let mut rng = Rng::with_seed(seed);
+    let z_crit = normal_quantile(1.0 - spec.alpha / spec.steps.len() as f64);
+    let mut rolled_back = 0;
+    'sims: for i in 0..sims {
+        let error = [0.001, 0.01, 0.05, 0.2][(i % 4) as usize];
+        for &w in &spec.steps {
+            let share = f64::from(w) / 10_000.0;
+            let (mut xc, mut nc, mut xs, mut ns) = (0u64, 0u64, 0u64, 0u64);
+            for tick in 1u64.. {
+                for _ in 0..100 {
+                    let failed = u64::from(rng.f64() < error);
+                    if rng.f64() < share {
+                        (xc, nc) = (xc + failed, nc + 1);
+                    } else {
+                        (xs, ns) = (xs + failed, ns + 1);
+                    }
+                }
+                let enough = nc >= spec.min_samples && ns >= spec.min_samples;
+                let p = (xc + xs) as f64 / (nc + ns) as f64;
+                if enough && p > 0.0 {
+                    let (rc, rs) = (xc as f64 / nc as f64, xs as f64 / ns as f64);
+                    let z =
+                        (rc - rs) / (p * (1.0 - p) * (1.0 / nc as f64 + 1.0 / ns as f64)).sqrt();
+                    if z > z_crit {
+                        rolled_back += 1;
+                        continue 'sims;
+                    }
+                }
+                let done = tick >= spec.soak.as_secs() && nc >= spec.min_samples;
+                if done && (enough || w == 10_000) {
+                    break;
+                }
+            }
+        }
+    }
+    rolled_back
+}
+
+/// The standard normal quantile (Acklam's rational approximation, |error| < 1.2e-9 after
+/// its refinement is skipped: ample here).
+fn normal_quantile(p: f64) -> f64 {
+    let a = [
+        -3.969683028665376e1,
+        2.209460984245205e2,
+        -2.759285104469687e2,
+        1.38357751867269e2,
+        -3.066479806614716e1,
+        2.506628277459239,
+    ];
+    let b = [
+        -5.447609879822406e1,
+        1.615858368580409e2,
+        -1.556989798598866e2,
+        6.680131188771972e1,
+        -1.328068155288572e1,
+    ];
+    let c = [
+        -7.784894002430293e-3,
+        -3.223964580411365e-1,
+        -2.400758277161838,
+        -2.549732539343734,
+        4.374664141464968,
+        2.938163982698783,
+    ];
+    let d = [
+        7.784695709041462e-3,
+        3.224671290700398e-1,
+        2.445134137142996,
+        3.754408661907416,
+    ];
+    let tail = |q: f64| {
+        let t = (-2.0 * q.ln()).sqrt();
+        (((((c[0] * t + c[1]) * t + c[2]) * t + c[3]) * t + c[4]) * t + c[5])
+            / ((((d[0] * t + d[1]) * t + d[2]) * t + d[3]) * t + 1.0)
+    };
+    if p > 0.975 {
+        -tail(1.0 - p)
+    } else if p < 0.025 {
+        tail(p)
+    } else {
+        let q = p - 0.5;
+        let r = q * q;
+        (((((a[0] * r + a[1]) * r + a[2]) * r + a[3]) * r + a[4]) * r + a[5]) * q
+            / (((((b[0] * r + b[1]) * r + b[2]) * r + b[3]) * r + b[4]) * r + 1.0)
+    }
+}
+
+#[test]
+fn the_normal_quantile_is_right() {
+    for (p, z) in [
+        (0.5, 0.0),
+        (0.975, 1.959964),
+        (0.99, 2.326348),
+        (0.999, 3.090232),
+        (0.01, -2.326348),
+    ] {
+        assert!(
+            (normal_quantile(p) - z).abs() < 1e-4,
+            "{p}: {}",
+            normal_quantile(p)
+        );
     }
 }
 

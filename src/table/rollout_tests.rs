@@ -249,3 +249,13 @@ fn each_guard_takes_only_its_own_options() {
         &["\"escalated\""],
     );
 }
+
+#[test]
+fn the_rollout_demo_config_loads() {
+    let t = accept(include_str!("../../config/rollout.yaml"));
+    let spec = t.routes[0].rollout.as_ref().unwrap();
+    assert_eq!(spec.steps, [1000, 2500, 5000, 10000]);
+    assert_eq!(spec.guards.len(), 3);
+    assert!(t.state_dir.is_some());
+    assert!(t.warnings().is_empty(), "{:?}", t.warnings());
+}
