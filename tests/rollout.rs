@@ -27,19 +27,19 @@ struct Rig {
     token: Option<String>,
 }
 
+/// The route `agent` (stable 90, canary 10) with `rollout` (none when empty).
 fn write_config(dir: &Path, stable: &SimBackend, canary: &SimBackend, rollout: &str) -> PathBuf {
     // The tests reload when they mean to: no watcher or poll racing them.
+    let mut route = Route::new("agent").key("header: x-user-id");
+    if !rollout.is_empty() {
+        route = route.set(&format!("rollout: {rollout}"));
+    }
     let yaml = Config::new()
         .top("state_dir: state")
         .top("reload: {watch: false, poll_interval: 1h}")
         .upstream("stable", stable.addr)
         .upstream("canary", canary.addr)
-        .route(
-            Route::new("agent")
-                .key("header: x-user-id")
-                .set(&format!("rollout: {rollout}"))
-                .split(&[("stable", "stable", "90"), ("canary", "canary", "10")]),
-        )
+        .route(route.split(&[("stable", "stable", "90"), ("canary", "canary", "10")]))
         .yaml();
     let path = dir.join("cohort.yaml");
     std::fs::write(&path, yaml).unwrap();
@@ -422,6 +422,26 @@ async fn a_rolled_back_rollout_stays_rolled_back_across_reload_and_restart() {
             .metric("cohort_rollout_step_percent", &[("route", "agent")]),
         0.0
     );
+
+    // Without its rollout the route serves the file's percents; with it back, under the same
+    // id, it is rolled back still.
+    rewrite(String::new());
+    assert_eq!(
+        rig.admin("POST", "/reload").await.json()["result"],
+        "applied"
+    );
+    assert_eq!(rig.percent("canary").await, (10.0, 10.0));
+    assert_eq!(
+        rig.admin("GET", "/rollouts").await.json()["rollouts"],
+        serde_json::json!([])
+    );
+    rewrite(rollout("v2", 100));
+    assert_eq!(
+        rig.admin("POST", "/reload").await.json()["result"],
+        "applied"
+    );
+    assert_eq!(rig.rollout().await["state"], "rolled_back");
+    assert_eq!(rig.percent("canary").await.0, 0.0);
 
     // A new id starts a new rollout.
     rewrite(rollout("v3", 100));

@@ -182,6 +182,8 @@ impl Rollouts {
         entries.retain(|name, e| {
             let keep = live.contains(name);
             if !keep {
+                // Saved as it stands, so the same id coming back resumes where it was.
+                self.save(name, e, now);
                 tracing::info!(route = %name, id = %e.spec.id, "rollout removed from the configuration; its state stays on disk");
                 e.gauges.show(None, 0);
             }
