@@ -146,8 +146,7 @@ impl Drop for Accounting {
 /// in hand costs no timer.
 pub struct ObservedBody {
     inner: Incoming,
-    idle: Option<Pin<Box<Sleep>>>,
-    idle_for: Duration,
+    idle: IdleTimer,
     acct: Accounting,
     failed: bool,
 }
@@ -156,8 +155,7 @@ impl ObservedBody {
     pub fn new(inner: Incoming, acct: Accounting, idle_for: Duration) -> Self {
         ObservedBody {
             inner,
-            idle: None,
-            idle_for,
+            idle: IdleTimer::new(idle_for),
             acct,
             failed: false,
         }
@@ -183,9 +181,7 @@ impl Body for ObservedBody {
                 } else if let Some(t) = frame.trailers_ref() {
                     this.acct.trailers(t);
                 }
-                if let Some(idle) = this.idle.as_mut() {
-                    idle.as_mut().reset(Instant::now() + this.idle_for);
-                }
+                this.idle.frame();
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => {
@@ -202,11 +198,8 @@ impl Body for ObservedBody {
                 Poll::Ready(None)
             }
             Poll::Pending => {
-                let idle_for = this.idle_for;
-                let idle = this
-                    .idle
-                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(idle_for)));
-                ready!(idle.as_mut().poll(cx));
+                ready!(this.idle.poll_expired(cx));
+                let idle_for = this.idle.every;
                 this.failed = true;
                 this.acct.stream_failed();
                 this.acct.cohort.metrics.failure(FailureReason::Timeout);
@@ -279,6 +272,35 @@ impl Body for ProxyBody {
 #[error("request body larger than {0} bytes")]
 pub struct BodyTooLarge(pub u64);
 
+/// The silence allowed between two body frames. The timer is created only once a body first
+/// waits, so a body already in hand (most small ones) costs no timer and no clock read.
+struct IdleTimer {
+    sleep: Option<Pin<Box<Sleep>>>,
+    every: Duration,
+}
+
+impl IdleTimer {
+    fn new(every: Duration) -> Self {
+        IdleTimer { sleep: None, every }
+    }
+
+    /// A frame arrived: the silence starts over.
+    fn frame(&mut self) {
+        if let Some(s) = self.sleep.as_mut() {
+            s.as_mut().reset(Instant::now() + self.every);
+        }
+    }
+
+    /// The body is waiting: ready once it has been silent for `every`.
+    fn poll_expired(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let every = self.every;
+        self.sleep
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(every)))
+            .as_mut()
+            .poll(cx)
+    }
+}
+
 /// The client stopped sending its request body for longer than `body_read_timeout`.
 #[derive(Debug, thiserror::Error)]
 #[error("request body idle for longer than {0:?}")]
@@ -295,8 +317,7 @@ pub struct BadBody(#[source] pub hyper::Error);
 /// waits, so bodiless requests pay nothing for it.
 pub struct RequestBody {
     inner: Incoming,
-    idle: Option<Pin<Box<Sleep>>>,
-    idle_for: Duration,
+    idle: IdleTimer,
     limit: u64,
     seen: u64,
     done: bool,
@@ -306,8 +327,7 @@ impl RequestBody {
     pub fn new(inner: Incoming, limit: u64, idle_for: Duration) -> Self {
         RequestBody {
             inner,
-            idle: None,
-            idle_for,
+            idle: IdleTimer::new(idle_for),
             limit,
             seen: 0,
             done: false,
@@ -336,9 +356,7 @@ impl Body for RequestBody {
                         return Poll::Ready(Some(Err(Box::new(BodyTooLarge(this.limit)))));
                     }
                 }
-                if let Some(idle) = this.idle.as_mut() {
-                    idle.as_mut().reset(Instant::now() + this.idle_for);
-                }
+                this.idle.frame();
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => {
@@ -350,11 +368,8 @@ impl Body for RequestBody {
                 Poll::Ready(None)
             }
             Poll::Pending => {
-                let idle_for = this.idle_for;
-                let idle = this
-                    .idle
-                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(idle_for)));
-                ready!(idle.as_mut().poll(cx));
+                ready!(this.idle.poll_expired(cx));
+                let idle_for = this.idle.every;
                 this.done = true;
                 Poll::Ready(Some(Err(Box::new(BodyTimeout(idle_for)))))
             }
