@@ -223,16 +223,7 @@ impl TryFrom<TableInput<'_>> for RoutingTable {
             .trusted_cidrs
             .iter()
             .enumerate()
-            .map(|(i, s)| {
-                s.parse::<IpNet>()
-                    .or_else(|_| s.parse::<std::net::IpAddr>().map(IpNet::from))
-                    .map_err(|_| {
-                        err(
-                            format!("trusted_cidrs[{i}]"),
-                            Invalid::BadCidr { value: s.clone() },
-                        )
-                    })
-            })
+            .map(|(i, s)| parse_cidr(&format!("trusted_cidrs[{i}]"), s))
             .collect::<Result<Vec<_>, _>>()?;
         let trusted_proxies = raw
             .trusted_proxies
