@@ -141,7 +141,7 @@ impl Metrics {
             (
                 REJECTED,
                 Unit::Count,
-                "Requests refused at the edge before routing, by reason.",
+                "Requests refused at the edge (limits, request hygiene, bad or slow bodies), by reason.",
             ),
             (
                 OVERRIDE_REJECTED,
