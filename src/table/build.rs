@@ -1,16 +1,16 @@
 //! Validation: the raw config becomes a [`RoutingTable`] through `TryFrom<TableInput>`, or a
-//! [`TableError`] that names the field path and the broken rule.
+//! [`TableError`] that names the field path and the broken rule. Listeners, admin and
+//! upstreams are checked here; each route in `route.rs`; CIDRs, secrets and limits in
+//! `edge.rs`; TLS material in `secure.rs`.
 
 use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use http::{HeaderName, HeaderValue, Method};
-use ipnet::IpNet;
+use http::HeaderName;
 
-use super::{CohortTarget, Fallback, HostMatch, ListenerSpec, Route, RouteMatch, RoutingTable};
-use crate::cohort::{self, Bands, KeySource, BUCKETS};
-use crate::config::{RawConfig, RawKeySource, RawProtocol, RawRoute};
+use super::{ListenerSpec, RoutingTable};
+use crate::config::{RawConfig, RawProtocol};
 use crate::metrics::Metrics;
 use crate::upstream::{parse_endpoint, Protocol, Upstream, UpstreamSpec};
 
@@ -96,14 +96,14 @@ pub enum Invalid {
     NoStateDir,
 }
 
-fn err(path: impl Into<String>, kind: Invalid) -> TableError {
+pub(super) fn err(path: impl Into<String>, kind: Invalid) -> TableError {
     TableError {
         path: path.into(),
         kind,
     }
 }
 
-fn check_name(path: &str, name: &str) -> Result<(), TableError> {
+pub(super) fn check_name(path: &str, name: &str) -> Result<(), TableError> {
     let ok = !name.is_empty()
         && name.len() <= 128
         && name
@@ -134,7 +134,7 @@ fn clashes(a: SocketAddr, b: SocketAddr) -> bool {
         && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
 }
 
-fn header_name(path: &str, value: &str) -> Result<HeaderName, TableError> {
+pub(super) fn header_name(path: &str, value: &str) -> Result<HeaderName, TableError> {
     HeaderName::from_bytes(value.as_bytes()).map_err(|_| {
         err(
             path,
@@ -215,7 +215,10 @@ impl TryFrom<TableInput<'_>> for RoutingTable {
             ));
         }
         let admin_token = match &raw.admin.token_file {
-            Some(p) => Some(read_secret("admin.token_file", &input.base_dir.join(p))?),
+            Some(p) => Some(super::edge::read_secret(
+                "admin.token_file",
+                &input.base_dir.join(p),
+            )?),
             None => None,
         };
 
@@ -223,15 +226,15 @@ impl TryFrom<TableInput<'_>> for RoutingTable {
             .trusted_cidrs
             .iter()
             .enumerate()
-            .map(|(i, s)| parse_cidr(&format!("trusted_cidrs[{i}]"), s))
+            .map(|(i, s)| super::edge::parse_cidr(&format!("trusted_cidrs[{i}]"), s))
             .collect::<Result<Vec<_>, _>>()?;
         let trusted_proxies = raw
             .trusted_proxies
             .iter()
             .enumerate()
-            .map(|(i, s)| parse_cidr(&format!("trusted_proxies[{i}]"), s))
+            .map(|(i, s)| super::edge::parse_cidr(&format!("trusted_proxies[{i}]"), s))
             .collect::<Result<Vec<_>, _>>()?;
-        let (limits, policy) = build_limits(&raw.limits)?;
+        let (limits, policy) = super::edge::build_limits(&raw.limits)?;
 
         let upstreams = build_upstreams(&input, &mut tls_files)?;
 
@@ -255,7 +258,7 @@ impl TryFrom<TableInput<'_>> for RoutingTable {
             if r.rollout.is_some() && raw.state_dir.is_none() {
                 return Err(err(format!("{path}.rollout"), Invalid::NoStateDir));
             }
-            routes.push(build_route(
+            routes.push(super::route::build_route(
                 &path,
                 r,
                 &upstreams,
@@ -357,357 +360,4 @@ fn build_upstreams(
         out.insert(name.clone(), upstream);
     }
     Ok(out)
-}
-
-fn build_match(path: &str, r: &RawRoute) -> Result<RouteMatch, TableError> {
-    let m = &r.matcher;
-    let host = match m.host.as_deref() {
-        None | Some("*") => HostMatch::Any,
-        Some(h) => {
-            let bad = || {
-                err(
-                    format!("{path}.match.host"),
-                    Invalid::BadHost { value: h.into() },
-                )
-            };
-            let (suffix, name) = match h.strip_prefix('*') {
-                Some(rest) if rest.starts_with('.') => (true, rest),
-                Some(_) => return Err(bad()),
-                None => (false, h),
-            };
-            let body = name.strip_prefix('.').unwrap_or(name);
-            if body.is_empty()
-                || !body
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'))
-            {
-                return Err(bad());
-            }
-            let lower = name.to_ascii_lowercase();
-            if suffix {
-                HostMatch::Suffix(lower)
-            } else {
-                HostMatch::Exact(lower)
-            }
-        }
-    };
-    let path_prefix = m.path_prefix.clone().unwrap_or_else(|| "/".into());
-    if !path_prefix.starts_with('/') {
-        return Err(err(
-            format!("{path}.match.path_prefix"),
-            Invalid::BadPathPrefix { value: path_prefix },
-        ));
-    }
-    let method = match &m.method {
-        None => None,
-        Some(s) => {
-            let bad = || {
-                err(
-                    format!("{path}.match.method"),
-                    Invalid::BadMethod { value: s.clone() },
-                )
-            };
-            if s.is_empty() || !s.bytes().all(|b| b.is_ascii_uppercase()) {
-                return Err(bad());
-            }
-            Some(Method::from_bytes(s.as_bytes()).map_err(|_| bad())?)
-        }
-    };
-    let mut headers = Vec::new();
-    for (k, v) in &m.headers {
-        let p = format!("{path}.match.headers.{k}");
-        let name = header_name(&p, k)?;
-        let value = HeaderValue::from_str(v)
-            .map_err(|_| err(&p, Invalid::BadHeaderValue { value: v.clone() }))?;
-        headers.push((name, value));
-    }
-    Ok(RouteMatch {
-        host,
-        path_prefix,
-        method,
-        headers,
-    })
-}
-
-fn key_source(path: &str, k: &RawKeySource) -> Result<KeySource, TableError> {
-    let bad = || err(path, Invalid::BadKeySource);
-    let set = [
-        k.header.is_some(),
-        k.cookie.is_some(),
-        k.query.is_some(),
-        k.client_ip.is_some(),
-    ];
-    if set.iter().filter(|s| **s).count() != 1 {
-        return Err(bad());
-    }
-    let nonempty = |field: &str, v: &String| {
-        if v.is_empty() {
-            Err(err(format!("{path}.{field}"), Invalid::Empty))
-        } else {
-            Ok(v.clone())
-        }
-    };
-    Ok(match k {
-        RawKeySource {
-            header: Some(h), ..
-        } => KeySource::Header(header_name(&format!("{path}.header"), h)?),
-        RawKeySource {
-            cookie: Some(c), ..
-        } => KeySource::Cookie(nonempty("cookie", c)?),
-        RawKeySource { query: Some(q), .. } => KeySource::Query(nonempty("query", q)?),
-        RawKeySource {
-            client_ip: Some(true),
-            ..
-        } => KeySource::ClientIp,
-        _ => return Err(bad()),
-    })
-}
-
-fn build_route(
-    path: &str,
-    r: &RawRoute,
-    upstreams: &BTreeMap<String, Arc<Upstream>>,
-    metrics: &Metrics,
-    base_dir: &std::path::Path,
-) -> Result<Route, TableError> {
-    let override_secret = match &r.override_secret_file {
-        Some(p) => Some(read_secret(
-            &format!("{path}.override_secret_file"),
-            &base_dir.join(p),
-        )?),
-        None => None,
-    };
-    let matcher = build_match(path, r)?;
-    let key_sources = r
-        .cohort_key
-        .iter()
-        .enumerate()
-        .map(|(j, k)| key_source(&format!("{path}.cohort_key[{j}]"), k))
-        .collect::<Result<Vec<_>, _>>()?;
-    let outcome_header = header_name(
-        &format!("{path}.outcome_header"),
-        r.outcome_header
-            .as_deref()
-            .unwrap_or(DEFAULT_OUTCOME_HEADER),
-    )?;
-    let override_header = match &r.override_header {
-        Some(h) => Some(header_name(&format!("{path}.override_header"), h)?),
-        None => None,
-    };
-    let outcomes: Vec<String> = match &r.outcomes {
-        Some(list) => {
-            for (j, o) in list.iter().enumerate() {
-                check_name(&format!("{path}.outcomes[{j}]"), o)?;
-            }
-            list.iter().map(|o| o.to_ascii_lowercase()).collect()
-        }
-        None => DEFAULT_OUTCOMES.iter().map(|s| s.to_string()).collect(),
-    };
-
-    if r.split.is_empty() {
-        return Err(err(format!("{path}.split"), Invalid::EmptySplit));
-    }
-    let mut cohorts = Vec::with_capacity(r.split.len());
-    let mut total: u32 = 0;
-    let mut sum = 0.0;
-    for (j, s) in r.split.iter().enumerate() {
-        let sp = format!("{path}.split[{j}]");
-        check_name(&format!("{sp}.cohort"), &s.cohort)?;
-        if cohorts
-            .iter()
-            .any(|c: &Arc<CohortTarget>| c.name == s.cohort)
-        {
-            return Err(err(
-                format!("{sp}.cohort"),
-                Invalid::Duplicate {
-                    what: "cohort",
-                    name: s.cohort.clone(),
-                },
-            ));
-        }
-        let upstream = upstreams.get(&s.upstream).ok_or_else(|| {
-            err(
-                format!("{sp}.upstream"),
-                Invalid::UnknownUpstream {
-                    name: s.upstream.clone(),
-                },
-            )
-        })?;
-        let weight = basis_points(s.percent).ok_or_else(|| {
-            err(
-                format!("{sp}.percent"),
-                Invalid::BadPercent { value: s.percent },
-            )
-        })?;
-        total += weight;
-        sum += s.percent;
-        let header_value = HeaderValue::from_str(&s.cohort).map_err(|_| {
-            err(
-                format!("{sp}.cohort"),
-                Invalid::BadHeaderValue {
-                    value: s.cohort.clone(),
-                },
-            )
-        })?;
-        cohorts.push(Arc::new(CohortTarget {
-            name: s.cohort.clone(),
-            header_value,
-            weight,
-            configured: weight,
-            upstream: Arc::clone(upstream),
-            metrics: metrics.cohort(&r.name, &s.cohort, &outcomes),
-            guard: None,
-        }));
-    }
-    if total != BUCKETS {
-        return Err(err(
-            format!("{path}.split"),
-            Invalid::SumNot100 {
-                sum: (sum * 100.0).round() / 100.0,
-            },
-        ));
-    }
-    let weights: Vec<u32> = cohorts.iter().map(|c| c.weight).collect();
-    let fallback = match r.fallback.as_deref() {
-        None | Some("random") => Fallback::Random,
-        Some(name) => {
-            Fallback::Cohort(cohorts.iter().position(|c| c.name == name).ok_or_else(|| {
-                err(
-                    format!("{path}.fallback"),
-                    Invalid::BadFallback { value: name.into() },
-                )
-            })?)
-        }
-    };
-    let salt = r.salt.clone().unwrap_or_else(|| r.name.clone());
-    if salt.is_empty() {
-        return Err(err(format!("{path}.salt"), Invalid::Empty));
-    }
-    let rollout = match &r.rollout {
-        Some(raw) => {
-            let rp = format!("{path}.rollout");
-            check_name(&format!("{rp}.id"), &raw.id)?;
-            let split: Vec<(&str, u32)> = cohorts
-                .iter()
-                .map(|c| (c.name.as_str(), c.weight))
-                .collect();
-            let named = match fallback {
-                Fallback::Cohort(i) => Some(i),
-                Fallback::Random => None,
-            };
-            let spec = crate::rollout::spec::build(raw, &split, &outcomes, named).map_err(|e| {
-                let at = if e.field.is_empty() {
-                    rp.clone()
-                } else {
-                    format!("{rp}.{}", e.field)
-                };
-                err(at, Invalid::Rollout { reason: e.message })
-            })?;
-            Some(Arc::new(spec))
-        }
-        None => None,
-    };
-    Ok(Route {
-        name: r.name.clone(),
-        matcher,
-        key_sources,
-        seed: cohort::seed_for(&salt),
-        salt,
-        bands: Bands::new(&weights),
-        cohorts,
-        fallback,
-        override_header,
-        outcome_header,
-        outcomes,
-        response_cohort_header: r.response_cohort_header,
-        max_body_bytes: r.max_body_bytes,
-        override_secret,
-        override_rejected: metrics.override_rejected(&r.name),
-        rollout,
-    })
-}
-
-fn parse_cidr(path: &str, s: &str) -> Result<IpNet, TableError> {
-    s.parse::<IpNet>()
-        .or_else(|_| s.parse::<std::net::IpAddr>().map(IpNet::from))
-        .map_err(|_| {
-            err(
-                path,
-                Invalid::BadCidr {
-                    value: s.to_string(),
-                },
-            )
-        })
-}
-
-/// A secret or token file: its contents without the trailing newline editors add.
-fn read_secret(path: &str, file: &std::path::Path) -> Result<Vec<u8>, TableError> {
-    let fail = |reason: String| {
-        err(
-            path,
-            Invalid::Secret {
-                path: file.display().to_string(),
-                reason,
-            },
-        )
-    };
-    let mut bytes = std::fs::read(file).map_err(|e| fail(format!("cannot read: {e}")))?;
-    while bytes.last().is_some_and(|b| b.is_ascii_whitespace()) {
-        bytes.pop();
-    }
-    if bytes.len() < crate::signed::MIN_SECRET_BYTES {
-        return Err(fail(format!(
-            "must hold at least {} bytes",
-            crate::signed::MIN_SECRET_BYTES
-        )));
-    }
-    Ok(bytes)
-}
-
-fn build_limits(
-    l: &crate::config::RawLimits,
-) -> Result<(super::ConnLimits, crate::hygiene::Policy), TableError> {
-    let at_least = |field: &str, value: u64, min: u64| {
-        if value < min {
-            Err(err(format!("limits.{field}"), Invalid::TooSmall { min }))
-        } else {
-            Ok(())
-        }
-    };
-    at_least(
-        "max_request_header_bytes",
-        l.max_request_header_bytes as u64,
-        1024,
-    )?;
-    at_least("max_request_headers", l.max_request_headers as u64, 1)?;
-    at_least("max_uri_bytes", l.max_uri_bytes as u64, 64)?;
-    at_least("max_connections", l.max_connections as u64, 1)?;
-    at_least(
-        "http2_max_concurrent_streams",
-        u64::from(l.http2_max_concurrent_streams),
-        1,
-    )?;
-    let limits = super::ConnLimits {
-        header_read_timeout: l.header_read_timeout,
-        body_read_timeout: l.body_read_timeout,
-        keepalive_timeout: l.keepalive_timeout,
-        max_connections: l.max_connections,
-        http2_max_concurrent_streams: l.http2_max_concurrent_streams,
-        max_header_bytes: l.max_request_header_bytes,
-        max_headers: l.max_request_headers,
-        max_uri_bytes: l.max_uri_bytes,
-    };
-    let policy = crate::hygiene::Policy {
-        max_header_bytes: l.max_request_header_bytes,
-        max_headers: l.max_request_headers,
-        max_uri_bytes: l.max_uri_bytes,
-        underscores: match l.underscore_headers {
-            crate::config::RawUnderscores::Reject => crate::hygiene::Underscores::Reject,
-            crate::config::RawUnderscores::Drop => crate::hygiene::Underscores::Drop,
-            crate::config::RawUnderscores::Allow => crate::hygiene::Underscores::Allow,
-        },
-        normalize_path: l.normalize_path,
-        reject_encoded_slashes: l.reject_encoded_slashes,
-    };
-    Ok((limits, policy))
 }

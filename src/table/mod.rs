@@ -6,8 +6,10 @@
 //! Built by `TryFrom<TableInput>` in `build.rs`; never mutated once built.
 
 mod build;
+mod edge;
 #[cfg(test)]
 mod rollout_tests;
+mod route;
 mod secure;
 #[cfg(test)]
 mod tests;
