@@ -1,21 +1,16 @@
 //! The `cohort` command as users run it: `check` and `assign` on the contract's minimal.yaml.
 
+mod support;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
+
+use support::cohort;
 
 /// The contract's minimal.yaml, as vendored in config/ (a unit test keeps the copy exact).
 fn minimal() -> String {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/minimal.yaml");
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-}
-
-fn cohort(args: &[&str], dir: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_cohort"))
-        .args(args)
-        .current_dir(dir)
-        .env_remove("RUST_LOG")
-        .output()
-        .expect("run the cohort binary")
 }
 
 fn write(dir: &Path, name: &str, text: &str) -> PathBuf {

@@ -4,22 +4,12 @@
 mod support;
 
 use std::path::Path;
-use std::process::{Command, Output};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use http::StatusCode;
 use support::*;
 
 const SECRET: &str = "sign-override-test-secret-0123456789";
-
-fn cohort(args: &[&str], dir: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_cohort"))
-        .args(args)
-        .current_dir(dir)
-        .env_remove("RUST_LOG")
-        .output()
-        .expect("run the cohort binary")
-}
 
 fn now() -> u64 {
     SystemTime::now()

@@ -1078,3 +1078,13 @@ fn parse_value(v: &str) -> Option<f64> {
         _ => v.parse().ok(),
     }
 }
+
+/// Runs the `cohort` binary in `dir` with `args`, as a user would, and waits for it.
+pub fn cohort(args: &[&str], dir: &std::path::Path) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_cohort"))
+        .args(args)
+        .current_dir(dir)
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("run the cohort binary")
+}
