@@ -14,6 +14,7 @@ pub mod hygiene;
 pub mod locate;
 pub mod metrics;
 pub mod overrides;
+pub mod pool;
 pub mod proxy;
 pub mod reload;
 pub mod rollout;

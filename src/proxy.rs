@@ -168,26 +168,30 @@ impl Proxy {
             // client's host still travels in X-Forwarded-Host.
             parts.headers.remove(header::HOST);
         }
-        let (endpoint, slot) = upstream.pick();
-        acct.hold_endpoint(slot);
-        parts.uri = match upstream_uri(endpoint, parts.uri.path_and_query()) {
-            Some(u) => u,
-            None => return self.fail(&mut acct, Failure::Internal),
-        };
+        let (_, mut slot) = upstream.pick();
+        // Origin-form on the upstream leg; the endpoint is the connection's, not the URI's.
+        parts.uri = Uri::from(
+            parts
+                .uri
+                .path_and_query()
+                .cloned()
+                .unwrap_or_else(|| PathAndQuery::from_static("/")),
+        );
         parts.version = Version::HTTP_11;
 
         let body = RequestBody::new(body, route.max_body_bytes, table.limits.body_read_timeout);
-        let sent = upstream.client.request(Request::from_parts(parts, body));
+        let sent = upstream.send(&mut slot, Request::from_parts(parts, body));
         let result = tokio::time::timeout(upstream.spec.response_timeout, sent).await;
+        acct.hold_endpoint(slot);
         let resp = match result {
             Err(_elapsed) => {
                 return self.fail(&mut acct, Failure::Upstream(FailureReason::Timeout))
             }
             Ok(Err(e)) => {
-                if let Some(fault) = crate::body::client_body_fault(&e) {
+                if let Some(fault) = crate::body::client_body_fault(e.error()) {
                     return reject(&table, fault);
                 }
-                let reason = upstream::classify(&e, e.is_connect());
+                let reason = upstream::classify(e.error(), e.connect);
                 tracing::debug!(route = %route.name, cohort = %target.name, upstream = %upstream.name(), reason = reason.as_str(), error = %e, "upstream request failed");
                 return self.fail(&mut acct, Failure::Upstream(reason));
             }
@@ -300,18 +304,6 @@ fn strip_port(host: &str) -> &str {
         return host.split_once(']').map(|(h, _)| &h[1..]).unwrap_or(host);
     }
     host.rsplit_once(':').map(|(h, _)| h).unwrap_or(host)
-}
-
-fn upstream_uri(endpoint: &upstream::Endpoint, pq: Option<&PathAndQuery>) -> Option<Uri> {
-    Uri::builder()
-        .scheme(endpoint.scheme.clone())
-        .authority(endpoint.authority.clone())
-        .path_and_query(
-            pq.cloned()
-                .unwrap_or_else(|| PathAndQuery::from_static("/")),
-        )
-        .build()
-        .ok()
 }
 
 /// Headers that must never be removed because `Connection` names them: cohort sets them.

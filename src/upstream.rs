@@ -1,5 +1,6 @@
-//! Upstreams: endpoints, the kept-alive connection pool, power-of-two-choices balancing on
-//! in-flight requests, timeouts, and the classification of upstream failures.
+//! Upstreams: endpoints, power-of-two-choices balancing on in-flight requests, which
+//! connection pool serves an endpoint (`pool` for cleartext HTTP/1.1, hyper-util's client for
+//! TLS and HTTP/2), timeouts, and the classification of upstream failures.
 //!
 //! Owns: everything about talking to backends except the request/response rewriting.
 //! Must not touch: routing decisions, metrics registration, configuration files.
@@ -11,13 +12,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::uri::{Authority, Scheme};
+use http::{Request, Response, Uri};
+use hyper::body::Incoming;
 use hyper_rustls::{FixedServerNameResolver, HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use rustls_pki_types::ServerName;
 
+use crate::body::RequestBody;
 use crate::metrics::FailureReason;
+use crate::pool::{self, Pool, PoolError};
 use crate::tls::{self, TlsError};
 
 /// How cohort speaks to an upstream.
@@ -65,29 +70,54 @@ pub struct Endpoint {
     pub scheme: Scheme,
     pub authority: Authority,
     in_flight: AtomicUsize,
+    /// Cleartext HTTP/1.1 endpoints have their own pool; the others use `Upstream::client`.
+    pool: Option<Pool>,
 }
 
-pub type UpstreamClient = Client<HttpsConnector<HttpConnector>, crate::body::RequestBody>;
+pub type UpstreamClient = Client<HttpsConnector<HttpConnector>, RequestBody>;
 
-/// A live upstream: endpoints with their load, and one pooled client shared by all of them
-/// (the pool is keyed per endpoint).
+/// A live upstream: endpoints with their load, and hyper-util's pooled client for the
+/// endpoints that speak TLS or HTTP/2 (its pool is keyed per endpoint).
 pub struct Upstream {
     pub spec: UpstreamSpec,
     pub endpoints: Vec<Endpoint>,
-    pub client: UpstreamClient,
+    client: UpstreamClient,
 }
 
-/// Holds one in-flight slot on an endpoint until dropped (when the response body ends).
+/// Holds one in-flight slot on an endpoint until dropped (when the response body ends), and
+/// with it the pooled connection the response came on, which then goes back to the pool.
 pub struct InFlight {
     upstream: Arc<Upstream>,
     index: usize,
+    conn: Option<pool::Sender>,
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.upstream.endpoints[self.index]
-            .in_flight
-            .fetch_sub(1, Ordering::Relaxed);
+        let endpoint = &self.upstream.endpoints[self.index];
+        endpoint.in_flight.fetch_sub(1, Ordering::Relaxed);
+        if let (Some(conn), Some(pool)) = (self.conn.take(), &endpoint.pool) {
+            pool.put(conn);
+        }
+    }
+}
+
+/// An upstream exchange that failed, with whether it failed before a connection was open.
+#[derive(Debug)]
+pub struct SendError {
+    pub connect: bool,
+    source: Box<dyn StdError + Send + Sync>,
+}
+
+impl SendError {
+    pub fn error(&self) -> &(dyn StdError + 'static) {
+        &*self.source
+    }
+}
+
+impl std::fmt::Display for SendError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.source.fmt(f)
     }
 }
 
@@ -148,6 +178,13 @@ impl Upstream {
                 scheme: e.scheme.clone(),
                 authority: e.authority.clone(),
                 in_flight: AtomicUsize::new(0),
+                pool: (e.scheme == Scheme::HTTP && spec.protocol != Protocol::Http2).then(|| {
+                    Pool::new(
+                        e.authority.clone(),
+                        spec.max_idle_per_endpoint,
+                        spec.connect_timeout,
+                    )
+                }),
             })
             .collect();
         Ok(Upstream {
@@ -185,8 +222,49 @@ impl Upstream {
             InFlight {
                 upstream: Arc::clone(self),
                 index,
+                conn: None,
             },
         )
+    }
+
+    /// Sends `req` to the endpoint `slot` holds. `req` carries the origin-form path; the
+    /// endpoint's scheme and authority are added here when hyper-util's client needs them.
+    pub async fn send(
+        &self,
+        slot: &mut InFlight,
+        mut req: Request<RequestBody>,
+    ) -> Result<Response<Incoming>, SendError> {
+        let endpoint = &self.endpoints[slot.index];
+        if let Some(pool) = &endpoint.pool {
+            return match pool.send(req).await {
+                Ok((resp, conn)) => {
+                    slot.conn = Some(conn);
+                    Ok(resp)
+                }
+                Err(PoolError::Connect(e)) => Err(SendError {
+                    connect: true,
+                    source: Box::new(e),
+                }),
+                Err(PoolError::Exchange(e)) => Err(SendError {
+                    connect: false,
+                    source: Box::new(e),
+                }),
+            };
+        }
+        let mut uri = Uri::builder()
+            .scheme(endpoint.scheme.clone())
+            .authority(endpoint.authority.clone());
+        if let Some(pq) = req.uri().path_and_query() {
+            uri = uri.path_and_query(pq.clone());
+        }
+        *req.uri_mut() = uri.build().map_err(|e| SendError {
+            connect: false,
+            source: Box::new(e),
+        })?;
+        self.client.request(req).await.map_err(|e| SendError {
+            connect: e.is_connect(),
+            source: Box::new(e),
+        })
     }
 
     pub fn in_flight(&self, index: usize) -> usize {

@@ -6,26 +6,11 @@ mod support;
 use bytes::Bytes;
 use http::{StatusCode, Version};
 use support::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 async fn echo_proxy() -> (TestProxy, MockUpstream) {
     let mock = MockUpstream::with("backend", Respond::Echo).await;
     let proxy = proxy_to_backend(mock.addr, &[]).await;
     (proxy, mock)
-}
-
-/// Sends `raw` on a fresh connection and reads until the proxy closes it.
-async fn raw_exchange(addr: std::net::SocketAddr, raw: &str) -> String {
-    let mut tcp = within("connect", TcpStream::connect(addr)).await.unwrap();
-    within("write", tcp.write_all(raw.as_bytes()))
-        .await
-        .unwrap();
-    let mut out = Vec::new();
-    within("response to EOF", tcp.read_to_end(&mut out))
-        .await
-        .unwrap();
-    String::from_utf8(out).unwrap()
 }
 
 #[tokio::test]

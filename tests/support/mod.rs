@@ -504,6 +504,20 @@ fn websocket_reply(seen: &Seen, upgrade: Option<hyper::upgrade::OnUpgrade>) -> R
     r
 }
 
+/// Sends `raw` on a fresh connection and reads until the proxy closes it.
+pub async fn raw_exchange(addr: std::net::SocketAddr, raw: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = within("connect", TcpStream::connect(addr)).await.unwrap();
+    within("write", tcp.write_all(raw.as_bytes()))
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    within("response to EOF", tcp.read_to_end(&mut out))
+        .await
+        .unwrap();
+    String::from_utf8(out).unwrap()
+}
+
 /// An address on which nothing listens (bound, then released).
 pub async fn dead_endpoint() -> SocketAddr {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
