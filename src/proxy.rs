@@ -28,7 +28,6 @@ static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
-static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
 /// The shared state of one request path: the swappable table and the listener's scheme.
 pub struct Proxy {
@@ -314,25 +313,35 @@ fn protected(name: &HeaderName) -> bool {
 /// Removes hop-by-hop headers (RFC 9110 §7.6.1): those `Connection` names, the fixed list,
 /// every `Proxy-*`, and `TE` unless it asks only for trailers.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // Most messages carry none of these: one pass over the names (standard names compare as
-    // small enums) spares a hash lookup per hop-by-hop name.
-    let hop = |k: &HeaderName| {
-        k == header::CONNECTION
-            || k == header::TE
-            || k == header::TRANSFER_ENCODING
-            || k == header::UPGRADE
-            || k == KEEP_ALIVE
-            || k.as_str().starts_with("proxy-")
-    };
-    if !headers.keys().any(hop) {
-        return;
+    // One pass over the names (standard names compare as small enums) finds which are there;
+    // only those are removed, since each removal hashes. Most requests carry none, and most
+    // responses only `Connection: keep-alive`.
+    let (mut connection, mut keep_alive, mut chunked, mut upgrade, mut proxy, mut te) =
+        (false, false, false, false, false, false);
+    for k in headers.keys() {
+        if k == header::CONNECTION {
+            connection = true;
+        } else if k == header::TE {
+            te = true;
+        } else if k == header::TRANSFER_ENCODING {
+            chunked = true;
+        } else if k == header::UPGRADE {
+            upgrade = true;
+        } else if k == KEEP_ALIVE {
+            keep_alive = true;
+        } else if k.as_str().starts_with("proxy-") {
+            proxy = true;
+        }
     }
-    if headers.contains_key(header::CONNECTION) {
+    if connection {
         let named: Vec<HeaderName> = headers
             .get_all(header::CONNECTION)
             .iter()
             .flat_map(|v| v.as_bytes().split(|&b| b == b','))
-            .filter_map(|t| HeaderName::from_bytes(t.trim_ascii()).ok())
+            .map(|t| t.trim_ascii())
+            // The Keep-Alive header, if any, is removed below in any case.
+            .filter(|t| !t.eq_ignore_ascii_case(b"keep-alive"))
+            .filter_map(|t| HeaderName::from_bytes(t).ok())
             .filter(|n| !protected(n))
             .collect();
         for n in named {
@@ -340,11 +349,16 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
         }
         headers.remove(header::CONNECTION);
     }
-    headers.remove(&KEEP_ALIVE);
-    headers.remove(header::TRANSFER_ENCODING);
-    headers.remove(header::UPGRADE);
-    headers.remove(&PROXY_CONNECTION);
-    if headers.keys().any(|k| k.as_str().starts_with("proxy-")) {
+    if keep_alive {
+        headers.remove(&KEEP_ALIVE);
+    }
+    if chunked {
+        headers.remove(header::TRANSFER_ENCODING);
+    }
+    if upgrade {
+        headers.remove(header::UPGRADE);
+    }
+    if proxy {
         let proxies: Vec<HeaderName> = headers
             .keys()
             .filter(|k| k.as_str().starts_with("proxy-"))
@@ -353,6 +367,9 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
         for n in proxies {
             headers.remove(n);
         }
+    }
+    if !te {
+        return;
     }
     if let Some(te) = headers.get(header::TE) {
         let trailers = te.as_bytes().split(|&b| b == b',').any(|t| {
