@@ -6,6 +6,10 @@
 //!
 //! Keys cycle through 1,024 prebuilt requests with distinct user ids, so the band lookup sees
 //! both cohorts as it would in traffic; building the requests is outside the timed loop.
+//!
+//! The `find_route` group times route matching with 1 route and with 1,000 (each its own host
+//! `agent-NNN.example.com` and prefix `/tenant/NNN/`), the request taking the last route, and,
+//! for comparison, the linear first-match scan that the route index replaced.
 
 use std::hint::black_box;
 use std::net::IpAddr;
@@ -13,7 +17,7 @@ use std::path::Path;
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use http::header::{ACCEPT, CONTENT_TYPE, COOKIE, USER_AGENT};
-use http::{HeaderMap, HeaderValue, Uri};
+use http::{HeaderMap, HeaderValue, Method, Uri};
 
 use cohort::cohort::{bucket, extract_key};
 use cohort::table::{Route, RoutingTable};
@@ -105,5 +109,49 @@ fn bench(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bench);
+/// The minimal config with `n` routes, route `rN` for host `agent-NNN.example.com` and paths
+/// under `/tenant/NNN/`, all to `stable`.
+fn with_routes(n: usize) -> String {
+    let mut text = MINIMAL[..MINIMAL.find("routes:\n").expect("routes") + 8].to_string();
+    for i in 0..n {
+        let matcher = format!("{{host: agent-{i:03}.example.com, path_prefix: /tenant/{i:03}/}}");
+        let split = "[{cohort: stable, upstream: stable, percent: 100}]";
+        text.push_str(&format!(
+            "  - {{name: r{i}, match: {matcher}, cohort_key: [{{header: x-user-id}}], split: {split}}}\n"
+        ));
+    }
+    text
+}
+
+fn find_route(c: &mut Criterion) {
+    let h = headers((&http::HeaderName::from_static("x-user-id"), "alice".into()));
+    let mut group = c.benchmark_group("find_route");
+    for n in [1, 1000] {
+        let table = table(&with_routes(n));
+        let host = format!("agent-{:03}.example.com", n - 1);
+        let path = format!("/tenant/{:03}/chat/stream", n - 1);
+        let last = format!("r{}", n - 1);
+        let found = table.find_route(&host, &path, &Method::POST, &h);
+        assert_eq!(found.map(|r| r.name.as_str()), Some(last.as_str()));
+        group.bench_function(format!("{n}_routes"), |b| {
+            b.iter(|| {
+                black_box(table.find_route(black_box(&host), black_box(&path), &Method::POST, &h))
+            })
+        });
+        group.bench_function(format!("{n}_routes_linear_scan"), |b| {
+            b.iter(|| {
+                let (host, path) = (black_box(host.as_str()), black_box(path.as_str()));
+                black_box(
+                    table
+                        .routes
+                        .iter()
+                        .find(|r| r.matcher.matches(host, path, &Method::POST, &h)),
+                )
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, bench, find_route);
 criterion_main!(benches);

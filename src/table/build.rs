@@ -275,7 +275,6 @@ impl TryFrom<TableInput<'_>> for RoutingTable {
             tls_files_hash: crate::tls::files_hash(&tls_files.0),
             tls_files: tls_files.0,
             admin_address,
-            routes,
             upstreams,
             trusted_cidrs,
             trusted_proxies,
@@ -288,6 +287,10 @@ impl TryFrom<TableInput<'_>> for RoutingTable {
             shutdown_timeout: raw.shutdown_timeout,
             unrouted: input.metrics.unrouted.clone(),
             state_dir: raw.state_dir.as_ref().map(|d| input.base_dir.join(d)),
+            index: Arc::new(super::index::RouteIndex::new(
+                routes.iter().map(|r| &r.matcher),
+            )),
+            routes,
         })
     }
 }
