@@ -54,6 +54,7 @@ for _ in $(seq 100); do curl -sf 127.0.0.1:18719/readyz >/dev/null && break; sle
 curl -sf 127.0.0.1:18719/readyz >/dev/null || { echo "cohort did not start; see $work" >&2; exit 1; }
 rss() { awk '/^VmRSS/ {print $2}' "/proc/$pid/status"; }
 open_conns() { curl -s 127.0.0.1:18719/metrics | awk '/^cohort_open_connections/ {print $2}'; }
+parked_conns() { curl -s 127.0.0.1:18719/metrics | awk '/^cohort_parked_connections/ {print $2}'; }
 
 sleep 1
 idle=$(rss)
@@ -70,16 +71,17 @@ until grep -q '^ready' "$work/client.out"; do
 done
 opened=$(awk -v s="$start" -v e="$(date +%s.%N)" 'BEGIN {printf "%.1f", e - s}')
 read -r _ ok failed < <(grep '^ready' "$work/client.out")
-sleep 2
+sleep "${HOLD:-3}"
 held=$(rss)
 gauge=$(open_conns)
+parked=$(parked_conns)
 exec 3>&-
 wait $client_pid || true
 sleep 1
 after=$(rss)
 
 echo "idle RSS: $idle kB"
-echo "RSS with $ok idle connections: $held kB  (opened and answered in ${opened}s; $failed failed; cohort_open_connections ${gauge:-?})"
+echo "RSS with $ok idle connections: $held kB  (opened and answered in ${opened}s; $failed failed; cohort_open_connections ${gauge:-?}, cohort_parked_connections ${parked:-?})"
 awk -v a="$idle" -v b="$held" -v n="$ok" 'BEGIN {printf "(delta / N): %.2f KiB per connection\n", (b - a) / n}'
 echo "RSS after the client closed them: $after kB"
 grep '^closed' "$work/client.out"

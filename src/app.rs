@@ -101,13 +101,14 @@ pub async fn start_with(config: &Path, options: Options) -> Result<Running, Star
         tracing::info!(listener = %name, %address, "listening");
         let tls = table.listeners.get(index).is_some_and(|l| l.tls);
         let proxy = Arc::new(Proxy::new(control.table(), tls, life.clone()));
-        let (refused, open_gauge) = control.metrics.listener(&name);
+        let (refused, open_gauge, parked_gauge) = control.metrics.listener(&name);
         listeners.push((name, address));
         let me = server::Listener {
             index,
             proxy,
             refused,
             open_gauge,
+            parked_gauge,
         };
         accept_tasks.push(tokio::spawn(server::serve(listener, me, life.clone())));
     }

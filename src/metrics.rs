@@ -27,6 +27,7 @@ pub const REJECTED: &str = "cohort_rejected_requests_total";
 pub const OVERRIDE_REJECTED: &str = "cohort_override_rejected_total";
 pub const CONNECTIONS_REFUSED: &str = "cohort_connections_refused_total";
 pub const OPEN_CONNECTIONS: &str = "cohort_open_connections";
+pub const PARKED_CONNECTIONS: &str = "cohort_parked_connections";
 
 /// Agent latencies run from a cached answer (milliseconds) to a long tool-using turn (minutes).
 pub const LATENCY_BUCKETS: &[f64] = &[
@@ -137,7 +138,7 @@ impl Metrics {
             // The bucket list is a non-empty constant, so this branch is unreachable; an
             // unconfigured recorder still serves (as summaries) rather than panicking.
             .unwrap_or_else(|_| PrometheusBuilder::new().build_recorder());
-        let help: [(&str, Unit, &str); 14] = [
+        let help: [(&str, Unit, &str); 15] = [
             (
                 REJECTED,
                 Unit::Count,
@@ -157,6 +158,11 @@ impl Metrics {
                 OPEN_CONNECTIONS,
                 Unit::Count,
                 "Client connections open, by listener.",
+            ),
+            (
+                PARKED_CONNECTIONS,
+                Unit::Count,
+                "Idle HTTP/1.1 client connections parked without buffers, by listener.",
             ),
             (
                 REQUESTS,
@@ -215,7 +221,7 @@ impl Metrics {
                 DURATION | TTFB => {
                     recorder.describe_histogram(KeyName::from_const_str(name), Some(unit), text)
                 }
-                IN_FLIGHT | SPLIT | GENERATION | OPEN_CONNECTIONS => {
+                IN_FLIGHT | SPLIT | GENERATION | OPEN_CONNECTIONS | PARKED_CONNECTIONS => {
                     recorder.describe_gauge(KeyName::from_const_str(name), Some(unit), text)
                 }
                 _ => recorder.describe_counter(KeyName::from_const_str(name), Some(unit), text),
@@ -297,14 +303,16 @@ impl Metrics {
         })
     }
 
-    /// Connection handles of one listener: refused count and open gauge.
-    pub fn listener(&self, name: &str) -> (Counter, Gauge) {
+    /// Connection handles of one listener: refused count, open and parked gauges.
+    pub fn listener(&self, name: &str) -> (Counter, Gauge, Gauge) {
         let labels = || vec![Label::new("listener", name.to_string())];
         (
             self.recorder
                 .register_counter(&Key::from_parts(CONNECTIONS_REFUSED, labels()), &METADATA),
             self.recorder
                 .register_gauge(&Key::from_parts(OPEN_CONNECTIONS, labels()), &METADATA),
+            self.recorder
+                .register_gauge(&Key::from_parts(PARKED_CONNECTIONS, labels()), &METADATA),
         )
     }
 

@@ -111,7 +111,9 @@ impl Proxy {
         // A full Arc, not a guard: the request keeps its table to the end, whatever reloads.
         let table = self.table.load_full();
         let upgrade = upgrade_protocol(&req);
-        let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
+        let client_upgrade = upgrade
+            .as_ref()
+            .map(|_| crate::tunnel::ClientSide::of(&mut req));
         let (mut parts, body) = req.into_parts();
 
         let routed_path = match hygiene::check(&mut parts, &table.policy) {
@@ -230,7 +232,8 @@ impl Proxy {
                 .headers
                 .insert(&X_COHORT, target.header_value.clone());
         }
-        if let (Some(client), Some(up)) = (client_upgrade, upstream_upgrade) {
+        if let (Some(mut client), Some(up)) = (client_upgrade, upstream_upgrade) {
+            client.agreed();
             rparts
                 .headers
                 .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));

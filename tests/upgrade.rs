@@ -7,6 +7,7 @@ mod support;
 use futures_util::{SinkExt, StreamExt};
 use http::StatusCode;
 use support::*;
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
@@ -227,4 +228,31 @@ async fn websocket_over_tls_on_both_hops() {
     assert_eq!(seen.all("x-forwarded-proto"), ["https"]);
     assert_eq!(seen.all("upgrade"), ["websocket"]);
     expect_tunnel_ended(&proxy, "backend").await;
+}
+
+#[tokio::test]
+async fn websocket_upgrade_on_a_kept_alive_connection_after_it_was_parked() {
+    let (proxy, stable, _canary) = ws_proxy(&[]).await;
+    let key = key_for("stable");
+    let mut tcp = TcpStream::connect(proxy.public).await.unwrap();
+    let plain = format!("GET /plain HTTP/1.1\r\nHost: cohort.test\r\nx-user-id: {key}\r\n\r\n");
+    tcp.write_all(plain.as_bytes()).await.unwrap();
+    let first = read_response(&mut tcp).await;
+    assert!(first.starts_with("HTTP/1.1 400"), "{first}");
+    // Idle past the park delay: the next request finds the connection parked.
+    tokio::time::sleep(std::time::Duration::from_millis(1600)).await;
+    let mut req = format!("ws://{}/ws/chat", proxy.public)
+        .into_client_request()
+        .unwrap();
+    req.headers_mut().insert("x-user-id", key.parse().unwrap());
+    let (mut ws, resp) = within(
+        "the WebSocket handshake",
+        tokio_tungstenite::client_async(req, tcp),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("WebSocket handshake on a parked connection: {e}"));
+    assert_eq!(resp.status(), StatusCode::SWITCHING_PROTOCOLS);
+    echo(&mut ws, Message::text("after parking")).await;
+    echo(&mut ws, Message::binary(vec![1u8, 2, 3])).await;
+    assert_eq!(stable.request_count(), 2);
 }

@@ -5,14 +5,19 @@
 //! timers, TLS handshakes). Must not touch: request rewriting (`proxy`), the admin endpoints
 //! (`admin`), or the table beyond reading its listener settings.
 
+mod plain;
 mod watchdog;
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use http::{Request, Response};
+use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -22,8 +27,10 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::body::ProxyBody;
 use crate::proxy::Proxy;
 use crate::table::ConnLimits;
+use crate::tunnel::Handover;
 use watchdog::{Activity, Tracked};
 
 /// Signals shared by every listener: `drain` asks connections to finish their current
@@ -48,6 +55,7 @@ pub struct Listener {
     pub proxy: Arc<Proxy>,
     pub refused: Counter,
     pub open_gauge: Gauge,
+    pub parked_gauge: Gauge,
 }
 
 pub fn http_builder(limits: &ConnLimits) -> auto::Builder<TokioExecutor> {
@@ -111,22 +119,35 @@ pub async fn serve(listener: TcpListener, me: Listener, life: Lifecycle) {
         let guard = OpenGuard::new(&open, &me.open_gauge);
         let tls = table.listener_tls.get(me.index).cloned().flatten();
         let (proxy, limits, life2) = (Arc::clone(&me.proxy), table.limits.clone(), life.clone());
-        life.connections.spawn(async move {
-            let _guard = guard;
-            match tls {
-                None => serve_connection(stream, peer, proxy, &builder, &limits, life2).await,
-                Some(config) => {
-                    let accept = tokio_rustls::TlsAcceptor::from(config).accept(stream);
-                    match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, accept).await {
-                        Ok(Ok(tls)) => {
-                            serve_connection(tls, peer, proxy, &builder, &limits, life2).await
+        // Two kinds of task, so a cleartext connection's does not carry the TLS state's size.
+        match tls {
+            None => {
+                let parked = me.parked_gauge.clone();
+                life.connections.spawn(async move {
+                    let _guard = guard;
+                    match plain::detect(&stream, &limits, &life2).await {
+                        plain::Detected::Http1 => {
+                            plain::serve_http1(stream, peer, proxy, &limits, life2, parked).await
                         }
-                        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
-                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                        plain::Detected::H2c => {
+                            serve_connection(stream, peer, proxy, &builder, &limits, life2).await
+                        }
+                        plain::Detected::Gone => {}
                     }
-                }
+                })
             }
-        });
+            Some(config) => life.connections.spawn(async move {
+                let _guard = guard;
+                let accept = tokio_rustls::TlsAcceptor::from(config).accept(stream);
+                match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, accept).await {
+                    Ok(Ok(tls)) => {
+                        serve_connection(tls, peer, proxy, &builder, &limits, life2).await
+                    }
+                    Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                    Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                }
+            }),
+        };
     }
     tracing::debug!(listener = ?local, "stopped accepting");
 }
@@ -160,6 +181,38 @@ impl Drop for OpenGuard {
     }
 }
 
+type Answer = Response<Tracked<ProxyBody>>;
+type Answering = Pin<Box<dyn Future<Output = Result<Answer, Infallible>> + Send>>;
+
+/// The per-connection service. The request's future is boxed: `plain` drives hyper with
+/// `poll_without_shutdown`, which needs it `Unpin`, and hyper's per-connection slot for it is
+/// then a pointer rather than the future's 1.5 KB. On connections that `plain` takes back from
+/// hyper, upgrade requests carry the connection's `Handover`.
+fn service(
+    proxy: Arc<Proxy>,
+    peer: SocketAddr,
+    activity: Arc<Activity>,
+    handover: Option<Handover>,
+) -> impl hyper::service::Service<
+    Request<Incoming>,
+    Response = Answer,
+    Error = Infallible,
+    Future = Answering,
+> + Clone {
+    service_fn(move |mut req: Request<Incoming>| {
+        if let Some(h) = &handover {
+            if req.headers().contains_key(http::header::UPGRADE) {
+                req.extensions_mut().insert(h.clone());
+            }
+        }
+        // Counted at once: the request is active from the moment hyper hands it over.
+        let busy = activity.begin();
+        let proxy = Arc::clone(&proxy);
+        Box::pin(async move { Ok(proxy.handle(req, peer).await.map(|b| Tracked::new(b, busy))) })
+            as Answering
+    })
+}
+
 async fn serve_connection<I>(
     stream: I,
     peer: SocketAddr,
@@ -171,14 +224,7 @@ async fn serve_connection<I>(
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let activity = Arc::new(Activity::new());
-    let act = Arc::clone(&activity);
-    let svc = service_fn(move |req| {
-        let (proxy, act) = (Arc::clone(&proxy), Arc::clone(&act));
-        async move {
-            let busy = act.begin();
-            Ok::<_, Infallible>(proxy.handle(req, peer).await.map(|b| Tracked::new(b, busy)))
-        }
-    });
+    let svc = service(proxy, peer, Arc::clone(&activity), None);
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
     tokio::pin!(conn);
     let mut closing = false;

@@ -1,8 +1,8 @@
 //! Per-connection activity, for the two connection timers: the first request must arrive
 //! within `header_read_timeout` (covering protocol detection and TLS-less slowloris, which
 //! hyper's own header timer does not see), and an idle connection is closed after
-//! `keepalive_timeout` (HTTP/2 GOAWAY; on HTTP/1.1 hyper's header timer, which also runs while
-//! waiting for the next request, usually closes it first).
+//! `keepalive_timeout` (HTTP/2 GOAWAY; HTTP/1.1 connections are parked after a second idle and
+//! closed when the keep-alive time is up, see `plain`).
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -52,9 +52,34 @@ impl Activity {
         if self.active.load(Ordering::Acquire) > 0 {
             return Instant::now() + limits.keepalive_timeout;
         }
-        self.start
-            + Duration::from_millis(self.idle_since_ms.load(Ordering::Acquire))
-            + limits.keepalive_timeout
+        self.keepalive_deadline(limits)
+    }
+
+    /// How long the connection has been idle; `None` while a request is active or before the
+    /// first.
+    pub fn idle_for(&self) -> Option<Duration> {
+        if self.requests() == 0 || self.active.load(Ordering::Acquire) > 0 {
+            return None;
+        }
+        Some(Instant::now().saturating_duration_since(self.idle_since()))
+    }
+
+    /// When an idle connection should be parked: `after` past its last request, looked at
+    /// again every `after` until then (nothing wakes the timer when a request starts or ends).
+    pub fn park_at(&self, after: Duration) -> Instant {
+        if self.requests() == 0 || self.active.load(Ordering::Acquire) > 0 {
+            return Instant::now() + after;
+        }
+        self.idle_since() + after
+    }
+
+    /// When an idle connection is closed: `keepalive_timeout` after its last request.
+    pub fn keepalive_deadline(&self, limits: &ConnLimits) -> Instant {
+        self.idle_since() + limits.keepalive_timeout
+    }
+
+    fn idle_since(&self) -> Instant {
+        self.start + Duration::from_millis(self.idle_since_ms.load(Ordering::Acquire))
     }
 
     pub fn expired(&self, limits: &ConnLimits) -> bool {

@@ -504,6 +504,33 @@ fn websocket_reply(seen: &Seen, upgrade: Option<hyper::upgrade::OnUpgrade>) -> R
     r
 }
 
+/// Reads one response with a Content-Length body from `tcp`.
+pub async fn read_response(tcp: &mut TcpStream) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        if let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&got[..end]).to_ascii_lowercase();
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length: "))
+                .map(|v| v.trim().parse().unwrap())
+                .unwrap_or(0);
+            if got.len() >= end + 4 + len {
+                return String::from_utf8(got).unwrap();
+            }
+        }
+        let n = within("a response", tcp.read(&mut buf)).await.unwrap();
+        assert!(
+            n > 0,
+            "closed mid-response: {}",
+            String::from_utf8_lossy(&got)
+        );
+        got.extend_from_slice(&buf[..n]);
+    }
+}
+
 /// Sends `raw` on a fresh connection and reads until the proxy closes it.
 pub async fn raw_exchange(addr: std::net::SocketAddr, raw: &str) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -1,0 +1,229 @@
+//! Cleartext connections: telling HTTP/1.1 from h2c by peeking at the first bytes, and serving
+//! HTTP/1.1 with hyper only while the connection is in use. A connection idle for
+//! `PARK_AFTER` is taken back from hyper and parked: its socket waits for the next request
+//! holding no buffers (hyper's read and write buffers, 16 KiB, are most of what an idle
+//! connection costs), and a fresh hyper connection takes over when bytes arrive.
+//!
+//! Owns: protocol detection, the HTTP/1.1 park/resume loop and its timers, handing the socket
+//! to a tunnel after an upgrade. Must not touch: the request path (`proxy`), TLS (`super`).
+
+use std::future::poll_fn;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::{Buf, Bytes};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use metrics::Gauge;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+use super::watchdog::Activity;
+use super::{service, Lifecycle};
+use crate::proxy::Proxy;
+use crate::table::ConnLimits;
+use crate::tunnel::Handover;
+
+/// An HTTP/1.1 connection idle this long gives its buffers back. Busy connections never wait
+/// this long between requests, so they never pay for a resume.
+pub const PARK_AFTER: Duration = Duration::from_secs(1);
+
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+pub fn h1_builder(limits: &ConnLimits) -> hyper::server::conn::http1::Builder {
+    let mut b = hyper::server::conn::http1::Builder::new();
+    b.timer(TokioTimer::new())
+        .keep_alive(true)
+        .header_read_timeout(limits.header_read_timeout)
+        .max_headers(limits.max_headers)
+        // Room for the largest head cohort accepts; cohort itself enforces the exact caps.
+        .max_buf_size((limits.max_header_bytes + limits.max_uri_bytes + 8192).max(8192));
+    b
+}
+
+pub enum Detected {
+    Http1,
+    H2c,
+    /// Closed, silent past `header_read_timeout`, or shutting down.
+    Gone,
+}
+
+/// Peeks (reads nothing) until the bytes tell HTTP/1.1 from the h2c preface.
+pub async fn detect(stream: &TcpStream, limits: &ConnLimits, life: &Lifecycle) -> Detected {
+    let deadline = Instant::now() + limits.header_read_timeout;
+    let mut head = [0u8; H2_PREFACE.len()];
+    loop {
+        let peeked = tokio::select! {
+            r = tokio::time::timeout_at(deadline, stream.peek(&mut head)) => r,
+            _ = life.drain.cancelled() => return Detected::Gone,
+        };
+        let n = match peeked {
+            Ok(Ok(n)) if n > 0 => n,
+            _ => return Detected::Gone,
+        };
+        if head[..n] != H2_PREFACE[..n] {
+            return Detected::Http1;
+        }
+        if n == H2_PREFACE.len() {
+            return Detected::H2c;
+        }
+        // Part of the preface so far (rare: clients send it whole). Peeking again at once
+        // would see the same bytes, so wait a little.
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+/// Serves HTTP/1.1 on `stream` until the client leaves, a timer ends it, or shutdown.
+pub async fn serve_http1(
+    stream: TcpStream,
+    peer: std::net::SocketAddr,
+    proxy: Arc<Proxy>,
+    limits: &ConnLimits,
+    life: Lifecycle,
+    parked: Gauge,
+) {
+    let activity = Arc::new(Activity::new());
+    let handover = Handover::default();
+    let builder = h1_builder(limits);
+    let mut io = Prefixed {
+        prefix: Bytes::new(),
+        inner: stream,
+    };
+    loop {
+        let svc = service(
+            Arc::clone(&proxy),
+            peer,
+            Arc::clone(&activity),
+            Some(handover.clone()),
+        );
+        let mut conn = builder.serve_connection(TokioIo::new(io), svc);
+        let (mut closing, mut parking) = (false, false);
+        let result = loop {
+            let deadline = activity.deadline(limits).min(activity.park_at(PARK_AFTER));
+            tokio::select! {
+                r = poll_fn(|cx| conn.poll_without_shutdown(cx)) => break r,
+                _ = life.abort.cancelled() => return,
+                _ = life.drain.cancelled(), if !closing => {
+                    // Finishes the current response with `Connection: close`.
+                    Pin::new(&mut conn).graceful_shutdown();
+                    closing = true;
+                }
+                _ = tokio::time::sleep_until(deadline), if !closing => {
+                    if activity.requests() == 0 && activity.expired(limits) {
+                        tracing::debug!(%peer, "no request within header_read_timeout; closing");
+                        return;
+                    }
+                    if activity.expired(limits) {
+                        Pin::new(&mut conn).graceful_shutdown();
+                        closing = true;
+                    } else if activity.idle_for().is_some_and(|d| d >= PARK_AFTER) {
+                        // An idle connection: hyper stops without touching the socket.
+                        Pin::new(&mut conn).graceful_shutdown();
+                        (closing, parking) = (true, true);
+                    }
+                }
+            }
+        };
+        if let Err(e) = result {
+            tracing::debug!(%peer, error = %e, "connection ended with an error");
+            return;
+        }
+        let parts = conn.into_parts();
+        let mut rest = parts.io.into_inner();
+        // Bytes hyper read past the last message belong to whatever comes next.
+        rest.prepend(parts.read_buf);
+        if let Some(tx) = handover.take() {
+            // An upgrade was agreed and its 101 written: the socket is the tunnel's now.
+            let _ = tx.send(Box::new(rest));
+            return;
+        }
+        if !parking || life.drain.is_cancelled() {
+            let _ = rest.shutdown().await;
+            return;
+        }
+        if rest.prefix.is_empty() {
+            let until = activity.keepalive_deadline(limits);
+            parked.increment(1.0);
+            let resume = tokio::select! {
+                r = rest.inner.readable() => r.is_ok(),
+                _ = tokio::time::sleep_until(until) => false,
+                _ = life.drain.cancelled() => false,
+            };
+            parked.decrement(1.0);
+            if !resume {
+                let _ = rest.shutdown().await;
+                return;
+            }
+        }
+        io = rest;
+    }
+}
+
+/// A TCP stream with bytes already read from it put back in front.
+pub struct Prefixed {
+    prefix: Bytes,
+    inner: TcpStream,
+}
+
+impl Prefixed {
+    fn prepend(&mut self, bytes: Bytes) {
+        if bytes.is_empty() {
+            // Even empty, a slice of hyper's read buffer would keep all of it alive.
+            return;
+        }
+        // Copied out, for the same reason: hyper's buffer is to be freed while parked.
+        let mut joined = Vec::with_capacity(bytes.len() + self.prefix.len());
+        joined.extend_from_slice(&bytes);
+        joined.extend_from_slice(&self.prefix);
+        self.prefix = joined.into();
+    }
+}
+
+impl AsyncRead for Prefixed {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if !self.prefix.is_empty() {
+            let n = self.prefix.len().min(buf.remaining());
+            buf.put_slice(&self.prefix[..n]);
+            self.prefix.advance(n);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Prefixed {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
