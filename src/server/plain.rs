@@ -147,6 +147,7 @@ pub async fn serve_http1(
         if rest.prefix.is_empty() {
             let until = activity.keepalive_deadline(limits);
             parked.increment(1.0);
+            return_freed_pages_soon();
             let resume = tokio::select! {
                 r = rest.inner.readable() => r.is_ok(),
                 _ = tokio::time::sleep_until(until) => false,
@@ -226,4 +227,23 @@ impl AsyncWrite for Prefixed {
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
+}
+
+/// Parking frees hyper's buffers, but mimalloc returns freed pages to the system only when its
+/// heap is next used, and with every connection parked nothing uses it: idle memory would stay
+/// at its busy size. So a parking connection has them collected a moment later; parks in the
+/// meantime share that one collection.
+fn return_freed_pages_soon() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    static SCHEDULED: AtomicBool = AtomicBool::new(false);
+    if SCHEDULED.swap(true, Ordering::AcqRel) {
+        return;
+    }
+    tokio::spawn(async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        SCHEDULED.store(false, Ordering::Release);
+        // SAFETY: mi_collect only walks this thread's mimalloc heap; it is harmless when
+        // mimalloc is not the global allocator (its heap is then empty).
+        unsafe { libmimalloc_sys::mi_collect(false) };
+    });
 }
