@@ -1,8 +1,8 @@
 //! The kept-alive HTTP/1.1 connection pool of one cleartext endpoint: a lock-free queue of idle
 //! hyper senders, filled when a response body ends and drained by the next request.
 //!
-//! Owns: opening upstream TCP connections (resolution, connect timeout, socket options), the
-//! hyper HTTP/1.1 handshake and connection task, and which idle connection serves a request.
+//! Owns: the hyper HTTP/1.1 handshake and connection task on a connection opened by the
+//! upstream's `HttpConnector`, and which idle connection serves a request.
 //! Must not touch: endpoint choice or in-flight counts (`upstream`), request rewriting
 //! (`proxy`), TLS and HTTP/2 upstreams (they go through hyper-util's client in `upstream`).
 //!
@@ -11,18 +11,17 @@
 //! Here an endpoint owns its queue, so checkout is a pop, and the connection comes back when
 //! the response body is done, at which point hyper has already made it ready again.
 
-use std::io;
 use std::task::Poll;
 use std::time::Duration;
 
 use crossbeam_queue::ArrayQueue;
-use http::uri::Authority;
-use http::{header, HeaderValue, Request, Response};
+use http::uri::{Authority, Scheme};
+use http::{header, HeaderValue, Request, Response, Uri};
 use hyper::body::Incoming;
 use hyper::client::conn::http1;
-use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
+use hyper_util::client::legacy::connect::HttpConnector;
 use tokio::time::Instant;
+use tower_service::Service;
 
 use crate::body::RequestBody;
 
@@ -33,13 +32,11 @@ pub type Sender = http1::SendRequest<RequestBody>;
 /// server is closing fails after it was sent, where it cannot be retried safely.
 const MAX_IDLE: Duration = Duration::from_secs(60);
 
-const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
-
 /// Why a request could not be answered on this endpoint.
 #[derive(Debug)]
 pub enum PoolError {
     /// No connection could be opened: resolution, refusal, or `connect_timeout`.
-    Connect(io::Error),
+    Connect(Box<dyn std::error::Error + Send + Sync>),
     /// The exchange failed on an open connection.
     Exchange(hyper::Error),
 }
@@ -49,18 +46,27 @@ pub struct Pool {
     authority: Authority,
     host: HeaderValue,
     idle: ArrayQueue<(Sender, Instant)>,
-    connect_timeout: Duration,
+    connector: HttpConnector,
+    /// The endpoint as the connector takes it.
+    uri: Uri,
 }
 
 impl Pool {
-    pub fn new(authority: Authority, max_idle: usize, connect_timeout: Duration) -> Self {
+    pub fn new(authority: Authority, max_idle: usize, connector: HttpConnector) -> Self {
         let host = HeaderValue::from_str(authority.as_str())
             .unwrap_or_else(|_| HeaderValue::from_static("localhost"));
+        let uri = Uri::builder()
+            .scheme(Scheme::HTTP)
+            .authority(authority.clone())
+            .path_and_query("/")
+            .build()
+            .unwrap_or_default();
         Pool {
             authority,
             host,
             idle: ArrayQueue::new(max_idle.max(1)),
-            connect_timeout,
+            connector,
+            uri,
         }
     }
 
@@ -120,17 +126,16 @@ impl Pool {
     }
 
     async fn connect(&self) -> Result<Sender, PoolError> {
-        let stream = tokio::time::timeout(self.connect_timeout, self.dial())
+        // The upstream's connector: resolution, connect_timeout, TCP_NODELAY and keep-alive
+        // probes, as for the endpoints hyper-util's client serves.
+        let io = self
+            .connector
+            .clone()
+            .call(self.uri.clone())
             .await
-            .map_err(|_| {
-                PoolError::Connect(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    format!("connect to {} timed out", self.authority),
-                ))
-            })?
-            .map_err(PoolError::Connect)?;
+            .map_err(|e| PoolError::Connect(Box::new(e)))?;
         let (sender, conn) = http1::Builder::new()
-            .handshake(TokioIo::new(stream))
+            .handshake(io)
             .await
             .map_err(PoolError::Exchange)?;
         let authority = self.authority.clone();
@@ -140,34 +145,5 @@ impl Pool {
             }
         });
         Ok(sender)
-    }
-
-    /// Resolves the endpoint (a literal address costs no lookup) and tries each address.
-    async fn dial(&self) -> io::Result<TcpStream> {
-        let port = self.authority.port_u16().unwrap_or(80);
-        let host = self.authority.host();
-        let host = host
-            .strip_prefix('[')
-            .and_then(|h| h.strip_suffix(']'))
-            .unwrap_or(host);
-        let mut last = None;
-        for addr in tokio::net::lookup_host((host, port)).await? {
-            match TcpStream::connect(addr).await {
-                Ok(stream) => {
-                    // Requests are written whole; Nagle would only hold back their last segment.
-                    stream.set_nodelay(true)?;
-                    let keepalive = socket2::TcpKeepalive::new().with_time(TCP_KEEPALIVE);
-                    socket2::SockRef::from(&stream).set_tcp_keepalive(&keepalive)?;
-                    return Ok(stream);
-                }
-                Err(e) => last = Some(e),
-            }
-        }
-        Err(last.unwrap_or_else(|| {
-            io::Error::new(
-                io::ErrorKind::NotFound,
-                format!("{} resolved to no address", self.authority),
-            )
-        }))
     }
 }

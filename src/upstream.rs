@@ -129,6 +129,7 @@ impl Upstream {
         http.set_keepalive(Some(Duration::from_secs(60)));
         // The TLS connector wraps plain `http://` too, so one client type serves both.
         http.enforce_http(false);
+        let tcp = http.clone();
         let uses_tls = spec.endpoints.iter().any(|e| e.scheme == Scheme::HTTPS);
         let config = if uses_tls {
             let t = &spec.tls;
@@ -179,11 +180,7 @@ impl Upstream {
                 authority: e.authority.clone(),
                 in_flight: AtomicUsize::new(0),
                 pool: (e.scheme == Scheme::HTTP && spec.protocol != Protocol::Http2).then(|| {
-                    Pool::new(
-                        e.authority.clone(),
-                        spec.max_idle_per_endpoint,
-                        spec.connect_timeout,
-                    )
+                    Pool::new(e.authority.clone(), spec.max_idle_per_endpoint, tcp.clone())
                 }),
             })
             .collect();
@@ -243,7 +240,7 @@ impl Upstream {
                 }
                 Err(PoolError::Connect(e)) => Err(SendError {
                     connect: true,
-                    source: Box::new(e),
+                    source: e,
                 }),
                 Err(PoolError::Exchange(e)) => Err(SendError {
                     connect: false,
