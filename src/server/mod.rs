@@ -31,7 +31,7 @@ use crate::body::ProxyBody;
 use crate::proxy::Proxy;
 use crate::table::ConnLimits;
 use crate::tunnel::Handover;
-use watchdog::{Activity, Tracked};
+use watchdog::{Activity, Tracked, Verdict};
 
 /// Signals shared by every listener: `drain` asks connections to finish their current
 /// exchange and close; `abort` (after `shutdown_timeout`) cuts whatever is left.
@@ -229,7 +229,7 @@ async fn serve_connection<I>(
     tokio::pin!(conn);
     let mut closing = false;
     let result = loop {
-        let deadline = activity.deadline(limits);
+        let deadline = activity.deadline(limits, None);
         tokio::select! {
             r = conn.as_mut() => break r,
             _ = life.abort.cancelled() => break Ok(()),
@@ -239,15 +239,16 @@ async fn serve_connection<I>(
                 closing = true;
             }
             _ = tokio::time::sleep_until(deadline), if !closing => {
-                if activity.requests() == 0 && activity.expired(limits) {
-                    // Nothing ever arrived (or the first head never finished): a slow or idle
-                    // client, dropped without an answer.
-                    tracing::debug!(%peer, "no request within header_read_timeout; closing");
-                    break Ok(());
-                }
-                if activity.expired(limits) {
-                    conn.as_mut().graceful_shutdown();
-                    closing = true;
+                match activity.verdict(limits, None) {
+                    Verdict::Silent => {
+                        tracing::debug!(%peer, "no request within header_read_timeout; closing");
+                        break Ok(());
+                    }
+                    Verdict::Expired => {
+                        conn.as_mut().graceful_shutdown();
+                        closing = true;
+                    }
+                    Verdict::Park | Verdict::Wait => {}
                 }
             }
         }

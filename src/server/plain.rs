@@ -21,7 +21,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use super::watchdog::Activity;
+use super::watchdog::{Activity, Verdict};
 use super::{service, Lifecycle};
 use crate::proxy::Proxy;
 use crate::table::ConnLimits;
@@ -102,7 +102,7 @@ pub async fn serve_http1(
         let mut conn = builder.serve_connection(TokioIo::new(io), svc);
         let (mut closing, mut parking) = (false, false);
         let result = loop {
-            let deadline = activity.deadline(limits).min(activity.park_at(PARK_AFTER));
+            let deadline = activity.deadline(limits, Some(PARK_AFTER));
             tokio::select! {
                 r = poll_fn(|cx| conn.poll_without_shutdown(cx)) => break r,
                 _ = life.abort.cancelled() => return,
@@ -112,17 +112,21 @@ pub async fn serve_http1(
                     closing = true;
                 }
                 _ = tokio::time::sleep_until(deadline), if !closing => {
-                    if activity.requests() == 0 && activity.expired(limits) {
-                        tracing::debug!(%peer, "no request within header_read_timeout; closing");
-                        return;
-                    }
-                    if activity.expired(limits) {
-                        Pin::new(&mut conn).graceful_shutdown();
-                        closing = true;
-                    } else if activity.idle_for().is_some_and(|d| d >= PARK_AFTER) {
-                        // An idle connection: hyper stops without touching the socket.
-                        Pin::new(&mut conn).graceful_shutdown();
-                        (closing, parking) = (true, true);
+                    match activity.verdict(limits, Some(PARK_AFTER)) {
+                        Verdict::Silent => {
+                            tracing::debug!(%peer, "no request within header_read_timeout; closing");
+                            return;
+                        }
+                        Verdict::Expired => {
+                            Pin::new(&mut conn).graceful_shutdown();
+                            closing = true;
+                        }
+                        Verdict::Park => {
+                            // An idle connection: hyper stops without touching the socket.
+                            Pin::new(&mut conn).graceful_shutdown();
+                            (closing, parking) = (true, true);
+                        }
+                        Verdict::Wait => {}
                     }
                 }
             }

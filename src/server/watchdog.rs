@@ -44,33 +44,46 @@ impl Activity {
         self.requests.load(Ordering::Relaxed)
     }
 
-    /// When to look again.
-    pub fn deadline(&self, limits: &ConnLimits) -> Instant {
+    /// When to look again; `park_after` for connections that can be parked.
+    pub fn deadline(&self, limits: &ConnLimits, park_after: Option<Duration>) -> Instant {
+        let close = if self.requests() == 0 {
+            self.start + limits.header_read_timeout
+        } else if self.active.load(Ordering::Acquire) > 0 {
+            Instant::now() + limits.keepalive_timeout
+        } else {
+            self.keepalive_deadline(limits)
+        };
+        match park_after {
+            // Looked at every `after` until idle, since nothing wakes the timer when a request
+            // starts or ends.
+            Some(after) if self.requests() == 0 || self.active.load(Ordering::Acquire) > 0 => {
+                close.min(Instant::now() + after)
+            }
+            Some(after) => close.min(self.idle_since() + after),
+            None => close,
+        }
+    }
+
+    /// What the connection's timer means now.
+    pub fn verdict(&self, limits: &ConnLimits, park_after: Option<Duration>) -> Verdict {
+        let now = Instant::now();
         if self.requests() == 0 {
-            return self.start + limits.header_read_timeout;
+            if now >= self.start + limits.header_read_timeout {
+                return Verdict::Silent;
+            }
+            return Verdict::Wait;
         }
         if self.active.load(Ordering::Acquire) > 0 {
-            return Instant::now() + limits.keepalive_timeout;
+            return Verdict::Wait;
         }
-        self.keepalive_deadline(limits)
-    }
-
-    /// How long the connection has been idle; `None` while a request is active or before the
-    /// first.
-    pub fn idle_for(&self) -> Option<Duration> {
-        if self.requests() == 0 || self.active.load(Ordering::Acquire) > 0 {
-            return None;
+        let idle_since = self.idle_since();
+        if now >= idle_since + limits.keepalive_timeout {
+            Verdict::Expired
+        } else if park_after.is_some_and(|after| now >= idle_since + after) {
+            Verdict::Park
+        } else {
+            Verdict::Wait
         }
-        Some(Instant::now().saturating_duration_since(self.idle_since()))
-    }
-
-    /// When an idle connection should be parked: `after` past its last request, looked at
-    /// again every `after` until then (nothing wakes the timer when a request starts or ends).
-    pub fn park_at(&self, after: Duration) -> Instant {
-        if self.requests() == 0 || self.active.load(Ordering::Acquire) > 0 {
-            return Instant::now() + after;
-        }
-        self.idle_since() + after
     }
 
     /// When an idle connection is closed: `keepalive_timeout` after its last request.
@@ -81,14 +94,18 @@ impl Activity {
     fn idle_since(&self) -> Instant {
         self.start + Duration::from_millis(self.idle_since_ms.load(Ordering::Acquire))
     }
+}
 
-    pub fn expired(&self, limits: &ConnLimits) -> bool {
-        let now = Instant::now();
-        if self.requests() == 0 {
-            return now >= self.start + limits.header_read_timeout;
-        }
-        self.active.load(Ordering::Acquire) == 0 && now >= self.deadline(limits)
-    }
+/// What a connection's timer found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// No request within `header_read_timeout` (or its head never finished): dropped unanswered.
+    Silent,
+    /// Idle past `keepalive_timeout`: closed gracefully.
+    Expired,
+    /// Idle past the park delay: hyper hands the socket back.
+    Park,
+    Wait,
 }
 
 /// Marks a request active until dropped.
