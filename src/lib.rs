@@ -25,3 +25,4 @@ pub mod tls;
 pub mod tunnel;
 pub mod upstream;
 pub mod watch;
+pub mod workers;

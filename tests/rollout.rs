@@ -48,7 +48,10 @@ fn write_config(dir: &Path, stable: &SimBackend, canary: &SimBackend, rollout: &
 
 impl Rig {
     async fn start(path: &Path) -> Rig {
-        let options = cohort::app::Options { judge_every: None };
+        let options = cohort::app::Options {
+            judge_every: None,
+            ..Default::default()
+        };
         let running = match within("start", cohort::app::start_with(path, options)).await {
             Ok(r) => r,
             Err(e) => panic!("proxy did not start: {e}"),
