@@ -8,6 +8,8 @@
 mod plain;
 mod watchdog;
 
+pub use plain::release_freed_memory_with;
+
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;

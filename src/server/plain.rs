@@ -233,21 +233,35 @@ impl AsyncWrite for Prefixed {
     }
 }
 
-/// Parking frees hyper's buffers, but mimalloc returns freed pages to the system only when its
-/// heap is next used, and with every connection parked nothing uses it: idle memory would stay
-/// at its busy size. So a parking connection has them collected a moment later; parks in the
-/// meantime share that one collection.
+/// Gives freed memory back to the system. The binary sets it, since it chooses the allocator;
+/// without it, parking only frees the buffers.
+static RELEASE_FREED: std::sync::OnceLock<fn()> = std::sync::OnceLock::new();
+
+/// Sets what [`return_freed_pages_soon`] calls (once per process; later calls are ignored).
+pub fn release_freed_memory_with(release: fn()) {
+    let _ = RELEASE_FREED.set(release);
+}
+
+/// Parking frees hyper's buffers, but an allocator such as mimalloc returns freed pages to the
+/// system only when its heap is next used, and with every connection parked nothing uses it:
+/// idle memory would stay at its busy size. So a parking connection has them released a
+/// moment later; parks in the meantime share that one release. Per thread, because each
+/// worker's heap is its own and the release runs on the worker's runtime.
 fn return_freed_pages_soon() {
-    use std::sync::atomic::{AtomicBool, Ordering};
-    static SCHEDULED: AtomicBool = AtomicBool::new(false);
-    if SCHEDULED.swap(true, Ordering::AcqRel) {
+    use std::cell::Cell;
+    thread_local! {
+        static SCHEDULED: Cell<bool> = const { Cell::new(false) };
+    }
+    let Some(&release) = RELEASE_FREED.get() else {
+        return;
+    };
+    if SCHEDULED.with(|s| s.replace(true)) {
         return;
     }
-    tokio::spawn(async {
+    tokio::spawn(async move {
         tokio::time::sleep(Duration::from_millis(100)).await;
-        SCHEDULED.store(false, Ordering::Release);
-        // SAFETY: mi_collect only walks this thread's mimalloc heap; it is harmless when
-        // mimalloc is not the global allocator (its heap is then empty).
-        unsafe { libmimalloc_sys::mi_collect(false) };
+        SCHEDULED.with(|s| s.set(false));
+        release();
+        tracing::debug!("returned freed pages to the system");
     });
 }
