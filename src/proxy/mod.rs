@@ -5,13 +5,14 @@
 //! config validation (`table`), the swap (`reload`). Takes no lock, formats no label and looks
 //! up no metric by name: every handle comes from the table.
 
+mod headers;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use bytes::{BufMut, BytesMut};
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::uri::{Authority, PathAndQuery, Uri};
+use http::header::{self, HeaderValue};
+use http::uri::{PathAndQuery, Uri};
 use http::{Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 use tokio::time::Instant;
@@ -22,12 +23,12 @@ use crate::metrics::FailureReason;
 use crate::overrides;
 use crate::table::RoutingTable;
 use crate::upstream;
+use headers::{
+    append_forwarded_for, is_grpc, request_host, strip_port, upgrade_protocol, X_FORWARDED_HOST,
+    X_FORWARDED_PROTO,
+};
 
-pub static X_COHORT: HeaderName = HeaderName::from_static("x-cohort");
-static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
-static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+pub use headers::{strip_hop_by_hop, X_COHORT};
 
 /// The shared state of one request path: the swappable table and the listener's scheme.
 pub struct Proxy {
@@ -262,209 +263,5 @@ impl Proxy {
         target.metrics.request(resp.status());
         acct.answered(resp.status());
         resp
-    }
-}
-
-/// The protocol an HTTP/1.1 request asks to switch to (`Connection: upgrade` plus `Upgrade`).
-fn upgrade_protocol<B>(req: &Request<B>) -> Option<HeaderValue> {
-    if req.version() != Version::HTTP_11 {
-        return None;
-    }
-    let asks = req
-        .headers()
-        .get_all(header::CONNECTION)
-        .iter()
-        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
-        .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"upgrade"));
-    if asks {
-        req.headers().get(header::UPGRADE).cloned()
-    } else {
-        None
-    }
-}
-
-fn is_grpc(headers: &HeaderMap) -> bool {
-    headers
-        .get(header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
-}
-
-/// The authority the client addressed: the URI's (HTTP/2 or absolute-form) or Host.
-/// `Ok(None)` when there is none (HTTP/1.0); `Err` when Host is not a valid authority.
-fn request_host(uri: &Uri, headers: &HeaderMap) -> Result<Option<Authority>, ()> {
-    if let Some(a) = uri.authority() {
-        return Ok(Some(a.clone()));
-    }
-    match headers.get(header::HOST) {
-        Some(v) => Authority::try_from(v.as_bytes()).map(Some).map_err(|_| ()),
-        None => Ok(None),
-    }
-}
-
-fn strip_port(host: &str) -> &str {
-    if host.starts_with('[') {
-        return host.split_once(']').map(|(h, _)| &h[1..]).unwrap_or(host);
-    }
-    host.rsplit_once(':').map(|(h, _)| h).unwrap_or(host)
-}
-
-/// Headers that must never be removed because `Connection` names them: cohort sets them.
-fn protected(name: &HeaderName) -> bool {
-    name == header::HOST || name == X_COHORT || name.as_str().starts_with("x-forwarded-")
-}
-
-/// Removes hop-by-hop headers (RFC 9110 §7.6.1): those `Connection` names, the fixed list,
-/// every `Proxy-*`, and `TE` unless it asks only for trailers.
-pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // One pass over the names (standard names compare as small enums) finds which are there;
-    // only those are removed, since each removal hashes. Most requests carry none, and most
-    // responses only `Connection: keep-alive`.
-    let (mut connection, mut keep_alive, mut chunked, mut upgrade, mut proxy, mut te) =
-        (false, false, false, false, false, false);
-    for k in headers.keys() {
-        if k == header::CONNECTION {
-            connection = true;
-        } else if k == header::TE {
-            te = true;
-        } else if k == header::TRANSFER_ENCODING {
-            chunked = true;
-        } else if k == header::UPGRADE {
-            upgrade = true;
-        } else if k == KEEP_ALIVE {
-            keep_alive = true;
-        } else if k.as_str().starts_with("proxy-") {
-            proxy = true;
-        }
-    }
-    if connection {
-        let named: Vec<HeaderName> = headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .flat_map(|v| v.as_bytes().split(|&b| b == b','))
-            .map(|t| t.trim_ascii())
-            // The Keep-Alive header, if any, is removed below in any case.
-            .filter(|t| !t.eq_ignore_ascii_case(b"keep-alive"))
-            .filter_map(|t| HeaderName::from_bytes(t).ok())
-            .filter(|n| !protected(n))
-            .collect();
-        for n in named {
-            headers.remove(n);
-        }
-        headers.remove(header::CONNECTION);
-    }
-    if keep_alive {
-        headers.remove(&KEEP_ALIVE);
-    }
-    if chunked {
-        headers.remove(header::TRANSFER_ENCODING);
-    }
-    if upgrade {
-        headers.remove(header::UPGRADE);
-    }
-    if proxy {
-        let proxies: Vec<HeaderName> = headers
-            .keys()
-            .filter(|k| k.as_str().starts_with("proxy-"))
-            .cloned()
-            .collect();
-        for n in proxies {
-            headers.remove(n);
-        }
-    }
-    if !te {
-        return;
-    }
-    if let Some(te) = headers.get(header::TE) {
-        let trailers = te.as_bytes().split(|&b| b == b',').any(|t| {
-            let t = t.split(|&b| b == b';').next().unwrap_or(t);
-            t.trim_ascii().eq_ignore_ascii_case(b"trailers")
-        });
-        if trailers {
-            headers.insert(header::TE, HeaderValue::from_static("trailers"));
-        } else {
-            headers.remove(header::TE);
-        }
-    }
-}
-
-/// Appends the peer to X-Forwarded-For, folding earlier values into one header.
-fn append_forwarded_for(headers: &mut HeaderMap, peer: SocketAddr) {
-    let ip = crate::table::canonical_ip(peer.ip());
-    let mut buf = BytesMut::with_capacity(64);
-    for v in headers.get_all(&X_FORWARDED_FOR) {
-        buf.put_slice(v.as_bytes());
-        buf.put_slice(b", ");
-    }
-    use std::fmt::Write;
-    let _ = write!(buf, "{ip}");
-    if let Ok(v) = HeaderValue::from_maybe_shared(buf.freeze()) {
-        headers.insert(&X_FORWARDED_FOR, v);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn hop_by_hop_is_stripped_but_protected_names_stay() {
-        let mut h = HeaderMap::new();
-        for (k, v) in [
-            (
-                "connection",
-                "keep-alive, x-secret, x-cohort, host, X-Forwarded-For",
-            ),
-            ("x-secret", "1"),
-            ("keep-alive", "timeout=5"),
-            ("transfer-encoding", "chunked"),
-            ("upgrade", "websocket"),
-            ("proxy-authorization", "Basic x"),
-            ("proxy-connection", "keep-alive"),
-            ("te", "trailers, deflate;q=0.5"),
-            ("host", "example.com"),
-            ("x-forwarded-for", "1.2.3.4"),
-            ("x-keep", "yes"),
-        ] {
-            h.append(HeaderName::from_static(k), HeaderValue::from_static(v));
-        }
-        strip_hop_by_hop(&mut h);
-        let mut left: Vec<_> = h
-            .iter()
-            .map(|(k, v)| format!("{k}: {}", v.to_str().unwrap()))
-            .collect();
-        left.sort();
-        assert_eq!(
-            left,
-            [
-                "host: example.com",
-                "te: trailers",
-                "x-forwarded-for: 1.2.3.4",
-                "x-keep: yes"
-            ]
-        );
-
-        let mut h = HeaderMap::new();
-        h.insert(header::TE, HeaderValue::from_static("gzip"));
-        strip_hop_by_hop(&mut h);
-        assert!(h.is_empty());
-    }
-
-    #[test]
-    fn forwarded_for_appends() {
-        let mut h = HeaderMap::new();
-        h.append(&X_FORWARDED_FOR, HeaderValue::from_static("1.1.1.1"));
-        h.append(&X_FORWARDED_FOR, HeaderValue::from_static("2.2.2.2"));
-        append_forwarded_for(&mut h, "[::ffff:10.0.0.1]:5".parse().unwrap());
-        assert_eq!(
-            h.get_all(&X_FORWARDED_FOR).iter().collect::<Vec<_>>(),
-            ["1.1.1.1, 2.2.2.2, 10.0.0.1"]
-        );
-    }
-
-    #[test]
-    fn ports_are_stripped() {
-        assert_eq!(strip_port("a.example.com:8080"), "a.example.com");
-        assert_eq!(strip_port("a.example.com"), "a.example.com");
-        assert_eq!(strip_port("[::1]:80"), "::1");
     }
 }
