@@ -24,8 +24,8 @@ impl<T: AsyncRead + AsyncWrite + Send + Unpin> ClientIo for T {}
 
 /// Where the client's upgraded connection comes from. hyper hands it over itself on the
 /// connections it drives to the end; on a connection the server takes back from hyper between
-/// requests (to park it while idle), the request carries a `Handover`, and the server gives
-/// the socket through it once the 101 is written.
+/// requests (to park it while idle), the server passes the connection's `Handover` down with
+/// each request, and gives the socket through it once the 101 is written.
 pub enum ClientSide {
     Hyper(OnUpgrade),
     Server {
@@ -35,8 +35,9 @@ pub enum ClientSide {
     },
 }
 
-/// Per-connection slot, set as a request extension by the server, in which the proxy leaves
-/// the sender for the client's socket once an upgrade is agreed. Touched only on upgrades.
+/// Per-connection slot, passed down with each request by the server, in which the proxy leaves
+/// the sender for the client's socket once an upgrade is agreed. Its lock is taken only on
+/// upgrades.
 #[derive(Clone, Default)]
 pub struct Handover(Arc<Mutex<Option<GiveSocket>>>);
 
@@ -50,9 +51,10 @@ impl Handover {
 }
 
 impl ClientSide {
-    /// Call before the request is taken apart.
-    pub fn of<B>(req: &mut Request<B>) -> Self {
-        match req.extensions().get::<Handover>() {
+    /// Call before the request is taken apart, with the connection's `Handover` if the server
+    /// takes the connection back from hyper.
+    pub fn of<B>(req: &mut Request<B>, handover: Option<&Handover>) -> Self {
+        match handover {
             Some(h) => {
                 let (tx, rx) = oneshot::channel();
                 ClientSide::Server {

@@ -22,6 +22,7 @@ use crate::hygiene::{self, Reject};
 use crate::metrics::FailureReason;
 use crate::overrides;
 use crate::table::RoutingTable;
+use crate::tunnel::{ClientSide, Handover};
 use crate::upstream;
 use headers::{
     append_forwarded_for, is_grpc, request_host, strip_port, upgrade_protocol, X_FORWARDED_HOST,
@@ -107,14 +108,13 @@ impl Proxy {
         &self,
         mut req: Request<Incoming>,
         peer: SocketAddr,
+        handover: Option<&Handover>,
     ) -> Response<ProxyBody> {
         let start = Instant::now();
         // A full Arc, not a guard: the request keeps its table to the end, whatever reloads.
         let table = self.table.load_full();
         let upgrade = upgrade_protocol(&req);
-        let client_upgrade = upgrade
-            .as_ref()
-            .map(|_| crate::tunnel::ClientSide::of(&mut req));
+        let client_upgrade = upgrade.as_ref().map(|_| ClientSide::of(&mut req, handover));
         let (mut parts, body) = req.into_parts();
 
         let routed_path = match hygiene::check(&mut parts, &table.policy) {

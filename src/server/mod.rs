@@ -193,7 +193,8 @@ type Answering = Pin<Box<dyn Future<Output = Result<Answer, Infallible>> + Send>
 /// The per-connection service. The request's future is boxed: `plain` drives hyper with
 /// `poll_without_shutdown`, which needs it `Unpin`, and hyper's per-connection slot for it is
 /// then a pointer rather than the future's 1.5 KB. On connections that `plain` takes back from
-/// hyper, upgrade requests carry the connection's `Handover`.
+/// hyper, every request goes down with the connection's `Handover`; the proxy uses it only if
+/// the request asks for an upgrade.
 fn service(
     proxy: Arc<Proxy>,
     peer: SocketAddr,
@@ -205,17 +206,14 @@ fn service(
     Error = Infallible,
     Future = Answering,
 > + Clone {
-    service_fn(move |mut req: Request<Incoming>| {
-        if let Some(h) = &handover {
-            if req.headers().contains_key(http::header::UPGRADE) {
-                req.extensions_mut().insert(h.clone());
-            }
-        }
+    service_fn(move |req: Request<Incoming>| {
         // Counted at once: the request is active from the moment hyper hands it over.
         let busy = activity.begin();
-        let proxy = Arc::clone(&proxy);
-        Box::pin(async move { Ok(proxy.handle(req, peer).await.map(|b| Tracked::new(b, busy))) })
-            as Answering
+        let (proxy, handover) = (Arc::clone(&proxy), handover.clone());
+        Box::pin(async move {
+            let resp = proxy.handle(req, peer, handover.as_ref()).await;
+            Ok(resp.map(|b| Tracked::new(b, busy)))
+        }) as Answering
     })
 }
 
