@@ -16,10 +16,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 n=${1:-10000}
 shift || true
-target_dir=${CARGO_TARGET_DIR:-target}
-work=$(mktemp -d /tmp/cohort-idle-conns.XXXX)
-last=$(( $(nproc) - 1 )); rest="0-$(( last > 0 ? last - 1 : 0 ))"
-trap 'kill $(jobs -p) 2>/dev/null || true; sleep 0.3' EXIT
+. benches/lib.sh
+bench_init idle-conns
 
 # cohort and the client each hold N sockets (separate processes).
 if [ "$(ulimit -Hn)" != unlimited ] && [ "$(ulimit -Hn)" -lt $(( n + 256 )) ]; then
@@ -28,10 +26,8 @@ if [ "$(ulimit -Hn)" != unlimited ] && [ "$(ulimit -Hn)" -lt $(( n + 256 )) ]; t
 fi
 ulimit -n "$(ulimit -Hn)"
 
-cargo build --release --bin cohort --bench idle_conns --message-format=json > "$work/build.json"
-client=$(grep -o '"executable":"[^"]*/idle_conns-[^"]*"' "$work/build.json" | tail -1 | cut -d'"' -f4)
-cohort="$target_dir/release/cohort"
-[ -x "$client" ] && [ -x "$cohort" ] || { echo "idle_conns.sh: build produced no client or cohort" >&2; exit 1; }
+client=$(build_bench idle_conns)
+[ -x "$client" ] && [ -x "$cohort_bin" ] || { echo "idle_conns.sh: build produced no client or cohort" >&2; exit 1; }
 
 cat > "$work/cohort.yaml" <<YAML
 listeners: [{name: public, address: "127.0.0.1:18710"}]
@@ -47,11 +43,10 @@ routes:
 limits: {max_connections: $(( n + 1000 )), header_read_timeout: 10m, keepalive_timeout: 10m}
 YAML
 
-taskset -c "$rest" "$cohort" demo-agent --name stable --port 18701 2> "$work/agent.log" &
-taskset -c "$last" "$cohort" run --config "$work/cohort.yaml" "$@" 2> "$work/cohort.log" &
+taskset -c "$rest" "$cohort_bin" demo-agent --name stable --port 18701 2> "$work/agent.log" &
+taskset -c "$last" "$cohort_bin" run --config "$work/cohort.yaml" "$@" 2> "$work/cohort.log" &
 pid=$!
-for _ in $(seq 100); do curl -sf 127.0.0.1:18719/readyz >/dev/null && break; sleep 0.1; done
-curl -sf 127.0.0.1:18719/readyz >/dev/null || { echo "cohort did not start; see $work" >&2; exit 1; }
+wait_ready 18719
 rss() { awk '/^VmRSS/ {print $2}' "/proc/$pid/status"; }
 open_conns() { curl -s 127.0.0.1:18719/metrics | awk '/^cohort_open_connections/ {print $2}'; }
 parked_conns() { curl -s 127.0.0.1:18719/metrics | awk '/^cohort_parked_connections/ {print $2}'; }

@@ -11,36 +11,16 @@
 # Needs valgrind and nginx.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-work=$(mktemp -d /tmp/cohort-instr.XXXX)
-trap 'kill $(jobs -p) 2>/dev/null || true' EXIT
-cat > "$work/backend.conf" <<NGX
-worker_processes 1; daemon off; pid $work/backend.pid; error_log $work/backend.err warn;
-events { worker_connections 1024; }
-http { access_log off; keepalive_requests 1000000;
-  server { listen 127.0.0.1:18501; location / { return 200 "stable agent reply\n"; } }
-  server { listen 127.0.0.1:18502; location / { return 200 "canary agent reply\n"; } } }
-NGX
+. benches/lib.sh
+bench_init instr
+write_backend_conf "$work" 18501 18502
 # ROLLOUT=1 gives the route a rollout (error-rate and latency guards), to price the guards'
 # sample recording on the request path.
 rollout=""
 if [ "${ROLLOUT:-0}" = 1 ]; then
   rollout="    rollout: {id: bench, canary: canary, steps: [5, 50], soak: 1h, guards: [{metric: error_rate}, {metric: latency, quantile: 0.95}]}"
 fi
-cat > "$work/cohort.yaml" <<YAML
-state_dir: $work/state
-listeners: [{name: public, address: "127.0.0.1:18510"}]
-admin: {address: "127.0.0.1:18519"}
-upstreams:
-  stable: {endpoints: ["127.0.0.1:18501"]}
-  canary: {endpoints: ["127.0.0.1:18502"]}
-routes:
-  - name: agent
-    cohort_key: [{header: x-user-id}]
-    split:
-      - {cohort: stable, upstream: stable, percent: 95}
-      - {cohort: canary, upstream: canary, percent: 5}
-$rollout
-YAML
+write_split_config "$work/cohort.yaml" 18510 18519 18501 18502 ${rollout:+"$rollout"} "state_dir: $work/state"
 cat > "$work/client.py" <<'PY'
 import http.client, random, sys, time
 n = int(sys.argv[1])
@@ -54,9 +34,9 @@ for i in range(n):
     r = c.getresponse(); r.read()
     assert r.status == 200, r.status
 PY
-nginx -c "$work/backend.conf" -e "$work/backend.err" &
+start_backend "$work" 18501 18502
 count() {
-  valgrind --tool=callgrind --callgrind-out-file="$work/cg.$1" target/release/cohort run --config "$work/cohort.yaml" "${@:2}" 2>/dev/null &
+  valgrind --tool=callgrind --callgrind-out-file="$work/cg.$1" "$cohort_bin" run --config "$work/cohort.yaml" "${@:2}" 2>/dev/null &
   local pid=$!
   python3 "$work/client.py" "$1"
   kill -TERM $pid; wait $pid 2>/dev/null || true

@@ -10,20 +10,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-10}
-work=$(mktemp -d /tmp/cohort-tls.XXXX)
-last=$(( $(nproc) - 1 )); rest="0-$(( last > 0 ? last - 1 : 0 ))"
-trap 'kill $(jobs -p) 2>/dev/null || true; sleep 0.3' EXIT
+. benches/lib.sh
+bench_init tls
 
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
   -subj "/CN=bench.local" -addext "subjectAltName=DNS:bench.local" \
   -keyout "$work/key.pem" -out "$work/cert.pem" 2>/dev/null
 
-cat > "$work/backend.conf" <<NGX
-worker_processes 1; daemon off; pid $work/backend.pid; error_log $work/backend.err warn;
-events { worker_connections 4096; }
-http { access_log off; keepalive_requests 1000000;
-  server { listen 127.0.0.1:18301; location / { return 200 "agent reply\n"; } } }
-NGX
+write_backend_conf "$work" 18301 18302
 cat > "$work/nginx.conf" <<NGX
 worker_processes 1; daemon off; pid $work/nginx.pid; error_log $work/nginx.err warn;
 events { worker_connections 4096; }
@@ -53,15 +47,11 @@ routes:
       - {cohort: stable, upstream: agent, percent: 95}
       - {cohort: canary, upstream: agent, percent: 5}
 YAML
-cat > "$work/users.lua" <<'LUA'
-request = function()
-  return wrk.format("GET", "/v1/chat", {["x-user-id"] = "user-" .. math.random(1, 1000000)})
-end
-LUA
+write_wrk_users_lua "$work/users.lua"
 
-taskset -c "$rest" nginx -c "$work/backend.conf" -e "$work/backend.err" &
+start_backend "$work" 18301
 taskset -c "$last" nginx -c "$work/nginx.conf" -e "$work/nginx.err" &
-taskset -c "$last" target/release/cohort run --config "$work/cohort.yaml" 2> "$work/cohort.log" &
+taskset -c "$last" "$cohort_bin" run --config "$work/cohort.yaml" 2> "$work/cohort.log" &
 sleep 1
 
 printf "%-8s %14s %10s %9s\n" proxy handshakes/s req/s "p99 ms"
@@ -69,7 +59,7 @@ for pair in cohort:18310 nginx:18311; do
   name=${pair%%:*}; port=${pair##*:}
   hs=$(taskset -c "$rest" openssl s_time -connect 127.0.0.1:$port -new -time "$secs" 2>/dev/null \
         | awk '/connections in .* real seconds/ {printf "%.0f", $1 / $4}')
-  out=$(taskset -c "$rest" wrk -t1 -c64 -d"${secs}s" --latency -s "$work/users.lua" https://127.0.0.1:$port/v1/chat)
+  out=$(wrk_users "$secs" "https://127.0.0.1:$port/v1/chat")
   rps=$(echo "$out" | awk '/Requests\/sec/ {printf "%.0f", $2}')
   p99=$(echo "$out" | awk '$1 == "99%" {print $2}')
   printf "%-8s %14s %10s %9s\n" "$name" "$hs" "$rps" "$p99"
