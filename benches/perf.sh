@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Every figure of the performance targets, in one run, with public tools:
 #
-#   benches/perf.sh                 # all of them (about 10 minutes on 2 cores)
-#   benches/perf.sh routing peers   # only some: routing routes memory sse peers
+#   benches/perf.sh                 # all of them (about 13 minutes on 2 cores)
+#   benches/perf.sh routing peers   # only some: routing routes memory sse peers floor
 #
 #   routing  criterion: key extraction + hash + band + metric handle      (target <= 60 ns)
 #   routes   criterion: find_route with 1 and with 1,000 routes           (1,000 no slower)
@@ -10,14 +10,16 @@
 #   sse      first SSE event through cohort vs direct, p99 difference     (<= 1 ms)
 #   peers    ../shared/bench/peers.py --rounds 5 --duration 10: CPU per request and p99 against
 #            nginx and HAProxy, each pinned to one core                  (cpu <= 0.85x, p99 <= 1x)
+#   floor    benches/floor.sh: CPU per request of a relay with no HTTP work (benches/relay_floor.rs)
+#            against the better of nginx and HAProxy: the floor under the cpu target
 #
-# Needs: cargo, taskset, curl, python3, and for `peers` nginx, haproxy and wrk (Debian:
-# nginx-light haproxy wrk). PEERS=path/to/peers.py overrides where the peer benchmark is.
+# Needs: cargo, taskset, curl, python3, and for `peers` and `floor` nginx, haproxy and wrk
+# (Debian: nginx-light haproxy wrk). PEERS=path/to/peers.py overrides where the peer benchmark is.
 # The machine is usually shared: compare the ratios within one run, not absolute figures.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 steps=("$@")
-[ ${#steps[@]} -gt 0 ] || steps=(routing routes memory sse peers)
+[ ${#steps[@]} -gt 0 ] || steps=(routing routes memory sse peers floor)
 peers=${PEERS:-../shared/bench/peers.py}
 work=$(mktemp -d /tmp/cohort-perf.XXXX)
 summary="$work/summary"
@@ -77,8 +79,12 @@ print(f"| CPU per request vs the better peer ({best_cpu}) (target <= 0.85x) | x{
 print(f"| p99 vs the better peer ({best_p99}) (target <= 1x, 0 errors) | x{c['p99_ms'] / med[best_p99]['p99_ms']:.2f}, {c['errors']:.0f} errors | same run |")
 PY
       ;;
+    floor)
+      benches/floor.sh | tee "$work/floor.out" >&2
+      row "floor: CPU per request of a relay with no HTTP work vs the better peer" "$(awk '/^floor:/ {sub(/^floor: a relay with no HTTP work costs /, ""); sub(/ of the better peer/, ""); print}' "$work/floor.out")" "benches/floor.sh"
+      ;;
     *)
-      echo "perf.sh: unknown step $step (routing routes memory sse peers)" >&2
+      echo "perf.sh: unknown step $step (routing routes memory sse peers floor)" >&2
       exit 2
       ;;
   esac
