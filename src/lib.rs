@@ -25,4 +25,3 @@ pub mod tls;
 pub mod tunnel;
 pub mod upstream;
 pub mod watch;
-pub mod workers;

@@ -37,11 +37,10 @@ enum Command {
     Run {
         #[arg(long, short)]
         config: PathBuf,
-        /// Worker threads, each with its own single-threaded runtime and its own copy of every
-        /// listener (SO_REUSEPORT): a connection stays on one thread. Default: the CPUs this
-        /// process may use (its affinity mask, so `taskset -c 3` gives one).
-        #[arg(long, value_parser = clap::value_parser!(u16).range(1..=1024))]
-        workers: Option<u16>,
+        /// Runtime threads. 1 runs everything on one single-threaded runtime (no cross-thread
+        /// wake-ups: the fastest choice on one core). Default: the CPUs this process may use.
+        #[arg(long)]
+        workers: Option<usize>,
     },
     /// Validate a config: exit 0 when good, 1 with the errors on stderr when not.
     Check { file: PathBuf },
@@ -130,10 +129,19 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("cannot start the async runtime")
 }
 
-/// The first worker's runtime, which also runs the admin listener, reloads and the rollout
-/// judge; `app` starts the other workers on threads of their own.
-fn serving_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_current_thread()
+/// The proxy's runtime: single-threaded when one CPU (or one worker) is all there is, since
+/// a work-stealing pool on one core only adds wake-ups between its threads.
+fn serving_runtime(workers: Option<usize>) -> anyhow::Result<tokio::runtime::Runtime> {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let workers = workers.unwrap_or(cpus).max(1);
+    let mut builder = if workers == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(workers);
+        b
+    };
+    builder
         .enable_all()
         .build()
         .context("cannot start the async runtime")
@@ -142,12 +150,7 @@ fn serving_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Run { config, workers } => {
-            let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-            let options = cohort::app::Options {
-                workers: workers.map_or(cpus, usize::from),
-                ..Default::default()
-            };
-            serving_runtime()?.block_on(cohort::app::run(&config, options))?;
+            serving_runtime(workers)?.block_on(cohort::app::run(&config))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Check { file } => Ok(check(&file)),

@@ -8,14 +8,9 @@
 //!
 //! Why not hyper-util's pool: it hashes a (scheme, authority) key under a mutex at checkout
 //! and at return, and spawns a task per request to wait for the connection to be idle again.
-//! Here an endpoint owns its queues, so checkout is a pop, and the connection comes back when
+//! Here an endpoint owns its queue, so checkout is a pop, and the connection comes back when
 //! the response body is done, at which point hyper has already made it ready again.
-//!
-//! One queue per worker (`workers`): a connection is opened, used and given back on one
-//! worker thread, so its hyper task and the request it serves never wake each other across
-//! threads.
 
-use std::sync::OnceLock;
 use std::task::Poll;
 use std::time::Duration;
 
@@ -46,18 +41,11 @@ pub enum PoolError {
     Exchange(hyper::Error),
 }
 
-/// Workers beyond this many share queues. Queues are created on a worker's first request, so
-/// an endpoint costs a pointer per slot until then.
-const WORKER_QUEUES: usize = 64;
-
-type Idle = ArrayQueue<(Sender, Instant)>;
-
-/// One endpoint's idle connections, a queue per worker, oldest first, so all stay warm.
+/// One endpoint's idle connections, oldest first, so all of them stay warm.
 pub struct Pool {
     authority: Authority,
     host: HeaderValue,
-    idle: Box<[OnceLock<Box<Idle>>]>,
-    max_idle: usize,
+    idle: ArrayQueue<(Sender, Instant)>,
     connector: HttpConnector,
     /// The endpoint as the connector takes it.
     uri: Uri,
@@ -76,8 +64,7 @@ impl Pool {
         Pool {
             authority,
             host,
-            idle: (0..WORKER_QUEUES).map(|_| OnceLock::new()).collect(),
-            max_idle: max_idle.max(1),
+            idle: ArrayQueue::new(max_idle.max(1)),
             connector,
             uri,
         }
@@ -117,18 +104,11 @@ impl Pool {
             return;
         }
         // When full, the connection is dropped, which closes it.
-        let _ = self.idle().push((sender, Instant::now()));
-    }
-
-    /// The calling worker's queue.
-    fn idle(&self) -> &Idle {
-        self.idle[crate::workers::current() % WORKER_QUEUES]
-            .get_or_init(|| Box::new(ArrayQueue::new(self.max_idle)))
+        let _ = self.idle.push((sender, Instant::now()));
     }
 
     fn checkout(&self) -> Option<Sender> {
-        let idle = self.idle();
-        while let Some((mut sender, since)) = idle.pop() {
+        while let Some((mut sender, since)) = self.idle.pop() {
             if since.elapsed() > MAX_IDLE {
                 continue;
             }

@@ -51,14 +51,10 @@ const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const AT_CAPACITY: &[u8] =
     b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain\r\ncontent-length: 21\r\nconnection: close\r\n\r\ntoo many connections\n";
 
-/// One listener's handles: what it serves through, and its connection accounting. Each worker
-/// serves its own copy of the listener with a clone of this: `open` counts the listener's
-/// connections on all workers, which `max_connections` caps.
-#[derive(Clone)]
+/// One listener's handles: what it serves through, and its connection accounting.
 pub struct Listener {
     pub index: usize,
     pub proxy: Arc<Proxy>,
-    pub open: Arc<AtomicUsize>,
     pub refused: Counter,
     pub open_gauge: Gauge,
     pub parked_gauge: Gauge,
@@ -90,7 +86,7 @@ pub fn http_builder(limits: &ConnLimits) -> auto::Builder<TokioExecutor> {
 /// changes them for new connections and spares open ones.
 pub async fn serve(listener: TcpListener, me: Listener, life: Lifecycle) {
     let local = listener.local_addr().ok();
-    let open = Arc::clone(&me.open);
+    let open = Arc::new(AtomicUsize::new(0));
     let mut cached: Option<(u64, Arc<auto::Builder<TokioExecutor>>)> = None;
     loop {
         let accepted = tokio::select! {

@@ -640,10 +640,6 @@ impl Config {
     pub async fn start(&self) -> TestProxy {
         TestProxy::start(&self.yaml()).await
     }
-
-    pub async fn start_with(&self, options: cohort::app::Options) -> TestProxy {
-        TestProxy::start_with(&self.yaml(), options).await
-    }
 }
 
 /// One route of a [`Config`].
@@ -755,15 +751,10 @@ pub struct TestProxy {
 
 impl TestProxy {
     pub async fn start(yaml: &str) -> Self {
-        Self::start_with(yaml, cohort::app::Options::default()).await
-    }
-
-    pub async fn start_with(yaml: &str, options: cohort::app::Options) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("cohort.yaml");
         std::fs::write(&path, yaml).unwrap();
-        let started = cohort::app::start_with(&path, options);
-        let running = match within("the proxy to start", started).await {
+        let running = match within("the proxy to start", cohort::app::start(&path)).await {
             Ok(r) => r,
             Err(e) => panic!("proxy did not start: {e}\n--- config ---\n{yaml}"),
         };
