@@ -245,22 +245,19 @@ pub fn release_freed_memory_with(release: fn()) {
 /// Parking frees hyper's buffers, but an allocator such as mimalloc returns freed pages to the
 /// system only when its heap is next used, and with every connection parked nothing uses it:
 /// idle memory would stay at its busy size. So a parking connection has them released a
-/// moment later; parks in the meantime share that one release. Per thread, because each
-/// worker's heap is its own and the release runs on the worker's runtime.
+/// moment later; parks in the meantime share that one release.
 fn return_freed_pages_soon() {
-    use std::cell::Cell;
-    thread_local! {
-        static SCHEDULED: Cell<bool> = const { Cell::new(false) };
-    }
+    use std::sync::atomic::{AtomicBool, Ordering};
+    static SCHEDULED: AtomicBool = AtomicBool::new(false);
     let Some(&release) = RELEASE_FREED.get() else {
         return;
     };
-    if SCHEDULED.with(|s| s.replace(true)) {
+    if SCHEDULED.swap(true, Ordering::AcqRel) {
         return;
     }
     tokio::spawn(async move {
         tokio::time::sleep(Duration::from_millis(100)).await;
-        SCHEDULED.with(|s| s.set(false));
+        SCHEDULED.store(false, Ordering::Release);
         release();
         tracing::debug!("returned freed pages to the system");
     });
