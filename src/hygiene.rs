@@ -200,20 +200,24 @@ pub fn normalize(path: &str, reject_encoded_slashes: bool) -> Option<Cow<'_, str
         // `*` (OPTIONS) is fine to route as is; anything else is not origin-form.
         return (path == "*").then_some(Cow::Borrowed(path));
     }
-    // `%XY` with the given hex digits, any case; no allocation on the common path.
-    let lower_has = |needle: &str| {
-        let n = needle.as_bytes();
-        path.as_bytes()
-            .windows(3)
-            .any(|w| w[0] == b'%' && w[1] == n[1] && w[2].eq_ignore_ascii_case(&n[2]))
-    };
-    if reject_encoded_slashes && (lower_has("%2f") || lower_has("%5c")) {
-        return None;
+    // One pass over the bytes, on every request: most paths need nothing done, and the answer
+    // for those must not cost a scan per rule. Every refusal is final, whichever comes first.
+    let b = path.as_bytes();
+    let mut needs_work = false;
+    for (i, &c) in b.iter().enumerate() {
+        match c {
+            b'\\' => return None,
+            b'/' if matches!(b.get(i + 1), Some(b'/' | b'.')) => needs_work = true,
+            b'%' => match (b.get(i + 1), b.get(i + 2).map(u8::to_ascii_lowercase)) {
+                (Some(b'2'), Some(b'f')) | (Some(b'5'), Some(b'c')) if reject_encoded_slashes => {
+                    return None
+                }
+                (Some(b'2'), Some(b'e')) => needs_work = true,
+                _ => {}
+            },
+            _ => {}
+        }
     }
-    if path.contains('\\') {
-        return None;
-    }
-    let needs_work = path.contains("//") || path.contains("/.") || lower_has("%2e");
     if !needs_work {
         return Some(Cow::Borrowed(path));
     }
@@ -285,7 +289,33 @@ mod tests {
         ));
     }
 
+    /// The rules the single pass in `normalize` applies, written one scan per rule.
+    fn by_the_rules(path: &str, reject_encoded_slashes: bool) -> Option<bool> {
+        let escaped = |hi: u8, lo: u8| {
+            path.as_bytes()
+                .windows(3)
+                .any(|w| w[0] == b'%' && w[1] == hi && w[2].eq_ignore_ascii_case(&lo))
+        };
+        if reject_encoded_slashes && (escaped(b'2', b'f') || escaped(b'5', b'c')) {
+            return None;
+        }
+        if path.contains('\\') {
+            return None;
+        }
+        Some(path.contains("//") || path.contains("/.") || escaped(b'2', b'e'))
+    }
+
     proptest! {
+        #[test]
+        fn one_pass_decides_as_the_rules(path in "/[a/.%25eEfFcC\\\\]{0,24}", reject: bool) {
+            let got = normalize(&path, reject);
+            match by_the_rules(&path, reject) {
+                None => prop_assert!(got.is_none()),
+                Some(false) => prop_assert!(matches!(got, Some(Cow::Borrowed(p)) if p == path)),
+                Some(true) => prop_assert!(!matches!(got, Some(Cow::Borrowed(_)))),
+            }
+        }
+
         #[test]
         fn normal_paths_are_fixed_points(path in "/[a-z./%2eEfF]{0,40}") {
             if let Some(n) = normalize(&path, true) {

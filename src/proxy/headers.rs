@@ -141,16 +141,37 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+/// A client connection's address, and its X-Forwarded-For entry, formatted once per connection
+/// rather than once per request.
+#[derive(Clone)]
+pub struct Peer {
+    pub addr: SocketAddr,
+    forwarded: HeaderValue,
+}
+
+impl Peer {
+    pub fn new(addr: SocketAddr) -> Self {
+        let ip = crate::table::canonical_ip(addr.ip());
+        // An IP address is always a valid header value.
+        let forwarded = HeaderValue::from_str(&ip.to_string())
+            .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
+        Peer { addr, forwarded }
+    }
+}
+
 /// Appends the peer to X-Forwarded-For, folding earlier values into one header.
-pub(super) fn append_forwarded_for(headers: &mut HeaderMap, peer: SocketAddr) {
-    let ip = crate::table::canonical_ip(peer.ip());
+pub(super) fn append_forwarded_for(headers: &mut HeaderMap, peer: &Peer) {
+    let mut earlier = headers.get_all(&X_FORWARDED_FOR).iter().peekable();
+    if earlier.peek().is_none() {
+        headers.insert(&X_FORWARDED_FOR, peer.forwarded.clone());
+        return;
+    }
     let mut buf = BytesMut::with_capacity(64);
-    for v in headers.get_all(&X_FORWARDED_FOR) {
+    for v in earlier {
         buf.put_slice(v.as_bytes());
         buf.put_slice(b", ");
     }
-    use std::fmt::Write;
-    let _ = write!(buf, "{ip}");
+    buf.put_slice(peer.forwarded.as_bytes());
     if let Ok(v) = HeaderValue::from_maybe_shared(buf.freeze()) {
         headers.insert(&X_FORWARDED_FOR, v);
     }
@@ -204,11 +225,27 @@ mod tests {
     }
 
     #[test]
+    fn forwarded_for_is_the_peer_alone_when_none_came() {
+        let mut h = HeaderMap::new();
+        append_forwarded_for(&mut h, &Peer::new("[::ffff:10.0.0.1]:5".parse().unwrap()));
+        assert_eq!(
+            h.get_all(&X_FORWARDED_FOR).iter().collect::<Vec<_>>(),
+            ["10.0.0.1"]
+        );
+        let mut h = HeaderMap::new();
+        append_forwarded_for(&mut h, &Peer::new("[2001:db8::7]:443".parse().unwrap()));
+        assert_eq!(
+            h.get_all(&X_FORWARDED_FOR).iter().collect::<Vec<_>>(),
+            ["2001:db8::7"]
+        );
+    }
+
+    #[test]
     fn forwarded_for_appends() {
         let mut h = HeaderMap::new();
         h.append(&X_FORWARDED_FOR, HeaderValue::from_static("1.1.1.1"));
         h.append(&X_FORWARDED_FOR, HeaderValue::from_static("2.2.2.2"));
-        append_forwarded_for(&mut h, "[::ffff:10.0.0.1]:5".parse().unwrap());
+        append_forwarded_for(&mut h, &Peer::new("[::ffff:10.0.0.1]:5".parse().unwrap()));
         assert_eq!(
             h.get_all(&X_FORWARDED_FOR).iter().collect::<Vec<_>>(),
             ["1.1.1.1, 2.2.2.2, 10.0.0.1"]

@@ -7,7 +7,6 @@
 
 mod headers;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -29,7 +28,7 @@ use headers::{
     X_FORWARDED_PROTO,
 };
 
-pub use headers::{strip_hop_by_hop, X_COHORT};
+pub use headers::{strip_hop_by_hop, Peer, X_COHORT};
 
 /// The shared state of one request path: the swappable table and the listener's scheme.
 pub struct Proxy {
@@ -107,7 +106,7 @@ impl Proxy {
     pub async fn handle(
         &self,
         mut req: Request<Incoming>,
-        peer: SocketAddr,
+        peer: &Peer,
         handover: Option<&Handover>,
     ) -> Response<ProxyBody> {
         let start = Instant::now();
@@ -139,7 +138,7 @@ impl Proxy {
             return reject(&table, Reject::BodyTooLarge);
         }
 
-        let client = table.client_ip(peer.ip(), &parts.headers);
+        let client = table.client_ip(peer.addr.ip(), &parts.headers);
         let index = overrides::choose_cohort(route, &table, &parts.headers, &parts.uri, client);
         let target = Arc::clone(&route.cohorts[index]);
         let mut acct = Accounting::start(Arc::clone(&target), start);

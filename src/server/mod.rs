@@ -30,7 +30,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::body::ProxyBody;
-use crate::proxy::Proxy;
+use crate::proxy::{Peer, Proxy};
 use crate::table::ConnLimits;
 use crate::tunnel::Handover;
 use watchdog::{Activity, Tracked, Verdict};
@@ -202,12 +202,13 @@ fn service(
     Error = Infallible,
     Future = Answering,
 > + Clone {
+    let peer = Arc::new(Peer::new(peer));
     service_fn(move |req: Request<Incoming>| {
         // Counted at once: the request is active from the moment hyper hands it over.
         let busy = activity.begin();
-        let (proxy, handover) = (Arc::clone(&proxy), handover.clone());
+        let (proxy, peer, handover) = (Arc::clone(&proxy), Arc::clone(&peer), handover.clone());
         Box::pin(async move {
-            let resp = proxy.handle(req, peer, handover.as_ref()).await;
+            let resp = proxy.handle(req, &peer, handover.as_ref()).await;
             Ok(resp.map(|b| Tracked::new(b, busy)))
         }) as Answering
     })
