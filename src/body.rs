@@ -174,36 +174,32 @@ impl Body for ObservedBody {
         if this.failed {
             return Poll::Ready(None);
         }
-        match Pin::new(&mut this.inner).poll_frame(cx) {
-            Poll::Ready(Some(Ok(frame))) => {
+        match ready!(this.idle.poll_frame(&mut this.inner, cx)) {
+            Some(Ok(frame)) => {
                 if frame.data_ref().is_some_and(|d| !d.is_empty()) {
                     this.acct.first_byte();
                 } else if let Some(t) = frame.trailers_ref() {
                     this.acct.trailers(t);
                 }
-                this.idle.frame();
                 Poll::Ready(Some(Ok(frame)))
             }
-            Poll::Ready(Some(Err(e))) => {
+            Some(Err(stall)) => {
                 this.failed = true;
                 // A gRPC stream cut before its grpc-status is a failed call.
                 this.acct.stream_failed();
-                let reason = crate::upstream::classify(&e, false);
+                let (reason, err): (_, BoxError) = match stall {
+                    Stall::Failed(e) => (crate::upstream::classify(&e, false), e.into()),
+                    Stall::Idle(idle_for) => {
+                        (FailureReason::Timeout, Box::new(IdleTimeout(idle_for)))
+                    }
+                };
                 this.acct.cohort.metrics.failure(reason);
-                Poll::Ready(Some(Err(e.into())))
+                Poll::Ready(Some(Err(err)))
             }
-            Poll::Ready(None) => {
+            None => {
                 // A body with no bytes still has a first byte time: its end.
                 this.acct.first_byte();
                 Poll::Ready(None)
-            }
-            Poll::Pending => {
-                ready!(this.idle.poll_expired(cx));
-                let idle_for = this.idle.every;
-                this.failed = true;
-                this.acct.stream_failed();
-                this.acct.cohort.metrics.failure(FailureReason::Timeout);
-                Poll::Ready(Some(Err(Box::new(IdleTimeout(idle_for)))))
             }
         }
     }
@@ -284,21 +280,41 @@ impl IdleTimer {
         IdleTimer { sleep: None, every }
     }
 
-    /// A frame arrived: the silence starts over.
-    fn frame(&mut self) {
-        if let Some(s) = self.sleep.as_mut() {
-            s.as_mut().reset(Instant::now() + self.every);
+    /// The next frame of `inner`: each frame starts the silence over, and a wait for one that
+    /// lasts `every` is a stall.
+    fn poll_frame(
+        &mut self,
+        inner: &mut Incoming,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Stall>>> {
+        match Pin::new(inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(s) = self.sleep.as_mut() {
+                    s.as_mut().reset(Instant::now() + self.every);
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Stall::Failed(e)))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => {
+                let every = self.every;
+                ready!(self
+                    .sleep
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(every)))
+                    .as_mut()
+                    .poll(cx));
+                Poll::Ready(Some(Err(Stall::Idle(every))))
+            }
         }
     }
+}
 
-    /// The body is waiting: ready once it has been silent for `every`.
-    fn poll_expired(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        let every = self.every;
-        self.sleep
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep(every)))
-            .as_mut()
-            .poll(cx)
-    }
+/// Why a body stopped before its end.
+enum Stall {
+    /// Its stream broke.
+    Failed(hyper::Error),
+    /// No frame came for this long.
+    Idle(Duration),
 }
 
 /// The client stopped sending its request body for longer than `body_read_timeout`.
@@ -347,8 +363,8 @@ impl Body for RequestBody {
         if this.done {
             return Poll::Ready(None);
         }
-        match Pin::new(&mut this.inner).poll_frame(cx) {
-            Poll::Ready(Some(Ok(frame))) => {
+        match ready!(this.idle.poll_frame(&mut this.inner, cx)) {
+            Some(Ok(frame)) => {
                 if let Some(d) = frame.data_ref() {
                     this.seen += d.len() as u64;
                     if this.seen > this.limit {
@@ -356,22 +372,19 @@ impl Body for RequestBody {
                         return Poll::Ready(Some(Err(Box::new(BodyTooLarge(this.limit)))));
                     }
                 }
-                this.idle.frame();
                 Poll::Ready(Some(Ok(frame)))
             }
-            Poll::Ready(Some(Err(e))) => {
+            Some(Err(stall)) => {
                 this.done = true;
-                Poll::Ready(Some(Err(Box::new(BadBody(e)))))
+                let err: BoxError = match stall {
+                    Stall::Failed(e) => Box::new(BadBody(e)),
+                    Stall::Idle(idle_for) => Box::new(BodyTimeout(idle_for)),
+                };
+                Poll::Ready(Some(Err(err)))
             }
-            Poll::Ready(None) => {
+            None => {
                 this.done = true;
                 Poll::Ready(None)
-            }
-            Poll::Pending => {
-                ready!(this.idle.poll_expired(cx));
-                let idle_for = this.idle.every;
-                this.done = true;
-                Poll::Ready(Some(Err(Box::new(BodyTimeout(idle_for)))))
             }
         }
     }
