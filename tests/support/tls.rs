@@ -6,8 +6,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::{Request, Version};
+use http::{Request, Response, Version};
 use http_body_util::Full;
+use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
@@ -189,6 +190,26 @@ enum Sender {
     H2(hyper::client::conn::http2::SendRequest<Full<Bytes>>),
 }
 
+// hyper's two senders share no trait: the one `match` over them is here.
+impl Sender {
+    async fn ready(&mut self) -> hyper::Result<()> {
+        match self {
+            Sender::H1(s) => s.ready().await,
+            Sender::H2(s) => s.ready().await,
+        }
+    }
+
+    async fn send_request(
+        &mut self,
+        req: Request<Full<Bytes>>,
+    ) -> hyper::Result<Response<Incoming>> {
+        match self {
+            Sender::H1(s) => s.send_request(req).await,
+            Sender::H2(s) => s.send_request(req).await,
+        }
+    }
+}
+
 /// One TLS connection to a listener, speaking whatever ALPN chose (HTTP/2 for `h2`, else
 /// HTTP/1.1), kept open across requests.
 pub struct TlsConn {
@@ -250,24 +271,12 @@ impl TlsConn {
             b = b.header(*k, *v);
         }
         let req = b.body(Full::new(Bytes::new())).unwrap();
-        let resp = match &mut self.sender {
-            Sender::H1(s) => {
-                within("the connection to be ready", s.ready())
-                    .await
-                    .unwrap();
-                within("response headers", s.send_request(req))
-                    .await
-                    .unwrap()
-            }
-            Sender::H2(s) => {
-                within("the connection to be ready", s.ready())
-                    .await
-                    .unwrap();
-                within("response headers", s.send_request(req))
-                    .await
-                    .unwrap()
-            }
-        };
+        within("the connection to be ready", self.sender.ready())
+            .await
+            .unwrap();
+        let resp = within("response headers", self.sender.send_request(req))
+            .await
+            .unwrap();
         read_all(resp).await
     }
 }
