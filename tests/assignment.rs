@@ -253,26 +253,6 @@ async fn response_cohort_header_can_be_switched_off() {
     assert_eq!(stable.only_request().all("x-cohort"), ["stable"]);
 }
 
-/// A proxy whose route puts every keyed user in `stable` (canary at 0%) and accepts the
-/// override header from `trusted` peers.
-async fn override_proxy(trusted: &str) -> (TestProxy, MockUpstream, MockUpstream) {
-    let stable = MockUpstream::json("stable").await;
-    let canary = MockUpstream::json("canary").await;
-    let proxy = Config::new()
-        .top(&format!("trusted_cidrs: {trusted}"))
-        .upstream("stable", stable.addr)
-        .upstream("canary", canary.addr)
-        .route(
-            Route::new("agent")
-                .key("header: x-user-id")
-                .set("override_header: x-cohort-override")
-                .split(&[("stable", "stable", "100"), ("canary", "canary", "0")]),
-        )
-        .start()
-        .await;
-    (proxy, stable, canary)
-}
-
 fn assert_override_stripped(mock: &MockUpstream) {
     for seen in mock.requests() {
         assert_eq!(seen.header("x-cohort-override"), None, "{seen:?}");
@@ -281,7 +261,7 @@ fn assert_override_stripped(mock: &MockUpstream) {
 
 #[tokio::test]
 async fn override_is_honoured_from_a_trusted_peer() {
-    let (proxy, stable, canary) = override_proxy("[\"127.0.0.1/32\"]").await;
+    let (proxy, stable, canary) = override_proxy("[\"127.0.0.1/32\"]", &[]).await;
     let forced = [("x-user-id", "user-1"), ("x-cohort-override", "canary")];
     let reply = proxy.get("/chat", &forced).await;
     assert_cohort(&reply, "canary", "trusted override");
@@ -298,7 +278,7 @@ async fn override_is_honoured_from_a_trusted_peer() {
 #[tokio::test]
 async fn override_is_ignored_and_stripped_from_untrusted_peers() {
     for trusted in ["[]", "[\"10.0.0.0/8\"]"] {
-        let (proxy, stable, canary) = override_proxy(trusted).await;
+        let (proxy, stable, canary) = override_proxy(trusted, &[]).await;
         for _ in 0..3 {
             let forced = [("x-user-id", "user-1"), ("x-cohort-override", "canary")];
             let reply = proxy.get("/chat", &forced).await;

@@ -80,27 +80,14 @@ fn the_value_verifies_with_the_trimmed_secret() {
 
 #[tokio::test]
 async fn the_proxy_honours_the_value_from_an_untrusted_client() {
-    let stable = MockUpstream::json("stable").await;
-    let canary = MockUpstream::json("canary").await;
     let dir = tempfile::tempdir().unwrap();
     let value = mint(dir.path(), "1h");
-    let proxy = Config::new()
-        // Nobody is trusted: only a signed value can force a cohort.
-        .top("trusted_cidrs: []")
-        .upstream("stable", stable.addr)
-        .upstream("canary", canary.addr)
-        .route(
-            Route::new("agent")
-                .key("header: x-user-id")
-                .set("override_header: x-cohort-override")
-                .set(&format!(
-                    "override_secret_file: {}",
-                    yaml_path(&dir.path().join("secret"))
-                ))
-                .split(&[("stable", "stable", "100"), ("canary", "canary", "0")]),
-        )
-        .start()
-        .await;
+    let secret = format!(
+        "override_secret_file: {}",
+        yaml_path(&dir.path().join("secret"))
+    );
+    // Nobody is trusted: only a signed value can force a cohort.
+    let (proxy, stable, canary) = override_proxy("[]", &[&secret]).await;
 
     let reply = proxy
         .get(

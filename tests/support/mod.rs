@@ -735,6 +735,31 @@ pub async fn proxy_to_backend(endpoint: impl Display, options: &[&str]) -> TestP
         .await
 }
 
+/// Upstreams `stable` and `canary` and route `agent`, keyed on `x-user-id`, that puts every
+/// user in `stable` (canary at 0%): only the override header `x-cohort-override` reaches the
+/// canary. `trusted` is the `trusted_cidrs` list; `options` are extra route lines.
+pub async fn override_proxy(
+    trusted: &str,
+    options: &[&str],
+) -> (TestProxy, MockUpstream, MockUpstream) {
+    let stable = MockUpstream::json("stable").await;
+    let canary = MockUpstream::json("canary").await;
+    let mut route = Route::new("agent")
+        .key("header: x-user-id")
+        .set("override_header: x-cohort-override");
+    for line in options {
+        route = route.set(line);
+    }
+    let proxy = Config::new()
+        .top(&format!("trusted_cidrs: {trusted}"))
+        .upstream("stable", stable.addr)
+        .upstream("canary", canary.addr)
+        .route(route.split(&[("stable", "stable", "100"), ("canary", "canary", "0")]))
+        .start()
+        .await;
+    (proxy, stable, canary)
+}
+
 // ---------------------------------------------------------------------------------------------
 // The proxy under test
 // ---------------------------------------------------------------------------------------------
