@@ -174,6 +174,30 @@ fn row(name: impl Into<String>, send: Input, answer: Answer, backend: fn(&Saw)) 
     }
 }
 
+/// Bytes refused before they are a request: 400 and the connection closed, nothing forwarded,
+/// no rejection counted.
+fn unparsable(name: &str, bytes: &str) -> Row {
+    row(name, b(bytes), Answer::StatusThenEof(400), nothing)
+}
+
+/// A request refused by cohort itself: nothing forwarded, one rejection for `reason`.
+fn refused(
+    name: impl Into<String>,
+    bytes: impl Into<String>,
+    answer: Answer,
+    reason: &'static str,
+) -> Row {
+    row(name, b(bytes), answer, nothing).rejected(reason)
+}
+
+/// An override refused on `route` for `reason`: served by `stable` as if it were absent,
+/// stripped before the backend.
+fn override_refused(name: &str, send: Input, route: &'static str, reason: &'static str) -> Row {
+    row(name, send, Answer::Status(200), stripped_override)
+        .cohort("stable")
+        .override_rejected(route, reason)
+}
+
 impl Row {
     fn on(mut self, setup: Setup) -> Self {
         self.setup = setup;
@@ -210,8 +234,8 @@ const REJECTED: &str = "cohort_rejected_requests_total";
 const OVERRIDE_REJECTED: &str = "cohort_override_rejected_total";
 
 /// Bytes, as written.
-fn b(s: &str) -> Input {
-    Input::Bytes(s.as_bytes().to_vec())
+fn b(s: impl Into<String>) -> Input {
+    Input::Bytes(s.into().into_bytes())
 }
 
 /// `GET <target>` with Host and the given extra header lines (each without CRLF).
@@ -292,7 +316,7 @@ fn rows() -> Vec<Row> {
                 assert_ne!(seen.header("content-length"), Some("6"));
             }),
         row("TE.CL: chunked + Content-Length 4, a request inside the chunk",
-            b(&format!("POST /public/tecl HTTP/1.1\r\nHost: cohort.test\r\nTransfer-Encoding: chunked\r\nContent-Length: 4\r\n\r\n{:x}\r\n{SMUGGLED}\r\n0\r\n\r\n", SMUGGLED.len())),
+            b(format!("POST /public/tecl HTTP/1.1\r\nHost: cohort.test\r\nTransfer-Encoding: chunked\r\nContent-Length: 4\r\n\r\n{:x}\r\n{SMUGGLED}\r\n0\r\n\r\n", SMUGGLED.len())),
             StatusThenEof(200),
             |s| {
                 one_plain(s);
@@ -301,24 +325,18 @@ fn rows() -> Vec<Row> {
                 assert_eq!(&seen.body[..], SMUGGLED.as_bytes());
                 assert_ne!(seen.header("content-length"), Some("4"));
             }),
-        row("TE.TE: Transfer-Encoding that is not chunked last (xchunked) with Content-Length",
-            b("POST /public/tete HTTP/1.1\r\nHost: cohort.test\r\nTransfer-Encoding: xchunked\r\nContent-Length: 5\r\n\r\nhello"),
-            StatusThenEof(400), nothing),
-        row("Transfer-Encoding: chunked, identity (chunked not last)",
-            b("POST /public/te HTTP/1.1\r\nHost: cohort.test\r\nTransfer-Encoding: chunked, identity\r\n\r\n0\r\n\r\n"),
-            StatusThenEof(400), nothing),
-        row("Transfer-Encoding on HTTP/1.0",
-            b("POST /public/te10 HTTP/1.0\r\nHost: cohort.test\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"),
-            StatusThenEof(400), nothing),
-        row("whitespace before the colon: 'Transfer-Encoding : chunked'",
-            b("POST /public/ws HTTP/1.1\r\nHost: cohort.test\r\nTransfer-Encoding : chunked\r\nContent-Length: 3\r\n\r\nabc"),
-            StatusThenEof(400), nothing),
-        row("duplicate Content-Length with different values",
-            b("POST /public/dupcl HTTP/1.1\r\nHost: cohort.test\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!"),
-            StatusThenEof(400), nothing),
-        row("Content-Length list with different values: '5, 6'",
-            b("POST /public/dupcl HTTP/1.1\r\nHost: cohort.test\r\nContent-Length: 5, 6\r\n\r\nhello!"),
-            StatusThenEof(400), nothing),
+        unparsable("TE.TE: Transfer-Encoding that is not chunked last (xchunked) with Content-Length",
+            "POST /public/tete HTTP/1.1\r\nHost: cohort.test\r\nTransfer-Encoding: xchunked\r\nContent-Length: 5\r\n\r\nhello"),
+        unparsable("Transfer-Encoding: chunked, identity (chunked not last)",
+            "POST /public/te HTTP/1.1\r\nHost: cohort.test\r\nTransfer-Encoding: chunked, identity\r\n\r\n0\r\n\r\n"),
+        unparsable("Transfer-Encoding on HTTP/1.0",
+            "POST /public/te10 HTTP/1.0\r\nHost: cohort.test\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"),
+        unparsable("whitespace before the colon: 'Transfer-Encoding : chunked'",
+            "POST /public/ws HTTP/1.1\r\nHost: cohort.test\r\nTransfer-Encoding : chunked\r\nContent-Length: 3\r\n\r\nabc"),
+        unparsable("duplicate Content-Length with different values",
+            "POST /public/dupcl HTTP/1.1\r\nHost: cohort.test\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!"),
+        unparsable("Content-Length list with different values: '5, 6'",
+            "POST /public/dupcl HTTP/1.1\r\nHost: cohort.test\r\nContent-Length: 5, 6\r\n\r\nhello!"),
         row("duplicate Content-Length with the same value is one length",
             b("POST /public/samecl HTTP/1.1\r\nHost: cohort.test\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\nhello"),
             Status(200),
@@ -327,44 +345,32 @@ fn rows() -> Vec<Row> {
                 assert_eq!(&seen.body[..], b"hello");
                 assert_eq!(seen.all("content-length"), ["5"]);
             }),
-        row("Content-Length not a number",
-            b("POST /public/badcl HTTP/1.1\r\nHost: cohort.test\r\nContent-Length: 5a\r\n\r\nhello"),
-            StatusThenEof(400), nothing),
-        row("Content-Length with a sign: '+5'",
-            b("POST /public/badcl HTTP/1.1\r\nHost: cohort.test\r\nContent-Length: +5\r\n\r\nhello"),
-            StatusThenEof(400), nothing),
-        row("Content-Length negative",
-            b("POST /public/badcl HTTP/1.1\r\nHost: cohort.test\r\nContent-Length: -1\r\n\r\n"),
-            StatusThenEof(400), nothing),
-        row("Content-Length beyond u64",
-            b("POST /public/badcl HTTP/1.1\r\nHost: cohort.test\r\nContent-Length: 99999999999999999999999\r\n\r\n"),
-            StatusThenEof(400), nothing),
+        unparsable("Content-Length not a number",
+            "POST /public/badcl HTTP/1.1\r\nHost: cohort.test\r\nContent-Length: 5a\r\n\r\nhello"),
+        unparsable("Content-Length with a sign: '+5'",
+            "POST /public/badcl HTTP/1.1\r\nHost: cohort.test\r\nContent-Length: +5\r\n\r\nhello"),
+        unparsable("Content-Length negative",
+            "POST /public/badcl HTTP/1.1\r\nHost: cohort.test\r\nContent-Length: -1\r\n\r\n"),
+        unparsable("Content-Length beyond u64",
+            "POST /public/badcl HTTP/1.1\r\nHost: cohort.test\r\nContent-Length: 99999999999999999999999\r\n\r\n"),
 
         // --- Malformed header lines.
-        row("obs-fold: a header value continued on the next line",
-            b("GET /public/fold HTTP/1.1\r\nHost: cohort.test\r\nX-Folded: one\r\n two\r\n\r\n"),
-            StatusThenEof(400), nothing),
-        row("bare CR inside a header value",
-            b("GET /public/cr HTTP/1.1\r\nHost: cohort.test\r\nX-Evil: a\rX-Injected: 1\r\n\r\n"),
-            StatusThenEof(400), nothing),
-        row("NUL inside a header value",
-            b("GET /public/nul HTTP/1.1\r\nHost: cohort.test\r\nX-Evil: a\0b\r\n\r\n"),
-            StatusThenEof(400), nothing),
-        row("NUL inside a header name",
-            b("GET /public/nul HTTP/1.1\r\nHost: cohort.test\r\nX-E\0vil: a\r\n\r\n"),
-            StatusThenEof(400), nothing),
-        row("header line without a colon",
-            b("GET /public/nocolon HTTP/1.1\r\nHost: cohort.test\r\nX-No-Colon\r\n\r\n"),
-            StatusThenEof(400), nothing),
-        row("space inside a header name",
-            b("GET /public/space HTTP/1.1\r\nHost: cohort.test\r\nX Evil: 1\r\n\r\n"),
-            StatusThenEof(400), nothing),
-        row("request line with an extra field",
-            b("GET /public/extra HTTP/1.1 junk\r\nHost: cohort.test\r\n\r\n"),
-            StatusThenEof(400), nothing),
-        row("control character in the method",
-            b("G\x01T /public/method HTTP/1.1\r\nHost: cohort.test\r\n\r\n"),
-            StatusThenEof(400), nothing),
+        unparsable("obs-fold: a header value continued on the next line",
+            "GET /public/fold HTTP/1.1\r\nHost: cohort.test\r\nX-Folded: one\r\n two\r\n\r\n"),
+        unparsable("bare CR inside a header value",
+            "GET /public/cr HTTP/1.1\r\nHost: cohort.test\r\nX-Evil: a\rX-Injected: 1\r\n\r\n"),
+        unparsable("NUL inside a header value",
+            "GET /public/nul HTTP/1.1\r\nHost: cohort.test\r\nX-Evil: a\0b\r\n\r\n"),
+        unparsable("NUL inside a header name",
+            "GET /public/nul HTTP/1.1\r\nHost: cohort.test\r\nX-E\0vil: a\r\n\r\n"),
+        unparsable("header line without a colon",
+            "GET /public/nocolon HTTP/1.1\r\nHost: cohort.test\r\nX-No-Colon\r\n\r\n"),
+        unparsable("space inside a header name",
+            "GET /public/space HTTP/1.1\r\nHost: cohort.test\r\nX Evil: 1\r\n\r\n"),
+        unparsable("request line with an extra field",
+            "GET /public/extra HTTP/1.1 junk\r\nHost: cohort.test\r\n\r\n"),
+        unparsable("control character in the method",
+            "G\x01T /public/method HTTP/1.1\r\nHost: cohort.test\r\n\r\n"),
 
         // --- Chunked bodies with bad sizes: refused as the client's fault, never forwarded
         // whole.
@@ -377,35 +383,35 @@ fn rows() -> Vec<Row> {
 
         // --- Limits, each exactly at the cap (served) and one past it (refused).
         row(format!("header block of exactly {MAX_HEADER_BYTES} bytes"),
-            Input::Bytes(get_with_header_bytes(MAX_HEADER_BYTES).into_bytes()),
+            b(get_with_header_bytes(MAX_HEADER_BYTES)),
             Status(200), one_plain),
-        row(format!("header block of {} bytes", MAX_HEADER_BYTES + 1),
-            Input::Bytes(get_with_header_bytes(MAX_HEADER_BYTES + 1).into_bytes()),
-            Status(431), nothing).rejected("headers_too_large"),
+        refused(format!("header block of {} bytes", MAX_HEADER_BYTES + 1),
+            get_with_header_bytes(MAX_HEADER_BYTES + 1),
+            Status(431), "headers_too_large"),
         row(format!("exactly {MAX_HEADERS} header fields"),
-            Input::Bytes(get_with_headers(MAX_HEADERS).into_bytes()),
+            b(get_with_headers(MAX_HEADERS)),
             Status(200), one_plain),
         row(format!("{} header fields", MAX_HEADERS + 1),
-            Input::Bytes(get_with_headers(MAX_HEADERS + 1).into_bytes()),
+            b(get_with_headers(MAX_HEADERS + 1)),
             StatusThenEof(431), nothing),
         row(format!("request target of exactly {MAX_URI} bytes"),
-            Input::Bytes(get_with_uri(MAX_URI).into_bytes()),
+            b(get_with_uri(MAX_URI)),
             Status(200), one_plain),
-        row(format!("request target of {} bytes", MAX_URI + 1),
-            Input::Bytes(get_with_uri(MAX_URI + 1).into_bytes()),
-            Status(414), nothing).rejected("uri_too_long"),
+        refused(format!("request target of {} bytes", MAX_URI + 1),
+            get_with_uri(MAX_URI + 1),
+            Status(414), "uri_too_long"),
         row(format!("body of exactly max_body_bytes ({MAX_BODY}) by Content-Length"),
-            Input::Bytes(format!("POST /public/body HTTP/1.1\r\nHost: cohort.test\r\nContent-Length: {MAX_BODY}\r\n\r\n{}", "b".repeat(MAX_BODY)).into_bytes()),
+            b(format!("POST /public/body HTTP/1.1\r\nHost: cohort.test\r\nContent-Length: {MAX_BODY}\r\n\r\n{}", "b".repeat(MAX_BODY))),
             Status(200),
             |s| assert_eq!(s.only_backend().body.len(), MAX_BODY)),
-        row("Content-Length one past max_body_bytes (body not sent)",
-            Input::Bytes(format!("POST /public/body HTTP/1.1\r\nHost: cohort.test\r\nContent-Length: {}\r\n\r\n", MAX_BODY + 1).into_bytes()),
-            StatusThenEof(413), nothing).rejected("body_too_large"),
-        row("Content-Length past max_body_bytes with Expect: 100-continue gets 413, not 100",
-            Input::Bytes(format!("POST /public/body HTTP/1.1\r\nHost: cohort.test\r\nExpect: 100-continue\r\nContent-Length: {}\r\n\r\n", MAX_BODY + 1).into_bytes()),
-            StatusThenEof(413), nothing).rejected("body_too_large"),
+        refused("Content-Length one past max_body_bytes (body not sent)",
+            format!("POST /public/body HTTP/1.1\r\nHost: cohort.test\r\nContent-Length: {}\r\n\r\n", MAX_BODY + 1),
+            StatusThenEof(413), "body_too_large"),
+        refused("Content-Length past max_body_bytes with Expect: 100-continue gets 413, not 100",
+            format!("POST /public/body HTTP/1.1\r\nHost: cohort.test\r\nExpect: 100-continue\r\nContent-Length: {}\r\n\r\n", MAX_BODY + 1),
+            StatusThenEof(413), "body_too_large"),
         row("chunked body streaming past max_body_bytes",
-            Input::Bytes(format!("POST /public/body HTTP/1.1\r\nHost: cohort.test\r\nTransfer-Encoding: chunked\r\n\r\n{chunk64}{chunk64}").into_bytes()),
+            b(format!("POST /public/body HTTP/1.1\r\nHost: cohort.test\r\nTransfer-Encoding: chunked\r\n\r\n{chunk64}{chunk64}")),
             StatusThenEof(413), aborted).rejected("body_too_large"),
         row("slowloris: the head trickled slower than header_read_timeout (300ms)",
             Input::Trickle(format!("GET /public/slow HTTP/1.1\r\nHost: cohort.test\r\nX-Slow: {}\r\n\r\n", "s".repeat(200)).into_bytes()),
@@ -422,31 +428,31 @@ fn rows() -> Vec<Row> {
             .counts("cohort_connections_refused_total", vec![("listener", "public")]),
 
         // --- Host confusion.
-        row("HTTP/1.1 without Host",
-            b("GET /public/nohost HTTP/1.1\r\n\r\n"),
-            Status(400), nothing).rejected("bad_host"),
-        row("duplicate Host",
-            b("GET /public/twohosts HTTP/1.1\r\nHost: cohort.test\r\nHost: evil.test\r\n\r\n"),
-            Status(400), nothing).rejected("bad_host"),
-        row("absolute-form authority disagreeing with Host",
-            b("GET http://evil.test/public/abs HTTP/1.1\r\nHost: cohort.test\r\n\r\n"),
-            Status(400), nothing).rejected("bad_host"),
+        refused("HTTP/1.1 without Host",
+            "GET /public/nohost HTTP/1.1\r\n\r\n",
+            Status(400), "bad_host"),
+        refused("duplicate Host",
+            "GET /public/twohosts HTTP/1.1\r\nHost: cohort.test\r\nHost: evil.test\r\n\r\n",
+            Status(400), "bad_host"),
+        refused("absolute-form authority disagreeing with Host",
+            "GET http://evil.test/public/abs HTTP/1.1\r\nHost: cohort.test\r\n\r\n",
+            Status(400), "bad_host"),
         row("absolute-form authority agreeing with Host",
             b("GET http://cohort.test/public/abs HTTP/1.1\r\nHost: cohort.test\r\n\r\n"),
             Status(200),
             |s| assert_eq!(s.only_backend().header("x-forwarded-host"), Some("cohort.test"))),
-        row("userinfo in Host",
-            b("GET /public/userinfo HTTP/1.1\r\nHost: admin@cohort.test\r\n\r\n"),
-            Status(400), nothing).rejected("bad_host"),
-        row("userinfo in an absolute-form authority",
-            b("GET http://admin:pw@cohort.test/public/userinfo HTTP/1.1\r\nHost: admin:pw@cohort.test\r\n\r\n"),
-            Status(400), nothing).rejected("bad_host"),
-        row("empty Host",
-            b("GET /public/emptyhost HTTP/1.1\r\nHost: \r\n\r\n"),
-            Status(400), nothing).rejected("bad_host"),
-        row("Host that is not an authority",
-            b("GET /public/badhost HTTP/1.1\r\nHost: cohort.test:80:80\r\n\r\n"),
-            Status(400), nothing).rejected("bad_host"),
+        refused("userinfo in Host",
+            "GET /public/userinfo HTTP/1.1\r\nHost: admin@cohort.test\r\n\r\n",
+            Status(400), "bad_host"),
+        refused("userinfo in an absolute-form authority",
+            "GET http://admin:pw@cohort.test/public/userinfo HTTP/1.1\r\nHost: admin:pw@cohort.test\r\n\r\n",
+            Status(400), "bad_host"),
+        refused("empty Host",
+            "GET /public/emptyhost HTTP/1.1\r\nHost: \r\n\r\n",
+            Status(400), "bad_host"),
+        refused("Host that is not an authority",
+            "GET /public/badhost HTTP/1.1\r\nHost: cohort.test:80:80\r\n\r\n",
+            Status(400), "bad_host"),
         row("HTTP/1.0 without Host is served",
             b("GET /public/old HTTP/1.0\r\n\r\n"),
             Status(200), one_plain),
@@ -476,9 +482,9 @@ fn rows() -> Vec<Row> {
             }),
 
         // --- Underscore header names.
-        row("underscore header, policy reject",
-            b("GET /public/underscore HTTP/1.1\r\nHost: cohort.test\r\nX_Cohort_Override: canary\r\n\r\n"),
-            Status(400), nothing).rejected("underscore_header"),
+        refused("underscore header, policy reject",
+            "GET /public/underscore HTTP/1.1\r\nHost: cohort.test\r\nX_Cohort_Override: canary\r\n\r\n",
+            Status(400), "underscore_header"),
         row("underscore headers, policy drop: forwarded without them",
             b("GET /public/underscore HTTP/1.1\r\nHost: cohort.test\r\nX_Cohort_Override: canary\r\nX_Forwarded_For: 6.6.6.6\r\nX-Kept: yes\r\n\r\n"),
             Status(200),
@@ -518,56 +524,56 @@ fn rows() -> Vec<Row> {
             b("GET /public//.//a/../b HTTP/1.1\r\nHost: cohort.test\r\n\r\n"),
             Status(200),
             |s| assert_eq!(s.only_backend().target, "/public/b")).on(Setup::Normalize),
-        row("climbing above the root: /public/../../etc/passwd",
-            b("GET /public/../../etc/passwd HTTP/1.1\r\nHost: cohort.test\r\n\r\n"),
-            Status(400), nothing).rejected("bad_path"),
-        row("climbing above the root, encoded: /public/%2E%2e/%2e%2E/etc/passwd",
-            b("GET /public/%2E%2e/%2e%2E/etc/passwd HTTP/1.1\r\nHost: cohort.test\r\n\r\n"),
-            Status(400), nothing).rejected("bad_path"),
-        row("encoded slash: /public/..%2Fsecret/x",
-            b("GET /public/..%2Fsecret/x HTTP/1.1\r\nHost: cohort.test\r\n\r\n"),
-            Status(400), nothing).rejected("bad_path"),
-        row("encoded backslash: /public/..%5csecret/x",
-            b("GET /public/..%5csecret/x HTTP/1.1\r\nHost: cohort.test\r\n\r\n"),
-            Status(400), nothing).rejected("bad_path"),
+        refused("climbing above the root: /public/../../etc/passwd",
+            "GET /public/../../etc/passwd HTTP/1.1\r\nHost: cohort.test\r\n\r\n",
+            Status(400), "bad_path"),
+        refused("climbing above the root, encoded: /public/%2E%2e/%2e%2E/etc/passwd",
+            "GET /public/%2E%2e/%2e%2E/etc/passwd HTTP/1.1\r\nHost: cohort.test\r\n\r\n",
+            Status(400), "bad_path"),
+        refused("encoded slash: /public/..%2Fsecret/x",
+            "GET /public/..%2Fsecret/x HTTP/1.1\r\nHost: cohort.test\r\n\r\n",
+            Status(400), "bad_path"),
+        refused("encoded backslash: /public/..%5csecret/x",
+            "GET /public/..%5csecret/x HTTP/1.1\r\nHost: cohort.test\r\n\r\n",
+            Status(400), "bad_path"),
 
         // --- Overrides: a plain name only from trusted_cidrs (judged on the socket peer, or
         // on X-Forwarded-For only when the peer is a trusted proxy); signed values from
         // anyone. Refused overrides are stripped and counted.
-        row("plain override from an untrusted peer",
-            Input::Bytes(get_req("/public/override", &["x-user-id: u1", "x-cohort-override: canary"]).into_bytes()),
-            Status(200), stripped_override).cohort("stable").override_rejected("public", "untrusted"),
-        row("plain override with a forged X-Forwarded-For from an untrusted peer",
-            Input::Bytes(get_req("/public/override", &["x-user-id: u1", "x-cohort-override: canary", &format!("X-Forwarded-For: {TRUSTED_CLIENT}")]).into_bytes()),
-            Status(200), stripped_override).cohort("stable").override_rejected("public", "untrusted"),
+        override_refused("plain override from an untrusted peer",
+            b(get_req("/public/override", &["x-user-id: u1", "x-cohort-override: canary"])),
+            "public", "untrusted"),
+        override_refused("plain override with a forged X-Forwarded-For from an untrusted peer",
+            b(get_req("/public/override", &["x-user-id: u1", "x-cohort-override: canary", &format!("X-Forwarded-For: {TRUSTED_CLIENT}")])),
+            "public", "untrusted"),
         row("plain override relayed by a trusted proxy for a trusted client",
-            Input::Bytes(get_req("/public/override", &["x-user-id: u1", "x-cohort-override: canary", &format!("X-Forwarded-For: {TRUSTED_CLIENT}")]).into_bytes()),
+            b(get_req("/public/override", &["x-user-id: u1", "x-cohort-override: canary", &format!("X-Forwarded-For: {TRUSTED_CLIENT}")])),
             Status(200), canary_only).from(PROXY_PEER).cohort("canary"),
-        row("trusted proxy: the right-most untrusted X-Forwarded-For entry is the client",
-            Input::Bytes(get_req("/public/override", &["x-user-id: u1", "x-cohort-override: canary", &format!("X-Forwarded-For: {TRUSTED_CLIENT}, 6.6.6.6")]).into_bytes()),
-            Status(200), stripped_override).from(PROXY_PEER).cohort("stable").override_rejected("public", "untrusted"),
+        override_refused("trusted proxy: the right-most untrusted X-Forwarded-For entry is the client",
+            b(get_req("/public/override", &["x-user-id: u1", "x-cohort-override: canary", &format!("X-Forwarded-For: {TRUSTED_CLIENT}, 6.6.6.6")])),
+            "public", "untrusted").from(PROXY_PEER),
         row("signed override from an untrusted peer",
-            Input::Bytes(get_req("/signed/x", &["x-user-id: u1", &format!("x-cohort-override: {signed}")]).into_bytes()),
+            b(get_req("/signed/x", &["x-user-id: u1", &format!("x-cohort-override: {signed}")])),
             Status(200), canary_only).cohort("canary"),
-        row("expired signed override",
-            Input::Bytes(get_req("/signed/x", &["x-user-id: u1", &format!("x-cohort-override: {expired}")]).into_bytes()),
-            Status(200), stripped_override).cohort("stable").override_rejected("signed", "expired"),
-        row("signed override minted with another secret",
-            Input::Bytes(get_req("/signed/x", &["x-user-id: u1", &format!("x-cohort-override: {forged}")]).into_bytes()),
-            Status(200), stripped_override).cohort("stable").override_rejected("signed", "forged"),
-        row("signed override for a cohort the route lacks",
-            Input::Bytes(get_req("/signed/x", &["x-user-id: u1", &format!("x-cohort-override: {unknown}")]).into_bytes()),
-            Status(200), stripped_override).cohort("stable").override_rejected("signed", "unknown_cohort"),
-        row("malformed signed override",
-            Input::Bytes(get_req("/signed/x", &["x-user-id: u1", "x-cohort-override: canary.soon.AAAA"]).into_bytes()),
-            Status(200), stripped_override).cohort("stable").override_rejected("signed", "malformed"),
+        override_refused("expired signed override",
+            b(get_req("/signed/x", &["x-user-id: u1", &format!("x-cohort-override: {expired}")])),
+            "signed", "expired"),
+        override_refused("signed override minted with another secret",
+            b(get_req("/signed/x", &["x-user-id: u1", &format!("x-cohort-override: {forged}")])),
+            "signed", "forged"),
+        override_refused("signed override for a cohort the route lacks",
+            b(get_req("/signed/x", &["x-user-id: u1", &format!("x-cohort-override: {unknown}")])),
+            "signed", "unknown_cohort"),
+        override_refused("malformed signed override",
+            b(get_req("/signed/x", &["x-user-id: u1", "x-cohort-override: canary.soon.AAAA"])),
+            "signed", "malformed"),
 
         // --- client_ip keys use the resolved client address.
         row("client_ip key ignores X-Forwarded-For from an untrusted peer",
-            Input::Bytes(get_req("/byip/x", &[&format!("X-Forwarded-For: {forged_ip}")]).into_bytes()),
+            b(get_req("/byip/x", &[&format!("X-Forwarded-For: {forged_ip}")])),
             Status(200), |s| assert_eq!(s.all().len(), 1)).cohort(&cohort_of("127.0.0.1")),
         row("client_ip key uses X-Forwarded-For from a trusted proxy",
-            Input::Bytes(get_req("/byip/x", &[&format!("X-Forwarded-For: {forged_ip}")]).into_bytes()),
+            b(get_req("/byip/x", &[&format!("X-Forwarded-For: {forged_ip}")])),
             Status(200), |s| assert_eq!(s.all().len(), 1)).from(PROXY_PEER).cohort(&cohort_of(&forged_ip)),
     ];
     rows
@@ -887,12 +893,8 @@ async fn run_row(env: &Env, i: usize, row: &Row) {
     let delta = |name: &str, labels: &[(&str, &str)]| {
         scrape.get(name, labels).unwrap_or(0.0) - scrape_before.get(name, labels).unwrap_or(0.0)
     };
-    let rejected_total: f64 = scrape.series(REJECTED).iter().map(|s| s.value).sum::<f64>()
-        - scrape_before
-            .series(REJECTED)
-            .iter()
-            .map(|s| s.value)
-            .sum::<f64>();
+    let rejected = |s: &Scrape| s.series(REJECTED).iter().map(|s| s.value).sum::<f64>();
+    let rejected_total = rejected(&scrape) - rejected(&scrape_before);
     match &row.counted {
         Some((name, labels)) => {
             assert_eq!(delta(name, labels), 1.0, "{name}{labels:?}");
@@ -923,13 +925,8 @@ async fn hostile_inputs_get_precise_answers_and_the_proxy_keeps_serving() {
 // ---------------------------------------------------------------------------------------------
 
 async fn admin_call(proxy: &TestProxy, method: &str, path: &str, token: Option<&str>) -> Reply {
-    let auth = token.map(|t| format!("Bearer {t}"));
-    let headers: Vec<(&str, &str)> = auth
-        .as_deref()
-        .map(|a| vec![("authorization", a)])
-        .unwrap_or_default();
     proxy
-        .fetch(request(method, proxy.admin, path, &headers, Bytes::new()))
+        .fetch(bearer_request(method, proxy.admin, path, token))
         .await
 }
 
@@ -1017,13 +1014,8 @@ async fn admin_token_guards_routes_and_reload_but_not_metrics_or_health() {
         ("GET", "/readyz"),
     ] {
         for token in [None, Some(ADMIN_TOKEN)] {
-            let auth = token.map(|t| format!("Bearer {t}"));
-            let headers: Vec<(&str, &str)> = auth
-                .as_deref()
-                .map(|a| vec![("authorization", a)])
-                .unwrap_or_default();
             let r = proxy
-                .fetch(request(method, proxy.public, path, &headers, Bytes::new()))
+                .fetch(bearer_request(method, proxy.public, path, token))
                 .await;
             assert_eq!(r.status, StatusCode::NOT_FOUND, "public {method} {path}");
             assert!(

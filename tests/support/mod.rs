@@ -874,6 +874,21 @@ pub fn get(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Request<Fu
     request("GET", addr, path, headers, Bytes::new())
 }
 
+/// A request with no body, carrying `Authorization: Bearer <token>` when there is a token.
+pub fn bearer_request(
+    method: &str,
+    addr: SocketAddr,
+    path: &str,
+    token: Option<&str>,
+) -> Request<Full<Bytes>> {
+    let auth = token.map(|t| format!("Bearer {t}"));
+    let headers: Vec<(&str, &str)> = auth
+        .as_deref()
+        .map(|a| vec![("authorization", a)])
+        .unwrap_or_default();
+    request(method, addr, path, &headers, Bytes::new())
+}
+
 /// A whole response.
 #[derive(Debug)]
 pub struct Reply {
