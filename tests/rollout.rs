@@ -10,11 +10,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use cohort::rollout::{judge, Now};
 use serde_json::Value;
 use support::sim::{Behaviour, SimBackend};
-use support::{fetch, get, h1_client, request, within, Config, H1Client, Reply, Route, Scrape};
+use support::{
+    bearer_request, fetch, get, h1_client, within, Config, H1Client, Reply, Route, Scrape,
+};
 
 /// A proxy on a config file of its own directory, with the judge left to the test.
 struct Rig {
@@ -94,17 +95,15 @@ impl Rig {
         judge::tick(&self.running.control, self.now)
     }
 
+    /// `n` requests, then a judge tick `secs` simulated seconds later.
+    async fn send_and_tick(&mut self, n: u64, secs: u64) {
+        self.send(n).await;
+        self.tick(secs);
+    }
+
     async fn admin(&self, method: &str, path: &str) -> Reply {
-        let bearer = self.token.as_ref().map(|t| format!("Bearer {t}"));
-        let headers: Vec<(&str, &str)> = bearer
-            .as_deref()
-            .map(|b| vec![("authorization", b)])
-            .unwrap_or_default();
-        fetch(
-            &self.client,
-            request(method, self.admin, path, &headers, Bytes::new()),
-        )
-        .await
+        let req = bearer_request(method, self.admin, path, self.token.as_deref());
+        fetch(&self.client, req).await
     }
 
     /// The route's rollout, from `GET /rollouts`.
@@ -130,6 +129,12 @@ impl Rig {
         )
     }
 
+    /// `POST /reload`, which must apply the file as it now is.
+    async fn reload(&self) {
+        let r = self.admin("POST", "/reload").await;
+        assert_eq!(r.json()["result"], "applied", "{}", r.text());
+    }
+
     async fn scrape(&self) -> Scrape {
         Scrape::parse(&self.admin("GET", "/metrics").await.text())
     }
@@ -138,8 +143,7 @@ impl Rig {
     /// `state` or `ticks` pass; the rollout then.
     async fn run_while(&mut self, state: &str, per_tick: u64, ticks: u64) -> Value {
         for _ in 0..ticks {
-            self.send(per_tick).await;
-            self.tick(1);
+            self.send_and_tick(per_tick, 1).await;
             let r = self.rollout().await;
             if r["state"] != state {
                 return r;
@@ -151,6 +155,16 @@ impl Rig {
     async fn stop(self) {
         self.running.shutdown().await;
     }
+}
+
+/// The rollout is in `state` at step `step`.
+#[track_caller]
+fn assert_at(r: &Value, state: &str, step: u64) {
+    assert_eq!(
+        (&r["state"], &r["step"]),
+        (&state.into(), &step.into()),
+        "{r:#}"
+    );
 }
 
 fn decisions(r: &Value) -> Vec<String> {
@@ -191,6 +205,11 @@ async fn setup(stable: Behaviour, canary: Behaviour, rollout: &str) -> Setup {
         dir,
         path,
     }
+}
+
+/// As [`setup`], with two backends that never fail.
+async fn healthy(rollout: &str) -> Setup {
+    setup(errors(0.0), errors(0.0), rollout).await
 }
 
 fn errors(rate: f64) -> Behaviour {
@@ -269,8 +288,7 @@ async fn an_equal_canary_walks_every_step_to_the_end() {
     let mut rig = Rig::start(&s.path).await;
     let mut seen = vec![rig.percent("canary").await.0];
     for _ in 0..300 {
-        rig.send(100).await;
-        rig.tick(1);
+        rig.send_and_tick(100, 1).await;
         let p = rig.percent("canary").await.0;
         if seen.last() != Some(&p) {
             seen.push(p);
@@ -331,30 +349,23 @@ async fn a_slower_canary_is_caught_by_the_latency_guard() {
 
 #[tokio::test]
 async fn a_restart_mid_step_resumes_the_step_its_soak_and_its_samples() {
-    let s = setup(
-        errors(0.0),
-        errors(0.0),
+    let s = healthy(
         "{id: v2, canary: canary, steps: [10, 50, 100], soak: 100s, min_samples: 20, \
          guards: [{metric: error_rate, margin: 5}]}",
     )
     .await;
     let mut rig = Rig::start(&s.path).await;
     for _ in 0..30 {
-        rig.send(100).await;
-        rig.tick(10);
+        rig.send_and_tick(100, 10).await;
         if rig.rollout().await["step"] == 1 {
             break;
         }
     }
     for _ in 0..4 {
-        rig.send(100).await;
-        rig.tick(10);
+        rig.send_and_tick(100, 10).await;
     }
     let before = rig.rollout().await;
-    assert_eq!(
-        (&before["state"], &before["step"]),
-        (&"ramping".into(), &1.into())
-    );
+    assert_at(&before, "ramping", 1);
     assert_eq!(before["soaked_seconds"], 40.0, "{before:#}");
     let samples = before["samples"].clone();
     assert!(samples["canary"].as_u64() > Some(0), "{before:#}");
@@ -362,21 +373,16 @@ async fn a_restart_mid_step_resumes_the_step_its_soak_and_its_samples() {
 
     let mut rig = Rig::start(&s.path).await;
     let after = rig.rollout().await;
-    assert_eq!(
-        (&after["state"], &after["step"]),
-        (&"ramping".into(), &1.into())
-    );
+    assert_at(&after, "ramping", 1);
     assert_eq!(after["soaked_seconds"], 40.0, "{after:#}");
     assert_eq!(after["samples"], samples);
     assert_eq!(decisions(&after), ["start", "advance"]);
     assert_eq!(rig.percent("canary").await, (50.0, 10.0));
 
     // 90 s soaked of 100: still at the step; past 100, on to the next.
-    rig.send(100).await;
-    rig.tick(50);
+    rig.send_and_tick(100, 50).await;
     assert_eq!(rig.rollout().await["step"], 1);
-    rig.send(100).await;
-    rig.tick(20);
+    rig.send_and_tick(100, 20).await;
     let r = rig.rollout().await;
     assert_eq!(r["step"], 2, "{r:#}");
     assert_eq!(rig.percent("canary").await.0, 100.0);
@@ -388,7 +394,7 @@ async fn a_rolled_back_rollout_stays_rolled_back_across_reload_and_restart() {
     let rollout = |id: &str, min: u32| {
         format!("{{id: {id}, canary: canary, steps: [25, 100], soak: 1h, min_samples: {min}}}")
     };
-    let s = setup(errors(0.0), errors(0.0), &rollout("v2", 100)).await;
+    let s = healthy(&rollout("v2", 100)).await;
     let rewrite = |r: String| write_config(s.dir.path(), &s.stable, &s.canary, &r);
     let rig = Rig::start(&s.path).await;
     assert_eq!(rig.percent("canary").await.0, 25.0);
@@ -405,8 +411,7 @@ async fn a_rolled_back_rollout_stays_rolled_back_across_reload_and_restart() {
 
     // A reload with the same id keeps it rolled back.
     rewrite(rollout("v2", 200));
-    let r = rig.admin("POST", "/reload").await;
-    assert_eq!(r.json()["result"], "applied", "{}", r.text());
+    rig.reload().await;
     assert_eq!(rig.rollout().await["state"], "rolled_back");
     assert_eq!(rig.rollout().await["min_samples"], 200);
     assert_eq!(rig.percent("canary").await.0, 0.0);
@@ -426,29 +431,20 @@ async fn a_rolled_back_rollout_stays_rolled_back_across_reload_and_restart() {
     // Without its rollout the route serves the file's percents; with it back, under the same
     // id, it is rolled back still.
     rewrite(String::new());
-    assert_eq!(
-        rig.admin("POST", "/reload").await.json()["result"],
-        "applied"
-    );
+    rig.reload().await;
     assert_eq!(rig.percent("canary").await, (10.0, 10.0));
     assert_eq!(
         rig.admin("GET", "/rollouts").await.json()["rollouts"],
         serde_json::json!([])
     );
     rewrite(rollout("v2", 100));
-    assert_eq!(
-        rig.admin("POST", "/reload").await.json()["result"],
-        "applied"
-    );
+    rig.reload().await;
     assert_eq!(rig.rollout().await["state"], "rolled_back");
     assert_eq!(rig.percent("canary").await.0, 0.0);
 
     // A new id starts a new rollout.
     rewrite(rollout("v3", 100));
-    assert_eq!(
-        rig.admin("POST", "/reload").await.json()["result"],
-        "applied"
-    );
+    rig.reload().await;
     let r = rig.rollout().await;
     assert_eq!(
         (&r["id"], &r["state"], &r["step"]),
@@ -472,12 +468,7 @@ async fn a_rolled_back_rollout_stays_rolled_back_across_reload_and_restart() {
 
 #[tokio::test]
 async fn a_corrupt_state_file_is_reported_and_never_trusted() {
-    let s = setup(
-        errors(0.0),
-        errors(0.0),
-        "{id: v2, canary: canary, steps: [30, 100], soak: 1h}",
-    )
-    .await;
+    let s = healthy("{id: v2, canary: canary, steps: [30, 100], soak: 1h}").await;
     std::fs::create_dir_all(s.dir.path().join("state")).unwrap();
     let state = s.dir.path().join("state/rollout-agent.json");
     std::fs::write(
@@ -510,12 +501,9 @@ async fn a_corrupt_state_file_is_reported_and_never_trusted() {
 
 #[tokio::test]
 async fn operators_pause_resume_and_promote_behind_the_admin_token() {
-    let s = setup(
-        errors(0.0),
-        errors(0.0),
-        "{id: v2, canary: canary, steps: [5, 20], soak: 1s, min_samples: 10, after: hold}",
-    )
-    .await;
+    let s =
+        healthy("{id: v2, canary: canary, steps: [5, 20], soak: 1s, min_samples: 10, after: hold}")
+            .await;
     let token = "a-token-of-enough-bytes";
     std::fs::write(s.dir.path().join("token"), token).unwrap();
     let yaml = std::fs::read_to_string(&s.path).unwrap().replace(
@@ -544,21 +532,15 @@ async fn operators_pause_resume_and_promote_behind_the_admin_token() {
     assert_eq!(rig.admin("POST", "/rollouts/agent/pause").await.status, 409);
     // Paused: soaked and sampled, yet it stays at its step.
     for _ in 0..5 {
-        rig.send(100).await;
-        rig.tick(2);
+        rig.send_and_tick(100, 2).await;
     }
     let r = rig.rollout().await;
-    assert_eq!(
-        (&r["state"], &r["step"]),
-        (&"paused".into(), &0.into()),
-        "{r:#}"
-    );
+    assert_at(&r, "paused", 0);
     assert_eq!(
         rig.admin("POST", "/rollouts/agent/resume").await.status,
         200
     );
-    rig.send(100).await;
-    rig.tick(1);
+    rig.send_and_tick(100, 1).await;
     assert_eq!(rig.rollout().await["step"], 1);
 
     let r = rig.admin("POST", "/rollouts/agent/promote").await;
@@ -583,9 +565,7 @@ async fn operators_pause_resume_and_promote_behind_the_admin_token() {
 
 #[tokio::test]
 async fn the_judge_runs_by_itself_once_a_second() {
-    let s = setup(
-        errors(0.0),
-        errors(0.0),
+    let s = healthy(
         "{id: v2, canary: canary, steps: [50, 100], soak: 0s, min_samples: 5, after: promote, \
          guards: [{metric: error_rate, margin: 10}]}",
     )
