@@ -26,16 +26,42 @@ async fn tls_proxy(certs: &[(&Leaf, &[&str])], dir: &Path) -> (TestProxy, MockUp
     (config.start().await, mock)
 }
 
-/// A proxy serving the certificate in these files (read from there, so they can be rotated).
-async fn proxy_with_default_cert(cert: &Path, key: &Path) -> (TestProxy, MockUpstream) {
+/// A proxy serving the certificate in these files (read from there, so they can be rotated),
+/// with the top-level lines `top`.
+async fn proxy_with_default_cert(
+    cert: &Path,
+    key: &Path,
+    top: &[&str],
+) -> (TestProxy, MockUpstream) {
     let mock = MockUpstream::json("backend").await;
-    let proxy = Config::new()
+    let mut config = Config::new();
+    for line in top {
+        config = config.top(line);
+    }
+    let proxy = config
         .upstream("backend", mock.addr)
         .route(Route::new("agent").single("backend"))
         .certificate(cert, key, &[])
         .start()
         .await;
     (proxy, mock)
+}
+
+/// A config whose one route goes to an upstream that is never reached.
+fn unreachable_backend() -> Config {
+    Config::new()
+        .upstream("backend", "127.0.0.1:1")
+        .route(Route::new("agent").single("backend"))
+}
+
+/// Waits for the reload that follows a change of the certificate's files.
+async fn second_generation(proxy: &TestProxy, what: &str) {
+    within(what, async {
+        while proxy.running.control.current().generation < 2 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -124,7 +150,7 @@ async fn rotation_reaches_new_handshakes_and_spares_open_connections() {
     assert!(old.der != new.der);
     let dir = tempfile::tempdir().unwrap();
     let (cert, key) = old.write(dir.path(), "agent");
-    let (proxy, mock) = proxy_with_default_cert(&cert, &key).await;
+    let (proxy, mock) = proxy_with_default_cert(&cert, &key, &[]).await;
     assert_eq!(proxy.running.control.current().generation, 1);
 
     let mut h1 =
@@ -139,12 +165,7 @@ async fn rotation_reaches_new_handshakes_and_spares_open_connections() {
     assert_eq!(h2.get("/before", &[]).await.status, StatusCode::OK);
 
     new.replace(&cert, &key);
-    within("a reload after the certificate changed", async {
-        while proxy.running.control.current().generation < 2 {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await;
+    second_generation(&proxy, "a reload after the certificate changed").await;
 
     let mut fresh = TlsConn::connect(proxy.public, ca.client_config(&["h2"]), "agent.test").await;
     assert!(
@@ -172,9 +193,7 @@ async fn rotation_reaches_new_handshakes_and_spares_open_connections() {
 /// The config error for a listener whose certificates are `certs`, built the way a reload
 /// does (parse, then the table), or `None` if it is accepted.
 fn listener_error(dir: &Path, certs: &[(&Path, &Path)]) -> Option<cohort::config::ConfigError> {
-    let mut config = Config::new()
-        .upstream("backend", "127.0.0.1:1")
-        .route(Route::new("agent").single("backend"));
+    let mut config = unreachable_backend();
     for (cert, key) in certs {
         config = config.certificate(cert, key, &[]);
     }
@@ -210,55 +229,32 @@ async fn bad_certificates_are_config_errors_naming_file_and_reason() {
     );
 
     let show = |p: &Path| p.display().to_string();
-    // (cert, key, message prefix)
-    let cases: Vec<(&Path, &Path, String)> = vec![
-        (&missing, &key, format!("{}: cannot read: ", show(&missing))),
-        (
-            &cert,
-            &missing,
-            format!("{}: cannot read: ", show(&missing)),
-        ),
-        (
-            &empty,
-            &key,
-            format!("{}: no PEM certificate found", show(&empty)),
-        ),
-        (
-            &prose,
-            &key,
-            format!("{}: no PEM certificate found", show(&prose)),
-        ),
-        (
-            &broken,
-            &key,
-            format!("{}: not a PEM certificate file: ", show(&broken)),
-        ),
-        (
-            &cert,
-            &empty,
-            format!("{}: no usable PEM private key: ", show(&empty)),
-        ),
+    /// (cert, key, message prefix): the message names the file `named`, then `says`.
+    fn case<'a>(
+        cert: &'a Path,
+        key: &'a Path,
+        named: &Path,
+        says: &str,
+    ) -> (&'a Path, &'a Path, String) {
+        (cert, key, format!("{}: {says}", named.display()))
+    }
+    let cases = [
+        case(&missing, &key, &missing, "cannot read: "),
+        case(&cert, &missing, &missing, "cannot read: "),
+        case(&empty, &key, &empty, "no PEM certificate found"),
+        case(&prose, &key, &prose, "no PEM certificate found"),
+        case(&broken, &key, &broken, "not a PEM certificate file: "),
+        case(&cert, &empty, &empty, "no usable PEM private key: "),
         // A key as the certificate: not a certificate.
-        (
-            &key,
-            &key,
-            format!("{}: no PEM certificate found", show(&key)),
-        ),
+        case(&key, &key, &key, "no PEM certificate found"),
         // A certificate as the key: no key in it.
-        (
-            &cert,
-            &cert,
-            format!("{}: no usable PEM private key: ", show(&cert)),
-        ),
+        case(&cert, &cert, &cert, "no usable PEM private key: "),
         // Two good files that do not belong together.
-        (
+        case(
             &cert,
             &other_key,
-            format!(
-                "{}: does not fit the certificate {}: ",
-                show(&other_key),
-                show(&cert)
-            ),
+            &other_key,
+            &format!("does not fit the certificate {}: ", show(&cert)),
         ),
     ];
     for (bad_cert, bad_key, prefix) in &cases {
@@ -285,10 +281,7 @@ async fn bad_certificates_are_config_errors_naming_file_and_reason() {
     }
 
     // Starting a proxy on such a file fails the same way, with no panic.
-    let config = Config::new()
-        .upstream("backend", "127.0.0.1:1")
-        .route(Route::new("agent").single("backend"))
-        .certificate(&cert, &other_key, &[]);
+    let config = unreachable_backend().certificate(&cert, &other_key, &[]);
     let file = d.join("start.yaml");
     std::fs::write(&file, config.yaml()).unwrap();
     let e = match within("start", cohort::app::start(&file)).await {
@@ -309,7 +302,7 @@ async fn a_broken_rotation_keeps_the_serving_certificate() {
     let good = ca.leaf(&["agent.test"]);
     let dir = tempfile::tempdir().unwrap();
     let (cert, key) = good.write(dir.path(), "agent");
-    let (proxy, _mock) = proxy_with_default_cert(&cert, &key).await;
+    let (proxy, _mock) = proxy_with_default_cert(&cert, &key, &[]).await;
 
     // A half-written certificate, as a careless rotation might leave it.
     let truncated = &good.cert_pem[..good.cert_pem.len() / 2];
@@ -385,28 +378,13 @@ async fn secret_rotation_is_noticed(reload: &str) {
     let (old, new) = (ca.leaf(&["agent.test"]), ca.leaf(&["agent.test"]));
     let secret = tempfile::tempdir().unwrap();
     secret_volume(secret.path(), &old, "..2026_01_01_00_00_00.1");
-    let mock = MockUpstream::json("backend").await;
-    let proxy = Config::new()
-        .top(reload)
-        .upstream("backend", mock.addr)
-        .route(Route::new("agent").single("backend"))
-        .certificate(
-            &secret.path().join("tls.crt"),
-            &secret.path().join("tls.key"),
-            &[],
-        )
-        .start()
-        .await;
+    let (cert, key) = (secret.path().join("tls.crt"), secret.path().join("tls.key"));
+    let (proxy, _mock) = proxy_with_default_cert(&cert, &key, &[reload]).await;
     let conn = TlsConn::connect(proxy.public, ca.client_config(&[]), "agent.test").await;
     assert!(conn.leaf == old.der);
 
     secret_volume(secret.path(), &new, "..2026_03_01_00_00_00.2");
-    within("the rotated Secret to be applied", async {
-        while proxy.running.control.current().generation < 2 {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await;
+    second_generation(&proxy, "the rotated Secret to be applied").await;
     let mut conn = TlsConn::connect(proxy.public, ca.client_config(&[]), "agent.test").await;
     assert!(conn.leaf == new.der, "{reload}: the new certificate");
     assert_eq!(conn.get("/", &[]).await.status, StatusCode::OK);
