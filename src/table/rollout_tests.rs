@@ -15,6 +15,27 @@ fn with_rollout(extra: &str, lines: &str) -> String {
 
 const BASIC: &str = "      id: v2\n      canary: canary\n";
 
+/// `BASIC` with `lines` after it in the rollout (the first at line 29) is refused at `line`,
+/// `column` and `routes[0].rollout.<field>`, saying each of `says`.
+#[track_caller]
+fn reject_rollout(lines: &str, line: usize, column: usize, field: &str, says: &[&str]) {
+    let text = with_rollout("", &format!("{BASIC}      {lines}\n"));
+    reject(
+        &text,
+        line,
+        column,
+        &format!("routes[0].rollout.{field}"),
+        says,
+    );
+}
+
+/// As [`reject_rollout`] for one guard with the options `lines`, at `guards[0].<field>`.
+#[track_caller]
+fn reject_guard(lines: &[&str], line: usize, column: usize, field: &str, says: &[&str]) {
+    let guard = format!("guards:\n        - {}", lines.join("\n          "));
+    reject_rollout(&guard, line, column, &format!("guards[0].{field}"), says);
+}
+
 #[test]
 fn a_rollout_is_accepted_with_its_defaults() {
     let t = accept(&with_rollout("", BASIC));
@@ -86,35 +107,10 @@ fn the_canary_is_a_later_cohort_the_last_and_not_the_fallback() {
 
 #[test]
 fn steps_increase_within_the_room_the_other_cohorts_leave() {
-    let r = |steps: &str| with_rollout("", &format!("{BASIC}      steps: {steps}\n"));
-    reject(
-        &r("[5, 1]"),
-        29,
-        18,
-        "routes[0].rollout.steps[1]",
-        &["increase"],
-    );
-    reject(
-        &r("[1, 1.005]"),
-        29,
-        18,
-        "routes[0].rollout.steps[1]",
-        &["two decimals"],
-    );
-    reject(
-        &r("[0, 5]"),
-        29,
-        15,
-        "routes[0].rollout.steps[0]",
-        &["above 0"],
-    );
-    reject(
-        &r("[]"),
-        29,
-        7,
-        "routes[0].rollout.steps",
-        &["at least one"],
-    );
+    reject_rollout("steps: [5, 1]", 29, 18, "steps[1]", &["increase"]);
+    reject_rollout("steps: [1, 1.005]", 29, 18, "steps[1]", &["two decimals"]);
+    reject_rollout("steps: [0, 5]", 29, 15, "steps[0]", &["above 0"]);
+    reject_rollout("steps: []", 29, 7, "steps", &["at least one"]);
     let third = edit(
         "        percent: 95\n",
         "        percent: 92\n      - cohort: small\n        upstream: stable\n        percent: 3\n",
@@ -131,111 +127,72 @@ fn steps_increase_within_the_room_the_other_cohorts_leave() {
 
 #[test]
 fn samples_alpha_and_id_are_checked() {
-    let r = |line: &str| with_rollout("", &format!("{BASIC}      {line}\n"));
-    reject(
-        &r("min_samples: 0"),
-        29,
-        20,
-        "routes[0].rollout.min_samples",
-        &["at least 1"],
-    );
-    reject(
-        &r("alpha: 0"),
-        29,
-        14,
-        "routes[0].rollout.alpha",
-        &["probability"],
-    );
-    reject(
-        &r("alpha: 0.7"),
-        29,
-        14,
-        "routes[0].rollout.alpha",
-        &["at most 0.5"],
-    );
-    reject(
-        &r("after: later"),
-        29,
-        14,
-        "routes[0].rollout.after",
-        &["unknown variant"],
-    );
+    reject_rollout("min_samples: 0", 29, 20, "min_samples", &["at least 1"]);
+    reject_rollout("alpha: 0", 29, 14, "alpha", &["probability"]);
+    reject_rollout("alpha: 0.7", 29, 14, "alpha", &["at most 0.5"]);
+    reject_rollout("after: later", 29, 14, "after", &["unknown variant"]);
     let text = with_rollout("", "      id: v 2\n      canary: canary\n");
     reject(&text, 27, 11, "routes[0].rollout.id", &["not a valid name"]);
 }
 
 #[test]
 fn each_guard_takes_only_its_own_options() {
-    let g = |lines: &str| with_rollout("", &format!("{BASIC}      guards:\n        - {lines}\n"));
-    let at = |k: &str| format!("routes[0].rollout.guards[0].{k}");
-    reject(
-        &g("metric: error_rate\n          quantile: 0.9"),
+    reject_guard(
+        &["metric: error_rate", "quantile: 0.9"],
         31,
         21,
-        &at("quantile"),
+        "quantile",
         &["only latency"],
     );
-    reject(
-        &g("metric: latency\n          outcome: x"),
+    reject_guard(
+        &["metric: latency", "outcome: x"],
         31,
         20,
-        &at("outcome"),
+        "outcome",
         &["only escalation_rate"],
     );
-    reject(
-        &g("metric: latency\n          margin: 1"),
+    reject_guard(
+        &["metric: latency", "margin: 1"],
         31,
         19,
-        &at("margin"),
+        "margin",
         &["relative_margin"],
     );
-    reject(
-        &g("metric: latency\n          quantile: 0.3"),
+    reject_guard(
+        &["metric: latency", "quantile: 0.3"],
         31,
         21,
-        &at("quantile"),
+        "quantile",
         &["0.5 to 0.999"],
     );
-    let both = "metric: error_rate\n          margin: 1\n          relative_margin: 0.1";
-    reject(&g(both), 31, 19, &at("margin"), &["not both"]);
-    reject(
-        &g("metric: error_rate\n          margin: 100"),
+    let both = ["metric: error_rate", "margin: 1", "relative_margin: 0.1"];
+    reject_guard(&both, 31, 19, "margin", &["not both"]);
+    reject_guard(
+        &["metric: error_rate", "margin: 100"],
         31,
         19,
-        &at("margin"),
+        "margin",
         &["percentage points"],
     );
-    let lower = "metric: resolution_rate\n          relative_margin: 1";
-    reject(&g(lower), 31, 28, &at("relative_margin"), &["below 1"]);
-    reject(
-        &g("metric: escalation_rate\n          outcome: transferred"),
+    let lower = ["metric: resolution_rate", "relative_margin: 1"];
+    reject_guard(&lower, 31, 28, "relative_margin", &["below 1"]);
+    reject_guard(
+        &["metric: escalation_rate", "outcome: transferred"],
         31,
         20,
-        &at("outcome"),
+        "outcome",
         &["\"transferred\"", "outcomes"],
     );
-    reject(
-        &g("metric: p99"),
-        30,
-        19,
-        &at("metric"),
-        &["unknown variant"],
-    );
-    reject(
-        &g("metric: ttfb\n          threshold: 1"),
+    reject_guard(&["metric: p99"], 30, 19, "metric", &["unknown variant"]);
+    reject_guard(
+        &["metric: ttfb", "threshold: 1"],
         31,
         11,
-        &at("threshold"),
+        "threshold",
         &["unknown field `threshold`"],
     );
-    let twice = format!("{BASIC}      guards:\n        - metric: ttfb\n        - metric: ttfb\n");
-    reject(
-        &with_rollout("", &twice),
-        31,
-        11,
-        "routes[0].rollout.guards[1]",
-        &["second ttfb p50"],
-    );
+    let twice = "guards:\n        - metric: ttfb\n        - metric: ttfb";
+    reject_rollout(twice, 31, 11, "guards[1]", &["second ttfb p50"]);
     // An outcome guard needs its outcome among the route's.
     let text = with_rollout(
         "    outcomes: [resolved, error]\n",
