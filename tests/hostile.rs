@@ -954,32 +954,17 @@ async fn admin_token_guards_routes_and_reload_but_not_metrics_or_health() {
     assert!(yaml.contains("token_file"));
     let proxy = TestProxy::start(&yaml).await;
 
+    let prefix = &ADMIN_TOKEN[..ADMIN_TOKEN.len() - 1];
     for (method, path) in [("GET", "/routes"), ("POST", "/reload")] {
-        let r = admin_call(&proxy, method, path, None).await;
-        assert_eq!(
-            r.status,
-            StatusCode::UNAUTHORIZED,
-            "{method} {path} without a token"
-        );
-        assert_eq!(r.header("www-authenticate"), Some("Bearer"));
-        let r = admin_call(&proxy, method, path, Some("wrong-token-0123456789abcdef")).await;
-        assert_eq!(
-            r.status,
-            StatusCode::UNAUTHORIZED,
-            "{method} {path} with a wrong token"
-        );
-        let r = admin_call(
-            &proxy,
-            method,
-            path,
-            Some(&ADMIN_TOKEN[..ADMIN_TOKEN.len() - 1]),
-        )
-        .await;
-        assert_eq!(
-            r.status,
-            StatusCode::UNAUTHORIZED,
-            "{method} {path} with a token prefix"
-        );
+        for (token, what) in [
+            (None, "without a token"),
+            (Some("wrong-token-0123456789abcdef"), "with a wrong token"),
+            (Some(prefix), "with a token prefix"),
+        ] {
+            let r = admin_call(&proxy, method, path, token).await;
+            assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{method} {path} {what}");
+            assert_eq!(r.header("www-authenticate"), Some("Bearer"), "{what}");
+        }
         let r = admin_call(&proxy, method, path, Some(ADMIN_TOKEN)).await;
         assert_eq!(
             r.status,
