@@ -224,30 +224,27 @@ mod tests {
         assert!(h.is_empty());
     }
 
+    /// X-Forwarded-For after a request that carried `earlier` came from `peer`.
+    fn forwarded(earlier: &[&'static str], peer: &str) -> Vec<String> {
+        let mut h = HeaderMap::new();
+        for v in earlier {
+            h.append(&X_FORWARDED_FOR, HeaderValue::from_static(v));
+        }
+        append_forwarded_for(&mut h, &Peer::new(peer.parse().unwrap()));
+        let all = h.get_all(&X_FORWARDED_FOR).iter();
+        all.map(|v| v.to_str().unwrap().to_string()).collect()
+    }
+
     #[test]
     fn forwarded_for_is_the_peer_alone_when_none_came() {
-        let mut h = HeaderMap::new();
-        append_forwarded_for(&mut h, &Peer::new("[::ffff:10.0.0.1]:5".parse().unwrap()));
-        assert_eq!(
-            h.get_all(&X_FORWARDED_FOR).iter().collect::<Vec<_>>(),
-            ["10.0.0.1"]
-        );
-        let mut h = HeaderMap::new();
-        append_forwarded_for(&mut h, &Peer::new("[2001:db8::7]:443".parse().unwrap()));
-        assert_eq!(
-            h.get_all(&X_FORWARDED_FOR).iter().collect::<Vec<_>>(),
-            ["2001:db8::7"]
-        );
+        assert_eq!(forwarded(&[], "[::ffff:10.0.0.1]:5"), ["10.0.0.1"]);
+        assert_eq!(forwarded(&[], "[2001:db8::7]:443"), ["2001:db8::7"]);
     }
 
     #[test]
     fn forwarded_for_appends() {
-        let mut h = HeaderMap::new();
-        h.append(&X_FORWARDED_FOR, HeaderValue::from_static("1.1.1.1"));
-        h.append(&X_FORWARDED_FOR, HeaderValue::from_static("2.2.2.2"));
-        append_forwarded_for(&mut h, &Peer::new("[::ffff:10.0.0.1]:5".parse().unwrap()));
         assert_eq!(
-            h.get_all(&X_FORWARDED_FOR).iter().collect::<Vec<_>>(),
+            forwarded(&["1.1.1.1", "2.2.2.2"], "[::ffff:10.0.0.1]:5"),
             ["1.1.1.1, 2.2.2.2, 10.0.0.1"]
         );
     }

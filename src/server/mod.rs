@@ -193,7 +193,7 @@ type Answering = Pin<Box<dyn Future<Output = Result<Answer, Infallible>> + Send>
 /// the request asks for an upgrade.
 fn service(
     proxy: Arc<Proxy>,
-    peer: SocketAddr,
+    peer: Arc<Peer>,
     activity: Arc<Activity>,
     handover: Option<Handover>,
 ) -> impl hyper::service::Service<
@@ -202,7 +202,6 @@ fn service(
     Error = Infallible,
     Future = Answering,
 > + Clone {
-    let peer = Arc::new(Peer::new(peer));
     service_fn(move |req: Request<Incoming>| {
         // Counted at once: the request is active from the moment hyper hands it over.
         let busy = activity.begin();
@@ -225,7 +224,12 @@ async fn serve_connection<I>(
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let activity = Arc::new(Activity::new());
-    let svc = service(proxy, peer, Arc::clone(&activity), None);
+    let svc = service(
+        proxy,
+        Arc::new(Peer::new(peer)),
+        Arc::clone(&activity),
+        None,
+    );
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
     tokio::pin!(conn);
     let mut closing = false;

@@ -23,7 +23,7 @@ use tokio::time::Instant;
 
 use super::watchdog::{Activity, Verdict};
 use super::{service, Lifecycle};
-use crate::proxy::Proxy;
+use crate::proxy::{Peer, Proxy};
 use crate::table::ConnLimits;
 use crate::tunnel::Handover;
 
@@ -86,6 +86,8 @@ pub async fn serve_http1(
     parked: Gauge,
 ) {
     let activity = Arc::new(Activity::new());
+    // Built once: every hyper connection that takes over after a park shares it.
+    let client = Arc::new(Peer::new(peer));
     let handover = Handover::default();
     let builder = h1_builder(limits);
     let mut io = Prefixed {
@@ -95,7 +97,7 @@ pub async fn serve_http1(
     loop {
         let svc = service(
             Arc::clone(&proxy),
-            peer,
+            Arc::clone(&client),
             Arc::clone(&activity),
             Some(handover.clone()),
         );
