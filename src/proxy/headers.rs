@@ -43,16 +43,31 @@ pub(super) fn is_grpc(headers: &HeaderMap) -> bool {
         .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
 }
 
+/// The authority the client addressed, and the Host value it was read from, if it was.
+pub(super) struct RequestHost {
+    pub authority: Authority,
+    host: Option<HeaderValue>,
+}
+
+impl RequestHost {
+    /// The authority as a header value (X-Forwarded-Host, and Host where it is missing).
+    pub fn into_value(self) -> Option<HeaderValue> {
+        // Host's own value is the authority's very bytes, already checked: shared, not rebuilt.
+        self.host
+            .or_else(|| HeaderValue::from_str(self.authority.as_str()).ok())
+    }
+}
+
 /// The authority the client addressed: the URI's (HTTP/2 or absolute-form) or Host.
 /// `Ok(None)` when there is none (HTTP/1.0); `Err` when Host is not a valid authority.
-pub(super) fn request_host(uri: &Uri, headers: &HeaderMap) -> Result<Option<Authority>, ()> {
-    if let Some(a) = uri.authority() {
-        return Ok(Some(a.clone()));
-    }
-    match headers.get(header::HOST) {
-        Some(v) => Authority::try_from(v.as_bytes()).map(Some).map_err(|_| ()),
-        None => Ok(None),
-    }
+pub(super) fn request_host(uri: &Uri, headers: &HeaderMap) -> Result<Option<RequestHost>, ()> {
+    let (authority, host) = match (uri.authority(), headers.get(header::HOST)) {
+        (Some(a), _) => (a.clone(), None),
+        (None, Some(v)) => (Authority::try_from(v.as_bytes()).map_err(|_| ())?, Some(v)),
+        (None, None) => return Ok(None),
+    };
+    let host = host.cloned();
+    Ok(Some(RequestHost { authority, host }))
 }
 
 pub(super) fn strip_port(host: &str) -> &str {
@@ -247,6 +262,36 @@ mod tests {
             forwarded(&["1.1.1.1", "2.2.2.2"], "[::ffff:10.0.0.1]:5"),
             ["1.1.1.1, 2.2.2.2, 10.0.0.1"]
         );
+    }
+
+    /// The host value the upstream leg gets for a request to `uri` with Host `host`.
+    fn host_value(uri: &str, host: Option<&'static str>) -> Result<Option<String>, ()> {
+        let mut h = HeaderMap::new();
+        if let Some(v) = host {
+            h.insert(header::HOST, HeaderValue::from_static(v));
+        }
+        let found = request_host(&uri.parse().unwrap(), &h)?;
+        let value = found.and_then(RequestHost::into_value);
+        Ok(value.map(|v| v.to_str().unwrap().to_string()))
+    }
+
+    #[test]
+    fn the_host_value_is_hosts_own_or_the_uris() {
+        let some = |s: &str| Ok(Some(s.to_string()));
+        assert_eq!(
+            host_value("/", Some("Api.Example.com:8080")),
+            some("Api.Example.com:8080")
+        );
+        assert_eq!(
+            host_value("http://a.example:81/x", None),
+            some("a.example:81")
+        );
+        assert_eq!(
+            host_value("http://a.example/x", Some("b.example")),
+            some("a.example")
+        );
+        assert_eq!(host_value("/", None), Ok(None));
+        assert_eq!(host_value("/", Some("a b")), Err(()));
     }
 
     #[test]

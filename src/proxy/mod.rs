@@ -123,7 +123,9 @@ impl Proxy {
         let Ok(host) = request_host(&parts.uri, &parts.headers) else {
             return reject(&table, Reject::BadHost);
         };
-        let host_no_port = host.as_ref().map_or("", |h| strip_port(h.as_str()));
+        let host_no_port = host
+            .as_ref()
+            .map_or("", |h| strip_port(h.authority.as_str()));
         let path = routed_path.as_deref().unwrap_or(parts.uri.path());
         let Some(route) = table.find_route(host_no_port, path, &parts.method, &parts.headers)
         else {
@@ -156,7 +158,7 @@ impl Proxy {
         parts.headers.insert(&X_COHORT, target.header_value.clone());
         append_forwarded_for(&mut parts.headers, peer);
         parts.headers.insert(&X_FORWARDED_PROTO, self.proto.clone());
-        if let Some(v) = host.and_then(|h| HeaderValue::from_str(h.as_str()).ok()) {
+        if let Some(v) = host.and_then(|h| h.into_value()) {
             parts.headers.insert(&X_FORWARDED_HOST, v.clone());
             // HTTP/2 carries the host in :authority; an HTTP/1.1 upstream needs it as Host.
             parts.headers.entry(header::HOST).or_insert(v);
