@@ -39,6 +39,15 @@ pub struct Proxy {
     life: crate::server::Lifecycle,
 }
 
+/// The client connection a request came on, as the request path needs it: built once per
+/// connection and shared by its requests, behind one `Arc`.
+pub struct Downstream {
+    pub peer: Peer,
+    /// On connections the server takes back from hyper between requests: where the client's
+    /// socket is handed over if a request upgrades. `None` where hyper hands it over itself.
+    pub handover: Option<Handover>,
+}
+
 /// Where a failure came from, which decides the status (pingora's habit).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Failure {
@@ -106,14 +115,15 @@ impl Proxy {
     pub async fn handle(
         &self,
         mut req: Request<Incoming>,
-        peer: &Peer,
-        handover: Option<&Handover>,
+        conn: &Downstream,
     ) -> Response<ProxyBody> {
         let start = Instant::now();
         // A full Arc, not a guard: the request keeps its table to the end, whatever reloads.
         let table = self.table.load_full();
         let upgrade = upgrade_protocol(&req);
-        let client_upgrade = upgrade.as_ref().map(|_| ClientSide::of(&mut req, handover));
+        let client_upgrade = upgrade
+            .as_ref()
+            .map(|_| ClientSide::of(&mut req, conn.handover.as_ref()));
         let (mut parts, body) = req.into_parts();
 
         let routed_path = match hygiene::check(&mut parts, &table.policy) {
@@ -140,7 +150,7 @@ impl Proxy {
             return reject(&table, Reject::BodyTooLarge);
         }
 
-        let client = table.client_ip(peer.addr.ip(), &parts.headers);
+        let client = table.client_ip(conn.peer.addr.ip(), &parts.headers);
         let index = overrides::choose_cohort(route, &table, &parts.headers, &parts.uri, client);
         let target = Arc::clone(&route.cohorts[index]);
         let mut acct = Accounting::start(Arc::clone(&target), start);
@@ -156,7 +166,7 @@ impl Proxy {
             parts.headers.remove(h);
         }
         parts.headers.insert(&X_COHORT, target.header_value.clone());
-        append_forwarded_for(&mut parts.headers, peer);
+        append_forwarded_for(&mut parts.headers, &conn.peer);
         parts.headers.insert(&X_FORWARDED_PROTO, self.proto.clone());
         if let Some(v) = host.and_then(|h| h.into_value()) {
             parts.headers.insert(&X_FORWARDED_HOST, v.clone());

@@ -30,9 +30,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::body::ProxyBody;
-use crate::proxy::{Peer, Proxy};
+use crate::proxy::{Downstream, Peer, Proxy};
 use crate::table::ConnLimits;
-use crate::tunnel::Handover;
 use watchdog::{Activity, Tracked, Verdict};
 
 /// Signals shared by every listener: `drain` asks connections to finish their current
@@ -188,14 +187,13 @@ type Answering = Pin<Box<dyn Future<Output = Result<Answer, Infallible>> + Send>
 
 /// The per-connection service. The request's future is boxed: `plain` drives hyper with
 /// `poll_without_shutdown`, which needs it `Unpin`, and hyper's per-connection slot for it is
-/// then a pointer rather than the future's 1.5 KB. On connections that `plain` takes back from
-/// hyper, every request goes down with the connection's `Handover`; the proxy uses it only if
-/// the request asks for an upgrade.
+/// then a pointer rather than the future's 1.5 KB. Every request goes down with the
+/// connection's `Downstream`: its peer and, on connections that `plain` takes back from hyper,
+/// its `Handover`, which the proxy uses only if the request asks for an upgrade.
 fn service(
     proxy: Arc<Proxy>,
-    peer: Arc<Peer>,
+    conn: Arc<Downstream>,
     activity: Arc<Activity>,
-    handover: Option<Handover>,
 ) -> impl hyper::service::Service<
     Request<Incoming>,
     Response = Answer,
@@ -205,9 +203,9 @@ fn service(
     service_fn(move |req: Request<Incoming>| {
         // Counted at once: the request is active from the moment hyper hands it over.
         let busy = activity.begin();
-        let (proxy, peer, handover) = (Arc::clone(&proxy), Arc::clone(&peer), handover.clone());
+        let (proxy, conn) = (Arc::clone(&proxy), Arc::clone(&conn));
         Box::pin(async move {
-            let resp = proxy.handle(req, &peer, handover.as_ref()).await;
+            let resp = proxy.handle(req, &conn).await;
             Ok(resp.map(|b| Tracked::new(b, busy)))
         }) as Answering
     })
@@ -224,12 +222,11 @@ async fn serve_connection<I>(
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let activity = Arc::new(Activity::new());
-    let svc = service(
-        proxy,
-        Arc::new(Peer::new(peer)),
-        Arc::clone(&activity),
-        None,
-    );
+    let client = Downstream {
+        peer: Peer::new(peer),
+        handover: None,
+    };
+    let svc = service(proxy, Arc::new(client), Arc::clone(&activity));
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
     tokio::pin!(conn);
     let mut closing = false;

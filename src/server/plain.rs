@@ -23,7 +23,7 @@ use tokio::time::Instant;
 
 use super::watchdog::{Activity, Verdict};
 use super::{service, Lifecycle};
-use crate::proxy::{Peer, Proxy};
+use crate::proxy::{Downstream, Peer, Proxy};
 use crate::table::ConnLimits;
 use crate::tunnel::Handover;
 
@@ -86,9 +86,12 @@ pub async fn serve_http1(
     parked: Gauge,
 ) {
     let activity = Arc::new(Activity::new());
-    // Built once: every hyper connection that takes over after a park shares it.
-    let client = Arc::new(Peer::new(peer));
     let handover = Handover::default();
+    // Built once: every hyper connection that takes over after a park shares it.
+    let client = Arc::new(Downstream {
+        peer: Peer::new(peer),
+        handover: Some(handover.clone()),
+    });
     let builder = h1_builder(limits);
     let mut io = Prefixed {
         prefix: Bytes::new(),
@@ -99,7 +102,6 @@ pub async fn serve_http1(
             Arc::clone(&proxy),
             Arc::clone(&client),
             Arc::clone(&activity),
-            Some(handover.clone()),
         );
         let mut conn = builder.serve_connection(TokioIo::new(io), svc);
         let (mut closing, mut parking) = (false, false);
