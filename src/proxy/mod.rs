@@ -8,6 +8,7 @@
 mod headers;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use http::header::{self, HeaderValue};
@@ -194,7 +195,13 @@ impl Proxy {
 
         let body = RequestBody::new(body, route.max_body_bytes, table.limits.body_read_timeout);
         let sent = upstream.send(&mut slot, Request::from_parts(parts, body));
-        let result = tokio::time::timeout(upstream.spec.response_timeout, sent).await;
+        // Counted from `start` rather than from a second clock read: the routing above, a few
+        // microseconds, counts against the response timeout. One too large for an Instant (which
+        // `timeout` would not arm at all) waits 30 years: in effect, never expires either.
+        let deadline = start
+            .checked_add(upstream.spec.response_timeout)
+            .unwrap_or_else(|| start + Duration::from_secs(86400 * 365 * 30));
+        let result = tokio::time::timeout_at(deadline, sent).await;
         acct.hold_endpoint(slot);
         let resp = match result {
             Err(_elapsed) => {
