@@ -187,7 +187,7 @@ type Answering = Pin<Box<dyn Future<Output = Result<Answer, Infallible>> + Send>
 
 /// The per-connection service. The request's future is boxed: `plain` drives hyper with
 /// `poll_without_shutdown`, which needs it `Unpin`, and hyper's per-connection slot for it is
-/// then a pointer rather than the future's 1.5 KB. Every request goes down with the
+/// then a pointer rather than the future (about 3 KB). Every request goes down with the
 /// connection's `Downstream`: its peer and, on connections that `plain` takes back from hyper,
 /// its `Handover`, which the proxy uses only if the request asks for an upgrade.
 fn service(
