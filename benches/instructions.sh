@@ -4,11 +4,12 @@
 #
 #   cargo build --release && benches/instructions.sh [extra cohort run args]
 #
-# Runs the proxy under callgrind twice, with FEW (500) and with MANY (5,500) kept-alive requests
-# (random x-user-id keys, 95/5 split, an nginx backend), and prints the difference per request,
-# which leaves start-up and shutdown out. Start-up is not quite constant (the metrics clock
-# calibrates for a fixed time, not a fixed count), hence the large difference in counts.
-# Needs valgrind and nginx.
+# Runs the proxy under callgrind with instrumentation off until it serves, then sends WARM
+# (default 200) kept-alive requests (random x-user-id keys, 95/5 split, an nginx backend),
+# switches instrumentation on (`callgrind_control -i on`), sends N (default 5,000) more on the
+# same connection and dumps the counts: start-up, connection set-up and shutdown stay out, and
+# so does the metrics clock's calibration, which varies by millions of instructions between
+# runs. Needs valgrind and nginx.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . benches/lib.sh
@@ -22,26 +23,28 @@ if [ "${ROLLOUT:-0}" = 1 ]; then
 fi
 write_split_config "$work/cohort.yaml" 18510 18519 18501 18502 ${rollout:+"$rollout"} "state_dir: $work/state"
 cat > "$work/client.py" <<'PY'
-import http.client, random, sys, time
-n = int(sys.argv[1])
+import http.client, random, subprocess, sys, time
+pid, warm, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 for _ in range(600):
     try:
         c = http.client.HTTPConnection("127.0.0.1", 18510, timeout=60); c.connect(); break
     except OSError:
         time.sleep(0.1)
-for i in range(n):
-    c.request("GET", "/v1/chat", headers={"x-user-id": "user-%d" % random.randint(1, 10**6)})
-    r = c.getresponse(); r.read()
-    assert r.status == 200, r.status
+def send(count):
+    for _ in range(count):
+        c.request("GET", "/v1/chat", headers={"x-user-id": "user-%d" % random.randint(1, 10**6)})
+        r = c.getresponse(); r.read()
+        assert r.status == 200, r.status
+send(warm)
+subprocess.run(["callgrind_control", "-i", "on", pid], check=True, stdout=subprocess.DEVNULL)
+send(n)
+subprocess.run(["callgrind_control", "-d", pid], check=True, stdout=subprocess.DEVNULL)
 PY
 start_backend "$work" 18501 18502
-count() {
-  valgrind --tool=callgrind --callgrind-out-file="$work/cg.$1" "$cohort_bin" run --config "$work/cohort.yaml" "${@:2}" 2>/dev/null &
-  local pid=$!
-  python3 "$work/client.py" "$1"
-  kill -TERM $pid; wait $pid 2>/dev/null || true
-  callgrind_annotate "$work/cg.$1" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1}'
-}
-few=${FEW:-500}; many=${MANY:-5500}
-a=$(count "$few" "$@"); b=$(count "$many" "$@")
-echo "instructions per request: $(( (b - a) / (many - few) ))  ($few requests: $a, $many requests: $b; args: $*; ROLLOUT=${ROLLOUT:-0})"
+valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$work/cg.out" "$cohort_bin" run --config "$work/cohort.yaml" "$@" 2>/dev/null &
+pid=$!
+warm=${WARM:-200}; n=${N:-5000}
+python3 "$work/client.py" "$pid" "$warm" "$n"
+kill -TERM $pid; wait $pid 2>/dev/null || true
+total=$(callgrind_annotate "$work/cg.out.1" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1}')
+echo "instructions per request: $(( total / n ))  ($n requests: $total, after $warm to warm up; args: $*; ROLLOUT=${ROLLOUT:-0})"
