@@ -108,6 +108,9 @@ pub async fn serve_http1(
         let result = loop {
             let deadline = activity.deadline(limits, Some(PARK_AFTER));
             tokio::select! {
+                // In order, with hyper's connection first: no random draw on every wake, and
+                // the signals and the timer are looked at only while it is pending.
+                biased;
                 r = poll_fn(|cx| conn.poll_without_shutdown(cx)) => break r,
                 _ = life.abort.cancelled() => return,
                 _ = life.drain.cancelled(), if !closing => {
