@@ -435,6 +435,9 @@ fn contract_metrics() -> BTreeSet<String> {
         UNROUTED,
         RELOADS,
         GENERATION,
+        cohort::rollout::STEP_PERCENT,
+        cohort::rollout::STATE,
+        cohort::rollout::DECISIONS,
     ]
     .iter()
     .map(|s| s.to_string())
@@ -509,25 +512,81 @@ fn rules_use_only_contract_metrics_and_cover_the_issue() {
     }
 }
 
+fn dashboard() -> serde_json::Value {
+    serde_json::from_str(&read("docker/grafana/dashboards/cohort.json")).unwrap()
+}
+
+/// Each target's PromQL, with its panel.
+fn queries(dashboard: &serde_json::Value) -> Vec<(&serde_json::Value, &str)> {
+    let mut out = Vec::new();
+    for p in dashboard["panels"].as_array().unwrap() {
+        for t in p["targets"].as_array().into_iter().flatten() {
+            out.push((p, t["expr"].as_str().unwrap()));
+        }
+    }
+    out
+}
+
+/// The matchers (`{...}`) after each occurrence of `family` (or its histogram series).
+fn selectors<'a>(expr: &'a str, family: &str) -> Vec<&'a str> {
+    expr.match_indices(family)
+        .map(|(at, _)| {
+            let rest = &expr[at + family.len()..];
+            let rest = ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|s| rest.strip_prefix(s))
+                .unwrap_or(rest);
+            let body = rest
+                .strip_prefix('{')
+                .unwrap_or_else(|| panic!("{family} without matchers in {expr}"));
+            &body[..body.find('}').unwrap()]
+        })
+        .collect()
+}
+
+/// The values a PromQL text matches `label` against with `=`.
+fn label_values(expr: &str, label: &str) -> Vec<String> {
+    let pattern = format!("{label}=\"");
+    expr.match_indices(&pattern)
+        .filter(|(at, _)| *at > 0 && matches!(expr.as_bytes()[at - 1], b'{' | b','))
+        .map(|(at, _)| {
+            let value = &expr[at + pattern.len()..];
+            value[..value.find('"').unwrap()].to_string()
+        })
+        .collect()
+}
+
 #[test]
 fn the_dashboard_compares_cohorts_on_contract_metrics() {
-    let dashboard: serde_json::Value =
-        serde_json::from_str(&read("docker/grafana/dashboards/cohort.json")).unwrap();
+    let dashboard = dashboard();
     let panels = dashboard["panels"].as_array().unwrap();
     let mut ids = BTreeSet::new();
     let mut used = BTreeSet::new();
     let mut titles = String::new();
+    let mut areas: Vec<(u64, u64, u64, u64)> = Vec::new();
     for p in panels {
         assert!(ids.insert(p["id"].as_u64().unwrap()), "duplicate panel id");
         let grid = &p["gridPos"];
-        assert!(grid["x"].as_u64().unwrap() + grid["w"].as_u64().unwrap() <= 24);
+        let at = |k: &str| grid[k].as_u64().unwrap();
+        let (x, y, w, h) = (at("x"), at("y"), at("w"), at("h"));
+        assert!(x + w <= 24);
+        for &(x2, y2, w2, h2) in &areas {
+            let apart = x + w <= x2 || x2 + w2 <= x || y + h <= y2 || y2 + h2 <= y;
+            assert!(apart, "{:?} overlaps another panel", p["title"]);
+        }
+        areas.push((x, y, w, h));
         titles.push_str(&p["title"].as_str().unwrap().to_lowercase());
         titles.push('\n');
-        for t in p["targets"].as_array().into_iter().flatten() {
-            let expr = t["expr"].as_str().unwrap();
-            assert!(!metric_names(expr).is_empty(), "{expr}");
-            used.extend(metric_names(expr));
+        if p["type"] != "row" {
+            assert_eq!(p["datasource"]["uid"], "${datasource}", "{:?}", p["title"]);
         }
+        for t in p["targets"].as_array().into_iter().flatten() {
+            assert_eq!(t["datasource"]["uid"], "${datasource}", "{:?}", p["title"]);
+        }
+    }
+    for (_, expr) in queries(&dashboard) {
+        assert!(!metric_names(expr).is_empty(), "{expr}");
+        used.extend(metric_names(expr));
     }
     let known = contract_metrics();
     assert!(
@@ -543,8 +602,27 @@ fn the_dashboard_compares_cohorts_on_contract_metrics() {
         cohort::metrics::SPLIT,
         cohort::metrics::RELOADS,
         cohort::metrics::GENERATION,
+        cohort::rollout::STEP_PERCENT,
+        cohort::rollout::STATE,
+        cohort::rollout::DECISIONS,
     ] {
         assert!(used.contains(m), "the dashboard does not show {m}");
+    }
+    // Every query on a metric with a route label follows the route variable.
+    let unlabelled = [
+        cohort::metrics::UNROUTED,
+        cohort::metrics::RELOADS,
+        cohort::metrics::GENERATION,
+    ];
+    for (_, expr) in queries(&dashboard) {
+        for m in known.iter().filter(|m| !unlabelled.contains(&m.as_str())) {
+            for matchers in selectors(expr, m) {
+                assert!(
+                    matchers.contains("route=~\"$route\""),
+                    "{m} ignores $route in {expr}"
+                );
+            }
+        }
     }
     for topic in [
         "requests per second",
@@ -555,6 +633,9 @@ fn the_dashboard_compares_cohorts_on_contract_metrics() {
         "split percent",
         "config reloads",
         "config generation",
+        "rollout state",
+        "rollout step percent",
+        "rollout decisions",
     ] {
         assert!(titles.contains(topic), "no panel about {topic}:\n{titles}");
     }
@@ -571,6 +652,65 @@ fn the_dashboard_compares_cohorts_on_contract_metrics() {
     assert_eq!(vars, ["datasource", "route", "cohort"]);
     let datasource = document("docker/grafana/provisioning/datasources/prometheus.yml");
     assert_eq!(datasource["datasources"][0]["type"], "prometheus");
+}
+
+#[test]
+fn the_dashboard_names_rollout_states_and_decisions_as_cohort_does() {
+    use cohort::rollout::{DecisionKind, Phase, STATE};
+    let dashboard = dashboard();
+    let phases: Vec<&str> = Phase::ALL.iter().map(|p| p.as_str()).collect();
+    let decisions: Vec<&str> = DecisionKind::ALL.iter().map(|d| d.as_str()).collect();
+    for (_, expr) in queries(&dashboard) {
+        for state in label_values(expr, "state") {
+            assert!(phases.contains(&state.as_str()), "no state {state}: {expr}");
+        }
+        for decision in label_values(expr, "decision") {
+            assert!(
+                decisions.contains(&decision.as_str()),
+                "no decision {decision}"
+            );
+        }
+    }
+
+    // The state panel codes each state as a number (`state="..."} * N`, most serious
+    // highest) and maps each number back to the state's name.
+    let (panel, expr) = queries(&dashboard)
+        .into_iter()
+        .find(|(_, e)| metric_names(e).contains(STATE))
+        .expect("a panel on the rollout state");
+    assert_eq!(panel["type"], "state-timeline");
+    let mappings = &panel["fieldConfig"]["defaults"]["mappings"][0]["options"];
+    let mut codes = BTreeSet::new();
+    for phase in &phases {
+        let pattern = format!("state=\"{phase}\"}} * ");
+        let at = expr
+            .find(&pattern)
+            .unwrap_or_else(|| panic!("no code for {phase}"));
+        let code: String = expr[at + pattern.len()..]
+            .chars()
+            .take_while(char::is_ascii_digit)
+            .collect();
+        assert!(codes.insert(code.clone()), "{phase} shares code {code}");
+        assert_eq!(mappings[&code]["text"], *phase, "code {code}");
+    }
+    assert!(!codes.contains("0"), "0 is a route with no rollout");
+    assert!(mappings["0"]["text"].is_string());
+    assert_eq!(
+        mappings.as_object().unwrap().len(),
+        phases.len() + 1,
+        "{mappings}"
+    );
+
+    // Rollbacks stand out among the decisions.
+    let (panel, _) = queries(&dashboard)
+        .into_iter()
+        .find(|(_, e)| metric_names(e).contains(cohort::rollout::DECISIONS))
+        .expect("a panel on the rollout decisions");
+    let overrides = panel["fieldConfig"]["overrides"].to_string();
+    assert!(
+        overrides.contains(DecisionKind::Rollback.as_str()),
+        "{overrides}"
+    );
 }
 
 /// Dockerfile instructions, continuation lines joined, comments dropped.

@@ -7,14 +7,16 @@
 #     docker/prometheus/prometheus.yml.
 #  2. `cohort demo` (the release binary) on free loopback ports, with its own load: a fixed
 #     number of requests from random users, the canary failing, slow to its first byte and
-#     escalating; `promtool check metrics` on a scrape of its admin /metrics.
+#     escalating; a second route with a rollout and no traffic; `promtool check metrics` on a
+#     scrape of its admin /metrics.
 #  3. Prometheus on loopback scraping it every second with docker/prometheus/rules.yml; once
 #     the load is done, checks through the HTTP API that per-cohort PromQL agrees with the
 #     traffic: request and error counts and outcome counts equal the load generator's own
 #     tallies, the canary's share, error ratio and escalation share are what the knobs imply,
 #     histogram_quantile of TTFB respects the canary's latency floor and equals the quantile
 #     computed from the raw buckets, rates by cohort are positive, the recording rules and the
-#     canary alerts evaluate on the live data, and every dashboard query is valid PromQL.
+#     canary alerts evaluate on the live data, every dashboard query is valid PromQL, and the
+#     rollout panels show the second route ramping at its first step.
 #  4. A reload that moves the canary from 20% to 30%: Prometheus sees the new split and
 #     generation.
 #
@@ -81,6 +83,28 @@ sed -e "s/127.0.0.1:8080/127.0.0.1:$PUBLIC/" -e "s/127.0.0.1:9901/127.0.0.1:$ADM
     -e "s/127.0.0.1:18001/127.0.0.1:$STABLE/" -e "s/127.0.0.1:18002/127.0.0.1:$CANARY/" \
     config/demo.yaml > "$WORK/demo.yaml"
 grep -q "127.0.0.1:$CANARY" "$WORK/demo.yaml" || fail "config/demo.yaml no longer has the demo ports"
+# A second route, with a rollout and no traffic, for the dashboard's rollout panels: it starts
+# at its first step and stays there, ramping (its guard never gets its samples).
+cat >> "$WORK/demo.yaml" <<YAML
+  - name: rollout-demo
+    match:
+      path_prefix: /rollout-demo/
+    cohort_key:
+      - header: x-user-id
+    split:
+      - cohort: stable
+        upstream: stable
+        percent: 99
+      - cohort: canary
+        upstream: canary
+        percent: 1
+    rollout:
+      id: prometheus-sh
+      canary: canary
+      steps: [5, 50]
+      soak: 1h
+state_dir: $WORK/state
+YAML
 
 say "cohort demo on :$PUBLIC (admin :$ADMIN): $REQUESTS requests at $RPS/s, canary 20% errors, 300 ms think time, 40% escalations"
 "$COHORT_BIN" demo --config "$WORK/demo.yaml" --load "$RPS" --requests "$REQUESTS" \
@@ -277,6 +301,17 @@ for e in exprs:
         check(True, f"dashboard query is valid PromQL: {e[:90]}")
     else:
         check(len(result) > 0, f"dashboard query returns data: {e[:90]}")
+
+# The rollout panels, on the rollout-demo route: its state maps to ramping, at the first step.
+def panel_expr(metric):
+    return next(e for e in exprs if metric in e).replace('"$route"', '"rollout-demo"')
+codes = next(p for p in dash["panels"] if any("cohort_rollout_state" in t["expr"] for t in p.get("targets", [])))
+names = codes["fieldConfig"]["defaults"]["mappings"][0]["options"]
+state = by(panel_expr("cohort_rollout_state"), "route")
+shown = names.get(str(int(state.get("rollout-demo", -1))), {}).get("text")
+check(shown == "ramping", f"the rollout state panel shows rollout-demo {shown} ({state})")
+step = by(panel_expr("cohort_rollout_step_percent"), "route")
+check(step.get("rollout-demo") == 5, f"the rollout step panel shows rollout-demo at {step} percent")
 open(os.path.join(WORK, "checks"), "w").write(str(ok))
 PY
 checks=$((checks + $(cat "$WORK/checks") - 1))
