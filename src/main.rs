@@ -201,12 +201,13 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
 
 fn check(file: &Path) -> ExitCode {
     let metrics = cohort::metrics::Metrics::new();
-    let result =
-        cohort::config::load(file).and_then(|l| cohort::table::from_loaded(&l, &metrics, None, 1));
-    match result {
-        Ok(table) => {
-            for w in table.warnings() {
+    match cohort::reload::check(file, &metrics) {
+        Ok((table, state)) => {
+            for w in table.warnings().iter().chain(&state.warnings) {
                 eprintln!("warning: {w}");
+            }
+            for n in &state.notes {
+                eprintln!("note: {n}");
             }
             println!("{}: ok ({} routes)", file.display(), table.routes.len());
             ExitCode::SUCCESS

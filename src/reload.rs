@@ -1,5 +1,6 @@
 //! The one place that swaps the serving table: initial load, reloads from any trigger, the
-//! audit line for each applied change, and the record of the last failure.
+//! audit line for each applied change, and the record of the last failure. [`check`] runs the
+//! initial load's checks without opening or swapping anything, for `cohort check`.
 //!
 //! Owns: the `ArcSwap<RoutingTable>` store and the generation counter. Must not touch: the
 //! request path (which only loads), sockets, or file watching (see `watch`).
@@ -13,7 +14,7 @@ use arc_swap::ArcSwap;
 
 use crate::config::{self, ConfigError};
 use crate::metrics::Metrics;
-use crate::rollout::{Action, ActionError, Decision, Now, Rollouts};
+use crate::rollout::{self, Action, ActionError, Decision, Now, Preflight, Rollouts, StateError};
 use crate::table::{self, RoutingTable};
 
 /// The last reload that failed, for `GET /routes`.
@@ -56,13 +57,28 @@ pub const NEEDS_RESTART: &str = "changing listeners or the admin address needs a
 pub const STATE_DIR_RESTART: &str =
     "changing state_dir needs a restart; the rest of this config was not applied";
 
+/// A state directory that cannot be used, as a config error at the field that names it.
+fn state_dir_error(loaded: &config::Loaded, e: StateError) -> ConfigError {
+    loaded.error_at("state_dir", e.to_string())
+}
+
+/// What [`Control::start`] would make of `path`, without creating or writing anything: the
+/// table it would build and what it would meet in `state_dir` (see [`rollout::preflight`]),
+/// or the error that would stop it, placed where startup places it.
+pub fn check(path: &Path, metrics: &Metrics) -> Result<(RoutingTable, Preflight), ConfigError> {
+    let loaded = config::load(path)?;
+    let table = table::from_loaded(&loaded, metrics, None, 1)?;
+    let state = rollout::preflight(&table).map_err(|e| state_dir_error(&loaded, e))?;
+    Ok((table, state))
+}
+
 impl Control {
     /// Loads and validates `path` as generation 1.
     pub fn start(path: &Path, metrics: Metrics) -> Result<Self, ConfigError> {
         let loaded = config::load(path)?;
         let mut table = table::from_loaded(&loaded, &metrics, None, 1)?;
         let rollouts = Rollouts::open(table.state_dir.as_deref(), metrics.clone())
-            .map_err(|e| loaded.error_at("state_dir", e.to_string()))?;
+            .map_err(|e| state_dir_error(&loaded, e))?;
         rollouts.reconcile(&mut table, Now::real(), "startup");
         for w in table.warnings() {
             tracing::warn!(warning = %w, "configuration warning");

@@ -1,4 +1,5 @@
-//! The `cohort` command as users run it: `check` and `assign` on the contract's minimal.yaml.
+//! The `cohort` command as users run it: `check` and `assign` on the contract's minimal.yaml,
+//! and what `check` finds in a rollout's `state_dir` on disk.
 
 mod support;
 
@@ -106,6 +107,148 @@ fn check_rejects_unknown_keys_with_file_line_column_and_field() {
         "{err:?} should start with {prefix:?}"
     );
     assert_eq!(err.lines().count(), 1, "{err}");
+}
+
+/// `minimal.yaml` with a rollout on its route and `state_dir: <state_dir>` as its last line.
+fn with_rollout(state_dir: &str) -> String {
+    format!(
+        "{}    rollout:\n      id: v2\n      canary: canary\nstate_dir: {state_dir}\n",
+        minimal()
+    )
+}
+
+/// Where `state_dir`'s value sits in `text`: its line and column, 1-based.
+fn state_dir_place(text: &str) -> (usize, usize) {
+    let line = text
+        .lines()
+        .position(|l| l.starts_with("state_dir:"))
+        .unwrap();
+    (line + 1, "state_dir: ".len() + 1)
+}
+
+/// The names in `dir`, sorted.
+fn listing(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn check_notes_a_missing_state_dir_and_creates_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "cfg.yaml", &with_rollout("state/nested"));
+    let out = cohort(&["check", "cfg.yaml"], dir.path());
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
+    assert_eq!(
+        stderr(&out),
+        "note: state_dir ./state/nested does not exist here; cohort run creates it\n"
+    );
+    assert_eq!(
+        String::from_utf8(out.stdout).unwrap(),
+        "cfg.yaml: ok (1 routes)\n"
+    );
+    assert_eq!(listing(dir.path()), ["cfg.yaml"], "check created something");
+}
+
+#[test]
+fn check_rejects_a_state_dir_that_is_a_file_where_startup_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = with_rollout("state");
+    let path = write(dir.path(), "cfg.yaml", &text);
+    write(dir.path(), "state", "not a directory\n");
+    let out = cohort(&["check", "cfg.yaml"], dir.path());
+    assert_eq!(out.status.code(), Some(1), "stderr: {}", stderr(&out));
+    let (line, column) = state_dir_place(&text);
+    assert_eq!(
+        stderr(&out),
+        format!("cfg.yaml:{line}:{column}: state_dir: ./state: not a directory\n")
+    );
+    assert!(out.stdout.is_empty());
+    // `cohort run` refuses the same file at the same place.
+    let err = match cohort::reload::Control::start(&path, cohort::metrics::Metrics::new()) {
+        Ok(_) => panic!("startup accepted a state_dir that is a file"),
+        Err(e) => e,
+    };
+    assert_eq!(
+        (err.line, err.column, err.field.as_str()),
+        (line, column, "state_dir")
+    );
+}
+
+#[test]
+fn check_rejects_a_read_only_state_dir() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let text = with_rollout("state");
+    write(dir.path(), "cfg.yaml", &text);
+    let state = dir.path().join("state");
+    std::fs::create_dir(&state).unwrap();
+    std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o555)).unwrap();
+    // Root (or any user with CAP_DAC_OVERRIDE) writes into a 0555 directory anyway, so there
+    // `cohort run` would succeed and `check` rightly passes: the assertion only holds for a
+    // user the mode binds, which a probe file tells.
+    if std::fs::File::create(state.join("probe")).is_ok() {
+        std::fs::remove_file(state.join("probe")).unwrap();
+        eprintln!("skipped: this user can write into a read-only directory (root?)");
+        return;
+    }
+    let out = cohort(&["check", "cfg.yaml"], dir.path());
+    assert_eq!(out.status.code(), Some(1), "stderr: {}", stderr(&out));
+    let (line, column) = state_dir_place(&text);
+    assert_eq!(
+        stderr(&out),
+        format!(
+            "cfg.yaml:{line}:{column}: state_dir: ./state: not writable: \
+             Permission denied (os error 13)\n"
+        )
+    );
+}
+
+#[test]
+fn check_warns_about_a_corrupt_rollout_state_as_startup_does_and_leaves_it() {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "cfg.yaml", &with_rollout("state"));
+    let state = dir.path().join("state");
+    std::fs::create_dir(&state).unwrap();
+    write(&state, "rollout-agent.json", "garbage");
+    let out = cohort(&["check", "cfg.yaml"], dir.path());
+    // Startup does not refuse a corrupt file: it halts the rollout with the canary at 0%.
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
+    assert_eq!(
+        stderr(&out),
+        "warning: route \"agent\": ./state/rollout-agent.json: corrupt rollout state \
+         (not a cohort rollout state file); not trusted: cohort run moves it aside to \
+         rollout-agent.json.corrupt and halts the rollout; the canary stays at 0% until an \
+         operator resumes, promotes or rolls back\n"
+    );
+    assert_eq!(
+        String::from_utf8(out.stdout).unwrap(),
+        "cfg.yaml: ok (1 routes)\n"
+    );
+    // Nothing moved aside, nothing written.
+    assert_eq!(listing(&state), ["rollout-agent.json"]);
+    assert_eq!(
+        std::fs::read_to_string(state.join("rollout-agent.json")).unwrap(),
+        "garbage"
+    );
+}
+
+#[test]
+fn check_accepts_a_good_rollout_state_quietly() {
+    use cohort::rollout::state::{Saved, Store};
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "cfg.yaml", &with_rollout("state"));
+    let store = Store::open(&dir.path().join("state")).unwrap();
+    let progress = cohort::rollout::Progress::start();
+    store
+        .save(&Saved::new("agent", "v2", &progress, None, Vec::new()))
+        .unwrap();
+    let out = cohort(&["check", "cfg.yaml"], dir.path());
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
+    assert_eq!(stderr(&out), "");
 }
 
 #[test]

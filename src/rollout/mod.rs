@@ -3,7 +3,9 @@
 //!
 //! Owns: the live rollouts ([`Rollouts`]): matching them with the configuration, the state
 //! each keeps on disk, the decisions with their audit lines and metrics, and the canary's
-//! effective percent, which [`Rollouts::adjust`] writes into a table for `reload` to swap in.
+//! effective percent, which [`Rollouts::adjust`] writes into a table for `reload` to swap in;
+//! and, for `cohort check`, what startup would meet in `state_dir`, found without creating or
+//! writing anything ([`preflight`]).
 //! Must not touch: the swap itself (only `reload` stores tables), the request path (it only
 //! records into [`Cells`] through handles kept in the table).
 //!
@@ -78,6 +80,58 @@ pub enum ActionError {
     NotFound(String),
     #[error("{0}")]
     Conflict(String),
+}
+
+/// What becomes of a rollout whose state file is not trusted, in startup's log line and in
+/// `cohort check`'s warning, which must say the same.
+const UNTRUSTED: &str = "the canary stays at 0% until an operator resumes, promotes or rolls back";
+
+/// What `cohort run` would meet in a table's `state_dir`, short of failing to start.
+#[derive(Debug, Default, PartialEq)]
+pub struct Preflight {
+    /// Not problems, but worth saying (the directory does not exist here yet).
+    pub notes: Vec<String>,
+    /// What startup would log and get past: state files it would not trust.
+    pub warnings: Vec<String>,
+}
+
+/// What [`Rollouts::open`] and then [`Rollouts::reconcile`] would meet in `table`'s
+/// `state_dir`, found without creating or writing anything: `cohort check` runs this, often on
+/// a machine where the directory does not exist. An error is one that would fail
+/// [`Rollouts::open`]; a state file that startup would not trust is only a warning, since
+/// startup halts that rollout and goes on serving.
+pub fn preflight(table: &RoutingTable) -> Result<Preflight, StateError> {
+    let mut out = Preflight::default();
+    let Some(dir) = table.state_dir.as_deref() else {
+        return Ok(out);
+    };
+    let Some(store) = Store::inspect(dir)? else {
+        out.notes.push(format!(
+            "state_dir {} does not exist here; cohort run creates it",
+            dir.display()
+        ));
+        return Ok(out);
+    };
+    for route in table.routes.iter().filter(|r| r.rollout.is_some()) {
+        // The very load startup runs (`open_entry`), which only reads.
+        let Err(err) = store.load(&route.name) else {
+            continue;
+        };
+        let (trust, aside) = match &err {
+            // Its text already says it is not trusted.
+            StateError::Corrupt { .. } => {
+                let aside = store.aside_path(&route.name);
+                let name = aside.file_name().unwrap_or_default().to_string_lossy();
+                ("", format!("moves it aside to {name} and "))
+            }
+            _ => ("; not trusted", String::new()),
+        };
+        out.warnings.push(format!(
+            "route {:?}: {err}{trust}: cohort run {aside}halts the rollout; {UNTRUSTED}",
+            route.name
+        ));
+    }
+    Ok(out)
 }
 
 /// One live rollout.
@@ -226,7 +280,7 @@ impl Rollouts {
             },
             Ok(_) => Some((DecisionKind::Start, "a new rollout id".to_string())),
             Err(err) => {
-                tracing::error!(route, error = %err, "rollout state not trusted; the canary stays at 0% until an operator resumes, promotes or rolls back");
+                tracing::error!(route, error = %err, "rollout state not trusted; {UNTRUSTED}");
                 if let (StateError::Corrupt { .. }, Some(store)) = (&err, &self.store) {
                     match store.set_aside(route) {
                         Ok(aside) => {

@@ -4,7 +4,9 @@
 //!
 //! Owns: the file formats and their checks. A state file carries a checksum of its contents;
 //! one that does not parse, does not match its checksum or does not make sense is reported
-//! as corrupt and never trusted. Must not touch: decisions (`machine`), the table.
+//! as corrupt and never trusted. Also a read-only look at a directory ([`Store::inspect`]) for
+//! `cohort check`, which must not create or write anything. Must not touch: decisions
+//! (`machine`), the table.
 
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
@@ -179,6 +181,14 @@ pub enum StateError {
     },
     #[error("{}: corrupt rollout state ({reason}); not trusted", path.display())]
     Corrupt { path: PathBuf, reason: String },
+    #[error("{}: not a directory", path.display())]
+    NotADirectory { path: PathBuf },
+    #[error("{}: not writable: {source}", path.display())]
+    NotWritable {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// The state directory.
@@ -231,6 +241,30 @@ impl Store {
         })
     }
 
+    /// What [`Store::open`] would meet at `dir`, found without creating or writing anything
+    /// (`cohort check` runs where the directory need not exist): `Ok(None)` when it does not
+    /// exist (`open` would create it), an error when it is not a directory or this user cannot
+    /// create files in it, else a store to [`Store::load`] from, which only reads.
+    pub fn inspect(dir: &Path) -> Result<Option<Store>, StateError> {
+        let meta = match fs::metadata(dir) {
+            Ok(meta) => meta,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io(dir)(e)),
+        };
+        if !meta.is_dir() {
+            return Err(StateError::NotADirectory {
+                path: dir.to_path_buf(),
+            });
+        }
+        writable(dir).map_err(|source| StateError::NotWritable {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        Ok(Some(Store {
+            dir: dir.to_path_buf(),
+        }))
+    }
+
     pub fn dir(&self) -> &Path {
         &self.dir
     }
@@ -271,10 +305,15 @@ impl Store {
         self.sync_dir()
     }
 
+    /// Where [`Store::set_aside`] moves `route`'s state file.
+    pub fn aside_path(&self, route: &str) -> PathBuf {
+        self.path(route).with_extension("json.corrupt")
+    }
+
     /// Moves a corrupt state file aside (to `<name>.corrupt`), keeping it for inspection.
     pub fn set_aside(&self, route: &str) -> Result<PathBuf, StateError> {
         let path = self.path(route);
-        let aside = path.with_extension("json.corrupt");
+        let aside = self.aside_path(route);
         fs::rename(&path, &aside).map_err(io(&path))?;
         self.sync_dir()?;
         Ok(aside)
@@ -299,6 +338,35 @@ impl Store {
             .and_then(|d| d.sync_all())
             .map_err(io(&self.dir))
     }
+}
+
+/// Whether this process could create files in the directory `dir`, asked of the kernel rather
+/// than read from the mode bits, so ACLs, capabilities and read-only mounts count as they would
+/// for [`Store::open`]'s probe file.
+#[cfg(unix)]
+fn writable(dir: &Path) -> std::io::Result<()> {
+    use rustix::fs::{accessat, Access, AtFlags, CWD};
+    // Creating a file needs write and search permission on the directory; AT_EACCESS asks
+    // for the effective ids, the ones `open` would run with.
+    accessat(
+        CWD,
+        dir,
+        Access::WRITE_OK | Access::EXEC_OK,
+        AtFlags::EACCESS,
+    )
+    .map_err(std::io::Error::from)
+}
+
+/// Elsewhere only the read-only attribute can be read without writing.
+#[cfg(not(unix))]
+fn writable(dir: &Path) -> std::io::Result<()> {
+    if fs::metadata(dir)?.permissions().readonly() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            "read-only",
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -354,6 +422,25 @@ mod tests {
         let aside = store.set_aside("agent").unwrap();
         assert!(aside.exists() && !path.exists());
         assert!(store.load("agent").unwrap().is_none());
+    }
+
+    #[test]
+    fn inspecting_creates_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("nested/state");
+        assert!(Store::inspect(&missing).unwrap().is_none());
+        assert!(!dir.path().join("nested").exists());
+        let file = dir.path().join("file");
+        fs::write(&file, "x").unwrap();
+        match Store::inspect(&file) {
+            Err(StateError::NotADirectory { path }) => assert_eq!(path, file),
+            other => panic!("{other:?}"),
+        }
+        Store::open(dir.path()).unwrap().save(&saved()).unwrap();
+        let before = fs::read_dir(dir.path()).unwrap().count();
+        let store = Store::inspect(dir.path()).unwrap().unwrap();
+        assert_eq!(store.load("agent").unwrap().unwrap(), saved());
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), before);
     }
 
     #[test]
