@@ -19,6 +19,7 @@ mod gauges;
 pub mod guard;
 pub mod judge;
 pub mod machine;
+mod preflight;
 mod report;
 #[cfg(test)]
 mod simulate;
@@ -35,6 +36,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 pub use cells::{Cells, Tally};
 pub use gauges::{DECISIONS, STATE, STEP_PERCENT};
 pub use machine::{Action, DecisionKind, Phase, Progress};
+pub use preflight::{preflight, Preflight};
 pub use spec::RolloutSpec;
 pub use state::{Decision, StateError};
 
@@ -84,55 +86,8 @@ pub enum ActionError {
 
 /// What becomes of a rollout whose state file is not trusted, in startup's log line and in
 /// `cohort check`'s warning, which must say the same.
-const UNTRUSTED: &str = "the canary stays at 0% until an operator resumes, promotes or rolls back";
-
-/// What `cohort run` would meet in a table's `state_dir`, short of failing to start.
-#[derive(Debug, Default, PartialEq)]
-pub struct Preflight {
-    /// Not problems, but worth saying (the directory does not exist here yet).
-    pub notes: Vec<String>,
-    /// What startup would log and get past: state files it would not trust.
-    pub warnings: Vec<String>,
-}
-
-/// What [`Rollouts::open`] and then [`Rollouts::reconcile`] would meet in `table`'s
-/// `state_dir`, found without creating or writing anything: `cohort check` runs this, often on
-/// a machine where the directory does not exist. An error is one that would fail
-/// [`Rollouts::open`]; a state file that startup would not trust is only a warning, since
-/// startup halts that rollout and goes on serving.
-pub fn preflight(table: &RoutingTable) -> Result<Preflight, StateError> {
-    let mut out = Preflight::default();
-    let Some(dir) = table.state_dir.as_deref() else {
-        return Ok(out);
-    };
-    let Some(store) = Store::inspect(dir)? else {
-        out.notes.push(format!(
-            "state_dir {} does not exist here; cohort run creates it",
-            dir.display()
-        ));
-        return Ok(out);
-    };
-    for route in table.routes.iter().filter(|r| r.rollout.is_some()) {
-        // The very load startup runs (`open_entry`), which only reads.
-        let Err(err) = store.load(&route.name) else {
-            continue;
-        };
-        let (trust, aside) = match &err {
-            // Its text already says it is not trusted.
-            StateError::Corrupt { .. } => {
-                let aside = store.aside_path(&route.name);
-                let name = aside.file_name().unwrap_or_default().to_string_lossy();
-                ("", format!("moves it aside to {name} and "))
-            }
-            _ => ("; not trusted", String::new()),
-        };
-        out.warnings.push(format!(
-            "route {:?}: {err}{trust}: cohort run {aside}halts the rollout; {UNTRUSTED}",
-            route.name
-        ));
-    }
-    Ok(out)
-}
+pub(super) const UNTRUSTED: &str =
+    "the canary stays at 0% until an operator resumes, promotes or rolls back";
 
 /// One live rollout.
 struct Entry {
