@@ -11,15 +11,18 @@
 //! Here an endpoint owns its queue, so checkout is a pop, and the connection comes back when
 //! the response body is done, at which point hyper has already made it ready again.
 
-use std::task::Poll;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use crossbeam_queue::ArrayQueue;
 use http::uri::{Authority, Scheme};
 use http::{header, HeaderValue, Request, Response, Uri};
 use hyper::body::Incoming;
-use hyper::client::conn::http1;
+use hyper::client::conn::{http1, TrySendError};
 use hyper_util::client::legacy::connect::HttpConnector;
+use pin_project_lite::pin_project;
 use tokio::time::Instant;
 use tower_service::Service;
 
@@ -73,23 +76,38 @@ impl Pool {
     /// Sends `req` (origin-form URI) on an idle connection, or a new one. A request that a
     /// reused connection refused before writing a byte (the server had closed it) is sent once
     /// more on a fresh connection; nothing that reached the upstream is ever sent twice.
-    pub async fn send(
+    ///
+    /// A plain fn, not an async one: the request goes into hyper's channel before it returns,
+    /// so the future holds hyper's exchange and not also a copy of the request at every level.
+    pub fn send(
         &self,
         mut req: Request<RequestBody>,
-    ) -> Result<(Response<Incoming>, Sender), PoolError> {
+    ) -> impl Future<Output = Result<(Response<Incoming>, Sender), PoolError>> + Send + '_ {
         if !req.headers().contains_key(header::HOST) {
             // HTTP/1.0 clients may omit Host; HTTP/1.1 requires one on the upstream leg.
             req.headers_mut().insert(header::HOST, self.host.clone());
         }
-        if let Some(mut sender) = self.checkout() {
-            match sender.try_send_request(req).await {
-                Ok(resp) => return Ok((resp, sender)),
-                Err(mut e) => match e.take_message() {
-                    Some(unsent) => req = unsent,
-                    None => return Err(PoolError::Exchange(e.into_error())),
-                },
+        match self.checkout() {
+            Some(mut sender) => {
+                let sent = sender.try_send_request(req);
+                Sending::Reused {
+                    pool: self,
+                    sender: Some(sender),
+                    sent,
+                }
             }
+            None => Sending::Fresh {
+                sent: Box::pin(self.fresh(req)),
+            },
         }
+    }
+
+    /// The exchange on a new connection: rare next to reuse, so its future is boxed, which
+    /// keeps it out of the size of every request's future.
+    async fn fresh(
+        &self,
+        req: Request<RequestBody>,
+    ) -> Result<(Response<Incoming>, Sender), PoolError> {
         let mut sender = self.connect().await?;
         match sender.send_request(req).await {
             Ok(resp) => Ok((resp, sender)),
@@ -145,5 +163,53 @@ impl Pool {
             }
         });
         Ok(sender)
+    }
+}
+
+type Fresh<'a> =
+    Pin<Box<dyn Future<Output = Result<(Response<Incoming>, Sender), PoolError>> + Send + 'a>>;
+
+pin_project! {
+    /// `Pool::send`'s exchange: hyper's on a reused connection, then, if that connection gave
+    /// the request back unsent, one on a fresh connection.
+    #[project = SendingProj]
+    enum Sending<'a, F> {
+        Reused {
+            pool: &'a Pool,
+            // Taken when the response comes, to go with it.
+            sender: Option<Sender>,
+            #[pin]
+            sent: F,
+        },
+        Fresh {
+            sent: Fresh<'a>,
+        },
+    }
+}
+
+impl<F> Future for Sending<'_, F>
+where
+    F: Future<Output = Result<Response<Incoming>, TrySendError<Request<RequestBody>>>>,
+{
+    type Output = Result<(Response<Incoming>, Sender), PoolError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let (pool, unsent) = match self.as_mut().project() {
+            SendingProj::Fresh { sent } => return sent.as_mut().poll(cx),
+            SendingProj::Reused { pool, sender, sent } => match ready!(sent.poll(cx)) {
+                Ok(resp) => {
+                    let sender = sender.take().expect("Sending polled after completion");
+                    return Poll::Ready(Ok((resp, sender)));
+                }
+                Err(mut e) => match e.take_message() {
+                    Some(unsent) => (*pool, unsent),
+                    None => return Poll::Ready(Err(PoolError::Exchange(e.into_error()))),
+                },
+            },
+        };
+        self.set(Sending::Fresh {
+            sent: Box::pin(pool.fresh(unsent)),
+        });
+        self.poll(cx)
     }
 }

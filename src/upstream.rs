@@ -6,9 +6,12 @@
 //! Must not touch: routing decisions, metrics registration, configuration files.
 
 use std::error::Error as StdError;
+use std::future::Future;
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use http::uri::{Authority, Scheme};
@@ -16,8 +19,9 @@ use http::{Request, Response, Uri};
 use hyper::body::Incoming;
 use hyper_rustls::{FixedServerNameResolver, HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::{Client, ResponseFuture};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
+use pin_project_lite::pin_project;
 use rustls_pki_types::ServerName;
 
 use crate::body::RequestBody;
@@ -226,14 +230,79 @@ impl Upstream {
 
     /// Sends `req` to the endpoint `slot` holds. `req` carries the origin-form path; the
     /// endpoint's scheme and authority are added here when hyper-util's client needs them.
-    pub async fn send(
-        &self,
-        slot: &mut InFlight,
-        mut req: Request<RequestBody>,
-    ) -> Result<Response<Incoming>, SendError> {
+    ///
+    /// A plain fn, not an async one: the request is handed to the pool or the client before it
+    /// returns, so the future does not keep a copy of it next to theirs.
+    pub fn send<'a>(
+        &'a self,
+        slot: &'a mut InFlight,
+        req: Request<RequestBody>,
+    ) -> impl Future<Output = Result<Response<Incoming>, SendError>> + Send + 'a {
         let endpoint = &self.endpoints[slot.index];
         if let Some(pool) = &endpoint.pool {
-            return match pool.send(req).await {
+            return Sending::Pooled {
+                slot,
+                sent: pool.send(req),
+            };
+        }
+        match self.client_request(endpoint, req) {
+            Ok(sent) => Sending::Client { sent },
+            Err(e) => Sending::Failed { error: Some(e) },
+        }
+    }
+
+    fn client_request(
+        &self,
+        endpoint: &Endpoint,
+        mut req: Request<RequestBody>,
+    ) -> Result<ResponseFuture, SendError> {
+        let mut uri = Uri::builder()
+            .scheme(endpoint.scheme.clone())
+            .authority(endpoint.authority.clone());
+        if let Some(pq) = req.uri().path_and_query() {
+            uri = uri.path_and_query(pq.clone());
+        }
+        *req.uri_mut() = uri.build().map_err(|e| SendError {
+            connect: false,
+            source: Box::new(e),
+        })?;
+        Ok(self.client.request(req))
+    }
+
+    pub fn in_flight(&self, index: usize) -> usize {
+        self.endpoints[index].in_flight.load(Ordering::Relaxed)
+    }
+}
+
+pin_project! {
+    /// `Upstream::send`'s exchange, through the endpoint's pool or hyper-util's client.
+    #[project = SendingProj]
+    enum Sending<'a, P> {
+        Pooled {
+            // Gets the connection the response came on, which goes back to the pool with it.
+            slot: &'a mut InFlight,
+            #[pin]
+            sent: P,
+        },
+        Client {
+            #[pin]
+            sent: ResponseFuture,
+        },
+        Failed {
+            error: Option<SendError>,
+        },
+    }
+}
+
+impl<P> Future for Sending<'_, P>
+where
+    P: Future<Output = Result<(Response<Incoming>, pool::Sender), PoolError>>,
+{
+    type Output = Result<Response<Incoming>, SendError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project() {
+            SendingProj::Pooled { slot, sent } => Poll::Ready(match ready!(sent.poll(cx)) {
                 Ok((resp, conn)) => {
                     slot.conn = Some(conn);
                     Ok(resp)
@@ -246,26 +315,17 @@ impl Upstream {
                     connect: false,
                     source: Box::new(e),
                 }),
-            };
+            }),
+            SendingProj::Client { sent } => {
+                Poll::Ready(ready!(sent.poll(cx)).map_err(|e| SendError {
+                    connect: e.is_connect(),
+                    source: Box::new(e),
+                }))
+            }
+            SendingProj::Failed { error } => {
+                Poll::Ready(Err(error.take().expect("Sending polled after completion")))
+            }
         }
-        let mut uri = Uri::builder()
-            .scheme(endpoint.scheme.clone())
-            .authority(endpoint.authority.clone());
-        if let Some(pq) = req.uri().path_and_query() {
-            uri = uri.path_and_query(pq.clone());
-        }
-        *req.uri_mut() = uri.build().map_err(|e| SendError {
-            connect: false,
-            source: Box::new(e),
-        })?;
-        self.client.request(req).await.map_err(|e| SendError {
-            connect: e.is_connect(),
-            source: Box::new(e),
-        })
-    }
-
-    pub fn in_flight(&self, index: usize) -> usize {
-        self.endpoints[index].in_flight.load(Ordering::Relaxed)
     }
 }
 
