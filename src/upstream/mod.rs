@@ -8,10 +8,8 @@
 use std::error::Error as StdError;
 use std::future::Future;
 use std::path::PathBuf;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use http::uri::{Authority, Scheme};
@@ -21,13 +19,15 @@ use hyper_rustls::{FixedServerNameResolver, HttpsConnector, HttpsConnectorBuilde
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::{Client, ResponseFuture};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
-use pin_project_lite::pin_project;
 use rustls_pki_types::ServerName;
 
 use crate::body::RequestBody;
 use crate::metrics::FailureReason;
-use crate::pool::{self, Pool, PoolError};
+use crate::pool::{self, Pool};
 use crate::tls::{self, TlsError};
+use exchange::Sending;
+
+mod exchange;
 
 /// How cohort speaks to an upstream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -271,61 +271,6 @@ impl Upstream {
 
     pub fn in_flight(&self, index: usize) -> usize {
         self.endpoints[index].in_flight.load(Ordering::Relaxed)
-    }
-}
-
-pin_project! {
-    /// `Upstream::send`'s exchange, through the endpoint's pool or hyper-util's client.
-    #[project = SendingProj]
-    enum Sending<'a, P> {
-        Pooled {
-            // Gets the connection the response came on, which goes back to the pool with it.
-            slot: &'a mut InFlight,
-            #[pin]
-            sent: P,
-        },
-        Client {
-            #[pin]
-            sent: ResponseFuture,
-        },
-        Failed {
-            error: Option<SendError>,
-        },
-    }
-}
-
-impl<P> Future for Sending<'_, P>
-where
-    P: Future<Output = Result<(Response<Incoming>, pool::Sender), PoolError>>,
-{
-    type Output = Result<Response<Incoming>, SendError>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.project() {
-            SendingProj::Pooled { slot, sent } => Poll::Ready(match ready!(sent.poll(cx)) {
-                Ok((resp, conn)) => {
-                    slot.conn = Some(conn);
-                    Ok(resp)
-                }
-                Err(PoolError::Connect(e)) => Err(SendError {
-                    connect: true,
-                    source: e,
-                }),
-                Err(PoolError::Exchange(e)) => Err(SendError {
-                    connect: false,
-                    source: Box::new(e),
-                }),
-            }),
-            SendingProj::Client { sent } => {
-                Poll::Ready(ready!(sent.poll(cx)).map_err(|e| SendError {
-                    connect: e.is_connect(),
-                    source: Box::new(e),
-                }))
-            }
-            SendingProj::Failed { error } => {
-                Poll::Ready(Err(error.take().expect("Sending polled after completion")))
-            }
-        }
     }
 }
 
