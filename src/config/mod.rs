@@ -5,6 +5,7 @@
 //! carries a field path) into a [`ConfigError`] that names file, line, column and field.
 //! Must not touch: validation rules (see `table`), sockets, metrics or the serving table.
 
+pub(crate) mod duration;
 mod raw;
 
 use std::fmt;

@@ -404,6 +404,20 @@ fn wrong_type_duration() {
 }
 
 #[test]
+fn durations_past_ten_years_are_refused() {
+    // Past what an Instant holds, `Instant + duration` would panic wherever a timer is armed.
+    reject(
+        &format!("{MINIMAL}shutdown_timeout: 300000000000y\n"),
+        26,
+        19,
+        "shutdown_timeout",
+        &["longer than the longest duration accepted, 10 years"],
+    );
+    let table = accept(&format!("{MINIMAL}shutdown_timeout: 10y\n"));
+    assert_eq!(table.shutdown_timeout, crate::config::duration::MAX);
+}
+
+#[test]
 fn missing_field_is_reported_at_its_parent() {
     reject(
         &edit("        upstream: canary\n", ""),
