@@ -499,6 +499,59 @@ async fn a_corrupt_state_file_is_reported_and_never_trusted() {
     rig.stop().await;
 }
 
+/// Rewrites a state file's contents with `edit` and signs it again, as someone who knows the
+/// format would.
+fn edit_state(path: &Path, edit: impl FnOnce(&mut Value)) {
+    let text = std::fs::read_to_string(path).unwrap();
+    let mut file: Value = serde_json::from_str(&text).unwrap();
+    edit(&mut file["state"]);
+    let body = serde_json::to_string(&file["state"]).unwrap();
+    let sum = xxhash_rust::xxh3::xxh3_64(body.as_bytes());
+    std::fs::write(
+        path,
+        format!("{{\"checksum\":\"{sum:016x}\",\"state\":{body}}}\n"),
+    )
+    .unwrap();
+}
+
+#[tokio::test]
+async fn a_state_file_that_makes_no_sense_is_never_trusted() {
+    type Edit = (&'static str, fn(&mut Value));
+    let cases: [Edit; 4] = [
+        ("more errors than requests", |s| {
+            s["canary"]["errors"] = (s["canary"]["requests"].as_u64().unwrap() * 2 + 5).into()
+        }),
+        ("more answers with an outcome than requests", |s| {
+            s["baseline"]["with_outcome"] = (s["baseline"]["requests"].as_u64().unwrap() + 1).into()
+        }),
+        ("a soak of 30,000 years", |s| {
+            s["soaked_ms"] = (30_000u64 * 365 * 24 * 3600 * 1000).into()
+        }),
+        ("a step past the end of steps", |s| s["step"] = 2.into()),
+    ];
+    for (what, edit) in cases {
+        let s = healthy(
+            "{id: v2, canary: canary, steps: [30, 100], soak: 1h, min_samples: 5, \
+             guards: [{metric: error_rate}]}",
+        )
+        .await;
+        let mut rig = Rig::start(&s.path).await;
+        rig.send_and_tick(200, 10).await;
+        rig.stop().await;
+        let state = s.dir.path().join("state/rollout-agent.json");
+        edit_state(&state, edit);
+
+        let rig = Rig::start(&s.path).await;
+        let r = rig.rollout().await;
+        assert_eq!(r["state"], "halted", "{what}: {r:#}");
+        let note = r["note"].as_str().unwrap();
+        assert!(note.contains("corrupt rollout state"), "{what}: {note}");
+        assert_eq!(rig.percent("canary").await.0, 0.0, "{what}");
+        assert!(state.with_extension("json.corrupt").exists(), "{what}");
+        rig.stop().await;
+    }
+}
+
 #[tokio::test]
 async fn operators_pause_resume_and_promote_behind_the_admin_token() {
     let s =

@@ -91,34 +91,45 @@ impl Cells {
         ttfb: Option<Duration>,
         duration: Duration,
     ) {
-        self.requests.fetch_add(1, Ordering::Relaxed);
+        // Each count is added after the counts it is part of, with Release, and
+        // [`Cells::snapshot`] reads in the opposite order with Acquire: a snapshot that sees
+        // an error, an outcome or a time also sees its request, so no snapshot holds more
+        // errors than requests ([`Tally::impossible`]). Free on x86, where every atomic add
+        // is already a full barrier.
+        self.requests.fetch_add(1, Ordering::Release);
         if let Some(slot) = outcome {
-            self.with_outcome.fetch_add(1, Ordering::Relaxed);
-            self.outcomes[outcome_index(slot)].fetch_add(1, Ordering::Relaxed);
+            self.with_outcome.fetch_add(1, Ordering::Release);
+            self.outcomes[outcome_index(slot)].fetch_add(1, Ordering::Release);
         }
         if status >= 500 || cut {
-            self.errors.fetch_add(1, Ordering::Relaxed);
+            self.errors.fetch_add(1, Ordering::Release);
             return;
         }
         if status >= 200 {
-            self.latency[bin_of(duration)].fetch_add(1, Ordering::Relaxed);
+            self.latency[bin_of(duration)].fetch_add(1, Ordering::Release);
             if let Some(t) = ttfb {
-                self.ttfb[bin_of(t)].fetch_add(1, Ordering::Relaxed);
+                self.ttfb[bin_of(t)].fetch_add(1, Ordering::Release);
             }
         }
     }
 
-    /// A copy of every counter (each read on its own: a request recorded meanwhile may show in
-    /// some counters and not yet in others, and is complete in the next snapshot).
+    /// A copy of every counter, read parts before wholes (see [`Cells::record`]): a request
+    /// recorded meanwhile may show in its wholes and not yet in its parts, never the reverse,
+    /// and is complete in the next snapshot.
     pub fn snapshot(&self) -> Tally {
-        let read = |a: &[AtomicU64]| a.iter().map(|c| c.load(Ordering::Relaxed)).collect();
+        let read = |a: &[AtomicU64]| a.iter().map(|c| c.load(Ordering::Acquire)).collect();
+        let ttfb = read(&self.ttfb);
+        let latency = read(&self.latency);
+        let errors = self.errors.load(Ordering::Acquire);
+        let outcomes = read(&self.outcomes);
+        let with_outcome = self.with_outcome.load(Ordering::Acquire);
         Tally {
-            requests: self.requests.load(Ordering::Relaxed),
-            errors: self.errors.load(Ordering::Relaxed),
-            with_outcome: self.with_outcome.load(Ordering::Relaxed),
-            outcomes: read(&self.outcomes),
-            latency: read(&self.latency),
-            ttfb: read(&self.ttfb),
+            requests: self.requests.load(Ordering::Acquire),
+            errors,
+            with_outcome,
+            outcomes,
+            latency,
+            ttfb,
         }
     }
 }
@@ -172,6 +183,48 @@ impl Tally {
             latency: each(&self.latency, &other.latency),
             ttfb: each(&self.ttfb, &other.ttfb),
         }
+    }
+
+    /// Why these counts cannot have come from recording (see [`Cells::record`]), if they
+    /// cannot: errors, answers with an outcome and timed answers are each a subset of the
+    /// requests, the outcome slots' counts of the answers with an outcome, and first-byte times
+    /// of the timed answers. Sums are taken wide so that counts near `u64::MAX` cannot wrap
+    /// into something plausible.
+    pub fn impossible(&self) -> Option<String> {
+        let sum = |v: &[u64]| v.iter().map(|&c| u128::from(c)).sum::<u128>();
+        let (requests, errors) = (u128::from(self.requests), u128::from(self.errors));
+        let with_outcome = u128::from(self.with_outcome);
+        let checks = [
+            (errors, requests, "errors", "requests"),
+            (
+                with_outcome,
+                requests,
+                "answers with an outcome",
+                "requests",
+            ),
+            (
+                sum(&self.outcomes),
+                with_outcome,
+                "outcomes",
+                "answers with an outcome",
+            ),
+            (
+                sum(&self.latency),
+                requests.saturating_sub(errors),
+                "timed answers",
+                "requests without an error",
+            ),
+            (
+                sum(&self.ttfb),
+                sum(&self.latency),
+                "first-byte times",
+                "timed answers",
+            ),
+        ];
+        checks
+            .into_iter()
+            .find(|(part, whole, ..)| part > whole)
+            .map(|(part, whole, what, of)| format!("{part} {what} but {whole} {of}"))
     }
 
     /// Whether every vector has its fixed length (a restored tally is checked with this).

@@ -54,6 +54,9 @@ pub enum Status {
     Waiting,
     Pass,
     Fail,
+    /// Judged, but its statistic is not a number: it never passes, so the step holds, and
+    /// [`Reading::note`] says why.
+    Invalid,
 }
 
 /// What a guard reads at one moment, with the numbers behind its verdict.
@@ -75,6 +78,9 @@ pub struct Reading {
     /// Mann-Whitney statistic; 0.5 when alike), for information.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub slower_share: Option<f64>,
+    /// Why the status is not what the statistic alone says (`invalid`, impossible counts).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
 }
 
 fn counts(t: &Tally, source: Rate) -> Counts {
@@ -96,7 +102,7 @@ fn bins(t: &Tally, source: Latency) -> &[u64] {
 /// The baseline's tail starts at bin `from.1`, the canary's at `from.0`: the bin after the
 /// one holding the baseline's quantile, and the first at or past `1 + margin` times its edge.
 fn tail_starts(baseline: &[u64], quantile: f64, margin: f64) -> Option<(usize, usize)> {
-    let total: u64 = baseline.iter().sum();
+    let total = stats::total(baseline);
     // Too few baseline samples place the quantile by chance: no bet yet.
     if total < 20 {
         return None;
@@ -111,7 +117,7 @@ fn tail_starts(baseline: &[u64], quantile: f64, margin: f64) -> Option<(usize, u
 
 /// Samples at or past `from` among all of a histogram's.
 fn tail(bins: &[u64], from: usize) -> Counts {
-    Counts::new(stats::at_or_above(bins, from), bins.iter().sum())
+    Counts::new(stats::at_or_above(bins, from), stats::total(bins))
 }
 
 impl Guard {
@@ -177,17 +183,32 @@ impl Guard {
                 let (cb, bb) = (bins(canary, *source), bins(baseline, *source));
                 let cq = stats::quantile(cb, *quantile).unwrap_or(0.0);
                 let bq = stats::quantile(bb, *quantile).unwrap_or(0.0);
-                let n = |b: &[u64]| b.iter().sum::<u64>();
                 let slower = stats::slower_share(cb, bb);
-                (cq, bq, bq * (1.0 + relative_margin), n(cb), n(bb), slower)
+                (
+                    cq,
+                    bq,
+                    bq * (1.0 + relative_margin),
+                    stats::total(cb),
+                    stats::total(bb),
+                    slower,
+                )
             }
         };
-        let status = if cn < min_samples || bn < min_samples {
-            Status::Waiting
+        let impossible = (canary.impossible().map(|why| format!("canary: {why}")))
+            .or_else(|| baseline.impossible().map(|why| format!("baseline: {why}")));
+        let (status, note) = if let Some(why) = impossible {
+            // Counts that recording cannot produce mean the evidence itself is broken: the
+            // canary is not judged safe on it.
+            (Status::Fail, Some(format!("impossible counts ({why})")))
+        } else if cn < min_samples || bn < min_samples {
+            (Status::Waiting, None)
         } else if log_wealth >= threshold {
-            Status::Fail
+            (Status::Fail, None)
+        } else if !log_wealth.is_finite() {
+            let note = format!("statistic {log_wealth} is not a finite number; the step holds");
+            (Status::Invalid, Some(note))
         } else {
-            Status::Pass
+            (Status::Pass, None)
         };
         Reading {
             guard: self.name.clone(),
@@ -200,6 +221,7 @@ impl Guard {
             statistic: log_wealth,
             threshold,
             slower_share: slower,
+            note,
         }
     }
 }
@@ -249,6 +271,122 @@ mod tests {
         assert_eq!(r.slower_share, Some(1.0));
         let early = g.read(w, &c, &b, 1_000_000, 1.0);
         assert_eq!(early.status, Status::Waiting);
+    }
+
+    fn error_rate() -> Guard {
+        Guard {
+            name: "error_rate".into(),
+            key: "error_rate 0".into(),
+            kind: GuardKind::Rate {
+                source: Rate::Errors,
+                boundary: Boundary::new(Worse::Higher, Margin::Points(0.0)),
+            },
+        }
+    }
+
+    fn latency_p95() -> Guard {
+        Guard {
+            name: "latency p95".into(),
+            key: "latency p95 0".into(),
+            kind: GuardKind::Latency {
+                source: Latency::Duration,
+                quantile: 0.95,
+                relative_margin: 0.0,
+            },
+        }
+    }
+
+    #[test]
+    fn impossible_counts_fail_and_a_statistic_that_is_not_a_number_holds() {
+        let g = error_rate();
+        let sound = Tally {
+            requests: 100,
+            errors: 2,
+            ..Tally::default()
+        };
+        let broken = Tally {
+            requests: 100,
+            errors: 150,
+            ..Tally::default()
+        };
+        let r = g.read(0.0, &broken, &sound, 10, 3.0);
+        assert_eq!(r.status, Status::Fail);
+        let note = r.note.unwrap();
+        assert_eq!(
+            note,
+            "impossible counts (canary: 150 errors but 100 requests)"
+        );
+        assert_eq!(
+            crate::rollout::machine::describe(&g.read(0.0, &sound, &broken, 10, 3.0)),
+            "error_rate: impossible counts (baseline: 150 errors but 100 requests)"
+        );
+        for w in [f64::NAN, f64::NEG_INFINITY] {
+            let r = g.read(w, &sound, &sound, 10, 3.0);
+            assert_eq!(r.status, Status::Invalid, "{w}");
+            assert!(r.note.unwrap().contains("not a finite number"));
+        }
+        assert_eq!(
+            g.read(f64::INFINITY, &sound, &sound, 10, 3.0).status,
+            Status::Fail
+        );
+        // Not yet judged: a statistic that is not a number still does not pass.
+        assert_eq!(
+            g.read(f64::NAN, &sound, &sound, 1000, 3.0).status,
+            Status::Waiting
+        );
+    }
+
+    fn tally_from(c: (u64, u64, u64, u64, usize)) -> Tally {
+        let (requests, errors, latency, ttfb, bin) = c;
+        let mut t = Tally {
+            requests,
+            errors,
+            ..Tally::default()
+        };
+        t.latency[bin % BINS] = latency;
+        t.ttfb[(bin * 7) % BINS] = ttfb;
+        t
+    }
+
+    proptest::proptest! {
+        /// Whatever the counts, including impossible and enormous ones, a guard's e-process
+        /// stays a number, and no reading passes on a statistic that is not finite.
+        #[test]
+        fn no_counts_make_a_statistic_that_is_not_finite_pass(
+            blocks in proptest::collection::vec(
+                (
+                    (0..u64::MAX, 0..u64::MAX, 0..u64::MAX, 0..u64::MAX, 0..BINS),
+                    (0..u64::MAX, 0..u64::MAX, 0..u64::MAX, 0..u64::MAX, 0..BINS),
+                    (0u64..200, 0u64..200, 0u64..200, 0u64..200, 0..BINS),
+                ),
+                1..12,
+            ),
+        ) {
+            for g in [error_rate(), latency_p95()] {
+                let (mut c, mut b) = (Tally::default(), Tally::default());
+                let mut w = 0.0;
+                for (huge_c, huge_b, small) in &blocks {
+                    let (cb, bb) = (tally_from(*huge_c), tally_from(*huge_b));
+                    let small = tally_from(*small);
+                    for (cb, bb) in [(&cb, &bb), (&small, &small), (&small, &bb)] {
+                        w = g.observe(w, (&c, &b), (cb, bb));
+                        proptest::prop_assert!(!w.is_nan(), "{} went NaN", g.name);
+                        c = c.plus(cb);
+                        b = b.plus(bb);
+                        let r = g.read(w, &c, &b, 1, stats::log_threshold(0.05));
+                        proptest::prop_assert!(
+                            r.status != Status::Pass || r.statistic.is_finite(),
+                            "{r:?}"
+                        );
+                        proptest::prop_assert!(
+                            r.status == Status::Fail
+                                || (c.impossible().is_none() && b.impossible().is_none()),
+                            "{r:?}"
+                        );
+                    }
+                }
+            }
+        }
     }
 
     #[test]

@@ -301,6 +301,9 @@ fn action_name(a: Action) -> &'static str {
 
 /// One line on a reading, for logs and decision reasons.
 pub fn describe(r: &Reading) -> String {
+    if let Some(note) = &r.note {
+        return format!("{}: {note}", r.guard);
+    }
     let value = |v: f64| {
         if r.guard.starts_with("latency") || r.guard.starts_with("ttfb") {
             format!("{:.1}ms", v * 1000.0)

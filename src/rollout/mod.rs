@@ -218,13 +218,13 @@ impl Rollouts {
             spec,
         };
         let loaded = match &self.store {
-            Some(store) => store.load(route),
+            Some(store) => store.load(route, &e.spec.id, e.spec.steps.len()),
             None => Ok(None),
         };
         let first = match loaded {
+            // `load` has checked it against this rollout: the error arm is never taken.
             Ok(Some(saved)) if saved.id == e.spec.id => match saved.progress() {
-                Ok(mut p) => {
-                    p.step = p.step.min(e.spec.steps.len().saturating_sub(1));
+                Ok(p) => {
                     e.progress = p;
                     e.note = saved.note;
                     e.history = saved.history.into_iter().collect();

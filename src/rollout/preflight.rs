@@ -35,9 +35,12 @@ pub fn preflight(table: &RoutingTable) -> Result<Preflight, StateError> {
         ));
         return Ok(out);
     };
-    for route in table.routes.iter().filter(|r| r.rollout.is_some()) {
+    for route in &table.routes {
+        let Some(spec) = &route.rollout else {
+            continue;
+        };
         // The very load startup runs (`open_entry`), which only reads.
-        let Err(err) = store.load(&route.name) else {
+        let Err(err) = store.load(&route.name, &spec.id, spec.steps.len()) else {
             continue;
         };
         let (trust, aside) = match &err {

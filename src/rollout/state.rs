@@ -114,8 +114,24 @@ impl From<&Tally> for SavedTally {
     }
 }
 
+/// The longest soak a state file may claim: the longest duration a config may give (durations
+/// are capped at ten years where they are read), so anything past it was not written by cohort.
+const MAX_SOAKED_MS: u64 = 10 * 366 * 24 * 3600 * 1000;
+
+/// The most decisions a state file may hold: the history cohort keeps, with room to spare.
+const MAX_HISTORY: usize = 1000;
+
 impl SavedTally {
-    fn restore(&self) -> Result<Tally, String> {
+    /// The counts, refused when recording cannot have produced them ([`Tally::impossible`]).
+    fn restore(&self, cohort: &str) -> Result<Tally, String> {
+        let t = self.dense()?;
+        match t.impossible() {
+            Some(why) => Err(format!("{cohort}: {why}")),
+            None => Ok(t),
+        }
+    }
+
+    fn dense(&self) -> Result<Tally, String> {
         Ok(Tally {
             requests: self.requests,
             errors: self.errors,
@@ -155,19 +171,43 @@ impl Saved {
         }
     }
 
-    /// The progress this file describes, or why it makes no sense.
+    /// The progress this file describes, or why it makes no sense. A file whose checksum
+    /// matches can still hold counts that recording cannot produce (hand-edited and re-summed,
+    /// or written by a bug): it is refused like a damaged one, never half-trusted.
     pub fn progress(&self) -> Result<Progress, String> {
         if self.wealth.values().any(|w| !w.is_finite()) {
             return Err("a guard's wealth is not a number".into());
+        }
+        if self.soaked_ms > MAX_SOAKED_MS {
+            return Err(format!(
+                "soaked for {}, longer than any soak cohort can be given",
+                humantime::format_duration(Duration::from_millis(self.soaked_ms))
+            ));
+        }
+        if self.history.len() > MAX_HISTORY {
+            return Err(format!("{} decisions in its history", self.history.len()));
         }
         Ok(Progress {
             phase: self.state,
             step: self.step,
             soaked: Duration::from_millis(self.soaked_ms),
-            canary: self.canary.restore()?,
-            baseline: self.baseline.restore()?,
+            canary: self.canary.restore("canary")?,
+            baseline: self.baseline.restore("baseline")?,
             wealth: self.wealth.clone(),
         })
+    }
+
+    /// [`Saved::progress`], also checked against the rollout it is resumed for: its step must
+    /// be one of the rollout's steps.
+    pub fn progress_for(&self, steps: usize) -> Result<Progress, String> {
+        let p = self.progress()?;
+        if p.step >= steps {
+            return Err(format!(
+                "at step {} of a rollout with {steps} steps",
+                p.step + 1
+            ));
+        }
+        Ok(p)
     }
 }
 
@@ -273,8 +313,10 @@ impl Store {
         self.dir.join(format!("rollout-{route}.json"))
     }
 
-    /// The saved state of `route`'s rollout; `Ok(None)` when there is none.
-    pub fn load(&self, route: &str) -> Result<Option<Saved>, StateError> {
+    /// The saved state of `route`'s rollout; `Ok(None)` when there is none. A state for
+    /// rollout `id` must also fit its `steps`; one for another id is only checked on its own
+    /// (it will be replaced by a new rollout's).
+    pub fn load(&self, route: &str, id: &str, steps: usize) -> Result<Option<Saved>, StateError> {
         let path = self.path(route);
         let text = match fs::read(&path) {
             Ok(bytes) => bytes,
@@ -290,7 +332,11 @@ impl Store {
         if saved.route != route {
             return Err(corrupt(format!("written for route {:?}", saved.route)));
         }
-        saved.progress().map_err(corrupt)?;
+        if saved.id == id {
+            saved.progress_for(steps).map_err(corrupt)?;
+        } else {
+            saved.progress().map_err(corrupt)?;
+        }
         Ok(Some(saved))
     }
 
@@ -379,6 +425,8 @@ mod tests {
         p.soaked = Duration::from_millis(12_345);
         p.canary.requests = 10;
         p.canary.latency[40] = 7;
+        p.baseline.requests = 2;
+        p.baseline.with_outcome = 2;
         p.baseline.outcomes[3] = 2;
         p.wealth.insert("error_rate".into(), 1.5);
         Saved::new("agent", "v2", &p, None, Vec::new())
@@ -388,10 +436,10 @@ mod tests {
     fn a_saved_state_reads_back_whole() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("nested/state")).unwrap();
-        assert!(store.load("agent").unwrap().is_none());
+        assert!(store.load("agent", "v2", 4).unwrap().is_none());
         let s = saved();
         store.save(&s).unwrap();
-        let back = store.load("agent").unwrap().unwrap();
+        let back = store.load("agent", "v2", 4).unwrap().unwrap();
         assert_eq!(back, s);
         let p = back.progress().unwrap();
         assert_eq!((p.step, p.soaked.as_millis()), (2, 12_345));
@@ -414,14 +462,64 @@ mod tests {
         ];
         for (i, text) in cases.iter().enumerate() {
             fs::write(&path, text).unwrap();
-            match store.load("agent") {
+            match store.load("agent", "v2", 4) {
                 Err(StateError::Corrupt { .. }) => {}
                 other => panic!("case {i}: {other:?}"),
             }
         }
         let aside = store.set_aside("agent").unwrap();
         assert!(aside.exists() && !path.exists());
-        assert!(store.load("agent").unwrap().is_none());
+        assert!(store.load("agent", "v2", 4).unwrap().is_none());
+    }
+
+    /// A file whose checksum matches but whose contents make no sense is refused like a
+    /// damaged one (`Saved::new` and `encode` re-sum it as an editor with the format would).
+    #[test]
+    fn nonsense_with_a_good_checksum_is_corrupt() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        type Edit = (&'static str, fn(&mut Saved));
+        let edits: [Edit; 8] = [
+            ("more errors than requests", |s| s.canary.errors = 11),
+            ("more answers with an outcome than requests", |s| {
+                s.baseline.with_outcome = 1
+            }),
+            ("more outcomes than answers with one", |s| {
+                s.canary.with_outcome = 1;
+                s.canary.outcomes = vec![(2, 2)];
+            }),
+            ("more timed answers than good ones", |s| {
+                s.canary.errors = 4;
+                s.canary.latency = vec![(40, 7)];
+            }),
+            ("a first byte without a duration", |s| {
+                s.canary.ttfb = vec![(3, 8)]
+            }),
+            ("counts that wrap when added", |s| {
+                s.canary.latency = vec![(1, u64::MAX), (2, 2)];
+            }),
+            ("a soak of 30,000 years", |s| {
+                s.soaked_ms = 30_000 * 365 * 24 * 3600 * 1000
+            }),
+            ("a step past the end", |s| s.step = 4),
+        ];
+        for (what, edit) in edits {
+            let mut s = saved();
+            edit(&mut s);
+            fs::write(store.path("agent"), encode(&s)).unwrap();
+            match store.load("agent", "v2", 4) {
+                Err(StateError::Corrupt { reason, .. }) => {
+                    assert!(!reason.is_empty(), "{what}")
+                }
+                other => panic!("{what}: {other:?}"),
+            }
+        }
+        // The step is only checked against the rollout the file is resumed for.
+        let mut s = saved();
+        s.step = 4;
+        fs::write(store.path("agent"), encode(&s)).unwrap();
+        assert!(store.load("agent", "v3", 4).unwrap().is_some());
+        assert!(store.load("agent", "v2", 5).unwrap().is_some());
     }
 
     #[test]
@@ -439,7 +537,7 @@ mod tests {
         Store::open(dir.path()).unwrap().save(&saved()).unwrap();
         let before = fs::read_dir(dir.path()).unwrap().count();
         let store = Store::inspect(dir.path()).unwrap().unwrap();
-        assert_eq!(store.load("agent").unwrap().unwrap(), saved());
+        assert_eq!(store.load("agent", "v2", 4).unwrap().unwrap(), saved());
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), before);
     }
 

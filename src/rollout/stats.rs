@@ -48,18 +48,25 @@ impl Counts {
         Counts { events, trials }
     }
 
+    /// The events that can count: never more than the trials, whatever the counts say (the
+    /// guard refuses impossible counts on its own; the numbers here stay finite regardless).
+    fn possible_events(&self) -> u64 {
+        self.events.min(self.trials)
+    }
+
     /// The observed rate; 0 without trials.
     pub fn rate(&self) -> f64 {
         if self.trials == 0 {
             0.0
         } else {
-            self.events as f64 / self.trials as f64
+            self.possible_events() as f64 / self.trials as f64
         }
     }
 
     /// The Krichevsky-Trofimov estimate `(x + 1/2) / (n + 1)`: strictly inside (0, 1).
     fn smoothed(&self) -> f64 {
-        (self.events as f64 + 0.5) / (self.trials as f64 + 1.0)
+        // Past 2^53 trials the ratio rounds to 0 or 1, whose logarithms are infinite.
+        ((self.possible_events() as f64 + 0.5) / (self.trials as f64 + 1.0)).clamp(EDGE, 1.0 - EDGE)
     }
 
     pub fn plus(self, other: Counts) -> Counts {
@@ -149,7 +156,7 @@ impl Boundary {
         }
         let (qa, qb) = self.project(ta, tb, na, nb);
         let term = |c: Counts, t: f64, q: f64| {
-            let x = c.events.min(c.trials) as f64;
+            let x = c.possible_events() as f64;
             let n = c.trials as f64;
             x * (t / q).ln() + (n - x) * ((1.0 - t) / (1.0 - q)).ln()
         };
@@ -176,17 +183,23 @@ pub fn log_threshold(alpha: f64) -> f64 {
     (1.0 / alpha).ln()
 }
 
+/// The samples in some bins, saturating: counts from a state file or a long-lived process
+/// must not overflow into a panic or a small number.
+pub fn total(bins: &[u64]) -> u64 {
+    bins.iter().fold(0u64, |t, &c| t.saturating_add(c))
+}
+
 /// The bin holding quantile `q` of a histogram (the first whose cumulative count reaches
 /// `q * total`), or `None` when it is empty.
 pub fn quantile_bin(bins: &[u64], q: f64) -> Option<usize> {
-    let total: u64 = bins.iter().sum();
+    let total = total(bins);
     if total == 0 {
         return None;
     }
     let target = (q * total as f64).max(1.0);
     let mut cum = 0u64;
     for (b, &c) in bins.iter().enumerate() {
-        cum += c;
+        cum = cum.saturating_add(c);
         if cum as f64 >= target {
             return Some(b);
         }
@@ -197,8 +210,8 @@ pub fn quantile_bin(bins: &[u64], q: f64) -> Option<usize> {
 /// Quantile `q` of a histogram in seconds, interpolated within its bin.
 pub fn quantile(bins: &[u64], q: f64) -> Option<f64> {
     let b = quantile_bin(bins, q)?;
-    let total: u64 = bins.iter().sum();
-    let below: u64 = bins[..b].iter().sum();
+    let below = total(&bins[..b]);
+    let total = total(bins);
     let target = (q * total as f64).max(1.0);
     let within = ((target - below as f64) / bins[b] as f64).clamp(0.0, 1.0);
     let (lo, hi) = (bin_floor(b), bin_floor((b + 1).min(BINS)));
@@ -215,13 +228,13 @@ pub fn first_bin_from(seconds: f64) -> usize {
 
 /// Samples in bins `from..`.
 pub fn at_or_above(bins: &[u64], from: usize) -> u64 {
-    bins.get(from..).map_or(0, |s| s.iter().sum())
+    bins.get(from..).map_or(0, total)
 }
 
 /// The Mann-Whitney statistic as a probability: the chance that a canary sample is slower
 /// than a baseline sample, samples in the same bin counting half. 0.5 when alike.
 pub fn slower_share(canary: &[u64], baseline: &[u64]) -> Option<f64> {
-    let (nc, nb): (u64, u64) = (canary.iter().sum(), baseline.iter().sum());
+    let (nc, nb) = (total(canary), total(baseline));
     if nc == 0 || nb == 0 {
         return None;
     }
