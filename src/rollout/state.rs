@@ -488,9 +488,8 @@ mod tests {
                 s.canary.with_outcome = 1;
                 s.canary.outcomes = vec![(2, 2)];
             }),
-            ("more timed answers than good ones", |s| {
-                s.canary.errors = 4;
-                s.canary.latency = vec![(40, 7)];
+            ("more timed answers than requests", |s| {
+                s.canary.latency = vec![(40, 7), (41, 4)]
             }),
             ("a first byte without a duration", |s| {
                 s.canary.ttfb = vec![(3, 8)]
