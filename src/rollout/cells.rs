@@ -108,6 +108,17 @@ impl Cells {
         }
     }
 
+    /// Records a request whose client left before the response head: a failed turn for the
+    /// error rate and, since the client waited at least as long as any threshold, an answer
+    /// slower than every one for the latency guards (the last bin).
+    #[inline]
+    pub fn record_abandoned(&self) {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        self.errors.fetch_add(1, Ordering::Relaxed);
+        self.latency[BINS - 1].fetch_add(1, Ordering::Relaxed);
+        self.ttfb[BINS - 1].fetch_add(1, Ordering::Relaxed);
+    }
+
     /// A copy of every counter (each read on its own: a request recorded meanwhile may show in
     /// some counters and not yet in others, and is complete in the next snapshot).
     pub fn snapshot(&self) -> Tally {
@@ -133,9 +144,11 @@ pub struct Tally {
     pub with_outcome: u64,
     /// Per outcome slot, [`OUTCOME_SLOTS`] long.
     pub outcomes: Vec<u64>,
-    /// Request duration of successful answers, per bin, [`BINS`] long.
+    /// Request duration of successful answers, per bin, [`BINS`] long; abandoned requests
+    /// in the last bin.
     pub latency: Vec<u64>,
-    /// Time to first byte of successful answers, per bin, [`BINS`] long.
+    /// Time to first byte of successful answers, per bin, [`BINS`] long; abandoned requests
+    /// that saw no byte in the last bin.
     pub ttfb: Vec<u64>,
 }
 
