@@ -704,3 +704,49 @@ async fn a_canary_that_hangs_until_its_clients_give_up_is_rolled_back() {
     assert_eq!(m.get("cohort_abandoned_requests_total", &during), Some(0.0));
     rig.stop().await;
 }
+
+#[tokio::test]
+async fn a_request_that_started_before_an_advance_is_no_evidence_in_the_new_step() {
+    let s = setup(
+        Behaviour::default(),
+        Behaviour::default(),
+        "{id: v2, canary: canary, steps: [10, 50, 100], soak: 1s, min_samples: 5, \
+         guards: [{metric: error_rate, margin: 50}]}",
+    )
+    .await;
+    let mut rig = Rig::start(&s.path).await;
+    rig.send(100).await;
+    // The canary's next answers are slow failures, as an agent's can be; they are in flight
+    // when the step passes, and end in the next one.
+    s.canary.set(Behaviour {
+        error_rate: 1.0,
+        latency: Duration::from_millis(300),
+        ..Behaviour::default()
+    });
+    let mut slow = tokio::task::JoinSet::new();
+    for user in 0..30 {
+        let req = get(rig.public, "/", &[("x-user-id", &format!("slow-{user}"))]);
+        let client = rig.client.clone();
+        slow.spawn(async move { fetch(&client, req).await.header("x-cohort") == Some("canary") });
+    }
+    let canary = [("route", "agent"), ("cohort", "canary")];
+    let in_flight = async {
+        while rig.scrape().await.get("cohort_in_flight_requests", &canary) < Some(1.0) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    };
+    within("a canary request in flight", in_flight).await;
+    rig.tick(2);
+    assert_at(&rig.rollout().await, "ramping", 1);
+    let mut ended_in_canary = 0;
+    while let Some(r) = within("the slow requests", slow.join_next()).await {
+        ended_in_canary += u64::from(r.unwrap());
+    }
+    assert!(ended_in_canary >= 1);
+    expect_metric(&rig, "cohort_in_flight_requests", &canary, 0.0).await;
+    rig.tick(1);
+    let r = rig.rollout().await;
+    assert_at(&r, "ramping", 1);
+    assert_eq!(r["samples"]["canary"], 0, "{r:#}");
+    rig.stop().await;
+}

@@ -264,8 +264,10 @@ impl Progress {
         }
     }
 
-    /// Applies a decision. A new step starts with no evidence and no soak time.
-    pub fn apply(&mut self, kind: DecisionKind) {
+    /// Applies a decision; whether the step's evidence starts over (a new step, a new
+    /// rollout, a halt or a restart from one), for which the samples must come from new
+    /// cells: only requests that start after this decision belong to the new evidence.
+    pub fn apply(&mut self, kind: DecisionKind) -> bool {
         match kind {
             DecisionKind::Start => *self = Progress::start(),
             DecisionKind::Advance => {
@@ -279,7 +281,10 @@ impl Progress {
             DecisionKind::Rollback => self.phase = Phase::RolledBack,
             DecisionKind::Pause => self.phase = Phase::Paused,
             DecisionKind::Resume if self.phase == Phase::Halted => *self = Progress::start(),
-            DecisionKind::Resume => self.phase = Phase::Ramping,
+            DecisionKind::Resume => {
+                self.phase = Phase::Ramping;
+                return false;
+            }
             DecisionKind::Halt => {
                 *self = Progress {
                     phase: Phase::Halted,
@@ -287,6 +292,10 @@ impl Progress {
                 }
             }
         }
+        matches!(
+            kind,
+            DecisionKind::Start | DecisionKind::Advance | DecisionKind::Resume | DecisionKind::Halt
+        )
     }
 }
 
