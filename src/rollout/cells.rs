@@ -175,6 +175,11 @@ impl Tally {
         self.zip(other, u64::saturating_add)
     }
 
+    /// Every count halved (rounding down), for a tally that forgets its older samples.
+    pub fn halved(&self) -> Tally {
+        self.zip(self, |a, _| a / 2)
+    }
+
     fn zip(&self, other: &Tally, f: fn(u64, u64) -> u64) -> Tally {
         let each = |a: &[u64], b: &[u64]| a.iter().zip(b).map(|(x, y)| f(*x, *y)).collect();
         Tally {

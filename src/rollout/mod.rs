@@ -26,6 +26,8 @@ mod simulate;
 pub mod spec;
 pub mod state;
 pub mod stats;
+#[cfg(test)]
+mod traffic;
 mod weights;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};

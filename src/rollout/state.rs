@@ -167,6 +167,7 @@ impl Saved {
             canary: self.canary.restore()?,
             baseline: self.baseline.restore()?,
             wealth: self.wealth.clone(),
+            recent: Default::default(),
         })
     }
 }
