@@ -750,3 +750,44 @@ async fn a_request_that_started_before_an_advance_is_no_evidence_in_the_new_step
     assert_eq!(r["samples"]["canary"], 0, "{r:#}");
     rig.stop().await;
 }
+
+#[tokio::test]
+async fn a_client_that_leaves_during_the_body_is_counted_answered_and_abandoned() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let gate = support::Gate::new();
+    let mock = support::MockUpstream::with("backend", support::Respond::Sse(gate.clone())).await;
+    let proxy = support::proxy_to_backend(mock.addr, &[]).await;
+    let mut tcp = tokio::net::TcpStream::connect(proxy.public).await.unwrap();
+    tcp.write_all(b"GET /stream HTTP/1.1\r\nHost: cohort.test\r\n\r\n")
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !String::from_utf8_lossy(&got).contains(support::SSE_ONE) {
+        let n = within("first event", tcp.read(&mut buf)).await.unwrap();
+        assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+    }
+    drop(tcp);
+    let backend = [("route", "agent"), ("cohort", "backend")];
+    let stage = |s| [backend[0], backend[1], ("stage", s)];
+    proxy
+        .expect_metric(
+            "cohort_abandoned_requests_total",
+            &stage("during_body"),
+            1.0,
+        )
+        .await;
+    let m = proxy.scrape().await;
+    assert_eq!(
+        m.get("cohort_abandoned_requests_total", &stage("before_head")),
+        Some(0.0)
+    );
+    let ok = [backend[0], backend[1], ("status_class", "2xx")];
+    assert_eq!(m.get("cohort_requests_total", &ok), Some(1.0));
+    assert_eq!(
+        m.get("cohort_request_duration_seconds_count", &backend),
+        Some(1.0)
+    );
+    gate.release();
+}
