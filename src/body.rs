@@ -16,7 +16,7 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use tokio::time::{Instant, Sleep};
 
-use crate::metrics::{FailureReason, OutcomeSlot};
+use crate::metrics::{Abandoned, FailureReason, OutcomeSlot};
 use crate::table::CohortTarget;
 use crate::upstream::InFlight;
 
@@ -41,6 +41,22 @@ pub struct Accounting {
     cut: bool,
     outcome: Option<OutcomeSlot>,
     ttfb: Option<Duration>,
+    /// Where the exchange stands, which decides what the drop records.
+    stage: Stage,
+}
+
+/// How far an exchange got before its [`Accounting`] dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    /// No response head yet: a drop here is a client that left before the head (closed,
+    /// reset its stream, timed out), unless the request was refused first.
+    Waiting,
+    /// Refused for the client's own body: counted in `cohort_rejected_requests_total` only.
+    Refused,
+    /// A head was answered; the body, if any, is the upstream's and has not ended.
+    Answered,
+    /// The upstream body ended (or failed): the client saw the whole answer.
+    Finished,
 }
 
 /// A gRPC answer's verdict comes in its trailers (`grpc-status`), so its outcome is counted
@@ -70,13 +86,26 @@ impl Accounting {
             cut: false,
             outcome: None,
             ttfb: None,
+            stage: Stage::Waiting,
         }
     }
 
-    /// Notes the status the client gets, for a rollout's guards (a request never answered,
-    /// say refused for its own body, is not a sample).
+    /// Notes the status the client gets. A local answer (502, 504) is complete at once; an
+    /// upstream one when its body ends ([`ObservedBody`]).
     pub fn answered(&mut self, status: http::StatusCode) {
         self.status = status.as_u16();
+        self.stage = Stage::Finished;
+    }
+
+    /// The request was refused for its own body (too large, too slow, malformed): the
+    /// client's fault, neither answered nor abandoned, and no sample.
+    pub fn refused(&mut self) {
+        self.stage = Stage::Refused;
+    }
+
+    /// The upstream body ended or failed: a drop from now on is no abandonment.
+    fn finished(&mut self) {
+        self.stage = Stage::Finished;
     }
 
     /// Notes the outcome counted from the response head.
@@ -133,10 +162,31 @@ impl Drop for Accounting {
             }
         }
         m.in_flight.decrement(1.0);
-        let duration = self.start.elapsed();
-        m.duration.record(duration.as_secs_f64());
-        if let (Some(cells), 1..) = (&self.cohort.guard, self.status) {
-            cells.record(self.status, self.cut, self.outcome, self.ttfb, duration);
+        let guard = self.cohort.guard.as_deref();
+        match self.stage {
+            Stage::Refused => {}
+            Stage::Waiting => {
+                // Not answered, so in neither `cohort_requests_total` nor the duration
+                // histogram, which stays in step with it.
+                m.abandoned[Abandoned::BeforeHead as usize].increment(1);
+                if let Some(cells) = guard {
+                    cells.record_abandoned();
+                }
+            }
+            Stage::Answered | Stage::Finished => {
+                let duration = self.start.elapsed();
+                m.duration.record(duration.as_secs_f64());
+                let (mut ttfb, mut duration) = (self.ttfb, duration);
+                if self.stage == Stage::Answered {
+                    m.abandoned[Abandoned::DuringBody as usize].increment(1);
+                    // The client waited at least this long and saw no end: for the latency
+                    // guards, slower than any threshold.
+                    (ttfb, duration) = (ttfb.or(Some(Duration::MAX)), Duration::MAX);
+                }
+                if let Some(cells) = guard {
+                    cells.record(self.status, self.cut, self.outcome, ttfb, duration);
+                }
+            }
         }
     }
 }
@@ -152,7 +202,8 @@ pub struct ObservedBody {
 }
 
 impl ObservedBody {
-    pub fn new(inner: Incoming, acct: Accounting, idle_for: Duration) -> Self {
+    pub fn new(inner: Incoming, mut acct: Accounting, idle_for: Duration) -> Self {
+        acct.stage = Stage::Answered;
         ObservedBody {
             inner,
             idle: IdleTimer::new(idle_for),
@@ -187,6 +238,7 @@ impl Body for ObservedBody {
                 this.failed = true;
                 // A gRPC stream cut before its grpc-status is a failed call.
                 this.acct.stream_failed();
+                this.acct.finished();
                 let (reason, err): (_, BoxError) = match stall {
                     Stall::Failed(e) => (crate::upstream::classify(&e, false), e.into()),
                     Stall::Idle(idle_for) => {
@@ -199,6 +251,7 @@ impl Body for ObservedBody {
             None => {
                 // A body with no bytes still has a first byte time: its end.
                 this.acct.first_byte();
+                this.acct.finished();
                 Poll::Ready(None)
             }
         }
@@ -210,6 +263,16 @@ impl Body for ObservedBody {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+impl Drop for ObservedBody {
+    fn drop(&mut self) {
+        // A body hyper never polls because it is empty (HEAD, 204, 304) was still delivered.
+        if self.inner.is_end_stream() {
+            self.acct.first_byte();
+            self.acct.finished();
+        }
     }
 }
 

@@ -28,6 +28,7 @@ pub const OVERRIDE_REJECTED: &str = "cohort_override_rejected_total";
 pub const CONNECTIONS_REFUSED: &str = "cohort_connections_refused_total";
 pub const OPEN_CONNECTIONS: &str = "cohort_open_connections";
 pub const PARKED_CONNECTIONS: &str = "cohort_parked_connections";
+pub const ABANDONED: &str = "cohort_abandoned_requests_total";
 
 /// Agent latencies run from a cached answer (milliseconds) to a long tool-using turn (minutes).
 pub const LATENCY_BUCKETS: &[f64] = &[
@@ -65,6 +66,26 @@ impl FailureReason {
     }
 }
 
+/// When a client left an exchange unfinished; the `stage` label of
+/// `cohort_abandoned_requests_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Abandoned {
+    /// Before the response head: never answered, so not in `cohort_requests_total`.
+    BeforeHead = 0,
+    /// During the upstream's body: answered, so also in `cohort_requests_total`.
+    DuringBody = 1,
+}
+
+impl Abandoned {
+    pub const ALL: [Abandoned; 2] = [Self::BeforeHead, Self::DuringBody];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::BeforeHead => "before_head",
+            Self::DuringBody => "during_body",
+        }
+    }
+}
+
 static METADATA: Metadata<'static> = Metadata::new("cohort", metrics::Level::INFO, Some("cohort"));
 
 /// The registry of one proxy instance.
@@ -87,6 +108,8 @@ pub struct CohortMetrics {
     pub duration: Histogram,
     pub ttfb: Histogram,
     pub failures: [Counter; 5],
+    /// Aligned with `Abandoned::ALL`.
+    pub abandoned: [Counter; 2],
     /// Aligned with the route's allowed outcome values.
     pub outcomes: Vec<Counter>,
     pub outcome_other: Counter,
@@ -138,7 +161,7 @@ impl Metrics {
             // The bucket list is a non-empty constant, so this branch is unreachable; an
             // unconfigured recorder still serves (as summaries) rather than panicking.
             .unwrap_or_else(|_| PrometheusBuilder::new().build_recorder());
-        let help: [(&str, Unit, &str); 15] = [
+        let help: [(&str, Unit, &str); 16] = [
             (
                 REJECTED,
                 Unit::Count,
@@ -178,6 +201,11 @@ impl Metrics {
                 TTFB,
                 Unit::Seconds,
                 "Request start to first response body byte, by route and cohort.",
+            ),
+            (
+                ABANDONED,
+                Unit::Count,
+                "Requests whose client left before the response head or during its body, by route, cohort and stage.",
             ),
             (
                 UPSTREAM_FAILURES,
@@ -277,6 +305,8 @@ impl Metrics {
                 .register_histogram(&Key::from_parts(TTFB, base()), &METADATA),
             failures: FailureReason::ALL
                 .map(|r| counter(UPSTREAM_FAILURES, with("reason", r.as_str().to_string()))),
+            abandoned: Abandoned::ALL
+                .map(|a| counter(ABANDONED, with("stage", a.as_str().to_string()))),
             outcomes: outcomes
                 .iter()
                 .map(|o| counter(OUTCOMES, with("outcome", o.clone())))

@@ -639,3 +639,208 @@ async fn the_judge_runs_by_itself_once_a_second() {
     within("the judge to promote the canary", promoted).await;
     running.shutdown().await;
 }
+
+/// Waits until `name{labels}` reads `expected` on the rig's scrape (a client's departure
+/// reaches the proxy a moment after the client gave up).
+async fn expect_metric(rig: &Rig, name: &str, labels: &[(&str, &str)], expected: f64) {
+    let settled = async {
+        loop {
+            if rig.scrape().await.get(name, labels) == Some(expected) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    within(&format!("{name}{labels:?} to reach {expected}"), settled).await;
+}
+
+impl Rig {
+    /// `n` requests from new users who give up after `patience`; how many gave up. The
+    /// others must have been answered by stable.
+    async fn send_impatient(&mut self, n: u64, patience: Duration) -> u64 {
+        let mut set = tokio::task::JoinSet::new();
+        for _ in 0..n {
+            self.next_user += 1;
+            let req = get(
+                self.public,
+                "/",
+                &[("x-user-id", &format!("user-{}", self.next_user))],
+            );
+            let client = self.client.clone();
+            set.spawn(async move {
+                match tokio::time::timeout(patience, client.request(req)).await {
+                    Ok(resp) => {
+                        assert_eq!(resp.unwrap().headers()["x-cohort"], "stable");
+                        0
+                    }
+                    Err(_) => 1,
+                }
+            });
+        }
+        let mut gave_up = 0;
+        while let Some(r) = within("impatient clients", set.join_next()).await {
+            gave_up += r.unwrap();
+        }
+        gave_up
+    }
+}
+
+#[tokio::test]
+async fn a_canary_that_hangs_until_its_clients_give_up_is_rolled_back() {
+    let hangs = Behaviour {
+        latency: Duration::from_secs(3600),
+        ..Behaviour::default()
+    };
+    let s = setup(
+        Behaviour::default(),
+        hangs,
+        "{id: v2, canary: canary, steps: [50, 100], soak: 1h, min_samples: 10, \
+         guards: [{metric: error_rate, margin: 5}, {metric: latency, relative_margin: 0.5}]}",
+    )
+    .await;
+    let mut rig = Rig::start(&s.path).await;
+    let canary = [("route", "agent"), ("cohort", "canary")];
+    let before_head = [canary[0], canary[1], ("stage", "before_head")];
+    let (mut sent, mut gave_up) = (0, 0);
+    for _ in 0..10 {
+        gave_up += rig.send_impatient(30, Duration::from_millis(200)).await;
+        sent += 30;
+        expect_metric(
+            &rig,
+            "cohort_abandoned_requests_total",
+            &before_head,
+            gave_up as f64,
+        )
+        .await;
+        rig.tick(1);
+        if rig.rollout().await["state"] != "ramping" {
+            break;
+        }
+    }
+    let r = rig.rollout().await;
+    assert_eq!(r["state"], "rolled_back", "{r:#}");
+    let g = &r["history"][1]["guards"][0];
+    assert_eq!(
+        (&g["guard"], &g["status"]),
+        (&"error_rate".into(), &"fail".into()),
+        "{g:#}"
+    );
+    assert_eq!(g["canary"], 1.0, "{g:#}");
+    assert_eq!(g["canary_samples"], gave_up, "{g:#}");
+    assert_eq!(g["baseline_samples"], sent - gave_up, "{g:#}");
+
+    // Never answered: no status class, and the duration histogram agrees with the counter.
+    let m = rig.scrape().await;
+    let answered = |cohort: &str| -> f64 {
+        ["1xx", "2xx", "3xx", "4xx", "5xx"]
+            .iter()
+            .filter_map(|c| {
+                m.get(
+                    "cohort_requests_total",
+                    &[("route", "agent"), ("cohort", cohort), ("status_class", c)],
+                )
+            })
+            .sum()
+    };
+    let durations = |cohort: &str| {
+        m.get(
+            "cohort_request_duration_seconds_count",
+            &[("route", "agent"), ("cohort", cohort)],
+        )
+        .unwrap_or(0.0)
+    };
+    assert_eq!(answered("canary"), 0.0);
+    assert_eq!(durations("canary"), 0.0);
+    assert_eq!(answered("stable"), (sent - gave_up) as f64);
+    assert_eq!(durations("stable"), (sent - gave_up) as f64);
+    let during = [canary[0], ("cohort", "stable"), ("stage", "during_body")];
+    assert_eq!(m.get("cohort_abandoned_requests_total", &during), Some(0.0));
+    rig.stop().await;
+}
+
+#[tokio::test]
+async fn a_request_that_started_before_an_advance_is_no_evidence_in_the_new_step() {
+    let s = setup(
+        Behaviour::default(),
+        Behaviour::default(),
+        "{id: v2, canary: canary, steps: [10, 50, 100], soak: 1s, min_samples: 5, \
+         guards: [{metric: error_rate, margin: 50}]}",
+    )
+    .await;
+    let mut rig = Rig::start(&s.path).await;
+    rig.send(100).await;
+    // The canary's next answers are slow failures, as an agent's can be; they are in flight
+    // when the step passes, and end in the next one.
+    s.canary.set(Behaviour {
+        error_rate: 1.0,
+        latency: Duration::from_millis(300),
+        ..Behaviour::default()
+    });
+    let mut slow = tokio::task::JoinSet::new();
+    for user in 0..30 {
+        let req = get(rig.public, "/", &[("x-user-id", &format!("slow-{user}"))]);
+        let client = rig.client.clone();
+        slow.spawn(async move { fetch(&client, req).await.header("x-cohort") == Some("canary") });
+    }
+    let canary = [("route", "agent"), ("cohort", "canary")];
+    let in_flight = async {
+        while rig.scrape().await.get("cohort_in_flight_requests", &canary) < Some(1.0) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    };
+    within("a canary request in flight", in_flight).await;
+    rig.tick(2);
+    assert_at(&rig.rollout().await, "ramping", 1);
+    let mut ended_in_canary = 0;
+    while let Some(r) = within("the slow requests", slow.join_next()).await {
+        ended_in_canary += u64::from(r.unwrap());
+    }
+    assert!(ended_in_canary >= 1);
+    expect_metric(&rig, "cohort_in_flight_requests", &canary, 0.0).await;
+    rig.tick(1);
+    let r = rig.rollout().await;
+    assert_at(&r, "ramping", 1);
+    assert_eq!(r["samples"]["canary"], 0, "{r:#}");
+    rig.stop().await;
+}
+
+#[tokio::test]
+async fn a_client_that_leaves_during_the_body_is_counted_answered_and_abandoned() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let gate = support::Gate::new();
+    let mock = support::MockUpstream::with("backend", support::Respond::Sse(gate.clone())).await;
+    let proxy = support::proxy_to_backend(mock.addr, &[]).await;
+    let mut tcp = tokio::net::TcpStream::connect(proxy.public).await.unwrap();
+    tcp.write_all(b"GET /stream HTTP/1.1\r\nHost: cohort.test\r\n\r\n")
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !String::from_utf8_lossy(&got).contains(support::SSE_ONE) {
+        let n = within("first event", tcp.read(&mut buf)).await.unwrap();
+        assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+    }
+    drop(tcp);
+    let backend = [("route", "agent"), ("cohort", "backend")];
+    let stage = |s| [backend[0], backend[1], ("stage", s)];
+    proxy
+        .expect_metric(
+            "cohort_abandoned_requests_total",
+            &stage("during_body"),
+            1.0,
+        )
+        .await;
+    let m = proxy.scrape().await;
+    assert_eq!(
+        m.get("cohort_abandoned_requests_total", &stage("before_head")),
+        Some(0.0)
+    );
+    let ok = [backend[0], backend[1], ("status_class", "2xx")];
+    assert_eq!(m.get("cohort_requests_total", &ok), Some(1.0));
+    assert_eq!(
+        m.get("cohort_request_duration_seconds_count", &backend),
+        Some(1.0)
+    );
+    gate.release();
+}

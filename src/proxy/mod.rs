@@ -205,6 +205,7 @@ impl Proxy {
             }
             Ok(Err(e)) => {
                 if let Some(fault) = crate::body::client_body_fault(e.error()) {
+                    acct.refused();
                     return reject(&table, fault);
                 }
                 let reason = upstream::classify(e.error(), e.connect);

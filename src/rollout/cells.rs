@@ -113,6 +113,18 @@ impl Cells {
         }
     }
 
+    /// Records a request whose client left before the response head: a failed turn for the
+    /// error rate and, since the client waited at least as long as any threshold, an answer
+    /// slower than every one for the latency guards (the last bin). Ordered as in
+    /// [`Cells::record`].
+    #[inline]
+    pub fn record_abandoned(&self) {
+        self.requests.fetch_add(1, Ordering::Release);
+        self.errors.fetch_add(1, Ordering::Release);
+        self.latency[BINS - 1].fetch_add(1, Ordering::Release);
+        self.ttfb[BINS - 1].fetch_add(1, Ordering::Release);
+    }
+
     /// A copy of every counter, read parts before wholes (see [`Cells::record`]): a request
     /// recorded meanwhile may show in its wholes and not yet in its parts, never the reverse,
     /// and is complete in the next snapshot.
@@ -144,9 +156,11 @@ pub struct Tally {
     pub with_outcome: u64,
     /// Per outcome slot, [`OUTCOME_SLOTS`] long.
     pub outcomes: Vec<u64>,
-    /// Request duration of successful answers, per bin, [`BINS`] long.
+    /// Request duration of successful answers, per bin, [`BINS`] long; abandoned requests
+    /// in the last bin.
     pub latency: Vec<u64>,
-    /// Time to first byte of successful answers, per bin, [`BINS`] long.
+    /// Time to first byte of successful answers, per bin, [`BINS`] long; abandoned requests
+    /// that saw no byte in the last bin.
     pub ttfb: Vec<u64>,
 }
 
@@ -171,6 +185,11 @@ impl Tally {
 
     pub fn plus(&self, other: &Tally) -> Tally {
         self.zip(other, u64::saturating_add)
+    }
+
+    /// Every count halved (rounding down), for a tally that forgets its older samples.
+    pub fn halved(&self) -> Tally {
+        self.zip(self, |a, _| a / 2)
     }
 
     fn zip(&self, other: &Tally, f: fn(u64, u64) -> u64) -> Tally {

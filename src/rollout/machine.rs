@@ -14,7 +14,10 @@ use serde::{Deserialize, Serialize};
 use super::cells::Tally;
 use super::guard::{Reading, Status};
 use super::spec::{After, RolloutSpec};
-use super::stats::log_threshold;
+use super::stats::{log_threshold, Wealth};
+
+/// About how many canary answers the recent rates are taken from.
+pub const RECENT: u64 = 500;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -144,7 +147,12 @@ pub struct Progress {
     pub soaked: Duration,
     pub canary: Tally,
     pub baseline: Tally,
-    /// ln of each guard's e-process wealth in this step, by guard key.
+    /// The step's answers with the older ones halved away, so they weigh about the last
+    /// [`RECENT`] canary answers: what the recent parts of each guard bet on. Not saved (a
+    /// restart begins it again); it only picks bets.
+    pub recent: (Tally, Tally),
+    /// ln of each guard's e-value in this step, by guard key, and of each of its parts (see
+    /// [`Wealth`]) under `"<key> @<part>"`.
     pub wealth: BTreeMap<String, f64>,
 }
 
@@ -158,6 +166,7 @@ impl Progress {
             canary: Tally::default(),
             baseline: Tally::default(),
             wealth: BTreeMap::new(),
+            recent: Default::default(),
         }
     }
 
@@ -186,13 +195,24 @@ impl Progress {
             return;
         }
         self.soaked += elapsed;
+        let recent = (&self.recent.0, &self.recent.1);
         for g in &spec.guards {
-            let w = self.wealth.get(&g.key).copied().unwrap_or(0.0);
-            let w = g.observe(w, (&self.canary, &self.baseline), (canary, baseline));
-            self.wealth.insert(g.key.clone(), w);
+            let mut w = wealth_of(&self.wealth, &g.key);
+            w.bet(
+                g.observe(0.0, (&self.canary, &self.baseline), (canary, baseline)),
+                g.observe(0.0, recent, (canary, baseline)),
+            );
+            for (j, part) in w.0.iter().enumerate() {
+                self.wealth.insert(part_key(&g.key, j), *part);
+            }
+            self.wealth.insert(g.key.clone(), w.total());
         }
         self.canary = self.canary.plus(canary);
         self.baseline = self.baseline.plus(baseline);
+        self.recent = (self.recent.0.plus(canary), self.recent.1.plus(baseline));
+        if self.recent.0.requests > 2 * RECENT {
+            self.recent = (self.recent.0.halved(), self.recent.1.halved());
+        }
     }
 
     /// Every guard's reading over the step so far.
@@ -264,8 +284,10 @@ impl Progress {
         }
     }
 
-    /// Applies a decision. A new step starts with no evidence and no soak time.
-    pub fn apply(&mut self, kind: DecisionKind) {
+    /// Applies a decision; whether the step's evidence starts over (a new step, a new
+    /// rollout, a halt or a restart from one), for which the samples must come from new
+    /// cells: only requests that start after this decision belong to the new evidence.
+    pub fn apply(&mut self, kind: DecisionKind) -> bool {
         match kind {
             DecisionKind::Start => *self = Progress::start(),
             DecisionKind::Advance => {
@@ -279,7 +301,10 @@ impl Progress {
             DecisionKind::Rollback => self.phase = Phase::RolledBack,
             DecisionKind::Pause => self.phase = Phase::Paused,
             DecisionKind::Resume if self.phase == Phase::Halted => *self = Progress::start(),
-            DecisionKind::Resume => self.phase = Phase::Ramping,
+            DecisionKind::Resume => {
+                self.phase = Phase::Ramping;
+                return false;
+            }
             DecisionKind::Halt => {
                 *self = Progress {
                     phase: Phase::Halted,
@@ -287,7 +312,28 @@ impl Progress {
                 }
             }
         }
+        matches!(
+            kind,
+            DecisionKind::Start | DecisionKind::Advance | DecisionKind::Resume | DecisionKind::Halt
+        )
     }
+}
+
+fn part_key(key: &str, part: usize) -> String {
+    format!("{key} @{part}")
+}
+
+/// A guard's parts as saved; a file without them (an older one) continues each part from
+/// the guard's e-value, which keeps the mixture where it was.
+fn wealth_of(saved: &BTreeMap<String, f64>, key: &str) -> Wealth {
+    let total = saved.get(key).copied().unwrap_or(0.0);
+    let mut w = Wealth([total; 3]);
+    for (j, part) in w.0.iter_mut().enumerate() {
+        if let Some(v) = saved.get(&part_key(key, j)) {
+            *part = *v;
+        }
+    }
+    w
 }
 
 fn action_name(a: Action) -> &'static str {

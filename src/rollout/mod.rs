@@ -26,6 +26,8 @@ mod simulate;
 pub mod spec;
 pub mod state;
 pub mod stats;
+#[cfg(test)]
+mod traffic;
 mod weights;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -116,16 +118,24 @@ impl Entry {
         }
     }
 
-    /// New cells and no evidence for the current step (the canary, the baseline or the
-    /// outcome slots changed under the same id).
+    /// New cells and no samples for the current step (the canary, the baseline or the
+    /// outcome slots changed under the same id). Each guard's test goes on rather than
+    /// starting again, so the reset spends no more alpha: its wealth is capped at 1, which
+    /// drops the evidence against what was replaced, and a supermartingale lowered at a
+    /// stopping time is still one (the null holds block by block, whatever the cohorts are).
     fn reset_evidence(&mut self) {
         self.cells = Default::default();
         self.seen = Default::default();
-        let keep = self.progress.clone();
+        let keep = std::mem::replace(&mut self.progress, Progress::start());
         self.progress = Progress {
             phase: keep.phase,
             step: keep.step,
             soaked: keep.soaked,
+            wealth: keep
+                .wealth
+                .into_iter()
+                .map(|(k, w)| (k, w.min(0.0)))
+                .collect(),
             ..Progress::start()
         };
     }
@@ -342,7 +352,13 @@ impl Rollouts {
         );
         let guards = std::mem::take(&mut e.readings);
         let step = e.progress.step;
-        e.progress.apply(kind);
+        if e.progress.apply(kind) {
+            // New cells, which `weights::adjust` puts in the next table: a request keeps the
+            // cells of the table it started on, so one started before this decision (in the
+            // old step, at the old share) never enters the new step's evidence.
+            e.cells = Default::default();
+            e.seen = Default::default();
+        }
         if e.progress.step == step {
             // Still the same step's evidence (a rollback keeps showing what failed).
             e.readings = guards.clone();

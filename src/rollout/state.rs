@@ -194,6 +194,7 @@ impl Saved {
             canary: self.canary.restore("canary")?,
             baseline: self.baseline.restore("baseline")?,
             wealth: self.wealth.clone(),
+            recent: Default::default(),
         })
     }
 
