@@ -4,12 +4,12 @@
 mod support;
 
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
+use support::process::Process;
 use support::*;
 
 fn sse_config(upstream: SocketAddr, top: &[&str]) -> Config {
@@ -177,21 +177,6 @@ async fn shutdown_timeout_cuts_a_stream_that_outlives_it() {
     assert_eq!(next_data(&mut body).await, None);
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-struct Proc(Child);
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_finishes_the_stream_in_flight_and_exits_zero() {
     let gate = Gate::new();
@@ -199,30 +184,8 @@ async fn sigterm_finishes_the_stream_in_flight_and_exits_zero() {
         .respond_with(Respond::Sse(gate.clone()))
         .start()
         .await;
-    let (port, admin_port) = (free_port(), free_port());
-    let yaml = sse_config(agent.addr, &[])
-        .yaml()
-        .replacen("127.0.0.1:0", &format!("127.0.0.1:{port}"), 1)
-        .replacen("127.0.0.1:0", &format!("127.0.0.1:{admin_port}"), 1);
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("cohort.yaml");
-    std::fs::write(&path, yaml).unwrap();
-    let mut proc = Proc(
-        Command::new(env!("CARGO_BIN_EXE_cohort"))
-            .args(["run", "--config"])
-            .arg(&path)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let public: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    within("the proxy to listen", async {
-        while tokio::net::TcpStream::connect(public).await.is_err() {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await;
+    let mut proc = Process::start("run", &sse_config(agent.addr, &[]).yaml(), None).await;
+    let public = proc.public;
 
     let client = h1_client();
     let mut body = send(&client, get(public, "/stream", &[])).await.into_body();
@@ -231,14 +194,10 @@ async fn sigterm_finishes_the_stream_in_flight_and_exits_zero() {
         Some(SSE_ONE.as_bytes())
     );
 
-    let status = Command::new("kill")
-        .args(["-TERM", &proc.0.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    proc.signal("TERM");
     refuses_connections(public).await;
     assert!(
-        proc.0.try_wait().unwrap().is_none(),
+        proc.exited().is_none(),
         "exited with a stream still in flight"
     );
 
@@ -248,14 +207,6 @@ async fn sigterm_finishes_the_stream_in_flight_and_exits_zero() {
         Some(SSE_TWO.as_bytes())
     );
     assert_eq!(next_data(&mut body).await, None);
-    let code = within("the process to exit", async {
-        loop {
-            if let Some(code) = proc.0.try_wait().unwrap() {
-                return code;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await;
+    let code = proc.exit_within(WAIT).await.expect("the process to exit");
     assert_eq!(code.code(), Some(0));
 }

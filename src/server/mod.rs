@@ -126,12 +126,12 @@ pub async fn serve(listener: TcpListener, me: Listener, life: Lifecycle) {
                 let parked = me.parked_gauge.clone();
                 life.connections.spawn(async move {
                     let _guard = guard;
-                    match plain::detect(&stream, &limits, &life2).await {
-                        plain::Detected::Http1 => {
-                            plain::serve_http1(stream, peer, proxy, &limits, life2, parked).await
+                    match plain::detect(stream, &limits, &life2).await {
+                        plain::Detected::Http1(io) => {
+                            plain::serve_http1(io, peer, proxy, &limits, life2, parked).await
                         }
-                        plain::Detected::H2c => {
-                            serve_connection(stream, peer, proxy, &builder, &limits, life2).await
+                        plain::Detected::H2c(io) => {
+                            serve_connection(io, peer, proxy, &builder, &limits, life2).await
                         }
                         plain::Detected::Gone => {}
                     }
