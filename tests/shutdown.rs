@@ -210,3 +210,61 @@ async fn sigterm_finishes_the_stream_in_flight_and_exits_zero() {
     let code = proc.exit_within(WAIT).await.expect("the process to exit");
     assert_eq!(code.code(), Some(0));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_exits_within_shutdown_timeout_whatever_the_peers_do() {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let flood = MockUpstream::with("agent", Respond::WebSocketFlood).await;
+    let yaml = sse_config(flood.addr, &["shutdown_timeout: 1s"]).yaml();
+    let mut proc = Process::start("run", &yaml, None).await;
+    let req = format!("ws://{}/ws", proc.public)
+        .into_client_request()
+        .unwrap();
+    let tcp = tokio::net::TcpStream::connect(proc.public).await.unwrap();
+    // A client that stops reading once upgraded, with the upstream sending all along: the
+    // proxy's writes to it stay pending, and the tunnel's idle timer (300s) is far off.
+    let (_ws, resp) = within(
+        "the WebSocket handshake",
+        tokio_tungstenite::client_async(req, tcp),
+    )
+    .await
+    .unwrap();
+    assert_eq!(resp.status(), 101);
+    // A client that sent part of a request head and then nothing, on an HTTP/1.1 connection.
+    let mut stalled = tokio::net::TcpStream::connect(proc.public).await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut stalled, b"GET / HTTP/1.1\r\n")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    proc.signal("TERM");
+    // shutdown_timeout, then a fixed grace of at most a second or two; generous here.
+    let status = proc.exit_within(Duration::from_secs(1 + 5)).await;
+    assert_eq!(
+        status.and_then(|s| s.code()),
+        Some(0),
+        "exits by itself, and cleanly, after shutdown_timeout"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_delay_turns_readyz_to_503_and_serves_on_before_draining() {
+    let agent = MockUpstream::json("agent").await;
+    let p = sse_config(agent.addr, &["shutdown_delay: 2s"])
+        .start()
+        .await;
+    let (public, admin, client) = (p.public, p.admin, p.client.clone());
+    let shutdown = tokio::spawn(p.running.shutdown());
+    within("readyz to answer 503", async {
+        while fetch(&client, get(admin, "/readyz", &[])).await.status != 503 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    // Not ready, yet still serving, new connections included, until the delay ends.
+    let fresh = h1_client();
+    assert_eq!(fetch(&fresh, get(public, "/", &[])).await.status, 200);
+    assert_eq!(agent.request_count(), 1);
+    refuses_connections(public).await;
+    assert!(within("shutdown", shutdown).await.unwrap());
+}
