@@ -111,6 +111,20 @@ impl Process {
         Duration::from_millis(ticks * 1000 / USER_HZ)
     }
 
+    /// The CPU time the process spends during the next `window`.
+    pub async fn cpu_during(&self, window: Duration) -> Duration {
+        let before = self.cpu_time();
+        tokio::time::sleep(window).await;
+        self.cpu_time() - before
+    }
+
+    /// How many descriptors the process holds.
+    pub fn descriptors(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
+            .unwrap()
+            .count()
+    }
+
     /// Whether the process has exited (and reaped it if so).
     pub fn exited(&mut self) -> Option<ExitStatus> {
         self.child.try_wait().unwrap()
