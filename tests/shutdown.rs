@@ -215,8 +215,28 @@ async fn sigterm_finishes_the_stream_in_flight_and_exits_zero() {
 async fn sigterm_exits_within_shutdown_timeout_whatever_the_peers_do() {
     use tokio_tungstenite::tungstenite::client::IntoClientRequest;
     let flood = MockUpstream::with("agent", Respond::WebSocketFlood).await;
-    let yaml = sse_config(flood.addr, &["shutdown_timeout: 1s"]).yaml();
+    // A rollout, so that the final checkpoint is there to check for: nothing else writes its
+    // state within CHECKPOINT (10s) of the start.
+    let rollout = "rollout: {id: r1, canary: canary, steps: [50, 100], soak: 1h, min_samples: 5, \
+                   after: promote, guards: [{metric: error_rate, margin: 10}]}";
+    let yaml = Config::new()
+        .top("shutdown_timeout: 1s")
+        .top("state_dir: state")
+        .upstream("stable", flood.addr)
+        .upstream("canary", flood.addr)
+        .route(
+            Route::new("chat")
+                .set(rollout)
+                .split(&[("stable", "stable", "90"), ("canary", "canary", "10")]),
+        )
+        .yaml();
     let mut proc = Process::start("run", &yaml, None).await;
+    let state = proc.dir.path().join("state/rollout-chat.json");
+    let soaked = || -> u64 {
+        let text = std::fs::read_to_string(&state).unwrap_or_default();
+        serde_json::from_str::<serde_json::Value>(&text)
+            .map_or(0, |v| v["state"]["soaked_ms"].as_u64().unwrap_or(0))
+    };
     let req = format!("ws://{}/ws", proc.public)
         .into_client_request()
         .unwrap();
@@ -235,7 +255,9 @@ async fn sigterm_exits_within_shutdown_timeout_whatever_the_peers_do() {
     tokio::io::AsyncWriteExt::write_all(&mut stalled, b"GET / HTTP/1.1\r\n")
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The judge's ticks (one a second) soak the rollout; its file still says 0.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(soaked(), 0, "no checkpoint yet");
 
     proc.signal("TERM");
     // shutdown_timeout, then a fixed grace of at most a second or two; generous here.
@@ -244,6 +266,10 @@ async fn sigterm_exits_within_shutdown_timeout_whatever_the_peers_do() {
         status.and_then(|s| s.code()),
         Some(0),
         "exits by itself, and cleanly, after shutdown_timeout"
+    );
+    assert!(
+        soaked() > 0,
+        "the final checkpoint is written after the abort"
     );
 }
 

@@ -134,7 +134,11 @@ pub async fn serve(listener: TcpListener, me: Listener, life: Lifecycle) {
             Some(config) => life.connections.spawn(async move {
                 let _guard = guard;
                 let accept = tokio_rustls::TlsAcceptor::from(config).accept(stream);
-                match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, accept).await {
+                let handshake = tokio::select! {
+                    h = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, accept) => h,
+                    _ = life2.abort.cancelled() => return,
+                };
+                match handshake {
                     Ok(Ok(tls)) => {
                         serve_connection(tls, peer, proxy, &builder, &limits, life2).await
                     }
