@@ -402,6 +402,15 @@ fn wrong_type_duration() {
         "shutdown_timeout",
         &["\"soon\", expected a duration"],
     );
+    reject(
+        &format!("{MINIMAL}shutdown_delay: later\n"),
+        26,
+        17,
+        "shutdown_delay",
+        &["\"later\", expected a duration"],
+    );
+    let table = accept(&format!("{MINIMAL}shutdown_delay: 0s\n"));
+    assert_eq!(table.shutdown_delay, Duration::ZERO, "0s is valid: off");
 }
 
 #[test]
