@@ -1,8 +1,9 @@
 //! The admin listener, separate from the public ones: metrics, health, readiness, the routing
 //! table as JSON, reload on demand, and the rollouts (state, and an operator's actions).
 //!
-//! Owns: admin HTTP endpoints. Must not touch: the request path, or the table other than by
-//! reading it and asking `reload::Control` to reload.
+//! Owns: admin HTTP endpoints and the admin listener's fixed limits (connection cap, header
+//! timeout; the accept back-off is `server`'s). Must not touch: the request path, or the table
+//! other than by reading it and asking `reload::Control` to reload.
 
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
