@@ -1,26 +1,27 @@
 //! The admin listener, separate from the public ones: metrics, health, readiness, the routing
 //! table as JSON, reload on demand, and the rollouts (state, and an operator's actions).
 //!
-//! Owns: admin HTTP endpoints. Must not touch: the request path, or the table other than by
-//! reading it and asking `reload::Control` to reload.
+//! Owns: admin HTTP endpoints and the admin listener's fixed limits (connection cap, header
+//! timeout; the accept back-off is `server`'s). Must not touch: the request path, or the table
+//! other than by reading it and asking `reload::Control` to reload.
 
 use std::convert::Infallible;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::UNIX_EPOCH;
+use std::time::{Duration, UNIX_EPOCH};
 
 use bytes::Bytes;
 use http::{header, Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use serde_json::json;
 use tokio::net::TcpListener;
 
 use crate::reload::{Control, Outcome};
 use crate::rollout::{Action, ActionError};
-use crate::server::Lifecycle;
+use crate::server::{self, Lifecycle};
 
 /// State the admin endpoints read.
 pub struct Admin {
@@ -211,24 +212,49 @@ impl Admin {
     }
 }
 
+/// Open admin connections beyond this are answered 503 and closed: scrapers, probes and an
+/// operator need a handful, and each one held costs a descriptor the public listeners need.
+pub const MAX_CONNECTIONS: usize = 32;
+
+/// A request head must arrive within this, on a new connection or between kept-alive requests
+/// (hyper's timer, which starts at the first read): probes and scrapers send theirs at once.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Serves the admin endpoints until `life.abort` fires (it outlives draining, so `/readyz`
-/// can report 503 while public listeners drain).
+/// can report 503 while public listeners drain). Accept errors back off as the public
+/// listeners' do.
 pub async fn serve(listener: TcpListener, admin: Arc<Admin>, life: Lifecycle) {
+    let local = listener.local_addr().ok();
+    let open = Arc::new(AtomicUsize::new(0));
+    let uncounted = metrics::Gauge::noop();
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .max_buf_size(16 * 1024);
+    let builder = Arc::new(builder);
     loop {
         let accepted = tokio::select! {
             _ = life.abort.cancelled() => break,
-            a = listener.accept() => a,
+            a = server::accept(&listener, local) => a,
         };
-        let Ok((stream, _)) = accepted else { continue };
-        let admin = Arc::clone(&admin);
+        let Some((stream, _)) = accepted else {
+            continue;
+        };
+        if open.load(Ordering::Relaxed) >= MAX_CONNECTIONS {
+            tokio::spawn(server::refuse(stream));
+            continue;
+        }
+        let guard = server::OpenGuard::new(&open, &uncounted);
+        let (admin, builder) = (Arc::clone(&admin), Arc::clone(&builder));
         let abort = life.abort.clone();
         tokio::spawn(async move {
+            let _guard = guard;
             let svc = service_fn(move |req| {
                 let admin = Arc::clone(&admin);
                 async move { Ok::<_, Infallible>(admin.handle(req).await) }
             });
-            let conn = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), svc);
+            let conn = builder.serve_connection(TokioIo::new(stream), svc);
             tokio::select! {
                 _ = conn => {}
                 _ = abort.cancelled() => {}

@@ -32,6 +32,9 @@ pub enum StartError {
     },
 }
 
+/// How long shutdown waits for connections to go once they are told to abort.
+pub const ABORT_GRACE: Duration = Duration::from_secs(1);
+
 /// A started proxy. Dropping it does not stop it; call [`Running::shutdown`].
 pub struct Running {
     /// Bound addresses by listener name (real ports when the config asked for port 0).
@@ -168,11 +171,20 @@ impl Running {
             .unwrap_or_else(|_| Outcome::Rejected("reload task panicked".into()))
     }
 
-    /// Stops accepting, turns `/readyz` to 503, lets connections finish their exchanges for up
-    /// to `shutdown_timeout`, then cuts what is left. Returns whether everything drained.
+    /// Turns `/readyz` to 503 and serves on for `shutdown_delay`, then stops accepting, lets
+    /// connections finish their exchanges for up to `shutdown_timeout`, and cuts what is left;
+    /// then writes the rollouts' final checkpoint. It ends within the delay, the timeout and
+    /// [`ABORT_GRACE`], whatever the peers do. Returns whether everything drained.
     pub async fn shutdown(self) -> bool {
-        let timeout = self.control.current().shutdown_timeout;
+        let (timeout, delay) = {
+            let table = self.control.current();
+            (table.shutdown_timeout, table.shutdown_delay)
+        };
         self.admin.ready.store(false, Ordering::Release);
+        if !delay.is_zero() {
+            tracing::info!(delay = ?delay, "not ready; serving on until the shutdown delay ends");
+            tokio::time::sleep(delay).await;
+        }
         self.life.drain.cancel();
         for t in self.accept_tasks {
             let _ = t.await;
@@ -190,7 +202,15 @@ impl Running {
             );
         }
         self.life.abort.cancel();
-        self.life.connections.wait().await;
+        // Every task ends at the abort's next poll; a bound all the same, since the final
+        // checkpoint must not wait on any one connection.
+        let aborted = tokio::time::timeout(ABORT_GRACE, self.life.connections.wait()).await;
+        if aborted.is_err() {
+            tracing::warn!(
+                connections = self.life.connections.len(),
+                "connections still open after the abort; exiting without them"
+            );
+        }
         let control = Arc::clone(&self.control);
         let _ = tokio::task::spawn_blocking(move || {
             control.rollouts().checkpoint(crate::rollout::Now::real())
@@ -203,14 +223,23 @@ impl Running {
 /// Serves `config` until SIGTERM or SIGINT, reloading on SIGHUP.
 pub async fn run(config: &Path) -> Result<(), StartError> {
     let running = start(config).await?;
-    wait_for_signals(&running).await;
+    wait_for_signals(&running, Hangup::Reload).await;
     running.shutdown().await;
     tracing::info!("stopped");
     Ok(())
 }
 
+/// What SIGHUP means to a command: a daemon reloads its config; an interactive one stops,
+/// since SIGHUP is what its closing terminal sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hangup {
+    Reload,
+    Stop,
+}
+
+/// Returns on SIGTERM or SIGINT, and on SIGHUP when `hangup` is [`Hangup::Stop`].
 #[cfg(unix)]
-pub async fn wait_for_signals(running: &Running) {
+pub async fn wait_for_signals(running: &Running, hangup: Hangup) {
     use tokio::signal::unix::{signal, SignalKind};
     let (Ok(mut hup), Ok(mut term), Ok(mut int)) = (
         signal(SignalKind::hangup()),
@@ -222,7 +251,10 @@ pub async fn wait_for_signals(running: &Running) {
     };
     loop {
         tokio::select! {
-            _ = hup.recv() => { running.reload("SIGHUP").await; }
+            _ = hup.recv() => match hangup {
+                Hangup::Reload => { running.reload("SIGHUP").await; }
+                Hangup::Stop => { tracing::info!(signal = "SIGHUP", "shutting down"); return; }
+            },
             _ = term.recv() => { tracing::info!(signal = "SIGTERM", "shutting down"); return; }
             _ = int.recv() => { tracing::info!(signal = "SIGINT", "shutting down"); return; }
         }
@@ -230,6 +262,6 @@ pub async fn wait_for_signals(running: &Running) {
 }
 
 #[cfg(not(unix))]
-pub async fn wait_for_signals(_running: &Running) {
+pub async fn wait_for_signals(_running: &Running, _hangup: Hangup) {
     let _ = tokio::signal::ctrl_c().await;
 }

@@ -53,7 +53,8 @@ enum Command {
         #[arg(required = true)]
         keys: Vec<String>,
     },
-    /// Run the proxy on config/demo.yaml with built-in stable and canary mock agents.
+    /// Run the proxy on config/demo.yaml with built-in stable and canary mock agents, until
+    /// SIGTERM, SIGINT or SIGHUP (its terminal closing).
     Demo {
         /// Defaults to config/demo.yaml, or the built-in copy when that file is absent.
         #[arg(long, short)]
@@ -150,7 +151,12 @@ fn serving_runtime(workers: Option<usize>) -> anyhow::Result<tokio::runtime::Run
 fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Run { config, workers } => {
-            serving_runtime(workers)?.block_on(cohort::app::run(&config))?;
+            let rt = serving_runtime(workers)?;
+            let served = rt.block_on(cohort::app::run(&config));
+            // Dropping a runtime waits for its blocking tasks without bound (a reload stuck
+            // reading a file); the final checkpoint is written, so exit all the same.
+            rt.shutdown_timeout(cohort::app::ABORT_GRACE);
+            served?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Check { file } => Ok(check(&file)),
@@ -161,7 +167,10 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         } => assign(&config, &route, &keys),
         Command::Demo { config, args } => {
             let (path, _keep) = demo_config(config)?;
-            runtime()?.block_on(cohort::demo::run(&path, &args))?;
+            let rt = runtime()?;
+            let served = rt.block_on(cohort::demo::run(&path, &args));
+            rt.shutdown_timeout(cohort::app::ABORT_GRACE);
+            served?;
             Ok(ExitCode::SUCCESS)
         }
         Command::DemoAgent(args) => {

@@ -2,16 +2,24 @@
 //! switched protocols, bytes are copied both ways until either side closes or the tunnel has
 //! been idle for the upstream's `tunnel_idle_timeout`.
 //!
+//! The idle timer runs beside the copies, so a side that stops reading cannot hold a tunnel
+//! (and its upstream connection) open by leaving a write pending, and shutdown's abort ends
+//! it wherever it is.
+//!
 //! Owns: the byte pipe and its idle timer. Must not touch: routing or headers (`proxy` decides
 //! what gets upgraded); accounting ends when the tunnel does, by dropping `Accounting`.
 
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::Request;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufReader, ReadBuf};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -90,8 +98,12 @@ impl ClientSide {
     }
 }
 
+/// Each direction's copy buffer.
+const BUFFER: usize = 16 * 1024;
+
 /// Waits for both upgrades, then pipes bytes until one side closes or nothing moves for
-/// `idle`. The request's duration (recorded when `acct` drops) is the tunnel's lifetime.
+/// `idle`; `abort` ends it at any point. The request's duration (recorded when `acct` drops)
+/// is the tunnel's lifetime.
 pub async fn run(
     client: ClientSide,
     upstream: OnUpgrade,
@@ -99,6 +111,14 @@ pub async fn run(
     idle: Duration,
     abort: CancellationToken,
 ) {
+    tokio::select! {
+        _ = pipe(client, upstream, idle) => {}
+        _ = abort.cancelled() => tracing::debug!("shutdown timeout: closing an upgraded connection"),
+    }
+    drop(acct);
+}
+
+async fn pipe(client: ClientSide, upstream: OnUpgrade, idle: Duration) {
     let upstream = async { upstream.await.map_err(|e| e.to_string()) };
     let (client, upstream) = match tokio::try_join!(client.io(), upstream) {
         Ok(pair) => pair,
@@ -107,32 +127,108 @@ pub async fn run(
             return;
         }
     };
-    let (mut cr, mut cw) = tokio::io::split(client);
-    let (mut ur, mut uw) = tokio::io::split(TokioIo::new(upstream));
-    let mut cbuf = vec![0u8; 16 * 1024];
-    let mut ubuf = vec![0u8; 16 * 1024];
-    let idle_timer = tokio::time::sleep(idle);
-    tokio::pin!(idle_timer);
-    // One loop for both directions so activity either way keeps the tunnel alive.
-    loop {
-        tokio::select! {
-            r = cr.read(&mut cbuf) => match r {
-                Ok(0) | Err(_) => break,
-                Ok(n) => if uw.write_all(&cbuf[..n]).await.is_err() { break },
-            },
-            r = ur.read(&mut ubuf) => match r {
-                Ok(0) | Err(_) => break,
-                Ok(n) => if cw.write_all(&ubuf[..n]).await.is_err() { break },
-            },
-            _ = abort.cancelled() => break,
-            _ = &mut idle_timer => {
-                tracing::debug!(idle = ?idle, "closing an idle upgraded connection");
-                break;
-            }
+    let progress = Progress::new();
+    let (cr, mut cw) = tokio::io::split(Moving::new(client, &progress));
+    let (ur, mut uw) = tokio::io::split(Moving::new(TokioIo::new(upstream), &progress));
+    let (mut cr, mut ur) = (
+        BufReader::with_capacity(BUFFER, cr),
+        BufReader::with_capacity(BUFFER, ur),
+    );
+    let copy = async {
+        // Either side's end is the tunnel's: a WebSocket is never half-closed.
+        let ended = tokio::select! {
+            r = tokio::io::copy_buf(&mut cr, &mut uw) => r,
+            r = tokio::io::copy_buf(&mut ur, &mut cw) => r,
+        };
+        if let Err(e) = ended {
+            tracing::debug!(error = %e, "upgraded connection failed");
         }
-        idle_timer.as_mut().reset(Instant::now() + idle);
+        let _ = uw.shutdown().await;
+        let _ = cw.shutdown().await;
+    };
+    // The timer runs beside the copies rather than between their steps, so a write that
+    // never completes (a peer that stopped reading) is idle time like any other.
+    tokio::select! {
+        _ = copy => {}
+        _ = progress.quiet_for(idle) => {
+            tracing::debug!(idle = ?idle, "closing an idle upgraded connection");
+        }
     }
-    let _ = uw.shutdown().await;
-    let _ = cw.shutdown().await;
-    drop(acct);
+}
+
+/// When bytes last moved through the tunnel, either way.
+struct Progress {
+    start: Instant,
+    /// Milliseconds after `start`.
+    last_ms: AtomicU64,
+}
+
+impl Progress {
+    fn new() -> Self {
+        Progress {
+            start: Instant::now(),
+            last_ms: AtomicU64::new(0),
+        }
+    }
+
+    fn moved(&self) {
+        let ms = self.start.elapsed().as_millis() as u64;
+        self.last_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// Returns once nothing has moved for `idle`.
+    async fn quiet_for(&self, idle: Duration) {
+        loop {
+            let last = self.start + Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
+            let due = last + idle;
+            if Instant::now() >= due {
+                return;
+            }
+            tokio::time::sleep_until(due).await;
+        }
+    }
+}
+
+/// One side of the tunnel, noting in `Progress` every write that moved bytes.
+struct Moving<'a, T> {
+    io: T,
+    progress: &'a Progress,
+}
+
+impl<'a, T> Moving<'a, T> {
+    fn new(io: T, progress: &'a Progress) -> Self {
+        Moving { io, progress }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Moving<'_, T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Moving<'_, T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let written = Pin::new(&mut self.io).poll_write(cx, buf);
+        if matches!(written, Poll::Ready(Ok(n)) if n > 0) {
+            self.progress.moved();
+        }
+        written
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
 }

@@ -234,3 +234,54 @@ async fn demo_agent_subcommand_serves_its_knobs() {
         "probes pass whatever the knobs"
     );
 }
+
+/// Closing a terminal sends SIGHUP: the interactive demo ends with it, ports and all, while
+/// `cohort run` (a daemon) reloads its config.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_ends_the_demo_and_reloads_run() {
+    use support::process::{free_port, Process};
+    let agents = [free_port(), free_port()].map(|p| format!("127.0.0.1:{p}"));
+    // Nothing but SIGHUP reloads this config.
+    let yaml = Config::new()
+        .top("reload: {watch: false, poll_interval: 1h}")
+        .upstream("stable", &agents[0])
+        .upstream("canary", &agents[1])
+        .route(
+            Route::new("support-agent")
+                .split(&[("stable", "stable", "80"), ("canary", "canary", "20")]),
+        )
+        .yaml();
+    let mut demo = Process::start("demo", &yaml, None).await;
+    demo.signal("HUP");
+    let status = demo.exit_within(WAIT).await;
+    assert_eq!(
+        status.and_then(|s| s.code()),
+        Some(0),
+        "the demo exits on SIGHUP"
+    );
+    assert!(
+        tokio::net::TcpStream::connect(demo.public).await.is_err(),
+        "its port is free again"
+    );
+
+    let client = h1_client();
+    let run = Process::start("run", &yaml, None).await;
+    let generation = || async {
+        let routes = fetch(&client, get(run.admin, "/routes", &[])).await;
+        routes.json()["generation"].as_u64().unwrap()
+    };
+    let before = generation().await;
+    let path = run.dir.path().join("cohort.yaml");
+    let changed = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace("percent: 80", "percent: 70")
+        .replace("percent: 20", "percent: 30");
+    std::fs::write(&path, changed).unwrap();
+    run.signal("HUP");
+    within("the reload", async {
+        while generation().await == before {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+}

@@ -340,11 +340,21 @@ fn kubernetes_runs_cohort_as_a_sidecar_on_its_configmap() {
     );
     assert_eq!(Path::new(&config).file_name().unwrap(), "cohort.yaml");
 
-    // Drain fits in the grace period.
+    // The pod leaves the Service's endpoints during shutdown_delay, then drains, all within
+    // the grace period; no preStop sleep stacks another delay in front.
     let grace = deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
         .as_u64()
         .unwrap();
-    assert!(table.shutdown_timeout.as_secs() + 5 < grace, "{grace}s");
+    assert!(
+        table.shutdown_delay.as_secs() >= 5,
+        "a delay for the endpoints controller"
+    );
+    let longest = table.shutdown_delay + table.shutdown_timeout + cohort::app::ABORT_GRACE;
+    assert!(longest.as_secs() < grace, "{longest:?} within {grace}s");
+    assert!(
+        cohort["lifecycle"]["preStop"].is_null(),
+        "shutdown_delay replaces the preStop sleep"
+    );
 
     // The stable upstream is the agent beside cohort; the canary one is the canary Service.
     let agent = containers.iter().find(|c| c["name"] == "agent").unwrap();

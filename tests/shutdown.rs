@@ -4,12 +4,12 @@
 mod support;
 
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
+use support::process::Process;
 use support::*;
 
 fn sse_config(upstream: SocketAddr, top: &[&str]) -> Config {
@@ -177,21 +177,6 @@ async fn shutdown_timeout_cuts_a_stream_that_outlives_it() {
     assert_eq!(next_data(&mut body).await, None);
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-struct Proc(Child);
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_finishes_the_stream_in_flight_and_exits_zero() {
     let gate = Gate::new();
@@ -199,30 +184,8 @@ async fn sigterm_finishes_the_stream_in_flight_and_exits_zero() {
         .respond_with(Respond::Sse(gate.clone()))
         .start()
         .await;
-    let (port, admin_port) = (free_port(), free_port());
-    let yaml = sse_config(agent.addr, &[])
-        .yaml()
-        .replacen("127.0.0.1:0", &format!("127.0.0.1:{port}"), 1)
-        .replacen("127.0.0.1:0", &format!("127.0.0.1:{admin_port}"), 1);
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("cohort.yaml");
-    std::fs::write(&path, yaml).unwrap();
-    let mut proc = Proc(
-        Command::new(env!("CARGO_BIN_EXE_cohort"))
-            .args(["run", "--config"])
-            .arg(&path)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let public: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    within("the proxy to listen", async {
-        while tokio::net::TcpStream::connect(public).await.is_err() {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await;
+    let mut proc = Process::start("run", &sse_config(agent.addr, &[]).yaml(), None).await;
+    let public = proc.public;
 
     let client = h1_client();
     let mut body = send(&client, get(public, "/stream", &[])).await.into_body();
@@ -231,14 +194,10 @@ async fn sigterm_finishes_the_stream_in_flight_and_exits_zero() {
         Some(SSE_ONE.as_bytes())
     );
 
-    let status = Command::new("kill")
-        .args(["-TERM", &proc.0.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    proc.signal("TERM");
     refuses_connections(public).await;
     assert!(
-        proc.0.try_wait().unwrap().is_none(),
+        proc.exited().is_none(),
         "exited with a stream still in flight"
     );
 
@@ -248,14 +207,90 @@ async fn sigterm_finishes_the_stream_in_flight_and_exits_zero() {
         Some(SSE_TWO.as_bytes())
     );
     assert_eq!(next_data(&mut body).await, None);
-    let code = within("the process to exit", async {
-        loop {
-            if let Some(code) = proc.0.try_wait().unwrap() {
-                return code;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+    let code = proc.exit_within(WAIT).await.expect("the process to exit");
+    assert_eq!(code.code(), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_exits_within_shutdown_timeout_whatever_the_peers_do() {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let flood = MockUpstream::with("agent", Respond::WebSocketFlood).await;
+    // A rollout, so that the final checkpoint is there to check for: nothing else writes its
+    // state within CHECKPOINT (10s) of the start.
+    let rollout = "rollout: {id: r1, canary: canary, steps: [50, 100], soak: 1h, min_samples: 5, \
+                   after: promote, guards: [{metric: error_rate, margin: 10}]}";
+    let yaml = Config::new()
+        .top("shutdown_timeout: 1s")
+        .top("state_dir: state")
+        .upstream("stable", flood.addr)
+        .upstream("canary", flood.addr)
+        .route(
+            Route::new("chat")
+                .set(rollout)
+                .split(&[("stable", "stable", "90"), ("canary", "canary", "10")]),
+        )
+        .yaml();
+    let mut proc = Process::start("run", &yaml, None).await;
+    let state = proc.dir.path().join("state/rollout-chat.json");
+    let soaked = || -> u64 {
+        let text = std::fs::read_to_string(&state).unwrap_or_default();
+        serde_json::from_str::<serde_json::Value>(&text)
+            .map_or(0, |v| v["state"]["soaked_ms"].as_u64().unwrap_or(0))
+    };
+    let req = format!("ws://{}/ws", proc.public)
+        .into_client_request()
+        .unwrap();
+    let tcp = tokio::net::TcpStream::connect(proc.public).await.unwrap();
+    // A client that stops reading once upgraded, with the upstream sending all along: the
+    // proxy's writes to it stay pending, and the tunnel's idle timer (300s) is far off.
+    let (_ws, resp) = within(
+        "the WebSocket handshake",
+        tokio_tungstenite::client_async(req, tcp),
+    )
+    .await
+    .unwrap();
+    assert_eq!(resp.status(), 101);
+    // A client that sent part of a request head and then nothing, on an HTTP/1.1 connection.
+    let mut stalled = tokio::net::TcpStream::connect(proc.public).await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut stalled, b"GET / HTTP/1.1\r\n")
+        .await
+        .unwrap();
+    // The judge's ticks (one a second) soak the rollout; its file still says 0.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(soaked(), 0, "no checkpoint yet");
+
+    proc.signal("TERM");
+    // shutdown_timeout, then a fixed grace of at most a second or two; generous here.
+    let status = proc.exit_within(Duration::from_secs(1 + 5)).await;
+    assert_eq!(
+        status.and_then(|s| s.code()),
+        Some(0),
+        "exits by itself, and cleanly, after shutdown_timeout"
+    );
+    assert!(
+        soaked() > 0,
+        "the final checkpoint is written after the abort"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_delay_turns_readyz_to_503_and_serves_on_before_draining() {
+    let agent = MockUpstream::json("agent").await;
+    let p = sse_config(agent.addr, &["shutdown_delay: 2s"])
+        .start()
+        .await;
+    let (public, admin, client) = (p.public, p.admin, p.client.clone());
+    let shutdown = tokio::spawn(p.running.shutdown());
+    within("readyz to answer 503", async {
+        while fetch(&client, get(admin, "/readyz", &[])).await.status != 503 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
     })
     .await;
-    assert_eq!(code.code(), Some(0));
+    // Not ready, yet still serving, new connections included, until the delay ends.
+    let fresh = h1_client();
+    assert_eq!(fetch(&fresh, get(public, "/", &[])).await.status, 200);
+    assert_eq!(agent.request_count(), 1);
+    refuses_connections(public).await;
+    assert!(within("shutdown", shutdown).await.unwrap());
 }

@@ -256,3 +256,19 @@ async fn websocket_upgrade_on_a_kept_alive_connection_after_it_was_parked() {
     echo(&mut ws, Message::binary(vec![1u8, 2, 3])).await;
     assert_eq!(stable.request_count(), 2);
 }
+
+#[tokio::test]
+async fn a_tunnel_whose_client_stops_reading_is_closed_when_idle() {
+    let flood = MockUpstream::with("backend", Respond::WebSocketFlood).await;
+    let proxy = Config::new()
+        .upstream_with("backend", flood.addr, &["tunnel_idle_timeout: 1s"])
+        .route(Route::new("agent").single("backend"))
+        .start()
+        .await;
+    let (ws, resp) = connect(&proxy, "reader-gone").await;
+    assert_eq!(resp.status(), StatusCode::SWITCHING_PROTOCOLS);
+    // The client reads nothing more: the flood fills the socket buffers, the proxy's write
+    // to the client stays pending, and nothing moves.
+    expect_tunnel_ended(&proxy, "backend").await;
+    drop(ws);
+}

@@ -29,6 +29,10 @@ pub struct RawConfig {
     /// How long in-flight requests may run after SIGTERM/SIGINT.
     #[serde(default = "default_shutdown_timeout", with = "super::duration")]
     pub shutdown_timeout: Duration,
+    /// How long, after SIGTERM/SIGINT, `/readyz` answers 503 while everything is still served,
+    /// before draining starts: a load balancer's time to stop sending. 0s (the default): none.
+    #[serde(default, with = "super::duration")]
+    pub shutdown_delay: Duration,
     /// Proxies (CIDRs) whose X-Forwarded-For is believed when finding the client's address.
     #[serde(default)]
     pub trusted_proxies: Vec<String>,

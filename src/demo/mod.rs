@@ -39,7 +39,7 @@ fn endpoint_addr(endpoint: &str) -> Option<SocketAddr> {
 }
 
 /// Runs the demo: the mock agents on the upstream addresses of `config` (stable and canary),
-/// then the proxy, until SIGTERM/SIGINT; with `--load` or `--table`, the load and the table.
+/// then the proxy, until SIGTERM, SIGINT or SIGHUP; with `--load` or `--table`, the load and the table.
 pub async fn run(config: &Path, args: &DemoArgs) -> Result<(), DemoError> {
     let loaded = crate::config::load(config)?;
     for (name, spec) in [("stable", AgentSpec::stable()), ("canary", args.canary())] {
@@ -92,7 +92,8 @@ pub async fn run(config: &Path, args: &DemoArgs) -> Result<(), DemoError> {
             tally,
         ));
     }
-    crate::app::wait_for_signals(&running).await;
+    // Closing the demo's terminal ends it, ports and all.
+    crate::app::wait_for_signals(&running, crate::app::Hangup::Stop).await;
     running.shutdown().await;
     Ok(())
 }

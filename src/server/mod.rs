@@ -91,16 +91,10 @@ pub async fn serve(listener: TcpListener, me: Listener, life: Lifecycle) {
         let accepted = tokio::select! {
             biased;
             _ = life.drain.cancelled() => break,
-            a = listener.accept() => a,
+            a = accept(&listener, local) => a,
         };
-        let (stream, peer) = match accepted {
-            Ok(a) => a,
-            Err(e) => {
-                // Out of descriptors or a peer reset before accept: keep serving the others.
-                tracing::warn!(listener = ?local, error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(20)).await;
-                continue;
-            }
+        let Some((stream, peer)) = accepted else {
+            continue;
         };
         let table = me.proxy.table().load_full();
         if open.load(Ordering::Relaxed) >= table.limits.max_connections {
@@ -126,12 +120,12 @@ pub async fn serve(listener: TcpListener, me: Listener, life: Lifecycle) {
                 let parked = me.parked_gauge.clone();
                 life.connections.spawn(async move {
                     let _guard = guard;
-                    match plain::detect(&stream, &limits, &life2).await {
-                        plain::Detected::Http1 => {
-                            plain::serve_http1(stream, peer, proxy, &limits, life2, parked).await
+                    match plain::detect(stream, &limits, &life2).await {
+                        plain::Detected::Http1(io) => {
+                            plain::serve_http1(io, peer, proxy, &limits, life2, parked).await
                         }
-                        plain::Detected::H2c => {
-                            serve_connection(stream, peer, proxy, &builder, &limits, life2).await
+                        plain::Detected::H2c(io) => {
+                            serve_connection(io, peer, proxy, &builder, &limits, life2).await
                         }
                         plain::Detected::Gone => {}
                     }
@@ -140,7 +134,11 @@ pub async fn serve(listener: TcpListener, me: Listener, life: Lifecycle) {
             Some(config) => life.connections.spawn(async move {
                 let _guard = guard;
                 let accept = tokio_rustls::TlsAcceptor::from(config).accept(stream);
-                match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, accept).await {
+                let handshake = tokio::select! {
+                    h = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, accept) => h,
+                    _ = life2.abort.cancelled() => return,
+                };
+                match handshake {
                     Ok(Ok(tls)) => {
                         serve_connection(tls, peer, proxy, &builder, &limits, life2).await
                     }
@@ -153,19 +151,40 @@ pub async fn serve(listener: TcpListener, me: Listener, life: Lifecycle) {
     tracing::debug!(listener = ?local, "stopped accepting");
 }
 
-async fn refuse(mut stream: TcpStream) {
+/// The next connection on `listener`, or `None` after an accept error and a short pause. Out
+/// of descriptors (EMFILE) the error repeats until one is freed, and accepting again at once
+/// would spin a core; a peer reset before accept is harmless either way.
+pub(crate) async fn accept(
+    listener: &TcpListener,
+    local: Option<SocketAddr>,
+) -> Option<(TcpStream, SocketAddr)> {
+    match listener.accept().await {
+        Ok(a) => Some(a),
+        Err(e) => {
+            tracing::warn!(listener = ?local, error = %e, "accept failed");
+            tokio::time::sleep(ACCEPT_BACKOFF).await;
+            None
+        }
+    }
+}
+
+/// How long a listener waits after an accept error before it tries again.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(20);
+
+/// Answers a connection over its listener's cap with a 503 and closes it.
+pub(crate) async fn refuse(mut stream: TcpStream) {
     let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(AT_CAPACITY)).await;
     let _ = stream.shutdown().await;
 }
 
 /// Counts a connection as open for the listener's cap and gauge until dropped.
-struct OpenGuard {
+pub(crate) struct OpenGuard {
     open: Arc<AtomicUsize>,
     gauge: Gauge,
 }
 
 impl OpenGuard {
-    fn new(open: &Arc<AtomicUsize>, gauge: &Gauge) -> Self {
+    pub(crate) fn new(open: &Arc<AtomicUsize>, gauge: &Gauge) -> Self {
         open.fetch_add(1, Ordering::Relaxed);
         gauge.increment(1.0);
         OpenGuard {

@@ -17,7 +17,7 @@ use std::time::Duration;
 use bytes::{Buf, Bytes};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use metrics::Gauge;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
@@ -44,41 +44,64 @@ pub fn h1_builder(limits: &ConnLimits) -> hyper::server::conn::http1::Builder {
     b
 }
 
+/// What the first bytes said, with the bytes detection had to consume (usually none).
 pub enum Detected {
-    Http1,
-    H2c,
+    Http1(Prefixed),
+    H2c(Prefixed),
     /// Closed, silent past `header_read_timeout`, or shutting down.
     Gone,
 }
 
-/// Peeks (reads nothing) until the bytes tell HTTP/1.1 from the h2c preface.
-pub async fn detect(stream: &TcpStream, limits: &ConnLimits, life: &Lifecycle) -> Detected {
+/// Peeks until the bytes tell HTTP/1.1 from the h2c preface. Bytes that are only the start of
+/// the preface are then read rather than peeked: a peek returns at once while unread bytes
+/// wait, so it cannot wait for the next ones, and a client that sent `P` would be polled
+/// forever and never meet its deadline.
+pub async fn detect(mut stream: TcpStream, limits: &ConnLimits, life: &Lifecycle) -> Detected {
     let deadline = Instant::now() + limits.header_read_timeout;
     let mut head = [0u8; H2_PREFACE.len()];
+    let (mut reading, mut got) = (false, 0);
     loop {
-        let peeked = tokio::select! {
-            r = tokio::time::timeout_at(deadline, stream.peek(&mut head)) => r,
+        let next = async {
+            if reading {
+                stream.read(&mut head[got..]).await
+            } else {
+                stream.peek(&mut head).await
+            }
+        };
+        let polled = tokio::select! {
+            r = tokio::time::timeout_at(deadline, next) => r,
             _ = life.drain.cancelled() => return Detected::Gone,
         };
-        let n = match peeked {
+        let n = match polled {
             Ok(Ok(n)) if n > 0 => n,
             _ => return Detected::Gone,
         };
-        if head[..n] != H2_PREFACE[..n] {
-            return Detected::Http1;
+        let seen = if reading {
+            got += n;
+            got
+        } else {
+            n
+        };
+        let is_h2 = head[..seen] == H2_PREFACE[..seen];
+        if is_h2 && seen < H2_PREFACE.len() {
+            reading = true;
+            continue;
         }
-        if n == H2_PREFACE.len() {
-            return Detected::H2c;
-        }
-        // Part of the preface so far (rare: clients send it whole). Peeking again at once
-        // would see the same bytes, so wait a little.
-        tokio::time::sleep(Duration::from_millis(2)).await;
+        let io = Prefixed {
+            prefix: Bytes::copy_from_slice(&head[..got]),
+            inner: stream,
+        };
+        return if is_h2 {
+            Detected::H2c(io)
+        } else {
+            Detected::Http1(io)
+        };
     }
 }
 
 /// Serves HTTP/1.1 on `stream` until the client leaves, a timer ends it, or shutdown.
 pub async fn serve_http1(
-    stream: TcpStream,
+    stream: Prefixed,
     peer: std::net::SocketAddr,
     proxy: Arc<Proxy>,
     limits: &ConnLimits,
@@ -93,10 +116,7 @@ pub async fn serve_http1(
         handover: Some(handover.clone()),
     });
     let builder = h1_builder(limits);
-    let mut io = Prefixed {
-        prefix: Bytes::new(),
-        inner: stream,
-    };
+    let mut io = stream;
     loop {
         let svc = service(
             Arc::clone(&proxy),

@@ -285,6 +285,7 @@ impl TryFrom<TableInput<'_>> for RoutingTable {
             poll_interval: raw.reload.poll_interval,
             watch: raw.reload.watch,
             shutdown_timeout: raw.shutdown_timeout,
+            shutdown_delay: raw.shutdown_delay,
             unrouted: input.metrics.unrouted.clone(),
             state_dir: raw.state_dir.as_ref().map(|d| input.base_dir.join(d)),
             index: Arc::new(super::index::RouteIndex::new(

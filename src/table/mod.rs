@@ -60,6 +60,8 @@ pub struct RoutingTable {
     pub poll_interval: Duration,
     pub watch: bool,
     pub shutdown_timeout: Duration,
+    /// Serving on, with `/readyz` at 503, before draining starts.
+    pub shutdown_delay: Duration,
     pub unrouted: Counter,
     /// Where rollouts keep their state and audit log (resolved against the config's directory).
     pub state_dir: Option<std::path::PathBuf>,

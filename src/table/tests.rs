@@ -89,6 +89,7 @@ fn minimal_yaml_is_accepted_with_its_defaults() {
     assert!(t.trusted_cidrs.is_empty());
     assert_eq!(t.poll_interval, Duration::from_secs(2));
     assert_eq!(t.shutdown_timeout, Duration::from_secs(30));
+    assert_eq!(t.shutdown_delay, Duration::ZERO, "off unless asked for");
     let canary = &t.upstreams["canary"].spec;
     assert_eq!(canary.endpoints[0].authority.as_str(), "127.0.0.1:18002");
     assert_eq!(canary.endpoints[0].scheme, http::uri::Scheme::HTTP);
@@ -401,6 +402,15 @@ fn wrong_type_duration() {
         "shutdown_timeout",
         &["\"soon\", expected a duration"],
     );
+    reject(
+        &format!("{MINIMAL}shutdown_delay: later\n"),
+        26,
+        17,
+        "shutdown_delay",
+        &["\"later\", expected a duration"],
+    );
+    let table = accept(&format!("{MINIMAL}shutdown_delay: 0s\n"));
+    assert_eq!(table.shutdown_delay, Duration::ZERO, "0s is valid: off");
 }
 
 #[test]

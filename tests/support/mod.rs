@@ -7,6 +7,7 @@
 
 #![allow(dead_code)]
 
+pub mod process;
 pub mod sim;
 pub mod tls;
 
@@ -107,6 +108,9 @@ pub enum Respond {
     Grpc,
     /// Accepts a WebSocket upgrade and echoes every text and binary message back.
     WebSocket,
+    /// Accepts a WebSocket upgrade and sends 16 KiB binary messages as fast as the client
+    /// takes them, until the connection fails.
+    WebSocketFlood,
 }
 
 /// The gRPC message `Respond::Grpc` answers with: a 5-byte frame header, then `reply`.
@@ -418,7 +422,8 @@ async fn mock_reply(state: &MockState, req: Request<Incoming>) -> Response<MockB
             Response::new(full(json.to_string()))
         }
         Respond::Grpc => grpc_reply(&seen),
-        Respond::WebSocket => websocket_reply(&seen, upgrade),
+        Respond::WebSocket => websocket_reply(&seen, upgrade, false),
+        Respond::WebSocketFlood => websocket_reply(&seen, upgrade, true),
     };
     resp.headers_mut()
         .insert("x-upstream", HeaderValue::from_str(&state.name).unwrap());
@@ -465,10 +470,15 @@ fn grpc_reply(seen: &Seen) -> Response<MockBody> {
     r
 }
 
-fn websocket_reply(seen: &Seen, upgrade: Option<hyper::upgrade::OnUpgrade>) -> Response<MockBody> {
+fn websocket_reply(
+    seen: &Seen,
+    upgrade: Option<hyper::upgrade::OnUpgrade>,
+    flood: bool,
+) -> Response<MockBody> {
     use futures_util::{SinkExt, StreamExt};
     use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
     use tokio_tungstenite::tungstenite::protocol::Role;
+    use tokio_tungstenite::tungstenite::Message;
 
     let (Some(key), Some(upgrade)) = (seen.header("sec-websocket-key"), upgrade) else {
         let mut r = Response::new(full("not a websocket request\n"));
@@ -486,6 +496,11 @@ fn websocket_reply(seen: &Seen, upgrade: Option<hyper::upgrade::OnUpgrade>) -> R
             None,
         )
         .await;
+        if flood {
+            let chunk = Message::binary(vec![7u8; 16 * 1024]);
+            while ws.send(chunk.clone()).await.is_ok() {}
+            return;
+        }
         while let Some(Ok(msg)) = ws.next().await {
             if (msg.is_text() || msg.is_binary()) && ws.send(msg).await.is_err() {
                 break;
