@@ -14,7 +14,8 @@ use serde::{Deserialize, Serialize};
 use super::cells::Tally;
 use super::guard::{Reading, Status};
 use super::spec::{After, RolloutSpec};
-use super::stats::{log_threshold, Wealth};
+use super::stats::log_threshold;
+use super::wealth::Wealth;
 
 /// About how many canary answers the recent rates are taken from.
 pub const RECENT: u64 = 500;

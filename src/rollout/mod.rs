@@ -28,6 +28,7 @@ pub mod state;
 pub mod stats;
 #[cfg(test)]
 mod traffic;
+pub mod wealth;
 mod weights;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
