@@ -566,7 +566,7 @@ async fn operators_pause_resume_and_promote_behind_the_admin_token() {
 #[tokio::test]
 async fn the_judge_runs_by_itself_once_a_second() {
     let s = healthy(
-        "{id: v2, canary: canary, steps: [50, 100], soak: 0s, min_samples: 5, after: promote, \
+        "{id: v2, canary: canary, steps: [50, 100], soak: 1s, min_samples: 5, after: promote, \
          guards: [{metric: error_rate, margin: 10}]}",
     )
     .await;

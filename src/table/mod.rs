@@ -6,6 +6,8 @@
 //! Built by `TryFrom<TableInput>` in `build.rs`; never mutated once built.
 
 mod build;
+#[cfg(test)]
+mod duration_tests;
 mod edge;
 mod index;
 #[cfg(test)]
