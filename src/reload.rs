@@ -162,8 +162,8 @@ impl Control {
             self.last_seen.store(f, Ordering::Release);
         }
         let result = config::load(&self.path).and_then(|loaded| {
-            let same_tls_files = crate::tls::files_hash(&old.tls_files) == old.tls_files_hash;
-            if loaded.content_hash() == old.config_hash && same_tls_files {
+            let same_files = crate::tls::files_hash(&old.watched_files) == old.watched_files_hash;
+            if loaded.content_hash() == old.config_hash && same_files {
                 return Ok(None);
             }
             let mut new =
@@ -219,11 +219,12 @@ impl Control {
     }
 }
 
-/// The config file's contents and the TLS files the serving table uses, as one hash: a change
-/// to either (a rotated certificate, say) is a change to reload.
+/// The config file's contents and the other files the serving table was read from, as one
+/// hash: a change to either (a rotated certificate or override secret, say) is a change to
+/// reload.
 fn fingerprint(path: &Path, table: &RoutingTable) -> Option<u64> {
     let yaml = xxhash_rust::xxh3::xxh3_64(&std::fs::read(path).ok()?);
-    Some(yaml ^ crate::tls::files_hash(&table.tls_files).rotate_left(1))
+    Some(yaml ^ crate::tls::files_hash(&table.watched_files).rotate_left(1))
 }
 
 /// What changed between two tables, for the audit line: routes added or removed, and each
@@ -274,8 +275,8 @@ pub fn diff(old: &RoutingTable, new: &RoutingTable) -> Vec<String> {
             }
         }
     }
-    if old.tls_files_hash != new.tls_files_hash || old.tls_files != new.tls_files {
-        out.push("tls certificates or keys changed".into());
+    if old.watched_files_hash != new.watched_files_hash || old.watched_files != new.watched_files {
+        out.push("certificates, keys, tokens or secrets changed".into());
     }
     if out.is_empty() {
         out.push("no split changes".into());

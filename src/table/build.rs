@@ -217,7 +217,9 @@ impl TryFrom<TableInput<'_>> for RoutingTable {
         let admin_token = match &raw.admin.token_file {
             Some(p) => Some(super::edge::read_secret(
                 "admin.token_file",
-                &input.base_dir.join(p),
+                input.base_dir,
+                p,
+                &mut tls_files,
             )?),
             None => None,
         };
@@ -264,6 +266,7 @@ impl TryFrom<TableInput<'_>> for RoutingTable {
                 &upstreams,
                 input.metrics,
                 input.base_dir,
+                &mut tls_files,
             )?);
         }
 
@@ -272,8 +275,8 @@ impl TryFrom<TableInput<'_>> for RoutingTable {
             config_hash: input.config_hash,
             listeners,
             listener_tls,
-            tls_files_hash: crate::tls::files_hash(&tls_files.0),
-            tls_files: tls_files.0,
+            watched_files_hash: crate::tls::files_hash(&tls_files.0),
+            watched_files: tls_files.0,
             admin_address,
             upstreams,
             trusted_cidrs,
