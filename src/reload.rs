@@ -15,7 +15,7 @@ use arc_swap::ArcSwap;
 use crate::config::{self, ConfigError};
 use crate::metrics::Metrics;
 use crate::rollout::{self, Action, ActionError, Decision, Now, Preflight, Rollouts, StateError};
-use crate::table::{self, RoutingTable};
+use crate::table::{self, show_percent, RoutingTable};
 
 /// The last reload that failed, for `GET /routes`.
 #[derive(Debug, Clone)]
@@ -62,6 +62,11 @@ fn state_dir_error(loaded: &config::Loaded, e: StateError) -> ConfigError {
     loaded.error_at("state_dir", e.to_string())
 }
 
+/// A rollout whose steps were edited under its id, at the route's `rollout.steps`.
+fn edit_error(loaded: &config::Loaded, e: rollout::EditRefused) -> ConfigError {
+    loaded.error_at(&format!("routes[{}].rollout.steps", e.route), e.message)
+}
+
 /// What [`Control::start`] would make of `path`, without creating or writing anything: the
 /// table it would build and what it would meet in `state_dir` (see [`rollout::preflight`]),
 /// or the error that would stop it, placed where startup places it.
@@ -69,6 +74,7 @@ pub fn check(path: &Path, metrics: &Metrics) -> Result<(RoutingTable, Preflight)
     let loaded = config::load(path)?;
     let table = table::from_loaded(&loaded, metrics, None, 1)?;
     let state = rollout::preflight(&table).map_err(|e| state_dir_error(&loaded, e))?;
+    rollout::check_saved(&table).map_err(|e| edit_error(&loaded, e))?;
     Ok((table, state))
 }
 
@@ -79,6 +85,10 @@ impl Control {
         let mut table = table::from_loaded(&loaded, &metrics, None, 1)?;
         let rollouts = Rollouts::open(table.state_dir.as_deref(), metrics.clone())
             .map_err(|e| state_dir_error(&loaded, e))?;
+        // A restart on an edited file refuses what a reload would have refused.
+        rollouts
+            .check_edit(&table)
+            .map_err(|e| edit_error(&loaded, e))?;
         rollouts.reconcile(&mut table, Now::real(), "startup");
         for w in table.warnings() {
             tracing::warn!(warning = %w, "configuration warning");
@@ -181,6 +191,9 @@ impl Control {
                     NEEDS_RESTART,
                 ));
             }
+            self.rollouts
+                .check_edit(&new)
+                .map_err(|e| edit_error(&loaded, e))?;
             self.rollouts.reconcile(&mut new, Now::real(), "reload");
             Ok(Some(new))
         });
@@ -253,14 +266,14 @@ pub fn diff(old: &RoutingTable, new: &RoutingTable) -> Vec<String> {
                     "{}/{}: {}% -> {}%",
                     r.name,
                     c.name,
-                    pct(w),
-                    pct(c.weight)
+                    show_percent(w),
+                    show_percent(c.weight)
                 )),
                 None => out.push(format!(
                     "{}/{}: added at {}%",
                     r.name,
                     c.name,
-                    pct(c.weight)
+                    show_percent(c.weight)
                 )),
             }
         }
@@ -270,7 +283,7 @@ pub fn diff(old: &RoutingTable, new: &RoutingTable) -> Vec<String> {
                     "{}/{}: removed (was {}%)",
                     r.name,
                     b.name,
-                    pct(b.weight)
+                    show_percent(b.weight)
                 ));
             }
         }
@@ -282,13 +295,4 @@ pub fn diff(old: &RoutingTable, new: &RoutingTable) -> Vec<String> {
         out.push("no split changes".into());
     }
     out
-}
-
-fn pct(weight: u32) -> String {
-    let whole = weight / 100;
-    match weight % 100 {
-        0 => whole.to_string(),
-        frac if frac % 10 == 0 => format!("{whole}.{}", frac / 10),
-        frac => format!("{whole}.{frac:02}"),
-    }
 }

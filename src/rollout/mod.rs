@@ -15,6 +15,7 @@
 //! for the admin endpoints), `judge` (the task that ticks), `simulate` (Monte-Carlo tests).
 
 pub mod cells;
+mod edit;
 mod gauges;
 pub mod guard;
 pub mod judge;
@@ -34,6 +35,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 pub use cells::{Cells, Tally};
+pub use edit::{check_saved, EditRefused};
 pub use gauges::{DECISIONS, STATE, STEP_PERCENT};
 pub use machine::{Action, DecisionKind, Phase, Progress};
 pub use preflight::{preflight, Preflight};
@@ -398,6 +400,7 @@ impl Rollouts {
             &e.progress,
             e.note.clone(),
             e.history.iter().cloned().collect(),
+            &e.spec.steps,
         );
         match store.save(&saved) {
             Ok(()) => e.problem = None,

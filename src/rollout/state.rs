@@ -70,6 +70,10 @@ pub struct Saved {
     /// Why the rollout is halted, when it is.
     pub note: Option<String>,
     pub history: Vec<Decision>,
+    /// The steps (basis points) `step` indexes, so a restart can refuse an edit of them as a
+    /// reload does (see `spec::steps_edit`); empty in a file written before they were kept.
+    #[serde(default)]
+    pub steps: Vec<u32>,
 }
 
 /// A [`Tally`] with its histograms and outcome counters kept sparse: `[index, count]` pairs.
@@ -134,6 +138,7 @@ impl Saved {
         p: &Progress,
         note: Option<String>,
         history: Vec<Decision>,
+        steps: &[u32],
     ) -> Self {
         Saved {
             version: VERSION,
@@ -152,6 +157,7 @@ impl Saved {
                 .collect(),
             note,
             history,
+            steps: steps.to_vec(),
         }
     }
 
@@ -381,7 +387,7 @@ mod tests {
         p.canary.latency[40] = 7;
         p.baseline.outcomes[3] = 2;
         p.wealth.insert("error_rate".into(), 1.5);
-        Saved::new("agent", "v2", &p, None, Vec::new())
+        Saved::new("agent", "v2", &p, None, Vec::new(), &[100, 500, 2500])
     }
 
     #[test]

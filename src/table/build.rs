@@ -155,6 +155,16 @@ pub fn basis_points(percent: f64) -> Option<u32> {
     ((scaled - rounded).abs() < 1e-6).then_some(rounded as u32)
 }
 
+/// Basis points as the file writes a percent (`20`, `2.5`, `2.25`).
+pub fn show_percent(weight: u32) -> String {
+    let whole = weight / 100;
+    match weight % 100 {
+        0 => whole.to_string(),
+        frac if frac % 10 == 0 => format!("{whole}.{}", frac / 10),
+        frac => format!("{whole}.{frac:02}"),
+    }
+}
+
 impl TryFrom<TableInput<'_>> for RoutingTable {
     type Error = TableError;
 

@@ -28,7 +28,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method};
 use ipnet::IpNet;
 use metrics::Counter;
 
-pub use build::{basis_points, Invalid, TableError, TableInput, DEFAULT_OUTCOMES};
+pub use build::{basis_points, show_percent, Invalid, TableError, TableInput, DEFAULT_OUTCOMES};
 
 use crate::cohort::{self, Bands, KeySource};
 use crate::metrics::{CohortMetrics, OutcomeSlot};
