@@ -206,8 +206,11 @@ impl Control {
                 let generation = new.generation;
                 let changes = diff(&old, &new);
                 let hash = new.config_hash;
+                let (before, after) = (owners(&old), owners(&new));
                 new.publish_gauges();
                 self.table.store(Arc::new(new));
+                // Only once nothing new can take a handle of a removed cohort.
+                self.metrics.retire(&before, &after);
                 self.metrics.generation.set(generation as f64);
                 self.metrics.reload_success.increment(1);
                 if let Ok(mut e) = self.last_error.lock() {
@@ -238,6 +241,20 @@ impl Control {
 fn fingerprint(path: &Path, table: &RoutingTable) -> Option<u64> {
     let yaml = xxhash_rust::xxh3::xxh3_64(&std::fs::read(path).ok()?);
     Some(yaml ^ crate::tls::files_hash(&table.watched_files).rotate_left(1))
+}
+
+/// Each route's name and its cohorts': whose series a table's handles feed.
+fn owners(table: &RoutingTable) -> Vec<(String, Vec<String>)> {
+    table
+        .routes
+        .iter()
+        .map(|r| {
+            (
+                r.name.clone(),
+                r.cohorts.iter().map(|c| c.name.clone()).collect(),
+            )
+        })
+        .collect()
 }
 
 /// What changed between two tables, for the audit line: routes added or removed, and each
