@@ -87,9 +87,8 @@ impl Control {
             .map_err(|e| state_dir_error(&loaded, e))?;
         // A restart on an edited file refuses what a reload would have refused.
         rollouts
-            .check_edit(&table)
+            .reconcile_checked(&mut table, Now::real(), "startup")
             .map_err(|e| edit_error(&loaded, e))?;
-        rollouts.reconcile(&mut table, Now::real(), "startup");
         for w in table.warnings() {
             tracing::warn!(warning = %w, "configuration warning");
         }
@@ -192,9 +191,8 @@ impl Control {
                 ));
             }
             self.rollouts
-                .check_edit(&new)
+                .reconcile_checked(&mut new, Now::real(), "reload")
                 .map_err(|e| edit_error(&loaded, e))?;
-            self.rollouts.reconcile(&mut new, Now::real(), "reload");
             Ok(Some(new))
         });
         match result {

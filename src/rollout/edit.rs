@@ -6,7 +6,7 @@
 
 use super::spec::steps_edit;
 use super::state::Store;
-use super::Rollouts;
+use super::{Now, Rollouts};
 use crate::table::RoutingTable;
 
 /// A route whose rollout may not go on under its id with the new config.
@@ -19,21 +19,29 @@ pub struct EditRefused {
 
 impl Rollouts {
     /// Refuses `table` when one of its rollouts keeps an id whose state (live, or saved in
-    /// `state_dir` for a process that restarts) stands at a step that the new steps moved.
-    /// A state file that cannot be read is not this check's concern: startup halts that
-    /// rollout anyway.
-    pub fn check_edit(&self, table: &RoutingTable) -> Result<(), EditRefused> {
-        let entries = self.lock();
+    /// `state_dir` for a process that restarts) stands at a step that the new steps moved;
+    /// else [`Rollouts::reconcile`]s it. One lock for both: the judge cannot move a rollout
+    /// on to another step between the check and the match. A state file that cannot be read
+    /// is not this check's concern: startup halts that rollout anyway.
+    pub fn reconcile_checked(
+        &self,
+        table: &mut RoutingTable,
+        now: Now,
+        trigger: &str,
+    ) -> Result<(), EditRefused> {
+        let mut entries = self.lock();
         check(table, self.store.as_ref(), |route, id| {
             entries
                 .get(route)
                 .filter(|e| e.spec.id == id)
                 .map(|e| (e.spec.steps.clone(), e.progress.step))
-        })
+        })?;
+        self.reconcile_in(&mut entries, table, now, trigger);
+        Ok(())
     }
 }
 
-/// What [`Rollouts::check_edit`] would say at startup, from the state files alone and without
+/// What [`Rollouts::reconcile_checked`] would refuse at startup, from the state files alone and without
 /// creating anything: for `cohort check`.
 pub fn check_saved(table: &RoutingTable) -> Result<(), EditRefused> {
     let store = table

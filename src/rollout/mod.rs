@@ -168,7 +168,17 @@ impl Rollouts {
     /// same id keeps its state, a rollout found on disk resumes), then writes their effective
     /// percents into it. `trigger` is `startup` or `reload`.
     pub fn reconcile(&self, table: &mut RoutingTable, now: Now, trigger: &str) {
-        let mut entries = self.lock();
+        self.reconcile_in(&mut self.lock(), table, now, trigger);
+    }
+
+    /// [`Rollouts::reconcile`] with the entries already locked.
+    fn reconcile_in(
+        &self,
+        entries: &mut BTreeMap<String, Entry>,
+        table: &mut RoutingTable,
+        now: Now,
+        trigger: &str,
+    ) {
         let mut live = BTreeSet::new();
         for route in &table.routes {
             let Some(spec) = &route.rollout else { continue };
@@ -200,7 +210,7 @@ impl Rollouts {
             }
             keep
         });
-        weights::adjust(&entries, table);
+        weights::adjust(entries, table);
     }
 
     /// A rollout seen for the first time by this process: resumed from its state file when
