@@ -253,6 +253,7 @@ impl Metrics {
 
     /// Registers (or finds again, so counters survive reloads) the handles for one cohort.
     pub fn cohort(&self, route: &str, cohort: &str, outcomes: &[String]) -> CohortMetrics {
+        self.retired.note(route, Some(cohort));
         let base = || {
             vec![
                 Label::new("route", route.to_string()),
@@ -295,6 +296,7 @@ impl Metrics {
 
     /// Override rejections of one route, aligned with `signed::Rejection::ALL`.
     pub fn override_rejected(&self, route: &str) -> [Counter; 5] {
+        self.retired.note(route, None);
         crate::signed::Rejection::ALL.map(|r| {
             let labels = vec![
                 Label::new("route", route.to_string()),
@@ -367,12 +369,14 @@ impl Metrics {
         self.retired.sweep(&self.recorder, now, RETIRED_GRACE);
     }
 
-    /// After a reload: the series of every route and cohort of `old` (route names with their
-    /// cohorts') that `new` does not have. Their gauges go at once (a removed cohort holds no
-    /// share and no request of the serving table); their counters and histograms after
-    /// [`RETIRED_GRACE`]. A route or cohort that is back in `new` is no longer retired.
-    pub fn retire(&self, old: &[(String, Vec<String>)], new: &[(String, Vec<String>)]) {
-        self.retired.retire(&self.recorder, old, new);
+    /// After a reload, applied or rejected: retires the series of every route and cohort
+    /// that handles were registered for (by the table serving until now, or by one that failed
+    /// to validate) and that `serving` (route names with their cohorts') does not have. Their
+    /// gauges go at once (a removed cohort holds no share and no request of the serving
+    /// table); their counters and histograms after [`RETIRED_GRACE`]. A route or cohort that
+    /// is back in `serving` is no longer retired.
+    pub fn settle(&self, serving: &[(String, Vec<String>)]) {
+        self.retired.settle(&self.recorder, serving);
     }
 }
 

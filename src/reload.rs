@@ -204,11 +204,11 @@ impl Control {
                 let generation = new.generation;
                 let changes = diff(&old, &new);
                 let hash = new.config_hash;
-                let (before, after) = (owners(&old), owners(&new));
+                let serving = owners(&new);
                 new.publish_gauges();
                 self.table.store(Arc::new(new));
                 // Only once nothing new can take a handle of a removed cohort.
-                self.metrics.retire(&before, &after);
+                self.metrics.settle(&serving);
                 self.metrics.generation.set(generation as f64);
                 self.metrics.reload_success.increment(1);
                 if let Ok(mut e) = self.last_error.lock() {
@@ -218,6 +218,8 @@ impl Control {
                 Outcome::Applied { generation }
             }
             Err(e) => {
+                // The refused table may have registered series for cohorts nobody serves.
+                self.metrics.settle(&owners(&old));
                 self.metrics.reload_failure.increment(1);
                 let message = e.to_string();
                 tracing::error!(trigger, file = %e.file.display(), line = e.line, column = e.column, field = %e.field, error = %e.message, "configuration rejected; still serving the previous one");

@@ -5,6 +5,7 @@
 //! Owns: the list of retired routes and cohorts. Must not touch: the request path (nothing
 //! here runs on it: a reload retires, the periodic upkeep sweeps), the tables themselves.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -15,6 +16,9 @@ use crate::exposition::Exposition;
 #[derive(Default)]
 pub struct Retirements {
     list: Mutex<Vec<Retired>>,
+    /// Every route and cohort handles were registered for since the last settle, including
+    /// those of a table that then failed to validate.
+    registered: Mutex<BTreeMap<String, BTreeSet<String>>>,
 }
 
 /// A removed route (every series labelled with it) or cohort of a route.
@@ -36,8 +40,40 @@ impl Retired {
 }
 
 impl Retirements {
-    /// See `Metrics::retire`.
-    pub fn retire(
+    /// Handles were registered for `route` (and `cohort`).
+    pub fn note(&self, route: &str, cohort: Option<&str>) {
+        let mut registered = self
+            .registered
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let cohorts = registered.entry(route.to_string()).or_default();
+        if let Some(c) = cohort {
+            cohorts.insert(c.to_string());
+        }
+    }
+
+    /// Retires everything registered that `serving` does not have, which then is all that
+    /// is registered.
+    pub fn settle(&self, registry: &Exposition, serving: &[(String, Vec<String>)]) {
+        let old: Vec<(String, Vec<String>)> = {
+            let mut registered = self
+                .registered
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            let old = registered
+                .iter()
+                .map(|(r, cs)| (r.clone(), cs.iter().cloned().collect()))
+                .collect();
+            *registered = serving
+                .iter()
+                .map(|(r, cs)| (r.clone(), cs.iter().cloned().collect()))
+                .collect();
+            old
+        };
+        self.retire(registry, &old, serving);
+    }
+
+    fn retire(
         &self,
         registry: &Exposition,
         old: &[(String, Vec<String>)],
@@ -118,10 +154,7 @@ mod tests {
         step.set(5.0);
         decisions.increment(1);
         let before = Instant::now();
-        m.retire(
-            &owners(&[("gone", &["c"]), ("kept", &["c"])]),
-            &owners(&[("kept", &["c"])]),
-        );
+        m.settle(&owners(&[("kept", &["c"])]));
         let text = m.render();
         assert!(!text.contains("cohort_rollout_step_percent{"), "{text}");
         assert!(
@@ -152,5 +185,17 @@ mod tests {
             ),
             "{text}"
         );
+
+        // A table that failed to validate registered a cohort nobody serves.
+        let tried = m.cohort("kept", "tried", &[]);
+        tried.split.set(10.0);
+        m.settle(&owners(&[("kept", &["c"])]));
+        assert!(!m
+            .render()
+            .contains("cohort_split_percent{route=\"kept\",cohort=\"tried\""));
+        m.upkeep_at(Instant::now() + RETIRED_GRACE);
+        let text = m.render();
+        assert!(!text.contains("tried"), "{text}");
+        assert!(text.contains("cohort=\"c\""), "{text}");
     }
 }

@@ -344,6 +344,20 @@ async fn removed_cohorts_lose_their_gauges_at_once_and_their_counts_after_the_gr
         "nothing kept for a last scrape"
     );
 
+    // A refused file names a cohort that no table serves: it leaves nothing behind.
+    let refused = renamed_canary(&stable, &canary, "canary-refused").replace("\"10\"", "11");
+    let refused = refused.replace("percent: 10\n", "percent: 11\n");
+    std::fs::write(&path, refused).unwrap();
+    let outcome = proxy.running.reload("test").await;
+    assert!(
+        matches!(outcome, cohort::reload::Outcome::Rejected(_)),
+        "{outcome:?}"
+    );
+    let s = proxy.scrape().await;
+    for gauge in ["cohort_split_percent", "cohort_in_flight_requests"] {
+        assert_eq!(of(&s, gauge, "canary-refused"), 0, "{gauge}");
+    }
+
     // A cohort back within the grace keeps its series and counts on from where it was.
     std::fs::write(&path, renamed_canary(&stable, &canary, "canary-49")).unwrap();
     proxy.running.reload("test").await;
@@ -370,6 +384,7 @@ async fn removed_cohorts_lose_their_gauges_at_once_and_their_counts_after_the_gr
         ("status_class", "2xx"),
     ];
     assert_eq!(s.metric("cohort_requests_total", &stable_2xx), 52.0);
+    assert!(!s.text.contains("canary-refused"), "{}", s.text);
     for n in (0..=50).filter(|n| *n != 49) {
         let name = format!("canary-{n}");
         assert!(
