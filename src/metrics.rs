@@ -1,17 +1,19 @@
-//! Metric names, help texts, buckets, and the Prometheus recorder each proxy instance owns.
+//! Metric names, help texts, buckets, and the registry each proxy instance owns.
 //!
-//! Owns: creating metric handles (once, when a table is built) and rendering the scrape.
-//! Must not touch: the request path looks nothing up here; it only uses handles from the table.
-//! The recorder is per instance rather than global so in-process tests do not share counters.
+//! Owns: creating metric handles (once, when a table is built), retiring the series of routes
+//! and cohorts a reload removed, and rendering the scrape. Must not touch: the request path
+//! looks nothing up here; it only uses handles from the table.
+//! The registry is per instance rather than global so in-process tests do not share counters.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use metrics::{
     Counter, Gauge, Histogram, Key, KeyName, Label, Metadata, Recorder, SharedString, Unit,
 };
-use metrics_exporter_prometheus::{
-    Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
-};
+
+use crate::exposition::Exposition;
+use crate::retired::Retirements;
 
 pub const REQUESTS: &str = "cohort_requests_total";
 pub const DURATION: &str = "cohort_request_duration_seconds";
@@ -88,11 +90,17 @@ impl Abandoned {
 
 static METADATA: Metadata<'static> = Metadata::new("cohort", metrics::Level::INFO, Some("cohort"));
 
+/// How long the counters and histograms of a removed route or cohort stay in the scrape:
+/// several scrape intervals, so Prometheus reads their last values (and `increase()` over a
+/// window that ends after the removal still sees them) before they go.
+pub const RETIRED_GRACE: Duration = Duration::from_secs(5 * 60);
+
 /// The registry of one proxy instance.
 #[derive(Clone)]
 pub struct Metrics {
-    recorder: Arc<PrometheusRecorder>,
-    handle: PrometheusHandle,
+    recorder: Arc<Exposition>,
+    /// Routes and cohorts a reload removed whose counters and histograms still show.
+    retired: Arc<Retirements>,
     pub unrouted: Counter,
     pub reload_success: Counter,
     pub reload_failure: Counter,
@@ -154,13 +162,8 @@ impl Default for Metrics {
 
 impl Metrics {
     pub fn new() -> Self {
-        let recorder = PrometheusBuilder::new()
-            .set_buckets_for_metric(Matcher::Full(DURATION.into()), LATENCY_BUCKETS)
-            .and_then(|b| b.set_buckets_for_metric(Matcher::Full(TTFB.into()), LATENCY_BUCKETS))
-            .map(|b| b.build_recorder())
-            // The bucket list is a non-empty constant, so this branch is unreachable; an
-            // unconfigured recorder still serves (as summaries) rather than panicking.
-            .unwrap_or_else(|_| PrometheusBuilder::new().build_recorder());
+        // Only an empty bucket list is refused, and this one is a non-empty constant.
+        let recorder = Exposition::new(LATENCY_BUCKETS).expect("LATENCY_BUCKETS is not empty");
         let help: [(&str, Unit, &str); 16] = [
             (
                 REJECTED,
@@ -255,7 +258,6 @@ impl Metrics {
                 _ => recorder.describe_counter(KeyName::from_const_str(name), Some(unit), text),
             }
         }
-        let handle = recorder.handle();
         let recorder = Arc::new(recorder);
         let counter = |name: &'static str, labels: Vec<Label>| {
             recorder.register_counter(&Key::from_parts(name, labels), &METADATA)
@@ -268,7 +270,7 @@ impl Metrics {
             .map(|r| counter(REJECTED, vec![Label::new("reason", r.as_str())]));
         Metrics {
             recorder,
-            handle,
+            retired: Arc::default(),
             unrouted,
             reload_success,
             reload_failure,
@@ -279,6 +281,7 @@ impl Metrics {
 
     /// Registers (or finds again, so counters survive reloads) the handles for one cohort.
     pub fn cohort(&self, route: &str, cohort: &str, outcomes: &[String]) -> CohortMetrics {
+        self.retired.note(route, Some(cohort));
         let base = || {
             vec![
                 Label::new("route", route.to_string()),
@@ -323,6 +326,7 @@ impl Metrics {
 
     /// Override rejections of one route, aligned with `signed::Rejection::ALL`.
     pub fn override_rejected(&self, route: &str) -> [Counter; 5] {
+        self.retired.note(route, None);
         crate::signed::Rejection::ALL.map(|r| {
             let labels = vec![
                 Label::new("route", route.to_string()),
@@ -380,13 +384,29 @@ impl Metrics {
 
     /// The Prometheus text exposition (format 0.0.4).
     pub fn render(&self) -> String {
-        self.handle.render()
+        self.recorder.render()
     }
 
-    /// Drains histogram samples into their buckets; called periodically so memory stays
-    /// bounded between scrapes.
+    /// Drains histogram samples into their buckets and drops the counters and histograms
+    /// retired more than [`RETIRED_GRACE`] ago; called periodically so memory stays bounded.
     pub fn upkeep(&self) {
-        self.handle.run_upkeep();
+        self.upkeep_at(Instant::now());
+    }
+
+    /// [`Metrics::upkeep`] as if run at `now`.
+    pub fn upkeep_at(&self, now: Instant) {
+        self.recorder.drain();
+        self.retired.sweep(&self.recorder, now, RETIRED_GRACE);
+    }
+
+    /// After a reload, applied or rejected: retires the series of every route and cohort
+    /// that handles were registered for (by the table serving until now, or by one that failed
+    /// to validate) and that `serving` (route names with their cohorts') does not have. Their
+    /// gauges go at once (a removed cohort holds no share and no request of the serving
+    /// table); their counters and histograms after [`RETIRED_GRACE`]. A route or cohort that
+    /// is back in `serving` is no longer retired.
+    pub fn settle(&self, serving: &[(String, Vec<String>)]) {
+        self.retired.settle(&self.recorder, serving);
     }
 }
 

@@ -15,7 +15,7 @@ use arc_swap::ArcSwap;
 use crate::config::{self, ConfigError};
 use crate::metrics::Metrics;
 use crate::rollout::{self, Action, ActionError, Decision, Now, Preflight, Rollouts, StateError};
-use crate::table::{self, RoutingTable};
+use crate::table::{self, show_percent, RoutingTable};
 
 /// The last reload that failed, for `GET /routes`.
 #[derive(Debug, Clone)]
@@ -62,6 +62,11 @@ fn state_dir_error(loaded: &config::Loaded, e: StateError) -> ConfigError {
     loaded.error_at("state_dir", e.to_string())
 }
 
+/// A rollout whose steps were edited under its id, at the route's `rollout.steps`.
+fn edit_error(loaded: &config::Loaded, e: rollout::EditRefused) -> ConfigError {
+    loaded.error_at(&format!("routes[{}].rollout.steps", e.route), e.message)
+}
+
 /// What [`Control::start`] would make of `path`, without creating or writing anything: the
 /// table it would build and what it would meet in `state_dir` (see [`rollout::preflight`]),
 /// or the error that would stop it, placed where startup places it.
@@ -69,6 +74,7 @@ pub fn check(path: &Path, metrics: &Metrics) -> Result<(RoutingTable, Preflight)
     let loaded = config::load(path)?;
     let table = table::from_loaded(&loaded, metrics, None, 1)?;
     let state = rollout::preflight(&table).map_err(|e| state_dir_error(&loaded, e))?;
+    rollout::check_saved(&table).map_err(|e| edit_error(&loaded, e))?;
     Ok((table, state))
 }
 
@@ -79,7 +85,10 @@ impl Control {
         let mut table = table::from_loaded(&loaded, &metrics, None, 1)?;
         let rollouts = Rollouts::open(table.state_dir.as_deref(), metrics.clone())
             .map_err(|e| state_dir_error(&loaded, e))?;
-        rollouts.reconcile(&mut table, Now::real(), "startup");
+        // A restart on an edited file refuses what a reload would have refused.
+        rollouts
+            .reconcile_checked(&mut table, Now::real(), "startup")
+            .map_err(|e| edit_error(&loaded, e))?;
         for w in table.warnings() {
             tracing::warn!(warning = %w, "configuration warning");
         }
@@ -162,8 +171,8 @@ impl Control {
             self.last_seen.store(f, Ordering::Release);
         }
         let result = config::load(&self.path).and_then(|loaded| {
-            let same_tls_files = crate::tls::files_hash(&old.tls_files) == old.tls_files_hash;
-            if loaded.content_hash() == old.config_hash && same_tls_files {
+            let same_files = crate::tls::files_hash(&old.watched_files) == old.watched_files_hash;
+            if loaded.content_hash() == old.config_hash && same_files {
                 return Ok(None);
             }
             let mut new =
@@ -181,7 +190,9 @@ impl Control {
                     NEEDS_RESTART,
                 ));
             }
-            self.rollouts.reconcile(&mut new, Now::real(), "reload");
+            self.rollouts
+                .reconcile_checked(&mut new, Now::real(), "reload")
+                .map_err(|e| edit_error(&loaded, e))?;
             Ok(Some(new))
         });
         match result {
@@ -193,8 +204,11 @@ impl Control {
                 let generation = new.generation;
                 let changes = diff(&old, &new);
                 let hash = new.config_hash;
+                let serving = owners(&new);
                 new.publish_gauges();
                 self.table.store(Arc::new(new));
+                // Only once nothing new can take a handle of a removed cohort.
+                self.metrics.settle(&serving);
                 self.metrics.generation.set(generation as f64);
                 self.metrics.reload_success.increment(1);
                 if let Ok(mut e) = self.last_error.lock() {
@@ -204,6 +218,8 @@ impl Control {
                 Outcome::Applied { generation }
             }
             Err(e) => {
+                // The refused table may have registered series for cohorts nobody serves.
+                self.metrics.settle(&owners(&old));
                 self.metrics.reload_failure.increment(1);
                 let message = e.to_string();
                 tracing::error!(trigger, file = %e.file.display(), line = e.line, column = e.column, field = %e.field, error = %e.message, "configuration rejected; still serving the previous one");
@@ -219,11 +235,26 @@ impl Control {
     }
 }
 
-/// The config file's contents and the TLS files the serving table uses, as one hash: a change
-/// to either (a rotated certificate, say) is a change to reload.
+/// The config file's contents and the other files the serving table was read from, as one
+/// hash: a change to either (a rotated certificate or override secret, say) is a change to
+/// reload.
 fn fingerprint(path: &Path, table: &RoutingTable) -> Option<u64> {
     let yaml = xxhash_rust::xxh3::xxh3_64(&std::fs::read(path).ok()?);
-    Some(yaml ^ crate::tls::files_hash(&table.tls_files).rotate_left(1))
+    Some(yaml ^ crate::tls::files_hash(&table.watched_files).rotate_left(1))
+}
+
+/// Each route's name and its cohorts': whose series a table's handles feed.
+fn owners(table: &RoutingTable) -> Vec<(String, Vec<String>)> {
+    table
+        .routes
+        .iter()
+        .map(|r| {
+            (
+                r.name.clone(),
+                r.cohorts.iter().map(|c| c.name.clone()).collect(),
+            )
+        })
+        .collect()
 }
 
 /// What changed between two tables, for the audit line: routes added or removed, and each
@@ -252,14 +283,14 @@ pub fn diff(old: &RoutingTable, new: &RoutingTable) -> Vec<String> {
                     "{}/{}: {}% -> {}%",
                     r.name,
                     c.name,
-                    pct(w),
-                    pct(c.weight)
+                    show_percent(w),
+                    show_percent(c.weight)
                 )),
                 None => out.push(format!(
                     "{}/{}: added at {}%",
                     r.name,
                     c.name,
-                    pct(c.weight)
+                    show_percent(c.weight)
                 )),
             }
         }
@@ -269,25 +300,16 @@ pub fn diff(old: &RoutingTable, new: &RoutingTable) -> Vec<String> {
                     "{}/{}: removed (was {}%)",
                     r.name,
                     b.name,
-                    pct(b.weight)
+                    show_percent(b.weight)
                 ));
             }
         }
     }
-    if old.tls_files_hash != new.tls_files_hash || old.tls_files != new.tls_files {
-        out.push("tls certificates or keys changed".into());
+    if old.watched_files_hash != new.watched_files_hash || old.watched_files != new.watched_files {
+        out.push("certificates, keys, tokens or secrets changed".into());
     }
     if out.is_empty() {
         out.push("no split changes".into());
     }
     out
-}
-
-fn pct(weight: u32) -> String {
-    let whole = weight / 100;
-    match weight % 100 {
-        0 => whole.to_string(),
-        frac if frac % 10 == 0 => format!("{whole}.{}", frac / 10),
-        frac => format!("{whole}.{frac:02}"),
-    }
 }

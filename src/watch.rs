@@ -1,5 +1,6 @@
 //! Notices config changes without a signal: a watcher on the config file's directory (and the
-//! directories of the TLS files it names), backed by a content-hash poll.
+//! directories of the other files the table reads: TLS material, the admin token, override
+//! secrets), backed by a content-hash poll.
 //!
 //! Owns: turning file-system events and poll ticks into `Control::reload_if_changed` calls.
 //! Must not touch: the table or the swap (see `reload`).
@@ -60,12 +61,13 @@ impl Watched {
         }
     }
 
-    /// Starts watching the config's directory and those of the table's TLS files.
+    /// Starts watching the config's directory and those of the table's other files.
     fn sync(&mut self, config: &Path, table: &RoutingTable) {
         let Some(w) = self.watcher.as_mut() else {
             return;
         };
-        for dir in std::iter::once(dir_of(config)).chain(table.tls_files.iter().map(|p| dir_of(p)))
+        for dir in
+            std::iter::once(dir_of(config)).chain(table.watched_files.iter().map(|p| dir_of(p)))
         {
             if self.dirs.contains(&dir) {
                 continue;

@@ -244,7 +244,7 @@ fn check_accepts_a_good_rollout_state_quietly() {
     let store = Store::open(&dir.path().join("state")).unwrap();
     let progress = cohort::rollout::Progress::start();
     store
-        .save(&Saved::new("agent", "v2", &progress, None, Vec::new()))
+        .save(&Saved::new("agent", "v2", &progress, None, Vec::new(), &[]))
         .unwrap();
     let out = cohort(&["check", "cfg.yaml"], dir.path());
     assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));

@@ -943,14 +943,8 @@ async fn admin_token_guards_routes_and_reload_but_not_metrics_or_health() {
                 .matching("path_prefix: /api/")
                 .single("backend"),
         )
-        .yaml()
-        .replace(
-            "admin:\n  address: 127.0.0.1:0\n",
-            &format!(
-                "admin:\n  address: 127.0.0.1:0\n  token_file: {}\n",
-                yaml_path(&token_file)
-            ),
-        );
+        .admin(&format!("token_file: {}", yaml_path(&token_file)))
+        .yaml();
     assert!(yaml.contains("token_file"));
     let proxy = TestProxy::start(&yaml).await;
 

@@ -263,3 +263,133 @@ async fn scrape_is_well_formed_and_bounded() {
     }
     assert_eq!(scrape.metric("cohort_unrouted_requests_total", &[]), 1.0);
 }
+
+/// Route `agent` with stable at 90% and the canary `canary` (on upstream `canary`) at 10%.
+fn renamed_canary(stable: &MockUpstream, canary: &MockUpstream, name: &str) -> String {
+    Config::new()
+        .top("reload: {watch: false, poll_interval: 1h}")
+        .upstream("stable", stable.addr)
+        .upstream("canary", canary.addr)
+        .route(
+            Route::new("agent")
+                .key("header: x-user-id")
+                .split(&[("stable", "stable", "90"), (name, "canary", "10")]),
+        )
+        .yaml()
+}
+
+#[tokio::test]
+async fn removed_cohorts_lose_their_gauges_at_once_and_their_counts_after_the_grace() {
+    let (stable, canary) = (
+        MockUpstream::json("stable").await,
+        MockUpstream::json("canary").await,
+    );
+    let proxy = TestProxy::start(&renamed_canary(&stable, &canary, "canary-0")).await;
+    let path = proxy.dir.path().join("cohort.yaml");
+    // user-3 (bucket 9955) is in the canary at 10%, alice (2871) in stable.
+    let both = || async {
+        for user in ["user-3", "alice"] {
+            let reply = proxy.get("/", &[("x-user-id", user)]).await;
+            assert_eq!(reply.status, StatusCode::OK);
+        }
+    };
+    both().await;
+    let lines = |s: &Scrape| s.samples.len();
+    let serving = lines(&proxy.scrape().await);
+    let of = |s: &Scrape, name: &str, cohort: &str| {
+        s.series(name)
+            .into_iter()
+            .filter(|x| x.labels.iter().any(|(k, v)| k == "cohort" && v == cohort))
+            .count()
+    };
+
+    for n in 1..=50 {
+        std::fs::write(
+            &path,
+            renamed_canary(&stable, &canary, &format!("canary-{n}")),
+        )
+        .unwrap();
+        let outcome = proxy.running.reload("test").await;
+        assert!(
+            matches!(outcome, cohort::reload::Outcome::Applied { .. }),
+            "{outcome:?}"
+        );
+        both().await;
+        let s = proxy.scrape().await;
+        let was = format!("canary-{}", n - 1);
+        for gauge in ["cohort_split_percent", "cohort_in_flight_requests"] {
+            assert_eq!(of(&s, gauge, &was), 0, "{gauge} of {was} after reload {n}");
+            assert_eq!(s.series(gauge).len(), 2, "{gauge} after reload {n}");
+        }
+        let sum: f64 = s
+            .series("cohort_split_percent")
+            .iter()
+            .map(|x| x.value)
+            .sum();
+        assert_eq!(sum, 100.0, "after reload {n}");
+        // Counters stay for a last scrape.
+        let two = [
+            ("route", "agent"),
+            ("cohort", was.as_str()),
+            ("status_class", "2xx"),
+        ];
+        assert_eq!(
+            s.metric("cohort_requests_total", &two),
+            1.0,
+            "after reload {n}"
+        );
+    }
+    assert!(
+        lines(&proxy.scrape().await) > serving,
+        "nothing kept for a last scrape"
+    );
+
+    // A refused file names a cohort that no table serves: it leaves nothing behind.
+    let refused = renamed_canary(&stable, &canary, "canary-refused").replace("\"10\"", "11");
+    let refused = refused.replace("percent: 10\n", "percent: 11\n");
+    std::fs::write(&path, refused).unwrap();
+    let outcome = proxy.running.reload("test").await;
+    assert!(
+        matches!(outcome, cohort::reload::Outcome::Rejected(_)),
+        "{outcome:?}"
+    );
+    let s = proxy.scrape().await;
+    for gauge in ["cohort_split_percent", "cohort_in_flight_requests"] {
+        assert_eq!(of(&s, gauge, "canary-refused"), 0, "{gauge}");
+    }
+
+    // A cohort back within the grace keeps its series and counts on from where it was.
+    std::fs::write(&path, renamed_canary(&stable, &canary, "canary-49")).unwrap();
+    proxy.running.reload("test").await;
+    both().await;
+    let metrics = &proxy.running.control.metrics;
+    metrics.upkeep_at(std::time::Instant::now() + cohort::metrics::RETIRED_GRACE);
+    let s = proxy.scrape().await;
+    s.assert_well_formed();
+    assert_eq!(
+        lines(&s),
+        serving,
+        "the scrape grew with the releases:\n{}",
+        s.text
+    );
+    let back = [
+        ("route", "agent"),
+        ("cohort", "canary-49"),
+        ("status_class", "2xx"),
+    ];
+    assert_eq!(s.metric("cohort_requests_total", &back), 2.0);
+    let stable_2xx = [
+        ("route", "agent"),
+        ("cohort", "stable"),
+        ("status_class", "2xx"),
+    ];
+    assert_eq!(s.metric("cohort_requests_total", &stable_2xx), 52.0);
+    assert!(!s.text.contains("canary-refused"), "{}", s.text);
+    for n in (0..=50).filter(|n| *n != 49) {
+        let name = format!("canary-{n}");
+        assert!(
+            !s.text.contains(&format!("cohort=\"{name}\"")),
+            "{name} still shows"
+        );
+    }
+}

@@ -619,7 +619,7 @@ async fn operators_pause_resume_and_promote_behind_the_admin_token() {
 #[tokio::test]
 async fn the_judge_runs_by_itself_once_a_second() {
     let s = healthy(
-        "{id: v2, canary: canary, steps: [50, 100], soak: 0s, min_samples: 5, after: promote, \
+        "{id: v2, canary: canary, steps: [50, 100], soak: 1s, min_samples: 5, after: promote, \
          guards: [{metric: error_rate, margin: 10}]}",
     )
     .await;
@@ -843,4 +843,80 @@ async fn a_client_that_leaves_during_the_body_is_counted_answered_and_abandoned(
         Some(1.0)
     );
     gate.release();
+}
+
+#[tokio::test]
+async fn editing_the_steps_behind_a_running_rollout_is_refused_by_reload_and_restart() {
+    let rollout = |id: &str, steps: &str| {
+        format!(
+            "{{id: {id}, canary: canary, steps: {steps}, soak: 10s, min_samples: 20, \
+             guards: [{{metric: error_rate, margin: 5}}]}}"
+        )
+    };
+    let s = healthy(&rollout("v2", "[10, 20, 30, 40]")).await;
+    let rewrite = |r: String| write_config(s.dir.path(), &s.stable, &s.canary, &r);
+    let mut rig = Rig::start(&s.path).await;
+    for _ in 0..30 {
+        rig.send_and_tick(100, 10).await;
+        if rig.rollout().await["step"] == 1 {
+            break;
+        }
+    }
+    assert_at(&rig.rollout().await, "ramping", 1);
+    assert_eq!(rig.percent("canary").await.0, 20.0);
+
+    let refusal = "routes[0].rollout.steps: rollout \"v2\" is at step 2 of [10, 20, 30, 40] \
+                   (20%); under the same id the steps up to it must stay [10, 20]";
+    // Fewer steps would jump to 100% on 20%'s evidence; an inserted one would move users
+    // back out of the canary.
+    for steps in ["[50, 100]", "[10, 15, 20, 30, 40]", "[10]"] {
+        rewrite(rollout("v2", steps));
+        let r = rig.admin("POST", "/reload").await;
+        assert_eq!(r.status, 422, "{steps}: {}", r.text());
+        let message = r.json()["error"].as_str().unwrap_or_default().to_string();
+        assert!(message.contains("cohort.yaml:"), "{message}");
+        assert!(message.contains(refusal), "{steps}: {message}");
+        assert!(message.contains("give the rollout a new id"), "{message}");
+        assert_at(&rig.rollout().await, "ramping", 1);
+        assert_eq!(rig.percent("canary").await.0, 20.0);
+    }
+
+    // Steps after the current one may change.
+    rewrite(rollout("v2", "[10, 20, 25, 100]"));
+    rig.reload().await;
+    assert_at(&rig.rollout().await, "ramping", 1);
+    assert_eq!(
+        rig.rollout().await["steps"],
+        serde_json::json!([10.0, 20.0, 25.0, 100.0])
+    );
+    rig.stop().await;
+
+    // A restart on an edited file refuses it as the reload did: the state file holds the steps.
+    rewrite(rollout("v2", "[50, 100]"));
+    let options = cohort::app::Options { judge_every: None };
+    let refused = cohort::app::start_with(&s.path, options).await;
+    let Err(e) = refused else {
+        panic!("a restart accepted the edited steps")
+    };
+    let said = e.to_string();
+    assert!(
+        said.contains("routes[0].rollout.steps: rollout \"v2\" is at step 2 of [10, 20, 25, 100]"),
+        "{said}"
+    );
+
+    // `cohort check` says so too, without starting anything.
+    let out = support::cohort(&["check", "cohort.yaml"], s.dir.path());
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("routes[0].rollout.steps: rollout \"v2\" is at step 2"),
+        "{stderr}"
+    );
+
+    // A new id starts the new steps from their first.
+    rewrite(rollout("v3", "[50, 100]"));
+    let rig = Rig::start(&s.path).await;
+    assert_at(&rig.rollout().await, "ramping", 0);
+    assert_eq!(rig.percent("canary").await.0, 50.0);
+    rig.stop().await;
 }

@@ -72,7 +72,7 @@ async fn idle_timeout_between_frames_cuts_the_stream() {
     // The gate never opens: after event one the backend goes silent.
     let gate = Gate::new();
     let mock = sse_mock(&gate).await;
-    let proxy = proxy_to_backend(mock.addr, &["idle_timeout: 500ms"]).await;
+    let proxy = proxy_to_backend(mock.addr, &["idle_timeout: 1s"]).await;
     let resp = send(&proxy.client, get(proxy.public, "/stream", &[])).await;
     assert_eq!(resp.status(), StatusCode::OK);
     let mut body = resp.into_body();

@@ -1,4 +1,5 @@
-//! Durations as the file writes them (`30s`, `5m`, `2h 30m`): humantime's format, with a cap.
+//! Durations as the file writes them (`30s`, `5m`, `2h 30m`): humantime's format, with a cap
+//! and, per field, a floor.
 //!
 //! Owns: how a duration field is read and written. Must not touch: what each duration is for
 //! (`table`, `server`, `upstream`).
@@ -6,6 +7,22 @@
 //! Why a cap: deadlines are computed as `Instant + duration` wherever a timer is armed, and a
 //! duration past what an `Instant` can hold would make that addition panic in a connection's
 //! task. Refused here, at the field, every such addition is safe.
+//!
+//! Why a floor: `0s` reads as "off" to a person but is a real value to a timer: a zero poll
+//! interval spins, a zero idle timeout cuts every stream (and counts each cut as an upstream
+//! failure). Each field names its own floor, in milliseconds, where it is declared:
+//!
+//! ```ignore
+//! #[serde(
+//!     default = "default_idle_timeout",
+//!     deserialize_with = "super::duration::at_least::<1000, _>",
+//!     serialize_with = "super::duration::serialize"
+//! )]
+//! pub idle_timeout: Duration,
+//! ```
+//!
+//! A field where `0s` is meaningful (it means "off") uses `with = "super::duration"`, which
+//! has no floor.
 
 use std::fmt;
 use std::time::Duration;
@@ -17,15 +34,29 @@ use serde::{Deserializer, Serializer};
 /// or soak means, far inside what an `Instant` can hold.
 pub const MAX: Duration = Duration::from_secs(10 * 31_557_600);
 
+/// Any duration up to [`MAX`], `0s` included: for a field where `0s` means "off".
+#[allow(
+    dead_code,
+    reason = "no such field yet; the mechanism is kept for the next one"
+)]
 pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-    d.deserialize_str(Capped)
+    at_least::<0, D>(d)
 }
 
-/// humantime's parse, with the cap checked inside the visitor: an error raised while the YAML
-/// scalar is still at hand carries its line and column.
-struct Capped;
+/// A duration of at least `MIN_MS` milliseconds and at most [`MAX`].
+pub fn at_least<'de, const MIN_MS: u64, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    d.deserialize_str(Bounded {
+        min: Duration::from_millis(MIN_MS),
+    })
+}
 
-impl Visitor<'_> for Capped {
+/// humantime's parse, with both bounds checked inside the visitor: an error raised while the
+/// YAML scalar is still at hand carries its line and column.
+struct Bounded {
+    min: Duration,
+}
+
+impl Visitor<'_> for Bounded {
     type Value = Duration;
 
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
@@ -38,6 +69,12 @@ impl Visitor<'_> for Capped {
         if value > MAX {
             return Err(E::custom(format!(
                 "{v} is longer than the longest duration accepted, 10 years"
+            )));
+        }
+        if value < self.min {
+            return Err(E::custom(format!(
+                "{v} is shorter than the shortest this field accepts, {}",
+                humantime::format_duration(self.min)
             )));
         }
         Ok(value)

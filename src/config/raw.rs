@@ -27,7 +27,11 @@ pub struct RawConfig {
     #[serde(default)]
     pub reload: RawReload,
     /// How long in-flight requests may run after SIGTERM/SIGINT.
-    #[serde(default = "default_shutdown_timeout", with = "super::duration")]
+    #[serde(
+        default = "default_shutdown_timeout",
+        deserialize_with = "super::duration::at_least::<100, _>",
+        serialize_with = "super::duration::serialize"
+    )]
     pub shutdown_timeout: Duration,
     /// How long, after SIGTERM/SIGINT, `/readyz` answers 503 while everything is still served,
     /// before draining starts: a load balancer's time to stop sending. 0s (the default): none.
@@ -49,11 +53,20 @@ pub struct RawLimits {
     pub max_request_header_bytes: usize,
     pub max_request_headers: usize,
     pub max_uri_bytes: usize,
-    #[serde(with = "super::duration")]
+    #[serde(
+        deserialize_with = "super::duration::at_least::<100, _>",
+        serialize_with = "super::duration::serialize"
+    )]
     pub header_read_timeout: Duration,
-    #[serde(with = "super::duration")]
+    #[serde(
+        deserialize_with = "super::duration::at_least::<100, _>",
+        serialize_with = "super::duration::serialize"
+    )]
     pub body_read_timeout: Duration,
-    #[serde(with = "super::duration")]
+    #[serde(
+        deserialize_with = "super::duration::at_least::<1000, _>",
+        serialize_with = "super::duration::serialize"
+    )]
     pub keepalive_timeout: Duration,
     pub max_connections: usize,
     pub http2_max_concurrent_streams: u32,
@@ -152,7 +165,11 @@ impl Default for RawAdmin {
 #[serde(deny_unknown_fields)]
 pub struct RawReload {
     /// Content-hash poll that backs up the file watcher.
-    #[serde(default = "default_poll_interval", with = "super::duration")]
+    #[serde(
+        default = "default_poll_interval",
+        deserialize_with = "super::duration::at_least::<100, _>",
+        serialize_with = "super::duration::serialize"
+    )]
     pub poll_interval: Duration,
     /// Watch the config file's directory for changes; the poll runs either way.
     #[serde(default = "yes")]
@@ -172,13 +189,25 @@ impl Default for RawReload {
 #[serde(deny_unknown_fields)]
 pub struct RawUpstream {
     pub endpoints: Vec<String>,
-    #[serde(default = "default_connect_timeout", with = "super::duration")]
+    #[serde(
+        default = "default_connect_timeout",
+        deserialize_with = "super::duration::at_least::<100, _>",
+        serialize_with = "super::duration::serialize"
+    )]
     pub connect_timeout: Duration,
     /// From the request being sent to the response headers arriving.
-    #[serde(default = "default_response_timeout", with = "super::duration")]
+    #[serde(
+        default = "default_response_timeout",
+        deserialize_with = "super::duration::at_least::<100, _>",
+        serialize_with = "super::duration::serialize"
+    )]
     pub response_timeout: Duration,
     /// Longest silence between two response body frames.
-    #[serde(default = "default_idle_timeout", with = "super::duration")]
+    #[serde(
+        default = "default_idle_timeout",
+        deserialize_with = "super::duration::at_least::<1000, _>",
+        serialize_with = "super::duration::serialize"
+    )]
     pub idle_timeout: Duration,
     /// Idle kept-alive connections kept per endpoint.
     #[serde(default = "default_max_idle")]
@@ -190,7 +219,11 @@ pub struct RawUpstream {
     /// Settings for `https://` endpoints.
     pub tls: Option<RawUpstreamTls>,
     /// Longest silence on an upgraded (WebSocket) connection before it is closed.
-    #[serde(default = "default_tunnel_idle_timeout", with = "super::duration")]
+    #[serde(
+        default = "default_tunnel_idle_timeout",
+        deserialize_with = "super::duration::at_least::<1000, _>",
+        serialize_with = "super::duration::serialize"
+    )]
     pub tunnel_idle_timeout: Duration,
 }
 
@@ -243,7 +276,11 @@ pub struct RawRollout {
     #[serde(default = "default_steps")]
     pub steps: Vec<f64>,
     /// The least time spent at each step.
-    #[serde(default = "default_soak", with = "super::duration")]
+    #[serde(
+        default = "default_soak",
+        deserialize_with = "super::duration::at_least::<1000, _>",
+        serialize_with = "super::duration::serialize"
+    )]
     pub soak: Duration,
     /// Samples each cohort needs in a step before it is judged.
     #[serde(default = "default_min_samples")]

@@ -15,6 +15,7 @@
 //! for the admin endpoints), `judge` (the task that ticks), `simulate` (Monte-Carlo tests).
 
 pub mod cells;
+mod edit;
 mod gauges;
 pub mod guard;
 pub mod judge;
@@ -37,6 +38,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 pub use cells::{Cells, Tally};
+pub use edit::{check_saved, EditRefused};
 pub use gauges::{DECISIONS, STATE, STEP_PERCENT};
 pub use machine::{Action, DecisionKind, Phase, Progress};
 pub use preflight::{preflight, Preflight};
@@ -177,7 +179,17 @@ impl Rollouts {
     /// same id keeps its state, a rollout found on disk resumes), then writes their effective
     /// percents into it. `trigger` is `startup` or `reload`.
     pub fn reconcile(&self, table: &mut RoutingTable, now: Now, trigger: &str) {
-        let mut entries = self.lock();
+        self.reconcile_in(&mut self.lock(), table, now, trigger);
+    }
+
+    /// [`Rollouts::reconcile`] with the entries already locked.
+    fn reconcile_in(
+        &self,
+        entries: &mut BTreeMap<String, Entry>,
+        table: &mut RoutingTable,
+        now: Now,
+        trigger: &str,
+    ) {
         let mut live = BTreeSet::new();
         for route in &table.routes {
             let Some(spec) = &route.rollout else { continue };
@@ -209,7 +221,7 @@ impl Rollouts {
             }
             keep
         });
-        weights::adjust(&entries, table);
+        weights::adjust(entries, table);
     }
 
     /// A rollout seen for the first time by this process: resumed from its state file when
@@ -415,6 +427,7 @@ impl Rollouts {
             &e.progress,
             e.note.clone(),
             e.history.iter().cloned().collect(),
+            &e.spec.steps,
         );
         match store.save(&saved) {
             Ok(()) => e.problem = None,

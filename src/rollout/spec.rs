@@ -284,3 +284,31 @@ fn outcome_rate(g: &RawGuard, outcomes: &[String]) -> Result<(Rate, Worse, Strin
     };
     Ok((Rate::Outcome(slot), worse, name))
 }
+
+/// Whether a rollout at step `at` of `old` steps may go on under the same id with `new`'s:
+/// only when every step up to the current one is unchanged. Anything else would either keep
+/// the index and so move the canary to a percent no evidence was gathered for (a jump past
+/// the next configured step, or a drop that moves users back out of the canary), or need a
+/// new meaning for the evidence already held. Later steps may change freely.
+pub fn steps_edit(old: &[u32], at: usize, new: &RolloutSpec) -> Result<(), String> {
+    use crate::table::show_percent;
+    let kept = &old[..old.len().min(at + 1)];
+    if new.steps.starts_with(kept) {
+        return Ok(());
+    }
+    let list = |steps: &[u32]| {
+        let shown: Vec<String> = steps.iter().map(|w| show_percent(*w)).collect();
+        format!("[{}]", shown.join(", "))
+    };
+    Err(format!(
+        "rollout {:?} is at step {} of {} ({}%); under the same id the steps up to it must stay \
+         {}, or the canary's percent would change without evidence: to change them, give the \
+         rollout a new id",
+        new.id,
+        at + 1,
+        list(old),
+        kept.last()
+            .map_or_else(|| "0".to_string(), |w| show_percent(*w)),
+        list(kept)
+    ))
+}

@@ -70,6 +70,10 @@ pub struct Saved {
     /// Why the rollout is halted, when it is.
     pub note: Option<String>,
     pub history: Vec<Decision>,
+    /// The steps (basis points) `step` indexes, so a restart can refuse an edit of them as a
+    /// reload does (see `spec::steps_edit`); empty in a file written before they were kept.
+    #[serde(default)]
+    pub steps: Vec<u32>,
 }
 
 /// A [`Tally`] with its histograms and outcome counters kept sparse: `[index, count]` pairs.
@@ -150,6 +154,7 @@ impl Saved {
         p: &Progress,
         note: Option<String>,
         history: Vec<Decision>,
+        steps: &[u32],
     ) -> Self {
         Saved {
             version: VERSION,
@@ -168,6 +173,7 @@ impl Saved {
                 .collect(),
             note,
             history,
+            steps: steps.to_vec(),
         }
     }
 
@@ -199,9 +205,16 @@ impl Saved {
     }
 
     /// [`Saved::progress`], also checked against the rollout it is resumed for: its step must
-    /// be one of the rollout's steps.
+    /// be one of the steps the file says it indexes, or, in a file written before they were
+    /// kept, one of the rollout's `steps`. (A file whose own steps differ from the rollout's
+    /// is an edit, which `edit` refuses before anything is resumed.)
     pub fn progress_for(&self, steps: usize) -> Result<Progress, String> {
         let p = self.progress()?;
+        let steps = if self.steps.is_empty() {
+            steps
+        } else {
+            self.steps.len()
+        };
         if p.step >= steps {
             return Err(format!(
                 "at step {} of a rollout with {steps} steps",
@@ -430,7 +443,7 @@ mod tests {
         p.baseline.with_outcome = 2;
         p.baseline.outcomes[3] = 2;
         p.wealth.insert("error_rate".into(), 1.5);
-        Saved::new("agent", "v2", &p, None, Vec::new())
+        Saved::new("agent", "v2", &p, None, Vec::new(), &[100, 500, 2500])
     }
 
     #[test]
@@ -514,11 +527,16 @@ mod tests {
                 other => panic!("{what}: {other:?}"),
             }
         }
-        // The step is only checked against the rollout the file is resumed for.
+        // The step is checked only for the rollout the file is resumed for, against the steps
+        // the file says it indexes or, in a file without them, the rollout's.
         let mut s = saved();
         s.step = 4;
         fs::write(store.path("agent"), encode(&s)).unwrap();
         assert!(store.load("agent", "v3", 4).unwrap().is_some());
+        assert!(store.load("agent", "v2", 5).is_err());
+        s.steps.clear();
+        fs::write(store.path("agent"), encode(&s)).unwrap();
+        assert!(store.load("agent", "v2", 4).is_err());
         assert!(store.load("agent", "v2", 5).unwrap().is_some());
     }
 

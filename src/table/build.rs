@@ -155,6 +155,16 @@ pub fn basis_points(percent: f64) -> Option<u32> {
     ((scaled - rounded).abs() < 1e-6).then_some(rounded as u32)
 }
 
+/// Basis points as the file writes a percent (`20`, `2.5`, `2.25`).
+pub fn show_percent(weight: u32) -> String {
+    let whole = weight / 100;
+    match weight % 100 {
+        0 => whole.to_string(),
+        frac if frac % 10 == 0 => format!("{whole}.{}", frac / 10),
+        frac => format!("{whole}.{frac:02}"),
+    }
+}
+
 impl TryFrom<TableInput<'_>> for RoutingTable {
     type Error = TableError;
 
@@ -217,7 +227,9 @@ impl TryFrom<TableInput<'_>> for RoutingTable {
         let admin_token = match &raw.admin.token_file {
             Some(p) => Some(super::edge::read_secret(
                 "admin.token_file",
-                &input.base_dir.join(p),
+                input.base_dir,
+                p,
+                &mut tls_files,
             )?),
             None => None,
         };
@@ -264,6 +276,7 @@ impl TryFrom<TableInput<'_>> for RoutingTable {
                 &upstreams,
                 input.metrics,
                 input.base_dir,
+                &mut tls_files,
             )?);
         }
 
@@ -272,8 +285,8 @@ impl TryFrom<TableInput<'_>> for RoutingTable {
             config_hash: input.config_hash,
             listeners,
             listener_tls,
-            tls_files_hash: crate::tls::files_hash(&tls_files.0),
-            tls_files: tls_files.0,
+            watched_files_hash: crate::tls::files_hash(&tls_files.0),
+            watched_files: tls_files.0,
             admin_address,
             upstreams,
             trusted_cidrs,

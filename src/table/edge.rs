@@ -18,8 +18,16 @@ pub(super) fn parse_cidr(path: &str, s: &str) -> Result<IpNet, TableError> {
         })
 }
 
-/// A secret or token file: its contents without the trailing newline editors add.
-pub(super) fn read_secret(path: &str, file: &std::path::Path) -> Result<Vec<u8>, TableError> {
+/// A secret or token file (relative to `base`): its contents without the trailing newline
+/// editors add. Recorded in `files` before it is read, so a file that is fixed or rotated
+/// later is noticed like a rotated certificate.
+pub(super) fn read_secret(
+    path: &str,
+    base: &std::path::Path,
+    relative: &std::path::Path,
+    files: &mut super::secure::TlsFiles,
+) -> Result<Vec<u8>, TableError> {
+    let file = &files.take(base, relative);
     let fail = |reason: String| {
         err(
             path,

@@ -6,6 +6,8 @@
 //! Built by `TryFrom<TableInput>` in `build.rs`; never mutated once built.
 
 mod build;
+#[cfg(test)]
+mod duration_tests;
 mod edge;
 mod index;
 #[cfg(test)]
@@ -26,7 +28,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method};
 use ipnet::IpNet;
 use metrics::Counter;
 
-pub use build::{basis_points, Invalid, TableError, TableInput, DEFAULT_OUTCOMES};
+pub use build::{basis_points, show_percent, Invalid, TableError, TableInput, DEFAULT_OUTCOMES};
 
 use crate::cohort::{self, Bands, KeySource};
 use crate::metrics::{CohortMetrics, OutcomeSlot};
@@ -40,9 +42,11 @@ pub struct RoutingTable {
     /// TLS server config per listener (aligned with `listeners`); new handshakes use the
     /// serving table's, so a reload rotates certificates without touching open connections.
     pub listener_tls: Vec<Option<Arc<rustls::ServerConfig>>>,
-    /// Every TLS file the table was built from, and a hash of their contents.
-    pub tls_files: Vec<std::path::PathBuf>,
-    pub tls_files_hash: u64,
+    /// Every file besides the config the table was built from (certificates, keys, CA roots,
+    /// the admin token, override secrets), and a hash of their contents: a reload notices a
+    /// rotation of any of them, and the watcher watches their directories.
+    pub watched_files: Vec<std::path::PathBuf>,
+    pub watched_files_hash: u64,
     pub admin_address: SocketAddr,
     /// In config order. Their matchers are indexed when the table is built (`index`): change
     /// weights and cohorts afterwards, never matchers.

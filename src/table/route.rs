@@ -127,11 +127,14 @@ pub(super) fn build_route(
     upstreams: &BTreeMap<String, Arc<Upstream>>,
     metrics: &Metrics,
     base_dir: &std::path::Path,
+    files: &mut super::secure::TlsFiles,
 ) -> Result<Route, TableError> {
     let override_secret = match &r.override_secret_file {
         Some(p) => Some(read_secret(
             &format!("{path}.override_secret_file"),
-            &base_dir.join(p),
+            base_dir,
+            p,
+            files,
         )?),
         None => None,
     };

@@ -1,5 +1,6 @@
 //! The TLS parts of a table: listener certificates (an SNI resolver per listener) and upstream
-//! TLS settings, with every file they read recorded so a reload notices rotation.
+//! TLS settings, with every file they read recorded (as `edge` records secret and token files)
+//! so a reload notices rotation.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -11,12 +12,13 @@ use crate::config::{RawListenerTls, RawUpstreamTls};
 use crate::tls::{self, SniResolver};
 use crate::upstream::UpstreamTls;
 
-/// Every TLS file a table was built from.
+/// Every file besides the config that a table was built from: certificates, keys, CA roots,
+/// the admin token and override secrets. Watched and fingerprinted, so a rotation is a reload.
 #[derive(Debug, Default, Clone)]
 pub struct TlsFiles(pub Vec<PathBuf>);
 
 impl TlsFiles {
-    fn take(&mut self, base: &Path, p: &Path) -> PathBuf {
+    pub(super) fn take(&mut self, base: &Path, p: &Path) -> PathBuf {
         let full = base.join(p);
         self.0.push(full.clone());
         full

@@ -1091,7 +1091,8 @@ fn reference_config_loads_and_shows_every_option() {
 
     assert_eq!(t.listeners.len(), 3);
     assert!(t.listener_tls[2].is_some());
-    assert_eq!(t.tls_files.len(), 5);
+    // Five TLS files, the admin token and the override secret.
+    assert_eq!(t.watched_files.len(), 7);
     assert_eq!(t.trusted_cidrs.len(), 3);
     assert_eq!(t.upstreams.len(), 3);
     let small = &t.upstreams["agent-v42-small-model"].spec;

@@ -574,6 +574,8 @@ pub async fn dead_endpoint() -> SocketAddr {
 #[derive(Default)]
 pub struct Config {
     top: Vec<String>,
+    /// Lines under `admin:` after its address.
+    admin: Vec<String>,
     upstreams: Vec<String>,
     routes: Vec<Route>,
     /// `listeners[0].tls.certificates` entries, already in YAML.
@@ -593,6 +595,12 @@ impl Config {
     /// A top-level line such as `trusted_cidrs: ["127.0.0.1/32"]`.
     pub fn top(mut self, line: &str) -> Self {
         self.top.push(line.into());
+        self
+    }
+
+    /// A line under `admin:` such as `token_file: /run/secrets/token`.
+    pub fn admin(mut self, line: &str) -> Self {
+        self.admin.push(line.into());
         self
     }
 
@@ -637,6 +645,9 @@ impl Config {
             }
         }
         s.push_str("admin:\n  address: 127.0.0.1:0\n");
+        for a in &self.admin {
+            s.push_str(&format!("  {a}\n"));
+        }
         for t in &self.top {
             s.push_str(t);
             s.push('\n');
