@@ -148,3 +148,16 @@ async fn a_response_the_client_abandoned_does_not_poison_the_pool() {
         assert!(r.text().contains(SSE_ONE) && r.text().contains(SSE_TWO));
     }
 }
+
+#[tokio::test]
+async fn max_idle_per_endpoint_zero_pools_nothing() {
+    let mock = MockUpstream::json("backend").await;
+    let proxy = proxy_to_backend(mock.addr, &["max_idle_per_endpoint: 0"]).await;
+    for i in 0..3 {
+        let r = proxy.get(&format!("/unpooled/{i}"), &[]).await;
+        assert_eq!(r.status, StatusCode::OK);
+    }
+    assert_eq!(mock.request_count(), 3);
+    // Each exchange had its own connection: none was kept for the next.
+    assert_eq!(mock.connections(), 3);
+}
