@@ -24,8 +24,8 @@ use crate::table::RoutingTable;
 use crate::tunnel::{ClientSide, Handover};
 use crate::upstream;
 use headers::{
-    append_forwarded_for, is_grpc, request_host, strip_port, upgrade_protocol, X_FORWARDED_HOST,
-    X_FORWARDED_PROTO,
+    append_forwarded_for, is_grpc, join_cookie_crumbs, request_host, strip_port, upgrade_protocol,
+    X_FORWARDED_HOST, X_FORWARDED_PROTO,
 };
 
 pub use headers::{strip_hop_by_hop, Peer, X_COHORT};
@@ -150,6 +150,10 @@ impl Proxy {
             return reject(&table, Reject::BodyTooLarge);
         }
 
+        if parts.version == Version::HTTP_2 {
+            // Only HTTP/2 splits cookies (RFC 9113 §8.2.3); an HTTP/1.1 client sends one line.
+            join_cookie_crumbs(&mut parts.headers);
+        }
         let client = table.client_ip(conn.peer.addr.ip(), &parts.headers);
         let index = overrides::choose_cohort(route, &table, &parts.headers, &parts.uri, client);
         let target = Arc::clone(&route.cohorts[index]);
@@ -168,10 +172,17 @@ impl Proxy {
         parts.headers.insert(&X_COHORT, target.header_value.clone());
         append_forwarded_for(&mut parts.headers, &conn.peer);
         parts.headers.insert(&X_FORWARDED_PROTO, self.proto.clone());
-        if let Some(v) = host.and_then(|h| h.into_value()) {
-            parts.headers.insert(&X_FORWARDED_HOST, v.clone());
-            // HTTP/2 carries the host in :authority; an HTTP/1.1 upstream needs it as Host.
-            parts.headers.entry(header::HOST).or_insert(v);
+        match host.and_then(|h| h.into_value()) {
+            Some(v) => {
+                parts.headers.insert(&X_FORWARDED_HOST, v.clone());
+                // HTTP/2 carries the host in :authority; an HTTP/1.1 upstream needs it as Host.
+                parts.headers.entry(header::HOST).or_insert(v);
+            }
+            // An HTTP/1.0 request without Host: there is no host to vouch for, and the client's
+            // own X-Forwarded-Host must not pass for cohort's.
+            None => {
+                parts.headers.remove(&X_FORWARDED_HOST);
+            }
         }
 
         let upstream = &target.upstream;
