@@ -251,12 +251,9 @@ impl RoutingTable {
             return peer;
         }
         let mut client = peer;
-        let values: Vec<&[u8]> = headers
-            .get_all("x-forwarded-for")
-            .iter()
-            .map(|v| v.as_bytes())
-            .collect();
-        for entry in values.iter().rev().flat_map(|v| v.rsplit(|&b| b == b',')) {
+        // Right to left over the fields, then over each field's entries, without collecting.
+        let fields = headers.get_all("x-forwarded-for").iter().rev();
+        for entry in fields.flat_map(|v| v.as_bytes().rsplit(|&b| b == b',')) {
             let Some(ip) = std::str::from_utf8(entry)
                 .ok()
                 .and_then(|s| s.trim().parse::<IpAddr>().ok())
