@@ -49,6 +49,11 @@ pub struct RawLimits {
     pub header_read_timeout: Duration,
     #[serde(with = "super::duration")]
     pub body_read_timeout: Duration,
+    /// Slowest request body accepted, bytes per second averaged over `body_rate_window`;
+    /// 0 turns the check off.
+    pub body_min_rate: u64,
+    #[serde(with = "super::duration")]
+    pub body_rate_window: Duration,
     #[serde(with = "super::duration")]
     pub keepalive_timeout: Duration,
     pub max_connections: usize,
@@ -66,6 +71,8 @@ impl Default for RawLimits {
             max_uri_bytes: 16 * 1024,
             header_read_timeout: Duration::from_secs(10),
             body_read_timeout: Duration::from_secs(60),
+            body_min_rate: 256,
+            body_rate_window: Duration::from_secs(10),
             keepalive_timeout: Duration::from_secs(60),
             max_connections: 10_000,
             http2_max_concurrent_streams: 100,

@@ -79,7 +79,7 @@ fn reject(table: &RoutingTable, r: Reject) -> Response<ProxyBody> {
     let mut resp = local(r.status(), r.body());
     if matches!(
         r,
-        Reject::BodyTooLarge | Reject::BodyTimeout | Reject::BadBody
+        Reject::BodyTooLarge | Reject::BodyTimeout | Reject::BodyTooSlow | Reject::BadBody
     ) {
         // The rest of the body is unread; the connection cannot be reused.
         resp.headers_mut()
@@ -203,7 +203,13 @@ impl Proxy {
         );
         parts.version = Version::HTTP_11;
 
-        let body = RequestBody::new(body, route.max_body_bytes, table.limits.body_read_timeout);
+        let limits = &table.limits;
+        let body = RequestBody::new(
+            body,
+            route.max_body_bytes,
+            limits.body_read_timeout,
+            limits.body_min_rate,
+        );
         let sent = upstream.send(&mut slot, Request::from_parts(parts, body));
         // Counted from `start` rather than from a second clock read: the routing above, a few
         // microseconds, counts against the response timeout. (The config caps durations, so

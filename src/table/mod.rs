@@ -56,7 +56,7 @@ pub struct RoutingTable {
     /// Bearer token for the guarded admin endpoints.
     pub admin_token: Option<String>,
     /// `cohort_rejected_requests_total`, aligned with `hygiene::Reject::ALL`.
-    pub rejected: [Counter; 8],
+    pub rejected: [Counter; crate::hygiene::Reject::ALL.len()],
     pub poll_interval: Duration,
     pub watch: bool,
     pub shutdown_timeout: Duration,
@@ -72,6 +72,7 @@ pub struct RoutingTable {
 pub struct ConnLimits {
     pub header_read_timeout: Duration,
     pub body_read_timeout: Duration,
+    pub body_min_rate: crate::body::MinRate,
     pub keepalive_timeout: Duration,
     pub max_connections: usize,
     pub http2_max_concurrent_streams: u32,
