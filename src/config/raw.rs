@@ -195,6 +195,17 @@ pub struct RawUpstream {
     /// Longest silence on an upgraded (WebSocket) connection before it is closed.
     #[serde(default = "default_tunnel_idle_timeout", with = "super::duration")]
     pub tunnel_idle_timeout: Duration,
+    /// The authority the upstream sees (Host, or :authority on HTTP/2): `client` or `endpoint`.
+    #[serde(default)]
+    pub authority: RawAuthority,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RawAuthority {
+    #[default]
+    Client,
+    Endpoint,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]

@@ -185,13 +185,9 @@ impl Proxy {
             }
         }
 
+        // Host stays the client's here: `send` makes it the authority the upstream sees, as
+        // Host or as :authority, by the upstream's `authority` setting.
         let upstream = &target.upstream;
-        if upstream.spec.protocol == upstream::Protocol::Http2 {
-            // HTTP/2 names the host in :authority, which is the endpoint's here; a second,
-            // different `host` would make the request malformed (RFC 9113 §8.3.1). The
-            // client's host still travels in X-Forwarded-Host.
-            parts.headers.remove(header::HOST);
-        }
         let (_, mut slot) = upstream.pick();
         // Origin-form on the upstream leg; the endpoint is the connection's, not the URI's.
         parts.uri = Uri::from(

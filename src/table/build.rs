@@ -345,6 +345,10 @@ fn build_upstreams(
             idle_timeout: u.idle_timeout,
             tunnel_idle_timeout: u.tunnel_idle_timeout,
             max_idle_per_endpoint: u.max_idle_per_endpoint,
+            authority: match u.authority {
+                crate::config::RawAuthority::Client => crate::upstream::AuthorityFrom::Client,
+                crate::config::RawAuthority::Endpoint => crate::upstream::AuthorityFrom::Endpoint,
+            },
         };
         let reused = input
             .previous
