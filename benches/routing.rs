@@ -96,6 +96,28 @@ fn bench(c: &mut Criterion) {
             })
         });
     }
+    // A `client_ip` key, the address resolved through a trusted proxy's X-Forwarded-For.
+    let by_ip = table(
+        &MINIMAL
+            .replacen("- header: x-user-id", "- client_ip: true", 1)
+            .replacen("routes:", "trusted_proxies: [\"10.0.0.0/8\"]\nroutes:", 1),
+    );
+    let forwarded: Vec<HeaderMap> = (0..REQUESTS)
+        .map(|i| {
+            let xff = format!("198.51.{}.{}, 10.0.0.7", i / 256, i % 256);
+            headers((&http::HeaderName::from_static("x-forwarded-for"), xff))
+        })
+        .collect();
+    let route = &by_ip.routes[0];
+    let mut i = 0;
+    group.bench_function("client_ip_trusted_proxy_key_hash_band_metric", |b| {
+        b.iter(|| {
+            i = (i + 1) % REQUESTS;
+            let h = black_box(&forwarded[i]);
+            let ip = by_ip.client_ip(black_box(client), h);
+            black_box(decide(route, h, &uri, ip));
+        })
+    });
     // The hash and band lookup alone, for comparison.
     let route = &by_header.routes[0];
     let mut i = 0;

@@ -391,22 +391,76 @@ pub struct BodyTimeout(pub Duration);
 #[error("request body unreadable: {0}")]
 pub struct BadBody(#[source] pub hyper::Error);
 
-/// The client's request body on its way upstream, frame by frame, with the route's size cap
-/// and the slow-POST timer between frames. The timer is only created once the body actually
-/// waits, so bodiless requests pay nothing for it.
+/// The client sent its request body slower than `body_min_rate` over a `body_rate_window`.
+#[derive(Debug, thiserror::Error)]
+#[error("request body slower than {} bytes/s over {:?}", .0.bytes_per_sec, .0.window)]
+pub struct BodyTooSlow(pub MinRate);
+
+/// The slowest request body accepted: on average `bytes_per_sec` over each `window`, as
+/// Apache's `mod_reqtimeout` `MinRate`. A body trickled a byte at a time never trips the
+/// silence timer between frames, so it is this that ends it. Off when `bytes_per_sec` is 0.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MinRate {
+    pub bytes_per_sec: u64,
+    pub window: Duration,
+}
+
+/// The window of [`MinRate`] a body is in. It opens when the body first waits for the client,
+/// so a body already in hand (most small ones) reads no clock; from then on each frame
+/// checks, which a trickle provides.
+struct RateWindow {
+    rule: MinRate,
+    /// Start of the window and the bytes seen by then; `None` until the body first waits.
+    open: Option<(Instant, u64)>,
+}
+
+impl RateWindow {
+    fn waiting(&mut self, seen: u64) {
+        if self.open.is_none() && self.rule.bytes_per_sec > 0 {
+            self.open = Some((Instant::now(), seen));
+        }
+    }
+
+    /// Whether the window that just closed held too few bytes; a window that held enough
+    /// gives way to the next.
+    fn too_slow(&mut self, seen: u64) -> bool {
+        let Some((since, at_start)) = self.open else {
+            return false;
+        };
+        let now = Instant::now();
+        if now.duration_since(since) < self.rule.window {
+            return false;
+        }
+        let needed = self.rule.window.as_secs_f64() * self.rule.bytes_per_sec as f64;
+        if ((seen - at_start) as f64) < needed {
+            return true;
+        }
+        self.open = Some((now, seen));
+        false
+    }
+}
+
+/// The client's request body on its way upstream, frame by frame, with the route's size cap,
+/// the slow-POST timer between frames and the minimum rate. The timer is only created once the
+/// body actually waits, so bodiless requests pay nothing for it.
 pub struct RequestBody {
     inner: Incoming,
     idle: IdleTimer,
+    rate: RateWindow,
     limit: u64,
     seen: u64,
     done: bool,
 }
 
 impl RequestBody {
-    pub fn new(inner: Incoming, limit: u64, idle_for: Duration) -> Self {
+    pub fn new(inner: Incoming, limit: u64, idle_for: Duration, min_rate: MinRate) -> Self {
         RequestBody {
             inner,
             idle: IdleTimer::new(idle_for),
+            rate: RateWindow {
+                rule: min_rate,
+                open: None,
+            },
             limit,
             seen: 0,
             done: false,
@@ -426,13 +480,21 @@ impl Body for RequestBody {
         if this.done {
             return Poll::Ready(None);
         }
-        match ready!(this.idle.poll_frame(&mut this.inner, cx)) {
+        let Poll::Ready(polled) = this.idle.poll_frame(&mut this.inner, cx) else {
+            this.rate.waiting(this.seen);
+            return Poll::Pending;
+        };
+        match polled {
             Some(Ok(frame)) => {
                 if let Some(d) = frame.data_ref() {
                     this.seen += d.len() as u64;
                     if this.seen > this.limit {
                         this.done = true;
                         return Poll::Ready(Some(Err(Box::new(BodyTooLarge(this.limit)))));
+                    }
+                    if this.rate.too_slow(this.seen) {
+                        this.done = true;
+                        return Poll::Ready(Some(Err(Box::new(BodyTooSlow(this.rate.rule)))));
                     }
                 }
                 Poll::Ready(Some(Ok(frame)))
@@ -472,6 +534,9 @@ pub fn client_body_fault(
         }
         if e.is::<BodyTimeout>() {
             return Some(crate::hygiene::Reject::BodyTimeout);
+        }
+        if e.is::<BodyTooSlow>() {
+            return Some(crate::hygiene::Reject::BodyTooSlow);
         }
         if e.is::<BadBody>() {
             return Some(crate::hygiene::Reject::BadBody);

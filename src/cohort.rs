@@ -97,14 +97,52 @@ pub enum KeySource {
     ClientIp,
 }
 
+/// The longest text of an IP address (an IPv4-mapped IPv6 address in full), with room to spare.
+const IP_TEXT: usize = 48;
+
+/// A cohort key: bytes of the request (a header, a cookie, a query value, decoded when it
+/// holds escapes), or the client's address written out, in place, with no allocation.
+#[derive(Debug)]
+pub enum Key<'a> {
+    Request(Cow<'a, [u8]>),
+    Ip { text: [u8; IP_TEXT], len: u8 },
+}
+
+impl<'a> Key<'a> {
+    /// The address as its `Display` text (the bytes users hash to reproduce an assignment).
+    fn ip(ip: IpAddr) -> Self {
+        use std::io::Write;
+        let mut text = [0u8; IP_TEXT];
+        let mut rest = &mut text[..];
+        match write!(rest, "{ip}") {
+            Ok(()) => {
+                let len = (IP_TEXT - rest.len()) as u8;
+                Key::Ip { text, len }
+            }
+            // Cannot happen (an address is at most 45 bytes); the same bytes, allocated.
+            Err(_) => Key::Request(Cow::Owned(ip.to_string().into_bytes())),
+        }
+    }
+}
+
+impl std::ops::Deref for Key<'_> {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            Key::Request(k) => k,
+            Key::Ip { text, len } => &text[..usize::from(*len)],
+        }
+    }
+}
+
 /// The first present, non-empty key among `sources`. Borrowed from the request except for
-/// client addresses and percent-decoded query values.
+/// percent-decoded query values; a client address is written out in place.
 pub fn extract_key<'a>(
     sources: &[KeySource],
     headers: &'a HeaderMap,
     uri: &'a Uri,
     client: IpAddr,
-) -> Option<Cow<'a, [u8]>> {
+) -> Option<Key<'a>> {
     for source in sources {
         let found = match source {
             KeySource::Header(name) => headers
@@ -113,10 +151,10 @@ pub fn extract_key<'a>(
                 .filter(|v| !v.is_empty()),
             KeySource::Cookie(name) => cookie_value(headers, name).map(Cow::Borrowed),
             KeySource::Query(name) => uri.query().and_then(|q| query_value(q, name)),
-            KeySource::ClientIp => Some(Cow::Owned(client.to_string().into_bytes())),
+            KeySource::ClientIp => return Some(Key::ip(client)),
         };
-        if found.is_some() {
-            return found;
+        if let Some(k) = found {
+            return Some(Key::Request(k));
         }
     }
     None
@@ -317,10 +355,25 @@ mod tests {
             extract_key(&sources, &HeaderMap::new(), &bare, ip).as_deref(),
             Some(&b"10.1.2.3"[..])
         );
-        assert_eq!(
-            extract_key(&sources[..3], &HeaderMap::new(), &bare, ip),
-            None
-        );
+        assert!(extract_key(&sources[..3], &HeaderMap::new(), &bare, ip).is_none());
+    }
+
+    #[test]
+    fn client_ip_keys_are_the_address_text() {
+        let sources = [KeySource::ClientIp];
+        let (h, uri) = (HeaderMap::new(), Uri::from_static("/"));
+        for ip in [
+            "10.1.2.3",
+            "255.255.255.255",
+            "2001:db8::7",
+            "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
+            "::ffff:255.255.255.255",
+        ] {
+            let addr: IpAddr = ip.parse().unwrap();
+            let key = extract_key(&sources, &h, &uri, addr).unwrap();
+            assert_eq!(&*key, addr.to_string().as_bytes());
+            assert!(matches!(key, Key::Ip { .. }), "{ip} was allocated");
+        }
     }
 
     proptest! {

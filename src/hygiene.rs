@@ -56,10 +56,12 @@ pub enum Reject {
     BodyTimeout = 6,
     /// A request body the client framed wrongly (a bad chunk size) or abandoned part way.
     BadBody = 7,
+    /// A request body slower than `body_min_rate` (a trickle that never falls silent).
+    BodyTooSlow = 8,
 }
 
 impl Reject {
-    pub const ALL: [Reject; 8] = [
+    pub const ALL: [Reject; 9] = [
         Self::UriTooLong,
         Self::HeadersTooLarge,
         Self::BadHost,
@@ -68,6 +70,7 @@ impl Reject {
         Self::BodyTooLarge,
         Self::BodyTimeout,
         Self::BadBody,
+        Self::BodyTooSlow,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -80,6 +83,7 @@ impl Reject {
             Self::BodyTooLarge => "body_too_large",
             Self::BodyTimeout => "body_timeout",
             Self::BadBody => "bad_body",
+            Self::BodyTooSlow => "body_too_slow",
         }
     }
 
@@ -91,7 +95,7 @@ impl Reject {
                 StatusCode::BAD_REQUEST
             }
             Self::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
+            Self::BodyTimeout | Self::BodyTooSlow => StatusCode::REQUEST_TIMEOUT,
         }
     }
 
@@ -105,6 +109,7 @@ impl Reject {
             Self::BodyTooLarge => "request body too large\n",
             Self::BodyTimeout => "request body too slow\n",
             Self::BadBody => "malformed or incomplete request body\n",
+            Self::BodyTooSlow => "request body sent too slowly\n",
         }
     }
 }

@@ -106,7 +106,7 @@ pub struct Metrics {
     pub reload_failure: Counter,
     pub generation: Gauge,
     /// Aligned with `hygiene::Reject::ALL`.
-    pub rejected: [Counter; 8],
+    pub rejected: [Counter; crate::hygiene::Reject::ALL.len()],
 }
 
 /// Handles for one (route, cohort), created when the table is built.

@@ -48,7 +48,8 @@ pub enum PoolError {
 pub struct Pool {
     authority: Authority,
     host: HeaderValue,
-    idle: ArrayQueue<(Sender, Instant)>,
+    /// `None` when `max_idle_per_endpoint` is 0: every connection closes after its exchange.
+    idle: Option<ArrayQueue<(Sender, Instant)>>,
     connector: HttpConnector,
     /// The endpoint as the connector takes it.
     uri: Uri,
@@ -67,7 +68,8 @@ impl Pool {
         Pool {
             authority,
             host,
-            idle: ArrayQueue::new(max_idle.max(1)),
+            // ArrayQueue has no zero capacity; a pool of none is no queue at all.
+            idle: (max_idle > 0).then(|| ArrayQueue::new(max_idle)),
             connector,
             uri,
         }
@@ -118,15 +120,19 @@ impl Pool {
     /// Gives a connection back once its response is over. A connection hyper has not yet made
     /// ready again is left to close: waiting for it would put one request behind another's.
     pub fn put(&self, sender: Sender) {
+        let Some(idle) = &self.idle else {
+            return;
+        };
         if sender.is_closed() {
             return;
         }
         // When full, the connection is dropped, which closes it.
-        let _ = self.idle.push((sender, Instant::now()));
+        let _ = idle.push((sender, Instant::now()));
     }
 
     fn checkout(&self) -> Option<Sender> {
-        while let Some((mut sender, since)) = self.idle.pop() {
+        let idle = self.idle.as_ref()?;
+        while let Some((mut sender, since)) = idle.pop() {
             if since.elapsed() > MAX_IDLE {
                 continue;
             }

@@ -70,13 +70,15 @@ pub fn certified_key(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, TlsEr
         })
 }
 
-/// Picks a listener's certificate by SNI: exact name, then the longest `*.suffix`, then the
-/// default (used also when the client sends no SNI).
+/// Picks a listener's certificate by SNI: exact name, then a `*.suffix` wildcard, then the
+/// default (used also when the client sends no SNI). A wildcard stands for exactly one label,
+/// as browsers read certificates (RFC 6125 §6.4.3): `*.example.com` covers `a.example.com`,
+/// not `a.b.example.com` nor `example.com`.
 #[derive(Default)]
 pub struct SniResolver {
     exact: HashMap<String, Arc<CertifiedKey>>,
-    /// Suffixes include the leading dot, longest first.
-    suffixes: Vec<(String, Arc<CertifiedKey>)>,
+    /// Keyed by what follows `*.`, so a name is looked up once, by what follows its first label.
+    wildcards: HashMap<String, Arc<CertifiedKey>>,
     /// The first certificate without names.
     default: Option<Arc<CertifiedKey>>,
     /// The first certificate, the default when every one has names.
@@ -87,10 +89,7 @@ impl fmt::Debug for SniResolver {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SniResolver")
             .field("exact", &self.exact.keys().collect::<Vec<_>>())
-            .field(
-                "suffixes",
-                &self.suffixes.iter().map(|(s, _)| s).collect::<Vec<_>>(),
-            )
+            .field("wildcards", &self.wildcards.keys().collect::<Vec<_>>())
             .field("default", &self.default.is_some())
             .field("first", &self.first.is_some())
             .finish()
@@ -109,15 +108,18 @@ impl SniResolver {
         }
         for name in names {
             let name = name.to_ascii_lowercase();
-            match name.strip_prefix('*') {
-                Some(suffix) => self.suffixes.push((suffix.to_string(), Arc::clone(&key))),
+            match name.strip_prefix("*.") {
+                Some(parent) => {
+                    // As before, the first certificate listed for a wildcard keeps it.
+                    self.wildcards
+                        .entry(parent.to_string())
+                        .or_insert_with(|| Arc::clone(&key));
+                }
                 None => {
                     self.exact.insert(name, Arc::clone(&key));
                 }
             }
         }
-        self.suffixes
-            .sort_by_key(|(s, _)| std::cmp::Reverse(s.len()));
     }
 
     fn fallback(&self) -> Option<Arc<CertifiedKey>> {
@@ -132,10 +134,10 @@ impl SniResolver {
         if let Some(k) = self.exact.get(&name) {
             return Some(Arc::clone(k));
         }
-        self.suffixes
-            .iter()
-            .find(|(s, _)| name.len() > s.len() && name.ends_with(s.as_str()))
-            .map(|(_, k)| Arc::clone(k))
+        name.split_once('.')
+            .filter(|(label, _)| !label.is_empty())
+            .and_then(|(_, parent)| self.wildcards.get(parent))
+            .map(Arc::clone)
             .or_else(|| self.fallback())
     }
 }

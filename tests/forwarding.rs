@@ -182,3 +182,76 @@ async fn h2c_client_reaches_an_http1_upstream() {
         assert_eq!(s.all("x-cohort"), ["backend"]);
     }
 }
+
+#[tokio::test]
+async fn an_http10_request_without_host_does_not_pass_x_forwarded_host_through() {
+    let (proxy, mock) = echo_proxy().await;
+    let raw = "GET /old HTTP/1.0\r\nX-Forwarded-Host: evil.example\r\nX-User-Id: u\r\n\r\n";
+    let response = raw_exchange(proxy.public, raw).await;
+    assert!(response.starts_with("HTTP/1.0 200 OK\r\n"), "{response}");
+    let seen = mock.only_request();
+    assert_eq!(seen.all("x-forwarded-host"), Vec::<&str>::new());
+    // The HTTP/1.1 upstream leg still needs a Host: the endpoint's.
+    assert_eq!(seen.all("host"), [mock.addr.to_string().as_str()]);
+}
+
+#[tokio::test]
+async fn h2_cookie_crumbs_are_one_cookie_for_the_key_and_the_http1_upstream() {
+    let stable = MockUpstream::json("stable").await;
+    let canary = MockUpstream::json("canary").await;
+    let split = [("stable", 5000), ("canary", 5000)];
+    // A session whose cohort is the canary: the key is in the second crumb.
+    let sid = (0..)
+        .map(|i| format!("s-{i}"))
+        .find(|k| contract_cohort("agent", k.as_bytes(), &split) == "canary")
+        .unwrap();
+    let proxy = Config::new()
+        .upstream("stable", stable.addr)
+        .upstream("canary", canary.addr)
+        .route(
+            Route::new("agent")
+                .key("cookie: sid")
+                .split(&[("stable", "stable", "50"), ("canary", "canary", "50")]),
+        )
+        .start()
+        .await;
+    let mut h2 = H2c::connect(proxy.public).await;
+    let crumb = format!("sid={sid}");
+    let cookies = [
+        ("cookie", "a=1"),
+        ("cookie", crumb.as_str()),
+        ("cookie", "theme=dark"),
+    ];
+    let reply = h2.fetch(get(proxy.public, "/chat", &cookies)).await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(reply.all("x-cohort"), ["canary"]);
+    assert_eq!(stable.request_count(), 0);
+    let seen = canary.only_request();
+    assert_eq!(seen.version, Version::HTTP_11);
+    assert_eq!(
+        seen.all("cookie"),
+        [format!("a=1; sid={sid}; theme=dark").as_str()]
+    );
+}
+
+#[tokio::test]
+async fn an_upstream_answer_with_both_transfer_encoding_and_content_length_loses_the_length() {
+    // Content-Length says 3, the chunked body holds 5 bytes: the body is read by its chunks.
+    let (upstream, heads) = raw_upstream(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+    )
+    .await;
+    let proxy = proxy_to_backend(upstream, &[]).await;
+    let raw = "GET /both HTTP/1.1\r\nHost: api.example.com\r\nConnection: close\r\n\r\n";
+    let response = raw_exchange(proxy.public, raw).await;
+    let (head, body) = response.split_once("\r\n\r\n").unwrap();
+    let head = head.to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 200 ok\r\n"), "{response}");
+    assert!(!head.contains("content-length"), "{response}");
+    assert!(
+        head.contains("\r\ntransfer-encoding: chunked"),
+        "{response}"
+    );
+    assert_eq!(body, "5\r\nhello\r\n0\r\n\r\n", "{response}");
+    assert_eq!(heads.lock().unwrap().len(), 1);
+}

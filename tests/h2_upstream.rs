@@ -51,8 +51,8 @@ async fn an_h2_upstream_multiplexes_a_hundred_concurrent_requests() {
     assert_eq!(targets, want);
     for s in &seen {
         assert_eq!(s.version, Version::HTTP_2);
-        // No `host` beside :authority (the endpoint's), so the request is well-formed HTTP/2;
-        // the client's host travels in X-Forwarded-Host.
+        // No `host` beside :authority (the client's, see tests/authority.rs), so the request
+        // is well-formed HTTP/2; the client's host travels in X-Forwarded-Host too.
         assert!(s.all("host").is_empty());
         assert_eq!(s.all("x-forwarded-host"), [proxy.public.to_string()]);
     }

@@ -4,13 +4,12 @@
 
 mod support;
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use http::StatusCode;
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 
 #[tokio::test]
 async fn sequential_requests_share_one_upstream_connection() {
@@ -44,45 +43,21 @@ async fn concurrent_requests_open_one_connection_each_then_reuse_them() {
     assert_eq!(mock.connections(), 4);
 }
 
-/// An HTTP/1.1 upstream that answers one request per connection, keep-alive implied, and then
-/// closes the connection without saying so. Counts the connections it accepted.
-async fn one_shot_upstream() -> (std::net::SocketAddr, Arc<AtomicUsize>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let accepted = Arc::new(AtomicUsize::new(0));
-    let count = Arc::clone(&accepted);
-    tokio::spawn(async move {
-        while let Ok((mut tcp, _)) = listener.accept().await {
-            count.fetch_add(1, Ordering::SeqCst);
-            tokio::spawn(async move {
-                let mut head = Vec::new();
-                let mut buf = [0u8; 1024];
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match tcp.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => head.extend_from_slice(&buf[..n]),
-                    }
-                }
-                let _ = tcp
-                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
-                    .await;
-                // Dropping the socket closes it: the proxy's pooled connection is now dead.
-            });
-        }
-    });
-    (addr, accepted)
-}
-
 #[tokio::test]
 async fn a_connection_the_upstream_closed_is_not_reused() {
-    let (addr, accepted) = one_shot_upstream().await;
+    // One request per connection, keep-alive implied, then closed without saying so.
+    let (addr, heads) = raw_upstream(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").await;
     let proxy = proxy_to_backend(addr, &[]).await;
     for i in 0..10 {
         let r = proxy.get(&format!("/once/{i}"), &[]).await;
         assert_eq!(r.status, StatusCode::OK, "request {i}: {}", r.text());
         assert_eq!(r.text(), "ok");
     }
-    assert_eq!(accepted.load(Ordering::SeqCst), 10);
+    assert_eq!(
+        heads.lock().unwrap().len(),
+        10,
+        "one connection per request"
+    );
     proxy
         .expect_metric(
             "cohort_requests_total",
@@ -147,4 +122,17 @@ async fn a_response_the_client_abandoned_does_not_poison_the_pool() {
         assert_eq!(r.status, StatusCode::OK);
         assert!(r.text().contains(SSE_ONE) && r.text().contains(SSE_TWO));
     }
+}
+
+#[tokio::test]
+async fn max_idle_per_endpoint_zero_pools_nothing() {
+    let mock = MockUpstream::json("backend").await;
+    let proxy = proxy_to_backend(mock.addr, &["max_idle_per_endpoint: 0"]).await;
+    for i in 0..3 {
+        let r = proxy.get(&format!("/unpooled/{i}"), &[]).await;
+        assert_eq!(r.status, StatusCode::OK);
+    }
+    assert_eq!(mock.request_count(), 3);
+    // Each exchange had its own connection: none was kept for the next.
+    assert_eq!(mock.connections(), 3);
 }

@@ -69,7 +69,8 @@ async fn sni_chooses_the_certificate() {
     let ca = TestCa::new("cohort test CA");
     let a = ca.leaf(&["a.test"]);
     let b = ca.leaf(&["b.test", "*.b.test"]);
-    let fallback = ca.leaf(&["default.test"]);
+    // Also valid for a name two labels under `*.b.test`, which must get the default.
+    let fallback = ca.leaf(&["default.test", "eu.api.b.test"]);
     let dir = tempfile::tempdir().unwrap();
     // The default (no server_names) comes last: it is the first without names, not the first.
     let (proxy, _mock) = tls_proxy(
@@ -87,6 +88,9 @@ async fn sni_chooses_the_certificate() {
         ("A.TEST", &a, "exact name, any case"),
         ("b.test", &b, "exact name of the second"),
         ("api.b.test", &b, "wildcard"),
+        ("API.B.test", &b, "wildcard, any case"),
+        // A wildcard stands for one label, as browsers read it.
+        ("eu.api.b.test", &fallback, "two labels under the wildcard"),
         ("default.test", &fallback, "no name matches"),
     ];
     for (sni, want, what) in cases {

@@ -14,9 +14,9 @@ use std::path::{Path, PathBuf};
 use crate::locate;
 
 pub use raw::{
-    RawAdmin, RawAfter, RawCertificate, RawConfig, RawGuard, RawGuardMetric, RawKeySource,
-    RawLimits, RawListener, RawListenerTls, RawMatch, RawProtocol, RawReload, RawRollout, RawRoute,
-    RawSplit, RawUnderscores, RawUpstream, RawUpstreamTls,
+    RawAdmin, RawAfter, RawAuthority, RawCertificate, RawConfig, RawGuard, RawGuardMetric,
+    RawKeySource, RawLimits, RawListener, RawListenerTls, RawMatch, RawProtocol, RawReload,
+    RawRollout, RawRoute, RawSplit, RawUnderscores, RawUpstream, RawUpstreamTls,
 };
 
 /// A config error located in its file.

@@ -63,6 +63,14 @@ pub struct RawLimits {
         serialize_with = "super::duration::serialize"
     )]
     pub body_read_timeout: Duration,
+    /// Slowest request body accepted, bytes per second averaged over `body_rate_window`;
+    /// 0 turns the check off.
+    pub body_min_rate: u64,
+    #[serde(
+        deserialize_with = "super::duration::at_least::<1000, _>",
+        serialize_with = "super::duration::serialize"
+    )]
+    pub body_rate_window: Duration,
     #[serde(
         deserialize_with = "super::duration::at_least::<1000, _>",
         serialize_with = "super::duration::serialize"
@@ -83,6 +91,8 @@ impl Default for RawLimits {
             max_uri_bytes: 16 * 1024,
             header_read_timeout: Duration::from_secs(10),
             body_read_timeout: Duration::from_secs(60),
+            body_min_rate: 256,
+            body_rate_window: Duration::from_secs(10),
             keepalive_timeout: Duration::from_secs(60),
             max_connections: 10_000,
             http2_max_concurrent_streams: 100,
@@ -225,6 +235,17 @@ pub struct RawUpstream {
         serialize_with = "super::duration::serialize"
     )]
     pub tunnel_idle_timeout: Duration,
+    /// The authority the upstream sees (Host, or :authority on HTTP/2): `client` or `endpoint`.
+    #[serde(default)]
+    pub authority: RawAuthority,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RawAuthority {
+    #[default]
+    Client,
+    Endpoint,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]

@@ -126,6 +126,9 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
     if chunked {
         headers.remove(header::TRANSFER_ENCODING);
+        // A message framed by Transfer-Encoding was read by it, whatever Content-Length said
+        // (RFC 9112 §6.3); passed on, that length would frame the next hop's message wrongly.
+        headers.remove(header::CONTENT_LENGTH);
     }
     if upgrade {
         headers.remove(header::UPGRADE);
@@ -174,22 +177,51 @@ impl Peer {
     }
 }
 
+/// Every value of `name` joined by `sep`, then `last` if given, as one field's bytes.
+fn joined(headers: &HeaderMap, name: &HeaderName, sep: &[u8], last: Option<&[u8]>) -> BytesMut {
+    let mut buf = BytesMut::with_capacity(64);
+    let values = headers.get_all(name).iter().map(HeaderValue::as_bytes);
+    for v in values.chain(last) {
+        if !buf.is_empty() {
+            buf.put_slice(sep);
+        }
+        buf.put_slice(v);
+    }
+    buf
+}
+
+/// Replaces every value of `name` by `buf`, which was built from valid values.
+fn replace(headers: &mut HeaderMap, name: &HeaderName, buf: BytesMut) {
+    if let Ok(v) = HeaderValue::from_maybe_shared(buf.freeze()) {
+        headers.insert(name, v);
+    }
+}
+
 /// Appends the peer to X-Forwarded-For, folding earlier values into one header.
 pub(super) fn append_forwarded_for(headers: &mut HeaderMap, peer: &Peer) {
-    let mut earlier = headers.get_all(&X_FORWARDED_FOR).iter().peekable();
-    if earlier.peek().is_none() {
+    if !headers.contains_key(&X_FORWARDED_FOR) {
         headers.insert(&X_FORWARDED_FOR, peer.forwarded.clone());
         return;
     }
-    let mut buf = BytesMut::with_capacity(64);
-    for v in earlier {
-        buf.put_slice(v.as_bytes());
-        buf.put_slice(b", ");
+    let buf = joined(
+        headers,
+        &X_FORWARDED_FOR,
+        b", ",
+        Some(peer.forwarded.as_bytes()),
+    );
+    replace(headers, &X_FORWARDED_FOR, buf);
+}
+
+/// Joins the `cookie` fields an HTTP/2 client split into crumbs into one, with `; ` (RFC 9113
+/// §8.2.3): an HTTP/1.1 upstream must get a single Cookie line, and the cohort key is read
+/// from what the upstream gets.
+pub(super) fn join_cookie_crumbs(headers: &mut HeaderMap) {
+    let mut crumbs = headers.get_all(header::COOKIE).iter();
+    if crumbs.next().is_none() || crumbs.next().is_none() {
+        return;
     }
-    buf.put_slice(peer.forwarded.as_bytes());
-    if let Ok(v) = HeaderValue::from_maybe_shared(buf.freeze()) {
-        headers.insert(&X_FORWARDED_FOR, v);
-    }
+    let buf = joined(headers, &header::COOKIE, b"; ", None);
+    replace(headers, &header::COOKIE, buf);
 }
 
 #[cfg(test)]
@@ -214,6 +246,7 @@ mod tests {
             ("host", "example.com"),
             ("x-forwarded-for", "1.2.3.4"),
             ("x-keep", "yes"),
+            ("content-length", "4"),
         ] {
             h.append(HeaderName::from_static(k), HeaderValue::from_static(v));
         }
@@ -262,6 +295,23 @@ mod tests {
             forwarded(&["1.1.1.1", "2.2.2.2"], "[::ffff:10.0.0.1]:5"),
             ["1.1.1.1, 2.2.2.2, 10.0.0.1"]
         );
+    }
+
+    #[test]
+    fn cookie_crumbs_join_into_one_field() {
+        let mut h = HeaderMap::new();
+        for v in ["a=1", "sid=s-2", "theme=dark"] {
+            h.append(header::COOKIE, HeaderValue::from_static(v));
+        }
+        join_cookie_crumbs(&mut h);
+        assert_eq!(
+            h.get_all(header::COOKIE).iter().collect::<Vec<_>>(),
+            ["a=1; sid=s-2; theme=dark"]
+        );
+        let mut one = HeaderMap::new();
+        one.insert(header::COOKIE, HeaderValue::from_static("a=1; b=2"));
+        join_cookie_crumbs(&mut one);
+        assert_eq!(one.get_all(header::COOKIE).iter().count(), 1);
     }
 
     /// The host value the upstream leg gets for a request to `uri` with Host `host`.

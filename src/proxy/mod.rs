@@ -24,8 +24,8 @@ use crate::table::RoutingTable;
 use crate::tunnel::{ClientSide, Handover};
 use crate::upstream;
 use headers::{
-    append_forwarded_for, is_grpc, request_host, strip_port, upgrade_protocol, X_FORWARDED_HOST,
-    X_FORWARDED_PROTO,
+    append_forwarded_for, is_grpc, join_cookie_crumbs, request_host, strip_port, upgrade_protocol,
+    X_FORWARDED_HOST, X_FORWARDED_PROTO,
 };
 
 pub use headers::{strip_hop_by_hop, Peer, X_COHORT};
@@ -79,7 +79,7 @@ fn reject(table: &RoutingTable, r: Reject) -> Response<ProxyBody> {
     let mut resp = local(r.status(), r.body());
     if matches!(
         r,
-        Reject::BodyTooLarge | Reject::BodyTimeout | Reject::BadBody
+        Reject::BodyTooLarge | Reject::BodyTimeout | Reject::BodyTooSlow | Reject::BadBody
     ) {
         // The rest of the body is unread; the connection cannot be reused.
         resp.headers_mut()
@@ -150,6 +150,10 @@ impl Proxy {
             return reject(&table, Reject::BodyTooLarge);
         }
 
+        if parts.version == Version::HTTP_2 {
+            // Only HTTP/2 splits cookies (RFC 9113 §8.2.3); an HTTP/1.1 client sends one line.
+            join_cookie_crumbs(&mut parts.headers);
+        }
         let client = table.client_ip(conn.peer.addr.ip(), &parts.headers);
         let index = overrides::choose_cohort(route, &table, &parts.headers, &parts.uri, client);
         let target = Arc::clone(&route.cohorts[index]);
@@ -168,19 +172,22 @@ impl Proxy {
         parts.headers.insert(&X_COHORT, target.header_value.clone());
         append_forwarded_for(&mut parts.headers, &conn.peer);
         parts.headers.insert(&X_FORWARDED_PROTO, self.proto.clone());
-        if let Some(v) = host.and_then(|h| h.into_value()) {
-            parts.headers.insert(&X_FORWARDED_HOST, v.clone());
-            // HTTP/2 carries the host in :authority; an HTTP/1.1 upstream needs it as Host.
-            parts.headers.entry(header::HOST).or_insert(v);
+        match host.and_then(|h| h.into_value()) {
+            Some(v) => {
+                parts.headers.insert(&X_FORWARDED_HOST, v.clone());
+                // HTTP/2 carries the host in :authority; an HTTP/1.1 upstream needs it as Host.
+                parts.headers.entry(header::HOST).or_insert(v);
+            }
+            // An HTTP/1.0 request without Host: there is no host to vouch for, and the client's
+            // own X-Forwarded-Host must not pass for cohort's.
+            None => {
+                parts.headers.remove(&X_FORWARDED_HOST);
+            }
         }
 
+        // Host stays the client's here: `send` makes it the authority the upstream sees, as
+        // Host or as :authority, by the upstream's `authority` setting.
         let upstream = &target.upstream;
-        if upstream.spec.protocol == upstream::Protocol::Http2 {
-            // HTTP/2 names the host in :authority, which is the endpoint's here; a second,
-            // different `host` would make the request malformed (RFC 9113 §8.3.1). The
-            // client's host still travels in X-Forwarded-Host.
-            parts.headers.remove(header::HOST);
-        }
         let (_, mut slot) = upstream.pick();
         // Origin-form on the upstream leg; the endpoint is the connection's, not the URI's.
         parts.uri = Uri::from(
@@ -192,7 +199,13 @@ impl Proxy {
         );
         parts.version = Version::HTTP_11;
 
-        let body = RequestBody::new(body, route.max_body_bytes, table.limits.body_read_timeout);
+        let limits = &table.limits;
+        let body = RequestBody::new(
+            body,
+            route.max_body_bytes,
+            limits.body_read_timeout,
+            limits.body_min_rate,
+        );
         let sent = upstream.send(&mut slot, Request::from_parts(parts, body));
         // Counted from `start` rather than from a second clock read: the routing above, a few
         // microseconds, counts against the response timeout. (The config caps durations, so

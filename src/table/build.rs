@@ -90,6 +90,8 @@ pub enum Invalid {
     Secret { path: String, reason: String },
     #[error("must be at least {min}")]
     TooSmall { min: u64 },
+    #[error("must be at least {min}")]
+    TooShort { min: &'static str },
     #[error("{reason}")]
     Rollout { reason: String },
     #[error("a rollout keeps its state in the top-level `state_dir`, which is not set")]
@@ -357,6 +359,10 @@ fn build_upstreams(
             idle_timeout: u.idle_timeout,
             tunnel_idle_timeout: u.tunnel_idle_timeout,
             max_idle_per_endpoint: u.max_idle_per_endpoint,
+            authority: match u.authority {
+                crate::config::RawAuthority::Client => crate::upstream::AuthorityFrom::Client,
+                crate::config::RawAuthority::Endpoint => crate::upstream::AuthorityFrom::Endpoint,
+            },
         };
         let reused = input
             .previous

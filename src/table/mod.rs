@@ -60,7 +60,7 @@ pub struct RoutingTable {
     /// Bearer token for the guarded admin endpoints.
     pub admin_token: Option<String>,
     /// `cohort_rejected_requests_total`, aligned with `hygiene::Reject::ALL`.
-    pub rejected: [Counter; 8],
+    pub rejected: [Counter; crate::hygiene::Reject::ALL.len()],
     pub poll_interval: Duration,
     pub watch: bool,
     pub shutdown_timeout: Duration,
@@ -78,6 +78,7 @@ pub struct RoutingTable {
 pub struct ConnLimits {
     pub header_read_timeout: Duration,
     pub body_read_timeout: Duration,
+    pub body_min_rate: crate::body::MinRate,
     pub keepalive_timeout: Duration,
     pub max_connections: usize,
     pub http2_max_concurrent_streams: u32,
@@ -257,12 +258,9 @@ impl RoutingTable {
             return peer;
         }
         let mut client = peer;
-        let values: Vec<&[u8]> = headers
-            .get_all("x-forwarded-for")
-            .iter()
-            .map(|v| v.as_bytes())
-            .collect();
-        for entry in values.iter().rev().flat_map(|v| v.rsplit(|&b| b == b',')) {
+        // Right to left over the fields, then over each field's entries, without collecting.
+        let fields = headers.get_all("x-forwarded-for").iter().rev();
+        for entry in fields.flat_map(|v| v.as_bytes().rsplit(|&b| b == b',')) {
             let Some(ip) = std::str::from_utf8(entry)
                 .ok()
                 .and_then(|s| s.trim().parse::<IpAddr>().ok())

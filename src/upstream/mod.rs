@@ -12,13 +12,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use http::header;
 use http::uri::{Authority, Scheme};
-use http::{Request, Response, Uri};
+use http::{Request, Response};
 use hyper::body::Incoming;
-use hyper_rustls::{FixedServerNameResolver, HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::{Client, ResponseFuture};
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 use rustls_pki_types::ServerName;
 
 use crate::body::RequestBody;
@@ -27,7 +25,20 @@ use crate::pool::{self, Pool};
 use crate::tls::{self, TlsError};
 use exchange::Sending;
 
+mod client;
 mod exchange;
+
+/// Which authority an upstream is sent: as Host on HTTP/1.1 and as `:authority` on HTTP/2,
+/// the same one whatever the protocol, and never a Host that differs from `:authority`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum AuthorityFrom {
+    /// The client's (its Host or `:authority`), as Envoy passes it; the endpoint's when the
+    /// client named none (HTTP/1.0).
+    #[default]
+    Client,
+    /// The endpoint's `host:port`, for backends that route on their own name.
+    Endpoint,
+}
 
 /// How cohort speaks to an upstream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,24 +79,32 @@ pub struct UpstreamSpec {
     pub idle_timeout: Duration,
     pub tunnel_idle_timeout: Duration,
     pub max_idle_per_endpoint: usize,
+    pub authority: AuthorityFrom,
+}
+
+/// How an endpoint's requests travel: cleartext HTTP/1.1 through its own pool, TLS and HTTP/2
+/// through a hyper-util client of its own.
+// The pool stays inline, where the request path reads it, as it was before there was a
+// choice; an endpoint is built once per table, so the unused variant's room costs nothing.
+#[allow(clippy::large_enum_variant)]
+enum Via {
+    Pool(Pool),
+    Client(UpstreamClient),
 }
 
 pub struct Endpoint {
     pub scheme: Scheme,
     pub authority: Authority,
     in_flight: AtomicUsize,
-    /// Cleartext HTTP/1.1 endpoints have their own pool; the others use `Upstream::client`.
-    pool: Option<Pool>,
+    via: Via,
 }
 
-pub type UpstreamClient = Client<HttpsConnector<HttpConnector>, RequestBody>;
+pub use client::UpstreamClient;
 
-/// A live upstream: endpoints with their load, and hyper-util's pooled client for the
-/// endpoints that speak TLS or HTTP/2 (its pool is keyed per endpoint).
+/// A live upstream: endpoints with their load, each with its pool or its hyper-util client.
 pub struct Upstream {
     pub spec: UpstreamSpec,
     pub endpoints: Vec<Endpoint>,
-    client: UpstreamClient,
 }
 
 /// Holds one in-flight slot on an endpoint until dropped (when the response body ends), and
@@ -100,7 +119,7 @@ impl Drop for InFlight {
     fn drop(&mut self) {
         let endpoint = &self.upstream.endpoints[self.index];
         endpoint.in_flight.fetch_sub(1, Ordering::Relaxed);
-        if let (Some(conn), Some(pool)) = (self.conn.take(), &endpoint.pool) {
+        if let (Some(conn), Via::Pool(pool)) = (self.conn.take(), &endpoint.via) {
             pool.put(conn);
         }
     }
@@ -133,7 +152,6 @@ impl Upstream {
         http.set_keepalive(Some(Duration::from_secs(60)));
         // The TLS connector wraps plain `http://` too, so one client type serves both.
         http.enforce_http(false);
-        let tcp = http.clone();
         let uses_tls = spec.endpoints.iter().any(|e| e.scheme == Scheme::HTTPS);
         let config = if uses_tls {
             let t = &spec.tls;
@@ -153,46 +171,33 @@ impl Upstream {
                 .with_root_certificates(rustls::RootCertStore::empty())
                 .with_no_client_auth()
         };
-        let mut builder = HttpsConnectorBuilder::new()
-            .with_tls_config(config)
-            .https_or_http();
-        if let Some(name) = &spec.tls.server_name {
-            let name = ServerName::try_from(name.clone()).map_err(|e| TlsError {
+        let server_name = match &spec.tls.server_name {
+            Some(name) => Some(ServerName::try_from(name.clone()).map_err(|e| TlsError {
                 path: "server_name".into(),
                 reason: format!("{name:?}: {e}"),
-            })?;
-            builder = builder.with_server_name_resolver(FixedServerNameResolver::new(name));
-        }
-        let connector = match spec.protocol {
-            Protocol::Http1 => builder.enable_http1().wrap_connector(http),
-            Protocol::Http2 => builder.enable_http2().wrap_connector(http),
-            Protocol::Auto => builder.enable_all_versions().wrap_connector(http),
+            })?),
+            None => None,
         };
-        let client = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .pool_idle_timeout(Duration::from_secs(90))
-            .pool_max_idle_per_host(spec.max_idle_per_endpoint)
-            .http2_only(spec.protocol == Protocol::Http2)
-            .http2_adaptive_window(true)
-            .build(connector);
-        let endpoints = spec
-            .endpoints
-            .iter()
-            .map(|e| Endpoint {
+        let mut endpoints = Vec::with_capacity(spec.endpoints.len());
+        for e in &spec.endpoints {
+            let via = if e.scheme == Scheme::HTTP && spec.protocol != Protocol::Http2 {
+                Via::Pool(Pool::new(
+                    e.authority.clone(),
+                    spec.max_idle_per_endpoint,
+                    http.clone(),
+                ))
+            } else {
+                let client = client::for_endpoint(&spec, e, &http, &config, server_name.clone())?;
+                Via::Client(client)
+            };
+            endpoints.push(Endpoint {
                 scheme: e.scheme.clone(),
                 authority: e.authority.clone(),
                 in_flight: AtomicUsize::new(0),
-                pool: (e.scheme == Scheme::HTTP && spec.protocol != Protocol::Http2).then(|| {
-                    Pool::new(e.authority.clone(), spec.max_idle_per_endpoint, tcp.clone())
-                }),
-            })
-            .collect();
-        Ok(Upstream {
-            spec,
-            endpoints,
-            client,
-        })
+                via,
+            });
+        }
+        Ok(Upstream { spec, endpoints })
     }
 
     pub fn name(&self) -> &str {
@@ -228,45 +233,47 @@ impl Upstream {
         )
     }
 
-    /// Sends `req` to the endpoint `slot` holds. `req` carries the origin-form path; the
-    /// endpoint's scheme and authority are added here when hyper-util's client needs them.
+    /// Sends `req` to the endpoint `slot` holds. `req` carries the origin-form path and the
+    /// client's Host, if it named one; the authority the upstream sees is set here, by
+    /// `spec.authority`, as Host on the pool's HTTP/1.1 and as the URI hyper-util's client
+    /// takes `:authority` (or, on HTTP/1.1, Host) from.
     ///
     /// A plain fn, not an async one: the request is handed to the pool or the client before it
     /// returns, so the future does not keep a copy of it next to theirs.
     pub fn send<'a>(
         &'a self,
         slot: &'a mut InFlight,
-        req: Request<RequestBody>,
+        mut req: Request<RequestBody>,
     ) -> impl Future<Output = Result<Response<Incoming>, SendError>> + Send + 'a {
         let endpoint = &self.endpoints[slot.index];
-        if let Some(pool) = &endpoint.pool {
-            return Sending::Pooled {
-                slot,
-                sent: pool.send(req),
-            };
-        }
-        match self.client_request(endpoint, req) {
+        let client = match &endpoint.via {
+            Via::Pool(pool) => {
+                if self.spec.authority == AuthorityFrom::Endpoint {
+                    // The pool names its endpoint where the request names no host.
+                    req.headers_mut().remove(header::HOST);
+                }
+                return Sending::Pooled {
+                    slot,
+                    sent: pool.send(req),
+                };
+            }
+            Via::Client(client) => client,
+        };
+        let named = match self.spec.authority {
+            AuthorityFrom::Client => req
+                .headers_mut()
+                .remove(header::HOST)
+                .and_then(|h| Authority::try_from(h.as_bytes()).ok()),
+            AuthorityFrom::Endpoint => {
+                req.headers_mut().remove(header::HOST);
+                None
+            }
+        };
+        let authority = named.unwrap_or_else(|| endpoint.authority.clone());
+        match client::request(client, endpoint, authority, req) {
             Ok(sent) => Sending::Client { sent },
             Err(e) => Sending::Failed { error: Some(e) },
         }
-    }
-
-    fn client_request(
-        &self,
-        endpoint: &Endpoint,
-        mut req: Request<RequestBody>,
-    ) -> Result<ResponseFuture, SendError> {
-        let mut uri = Uri::builder()
-            .scheme(endpoint.scheme.clone())
-            .authority(endpoint.authority.clone());
-        if let Some(pq) = req.uri().path_and_query() {
-            uri = uri.path_and_query(pq.clone());
-        }
-        *req.uri_mut() = uri.build().map_err(|e| SendError {
-            connect: false,
-            source: Box::new(e),
-        })?;
-        Ok(self.client.request(req))
     }
 
     pub fn in_flight(&self, index: usize) -> usize {
@@ -389,6 +396,7 @@ mod tests {
             idle_timeout: Duration::from_secs(1),
             tunnel_idle_timeout: Duration::from_secs(1),
             max_idle_per_endpoint: 1,
+            authority: AuthorityFrom::Client,
         };
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()

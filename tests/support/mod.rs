@@ -560,6 +560,37 @@ pub async fn raw_exchange(addr: std::net::SocketAddr, raw: &str) -> String {
     String::from_utf8(out).unwrap()
 }
 
+/// An HTTP/1.1 upstream written in raw bytes: on each connection it reads one request head
+/// and answers `reply` as it is, then closes. Returns its address and the heads it read.
+pub async fn raw_upstream(reply: &'static [u8]) -> (SocketAddr, Arc<Mutex<Vec<String>>>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let heads = Arc::new(Mutex::new(Vec::new()));
+    let seen = Arc::clone(&heads);
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            let seen = Arc::clone(&seen);
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match tcp.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                seen.lock()
+                    .unwrap()
+                    .push(String::from_utf8_lossy(&head).into_owned());
+                let _ = tcp.write_all(reply).await;
+                let _ = tcp.shutdown().await;
+            });
+        }
+    });
+    (addr, heads)
+}
+
 /// An address on which nothing listens (bound, then released).
 pub async fn dead_endpoint() -> SocketAddr {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();

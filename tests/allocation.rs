@@ -1,0 +1,83 @@
+//! The routing decision allocates nothing: the client's address (through trusted proxies),
+//! the cohort key from each kind of source, the hash and the band, counted by an allocator
+//! that tallies this thread's allocations.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+use std::net::IpAddr;
+use std::path::Path;
+
+use http::{HeaderMap, HeaderValue, Uri};
+
+struct Counting;
+
+thread_local! {
+    static ALLOCATIONS: Cell<usize> = const { Cell::new(0) };
+}
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        // `try_with`: a thread being torn down has no counter, and is not the one measured.
+        let _ = ALLOCATIONS.try_with(|n| n.set(n.get() + 1));
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        unsafe { System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Counting = Counting;
+
+fn allocations() -> usize {
+    ALLOCATIONS.with(Cell::get)
+}
+
+const MINIMAL: &str = include_str!("../config/minimal.yaml");
+
+/// The minimal config keyed on `source`, with 10.0.0.0/8 as trusted proxies.
+fn table(source: &str) -> cohort::table::RoutingTable {
+    let text = MINIMAL.replacen("- header: x-user-id", source, 1).replacen(
+        "routes:",
+        "trusted_proxies: [\"10.0.0.0/8\"]\nroutes:",
+        1,
+    );
+    let loaded = cohort::config::parse(Path::new("minimal.yaml"), text).unwrap();
+    cohort::table::from_loaded(&loaded, &cohort::metrics::Metrics::new(), None, 1).unwrap()
+}
+
+#[test]
+fn the_routing_decision_allocates_nothing() {
+    let mut h = HeaderMap::new();
+    h.insert("x-user-id", HeaderValue::from_static("user-3"));
+    h.insert(
+        "cookie",
+        HeaderValue::from_static("_ga=GA1.2.3; session=s-1; theme=dark"),
+    );
+    h.append(
+        "x-forwarded-for",
+        HeaderValue::from_static("203.0.113.9, 10.0.0.5"),
+    );
+    h.append("x-forwarded-for", HeaderValue::from_static("10.0.0.6"));
+    let uri = Uri::from_static("/v1/chat?user=alice&x=1");
+    let peer: IpAddr = "10.0.0.7".parse().unwrap();
+    for source in [
+        "- header: x-user-id",
+        "- cookie: session",
+        "- query: user",
+        "- client_ip: true",
+    ] {
+        let table = table(source);
+        let route = &table.routes[0];
+        let before = allocations();
+        let client = table.client_ip(peer, &h);
+        let key = cohort::cohort::extract_key(&route.key_sources, &h, &uri, client);
+        let index = route.assign(key.as_deref());
+        let counter = &route.cohorts[index].metrics.requests[1];
+        let made = allocations() - before;
+        std::hint::black_box(counter);
+        assert_eq!(made, 0, "{source}: {made} allocations");
+        // Through the trusted proxies, to the first address that is not one.
+        assert_eq!(client, "203.0.113.9".parse::<IpAddr>().unwrap());
+    }
+}
