@@ -758,6 +758,62 @@ async fn a_canary_that_hangs_until_its_clients_give_up_is_rolled_back() {
     rig.stop().await;
 }
 
+/// HTTP/2 clients give up with RST_STREAM on a connection that stays open: the stream's
+/// cancellation alone must count as abandoned, as a closed HTTP/1.1 connection does.
+#[tokio::test]
+async fn an_http2_stream_reset_before_the_head_counts_as_abandoned() {
+    let hangs = Behaviour {
+        latency: Duration::from_secs(3600),
+        ..Behaviour::default()
+    };
+    let s = setup(
+        Behaviour::default(),
+        hangs,
+        "{id: v2, canary: canary, steps: [50, 100], soak: 1h, min_samples: 10, \
+         guards: [{metric: error_rate, margin: 5}]}",
+    )
+    .await;
+    let rig = Rig::start(&s.path).await;
+    let mut h2 = support::H2c::connect(rig.public).await;
+    let (mut gave_up, mut answered) = (0u64, None);
+    for user in 0..40 {
+        let req = get(rig.public, "/", &[("x-user-id", &format!("h2-{user}"))]);
+        within("h2c ready", h2.sender_mut().ready()).await.unwrap();
+        // Dropping the response future when the patience runs out resets the stream.
+        let sent = h2.sender_mut().send_request(req);
+        match tokio::time::timeout(Duration::from_millis(200), sent).await {
+            Ok(resp) => {
+                assert_eq!(resp.unwrap().headers()["x-cohort"], "stable");
+                answered = Some(user);
+            }
+            Err(_) => gave_up += 1,
+        }
+    }
+    let Some(stable_user) = answered else {
+        panic!("no user was answered")
+    };
+    assert!(gave_up > 0);
+    let before_head = [
+        ("route", "agent"),
+        ("cohort", "canary"),
+        ("stage", "before_head"),
+    ];
+    expect_metric(
+        &rig,
+        "cohort_abandoned_requests_total",
+        &before_head,
+        gave_up as f64,
+    )
+    .await;
+    // The connection outlived every reset stream.
+    let user = format!("h2-{stable_user}");
+    let r = h2
+        .fetch(get(rig.public, "/", &[("x-user-id", &user)]))
+        .await;
+    assert_eq!(r.status, 200);
+    rig.stop().await;
+}
+
 #[tokio::test]
 async fn a_request_that_started_before_an_advance_is_no_evidence_in_the_new_step() {
     let s = setup(
