@@ -127,6 +127,26 @@ impl Tracker {
                     };
                     continue;
                 }
+                State::Name if self.name_len == 0 => {
+                    // Most names are whole in one read: looked at in place, not byte by byte.
+                    if let Some(k) = memchr::memchr2(b':', b'\n', rest) {
+                        if !self.grow(k + 1) {
+                            return None;
+                        }
+                        i += k + 1;
+                        let line = &rest[..k];
+                        if rest[k] == b':' {
+                            self.state = self.header(line);
+                        } else if line.is_empty() || line == b"\r" {
+                            if let Some(flagged) = self.end_head() {
+                                return Some(flagged);
+                            }
+                        } else {
+                            self.state = State::Off;
+                        }
+                        continue;
+                    }
+                }
                 State::Skip | State::Trailer => {
                     let found = memchr::memchr(b'\n', rest);
                     let k = found.map_or(rest.len(), |k| k + 1);
@@ -205,7 +225,10 @@ impl Tracker {
                 self.keep(b);
                 Method
             }
-            (Name, b':') => self.header(),
+            (Name, b':') => {
+                let (name, len) = (self.name, self.name_len);
+                self.header(&name[..len])
+            }
             (Name, b'\n') if self.name_len == 0 || self.name() == b"\r" => {
                 return self.end_head();
             }
@@ -267,20 +290,20 @@ impl Tracker {
         None
     }
 
-    /// The name before a colon (at most `NAME_MAX` bytes: longer ones went to `Skip`): which
-    /// of the three it is decides how its value is read.
-    fn header(&mut self) -> State {
-        match self.name() {
-            b"content-length" => {
+    /// The name before a colon: which of the three it is decides how its value is read.
+    fn header(&mut self, name: &[u8]) -> State {
+        let is = |known: &[u8]| name.eq_ignore_ascii_case(known);
+        match () {
+            _ if is(b"content-length") => {
                 self.head.has_length = true;
                 (self.digits, self.after, self.value) = (false, false, 0);
                 State::Length
             }
-            b"transfer-encoding" => {
+            _ if is(b"transfer-encoding") => {
                 self.head.chunked = true;
                 State::Skip
             }
-            b"upgrade" => {
+            _ if is(b"upgrade") => {
                 self.head.leaves = true;
                 State::Skip
             }

@@ -142,6 +142,7 @@ impl Proxy {
         if req.version() < Version::HTTP_2
             && conn.framing.as_ref().is_some_and(|f| f.next_has_both())
         {
+            tracing::debug!(peer = %conn.peer.addr, "request head with both Transfer-Encoding and Content-Length refused");
             return reject(&table, Reject::TeAndCl);
         }
         let upgrade = upgrade_protocol(&req);
