@@ -58,10 +58,13 @@ pub enum Reject {
     BadBody = 7,
     /// A request body slower than `body_min_rate` (a trickle that never falls silent).
     BodyTooSlow = 8,
+    /// An HTTP/1.x head with both Transfer-Encoding and Content-Length (a smuggling attempt
+    /// or a broken client): refused, never forwarded.
+    TeAndCl = 9,
 }
 
 impl Reject {
-    pub const ALL: [Reject; 9] = [
+    pub const ALL: [Reject; 10] = [
         Self::UriTooLong,
         Self::HeadersTooLarge,
         Self::BadHost,
@@ -71,6 +74,7 @@ impl Reject {
         Self::BodyTimeout,
         Self::BadBody,
         Self::BodyTooSlow,
+        Self::TeAndCl,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -84,6 +88,7 @@ impl Reject {
             Self::BodyTimeout => "body_timeout",
             Self::BadBody => "bad_body",
             Self::BodyTooSlow => "body_too_slow",
+            Self::TeAndCl => "te_and_cl",
         }
     }
 
@@ -91,9 +96,11 @@ impl Reject {
         match self {
             Self::UriTooLong => StatusCode::URI_TOO_LONG,
             Self::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            Self::BadHost | Self::UnderscoreHeader | Self::BadPath | Self::BadBody => {
-                StatusCode::BAD_REQUEST
-            }
+            Self::BadHost
+            | Self::UnderscoreHeader
+            | Self::BadPath
+            | Self::BadBody
+            | Self::TeAndCl => StatusCode::BAD_REQUEST,
             Self::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::BodyTimeout | Self::BodyTooSlow => StatusCode::REQUEST_TIMEOUT,
         }
@@ -110,6 +117,7 @@ impl Reject {
             Self::BodyTimeout => "request body too slow\n",
             Self::BadBody => "malformed or incomplete request body\n",
             Self::BodyTooSlow => "request body sent too slowly\n",
+            Self::TeAndCl => "both Transfer-Encoding and Content-Length\n",
         }
     }
 }

@@ -11,6 +11,7 @@ pub mod cohort;
 pub mod config;
 pub mod demo;
 mod exposition;
+pub mod framing;
 pub mod hygiene;
 pub mod locate;
 pub mod metrics;

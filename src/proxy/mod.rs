@@ -46,6 +46,20 @@ pub struct Downstream {
     /// On connections the server takes back from hyper between requests: where the client's
     /// socket is handed over if a request upgrades. `None` where hyper hands it over itself.
     pub handover: Option<Handover>,
+    /// On HTTP/1.x connections: which request's head carried both Transfer-Encoding and
+    /// Content-Length, which hyper alone would forward as chunked.
+    pub framing: Option<Arc<crate::framing::Framing>>,
+}
+
+impl Downstream {
+    /// A connection hyper hands over itself on upgrade.
+    pub fn new(addr: std::net::SocketAddr, framing: Option<Arc<crate::framing::Framing>>) -> Self {
+        Downstream {
+            peer: Peer::new(addr),
+            handover: None,
+            framing,
+        }
+    }
 }
 
 /// Where a failure came from, which decides the status (pingora's habit).
@@ -79,7 +93,11 @@ fn reject(table: &RoutingTable, r: Reject) -> Response<ProxyBody> {
     let mut resp = local(r.status(), r.body());
     if matches!(
         r,
-        Reject::BodyTooLarge | Reject::BodyTimeout | Reject::BodyTooSlow | Reject::BadBody
+        Reject::BodyTooLarge
+            | Reject::BodyTimeout
+            | Reject::BodyTooSlow
+            | Reject::BadBody
+            | Reject::TeAndCl
     ) {
         // The rest of the body is unread; the connection cannot be reused.
         resp.headers_mut()
@@ -120,6 +138,13 @@ impl Proxy {
         let start = Instant::now();
         // A full Arc, not a guard: the request keeps its table to the end, whatever reloads.
         let table = self.table.load_full();
+        // Every HTTP/1.x request is counted, in order, before anything can answer it.
+        if req.version() < Version::HTTP_2
+            && conn.framing.as_ref().is_some_and(|f| f.next_has_both())
+        {
+            tracing::debug!(peer = %conn.peer.addr, "request head with both Transfer-Encoding and Content-Length refused");
+            return reject(&table, Reject::TeAndCl);
+        }
         let upgrade = upgrade_protocol(&req);
         let client_upgrade = upgrade
             .as_ref()

@@ -30,7 +30,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::body::ProxyBody;
-use crate::proxy::{Downstream, Peer, Proxy};
+use crate::framing::Watched;
+use crate::proxy::{Downstream, Proxy};
 use crate::table::ConnLimits;
 use watchdog::{Activity, Tracked, Verdict};
 
@@ -67,8 +68,7 @@ pub fn http_builder(limits: &ConnLimits) -> auto::Builder<TokioExecutor> {
         .keep_alive(true)
         .header_read_timeout(limits.header_read_timeout)
         .max_headers(limits.max_headers)
-        // Room for the largest head cohort accepts; cohort itself enforces the exact caps.
-        .max_buf_size((limits.max_header_bytes + limits.max_uri_bytes + 8192).max(8192));
+        .max_buf_size(plain::head_limit(limits));
     builder
         .http2()
         .timer(TokioTimer::new())
@@ -125,7 +125,8 @@ pub async fn serve(listener: TcpListener, me: Listener, life: Lifecycle) {
                             plain::serve_http1(io, peer, proxy, &limits, life2, parked).await
                         }
                         plain::Detected::H2c(io) => {
-                            serve_connection(io, peer, proxy, &builder, &limits, life2).await
+                            let conn = Downstream::new(peer, None);
+                            serve_connection(io, conn, proxy, &builder, &limits, life2).await
                         }
                         plain::Detected::Gone => {}
                     }
@@ -140,7 +141,10 @@ pub async fn serve(listener: TcpListener, me: Listener, life: Lifecycle) {
                 };
                 match handshake {
                     Ok(Ok(tls)) => {
-                        serve_connection(tls, peer, proxy, &builder, &limits, life2).await
+                        // HTTP/1.1 over TLS is watched too; the h2 preface stops the tracker.
+                        let tls = Watched::new(tls, plain::head_limit(&limits), Default::default());
+                        let conn = Downstream::new(peer, Some(tls.framing()));
+                        serve_connection(tls, conn, proxy, &builder, &limits, life2).await
                     }
                     Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                     Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
@@ -232,7 +236,7 @@ fn service(
 
 async fn serve_connection<I>(
     stream: I,
-    peer: SocketAddr,
+    client: Downstream,
     proxy: Arc<Proxy>,
     builder: &auto::Builder<TokioExecutor>,
     limits: &ConnLimits,
@@ -240,11 +244,8 @@ async fn serve_connection<I>(
 ) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
+    let peer = client.peer.addr;
     let activity = Arc::new(Activity::new());
-    let client = Downstream {
-        peer: Peer::new(peer),
-        handover: None,
-    };
     let svc = service(proxy, Arc::new(client), Arc::clone(&activity));
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
     tokio::pin!(conn);

@@ -8,21 +8,19 @@
 //! to a tunnel after an upgrade. Must not touch: the request path (`proxy`), TLS (`super`).
 
 use std::future::poll_fn;
-use std::io;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::{Buf, Bytes};
+use bytes::Bytes;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use metrics::Gauge;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use super::watchdog::{Activity, Verdict};
 use super::{service, Lifecycle};
+use crate::framing::Watched;
 use crate::proxy::{Downstream, Peer, Proxy};
 use crate::table::ConnLimits;
 use crate::tunnel::Handover;
@@ -39,9 +37,14 @@ pub fn h1_builder(limits: &ConnLimits) -> hyper::server::conn::http1::Builder {
         .keep_alive(true)
         .header_read_timeout(limits.header_read_timeout)
         .max_headers(limits.max_headers)
-        // Room for the largest head cohort accepts; cohort itself enforces the exact caps.
-        .max_buf_size((limits.max_header_bytes + limits.max_uri_bytes + 8192).max(8192));
+        .max_buf_size(head_limit(limits));
     b
+}
+
+/// hyper's read buffer, and so the largest head it accepts: room for the largest head cohort
+/// accepts (cohort itself enforces the exact caps).
+pub fn head_limit(limits: &ConnLimits) -> usize {
+    (limits.max_header_bytes + limits.max_uri_bytes + 8192).max(8192)
 }
 
 /// What the first bytes said, with the bytes detection had to consume (usually none).
@@ -87,14 +90,11 @@ pub async fn detect(mut stream: TcpStream, limits: &ConnLimits, life: &Lifecycle
             reading = true;
             continue;
         }
-        let io = Prefixed {
-            prefix: Bytes::copy_from_slice(&head[..got]),
-            inner: stream,
-        };
+        let prefix = Bytes::copy_from_slice(&head[..got]);
         return if is_h2 {
-            Detected::H2c(io)
+            Detected::H2c(Watched::off(stream, prefix))
         } else {
-            Detected::Http1(io)
+            Detected::Http1(Watched::new(stream, head_limit(limits), prefix))
         };
     }
 }
@@ -114,6 +114,7 @@ pub async fn serve_http1(
     let client = Arc::new(Downstream {
         peer: Peer::new(peer),
         handover: Some(handover.clone()),
+        framing: Some(stream.framing()),
     });
     let builder = h1_builder(limits);
     let mut io = stream;
@@ -175,12 +176,12 @@ pub async fn serve_http1(
             let _ = rest.shutdown().await;
             return;
         }
-        if rest.prefix.is_empty() {
+        if !rest.has_prefix() {
             let until = activity.keepalive_deadline(limits);
             parked.increment(1.0);
             return_freed_pages_soon();
             let resume = tokio::select! {
-                r = rest.inner.readable() => r.is_ok(),
+                r = rest.get_ref().readable() => r.is_ok(),
                 _ = tokio::time::sleep_until(until) => false,
                 _ = life.drain.cancelled() => false,
             };
@@ -194,71 +195,9 @@ pub async fn serve_http1(
     }
 }
 
-/// A TCP stream with bytes already read from it put back in front.
-pub struct Prefixed {
-    prefix: Bytes,
-    inner: TcpStream,
-}
-
-impl Prefixed {
-    fn prepend(&mut self, bytes: Bytes) {
-        if bytes.is_empty() {
-            // Even empty, a slice of hyper's read buffer would keep all of it alive.
-            return;
-        }
-        // Copied out, for the same reason: hyper's buffer is to be freed while parked.
-        let mut joined = Vec::with_capacity(bytes.len() + self.prefix.len());
-        joined.extend_from_slice(&bytes);
-        joined.extend_from_slice(&self.prefix);
-        self.prefix = joined.into();
-    }
-}
-
-impl AsyncRead for Prefixed {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        if !self.prefix.is_empty() {
-            let n = self.prefix.len().min(buf.remaining());
-            buf.put_slice(&self.prefix[..n]);
-            self.prefix.advance(n);
-            return Poll::Ready(Ok(()));
-        }
-        Pin::new(&mut self.inner).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for Prefixed {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-}
+/// A TCP stream with bytes already read from it put back in front, its requests' framing
+/// followed as they are read.
+pub type Prefixed = Watched<TcpStream>;
 
 /// Gives freed memory back to the system. The binary sets it, since it chooses the allocator;
 /// without it, parking only frees the buffers.
