@@ -15,6 +15,11 @@ const CL_TE: &str = "POST /bad HTTP/1.1\r\nHost: agent.test\r\ncontent-length: 6
 /// A request that must never be read: it follows a refused one on the same connection.
 const AFTER: &str = "GET /smuggled HTTP/1.1\r\nHost: agent.test\r\n\r\n";
 const GET: &str = "GET /ok HTTP/1.1\r\nHost: agent.test\r\n\r\n";
+/// Upgrades the upstream does not grant, or that never asked in Connection: the tracker stops
+/// at such a head, so its answer must close the connection.
+const UPGRADE_ASKED: &str =
+    "GET /ok HTTP/1.1\r\nHost: agent.test\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n";
+const UPGRADE_ALONE: &str = "GET /ok HTTP/1.1\r\nHost: agent.test\r\nUpgrade: websocket\r\n\r\n";
 /// Bodies that mention both headers: only heads count.
 const CHUNKED: &str = "POST /ok HTTP/1.1\r\nHost: agent.test\r\nTransfer-Encoding: chunked\r\n\r\n1c;ext=1\r\nContent-Length: 4\r\n\r\nabcdefg\r\n0\r\nx-trailer: 1\r\n\r\n";
 const LENGTH: &str = "POST /ok HTTP/1.1\r\nHost: agent.test\r\nContent-Length: 30\r\n\r\nTransfer-Encoding: chunked\r\n\r\n";
@@ -26,6 +31,8 @@ struct Case {
     writes: Vec<(String, usize)>,
     statuses: &'static [u16],
     forwarded: usize,
+    /// Whether the bad head is read and refused (else the connection closes before it).
+    refused: bool,
 }
 
 fn cases() -> Vec<Case> {
@@ -34,6 +41,7 @@ fn cases() -> Vec<Case> {
         writes: writes.iter().map(|(w, n)| (w.to_string(), *n)).collect(),
         statuses,
         forwarded,
+        refused: true,
     };
     let mut out = Vec::new();
     for (order, bad) in [("TE then CL", TE_CL), ("CL then TE", CL_TE)] {
@@ -71,6 +79,12 @@ fn cases() -> Vec<Case> {
                 1,
             ),
         ]);
+        for (what, upgrade) in [("asked", UPGRADE_ASKED), ("alone", UPGRADE_ALONE)] {
+            let name = format!("pipelined after an Upgrade {what}, not granted");
+            let mut c = case(&name, &[(&format!("{upgrade}{bad}{AFTER}"), 1)], &[200], 1);
+            c.refused = false;
+            out.push(c);
+        }
         for c in &mut out[start..] {
             c.name = format!("{order}, {}", c.name);
         }
@@ -154,7 +168,7 @@ async fn run_all(tls: Option<&TestCa>) {
         assert_eq!(statuses, case.statuses, "{}", case.name);
         assert!(closed, "{}: the connection stays open", case.name);
         forwarded += case.forwarded;
-        refused += 1.0;
+        refused += f64::from(u8::from(case.refused));
         let seen = mock.requests();
         assert_eq!(seen.len(), forwarded, "{}: {seen:?}", case.name);
         assert!(

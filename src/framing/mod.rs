@@ -34,6 +34,10 @@ const NONE: u64 = u64::MAX;
 #[derive(Debug)]
 pub struct Framing {
     flagged: AtomicU64,
+    /// The first request whose head the tracker may not have followed (it stopped during or
+    /// at it: an upgrade, CONNECT, the h2 preface, input hyper refuses): from it on, nothing
+    /// is checked, so such a request's answer closes the connection unless it upgraded.
+    unfollowed: AtomicU64,
     served: AtomicU64,
 }
 
@@ -41,8 +45,17 @@ impl Framing {
     fn new() -> Self {
         Framing {
             flagged: AtomicU64::new(NONE),
+            unfollowed: AtomicU64::new(NONE),
             served: AtomicU64::new(0),
         }
+    }
+
+    /// Whether the last request [`Framing::next_has_both`] counted came after the tracker
+    /// stopped following: hyper serves an HTTP/1.x connection's requests one at a time, so
+    /// this is the request being answered.
+    pub fn last_was_unchecked(&self) -> bool {
+        // `served - 1 >= unfollowed`, written so that nothing served means nothing unchecked.
+        self.served.load(Ordering::Relaxed) > self.unfollowed.load(Ordering::Relaxed)
     }
 
     /// Called once for every HTTP/1.x request the connection hands to the service, in order:
@@ -113,6 +126,11 @@ impl<I> Watched<I> {
     fn saw(&mut self, bytes: &[u8]) {
         if let Some(ordinal) = self.tracker.feed(bytes) {
             self.framing.flagged.store(ordinal, Ordering::Relaxed);
+        }
+        if !self.tracker.is_following() {
+            // Counting the last head begun as unfollowed errs on the side of closing.
+            let from = self.tracker.heads().saturating_sub(1);
+            self.framing.unfollowed.store(from, Ordering::Relaxed);
         }
     }
 }

@@ -101,6 +101,11 @@ impl Tracker {
         self.state != State::Off
     }
 
+    /// Heads begun so far (the one being read included once its first byte is in).
+    pub fn heads(&self) -> u64 {
+        self.heads
+    }
+
     /// Follows `bytes`, the next ones read from the connection. Returns the ordinal (from 0)
     /// of a request whose head carried both Transfer-Encoding and Content-Length; after one,
     /// the tracker stops, since hyper closes the connection after that request.

@@ -30,7 +30,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::body::ProxyBody;
-use crate::framing::Watched;
+use crate::framing::{Framing, Watched};
 use crate::proxy::{Downstream, Proxy};
 use crate::table::ConnLimits;
 use watchdog::{Activity, Tracked, Verdict};
@@ -228,7 +228,22 @@ fn service(
         let busy = activity.begin();
         let (proxy, conn) = (Arc::clone(&proxy), Arc::clone(&conn));
         Box::pin(async move {
-            let resp = proxy.handle(req, &conn).await;
+            let h1 = req.version() < http::Version::HTTP_2;
+            let mut resp = proxy.handle(req, &conn).await;
+            // A request the framing tracker could not follow (after an Upgrade header that
+            // did not upgrade, say) is the connection's last: later heads would go unchecked.
+            if h1
+                && resp.status() != http::StatusCode::SWITCHING_PROTOCOLS
+                && conn
+                    .framing
+                    .as_deref()
+                    .is_some_and(Framing::last_was_unchecked)
+            {
+                resp.headers_mut().insert(
+                    http::header::CONNECTION,
+                    http::HeaderValue::from_static("close"),
+                );
+            }
             Ok(resp.map(|b| Tracked::new(b, busy)))
         }) as Answering
     })
