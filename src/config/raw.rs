@@ -66,6 +66,7 @@ pub struct RawLimits {
     /// Slowest request body accepted, bytes per second averaged over `body_rate_window`;
     /// 0 turns the check off.
     pub body_min_rate: u64,
+    // At least 1s: shorter windows would judge a healthy upload by the luck of one round trip.
     #[serde(
         deserialize_with = "super::duration::at_least::<1000, _>",
         serialize_with = "super::duration::serialize"

@@ -90,8 +90,6 @@ pub enum Invalid {
     Secret { path: String, reason: String },
     #[error("must be at least {min}")]
     TooSmall { min: u64 },
-    #[error("must be at least {min}")]
-    TooShort { min: &'static str },
     #[error("{reason}")]
     Rollout { reason: String },
     #[error("a rollout keeps its state in the top-level `state_dir`, which is not set")]

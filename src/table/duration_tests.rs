@@ -19,6 +19,9 @@ fn cases() -> Vec<(&'static str, &'static str, Write)> {
         ("limits.body_read_timeout", "100ms", |v| {
             format!("{MINIMAL}limits:\n  body_read_timeout: {v}\n")
         }),
+        ("limits.body_rate_window", "1s", |v| {
+            format!("{MINIMAL}limits:\n  body_rate_window: {v}\n")
+        }),
         ("limits.keepalive_timeout", "1s", |v| {
             format!("{MINIMAL}limits:\n  keepalive_timeout: {v}\n")
         }),

@@ -73,13 +73,6 @@ pub(super) fn build_limits(
         u64::from(l.http2_max_concurrent_streams),
         1,
     )?;
-    // Shorter windows would judge a healthy upload by the luck of one TCP round trip.
-    if l.body_rate_window < std::time::Duration::from_secs(1) {
-        return Err(err(
-            "limits.body_rate_window",
-            Invalid::TooShort { min: "1s" },
-        ));
-    }
     let limits = super::ConnLimits {
         header_read_timeout: l.header_read_timeout,
         body_read_timeout: l.body_read_timeout,
