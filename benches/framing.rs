@@ -8,7 +8,7 @@ use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 
-use cohort::framing::Tracker;
+use cohort::edge::framing::Tracker;
 
 const BODY: &str = r#"{"model":"agent-1","input":"hello"}"#;
 

@@ -19,8 +19,8 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use http::header::{ACCEPT, CONTENT_TYPE, COOKIE, USER_AGENT};
 use http::{HeaderMap, HeaderValue, Method, Uri};
 
-use cohort::cohort::{bucket, extract_key};
-use cohort::table::{Route, RoutingTable};
+use cohort::routing::bands::{bucket, extract_key};
+use cohort::routing::table::{Route, RoutingTable};
 
 const MINIMAL: &str = include_str!("../config/minimal.yaml");
 const REQUESTS: usize = 1024;
@@ -28,7 +28,8 @@ const REQUESTS: usize = 1024;
 fn table(text: &str) -> RoutingTable {
     let loaded =
         cohort::config::parse(Path::new("minimal.yaml"), text.to_string()).expect("parses");
-    cohort::table::from_loaded(&loaded, &cohort::metrics::Metrics::new(), None, 1).expect("valid")
+    cohort::routing::table::from_loaded(&loaded, &cohort::telemetry::Metrics::new(), None, 1)
+        .expect("valid")
 }
 
 /// Headers as an agent client sends them, plus `extra` carrying the key.

@@ -31,17 +31,22 @@ fn bench(c: &mut Criterion) {
         .expect("runtime");
     let _guard = rt.enter();
     let text = config_with_routes(1000);
-    let metrics = cohort::metrics::Metrics::new();
+    let metrics = cohort::telemetry::Metrics::new();
     let path = Path::new("bench.yaml");
     let first = cohort::config::parse(path, text.clone()).expect("parses");
-    let table = cohort::table::from_loaded(&first, &metrics, None, 1).expect("valid");
+    let table = cohort::routing::table::from_loaded(&first, &metrics, None, 1).expect("valid");
     let swap = Arc::new(ArcSwap::from_pointee(table));
     c.bench_function("reload_1000_routes_parse_build_swap", |b| {
         b.iter(|| {
             let loaded = cohort::config::parse(path, text.clone()).expect("parses");
             let old = swap.load_full();
-            let new = cohort::table::from_loaded(&loaded, &metrics, Some(&old), old.generation + 1)
-                .expect("valid");
+            let new = cohort::routing::table::from_loaded(
+                &loaded,
+                &metrics,
+                Some(&old),
+                old.generation + 1,
+            )
+            .expect("valid");
             swap.store(Arc::new(new));
         })
     });

@@ -12,12 +12,12 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 
-use crate::admin::{self, Admin};
 use crate::config::ConfigError;
-use crate::metrics::Metrics;
+use crate::control::admin::{self, Admin};
+use crate::control::reload::{Control, Outcome};
+use crate::edge::server::{self, Lifecycle};
 use crate::proxy::Proxy;
-use crate::reload::{Control, Outcome};
-use crate::server::{self, Lifecycle};
+use crate::telemetry::Metrics;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -67,7 +67,7 @@ pub struct Options {
 impl Default for Options {
     fn default() -> Self {
         Options {
-            judge_every: Some(crate::rollout::judge::EVERY),
+            judge_every: Some(crate::control::rollout::judge::EVERY),
         }
     }
 }
@@ -134,9 +134,9 @@ pub async fn start_with(config: &Path, options: Options) -> Result<Running, Star
         }
     });
 
-    crate::watch::spawn(Arc::clone(&control), life.abort.clone());
+    crate::control::watch::spawn(Arc::clone(&control), life.abort.clone());
     if let Some(every) = options.judge_every {
-        tokio::spawn(crate::rollout::judge::run(
+        tokio::spawn(crate::control::rollout::judge::run(
             Arc::clone(&control),
             every,
             life.abort.clone(),
@@ -213,7 +213,9 @@ impl Running {
         }
         let control = Arc::clone(&self.control);
         let _ = tokio::task::spawn_blocking(move || {
-            control.rollouts().checkpoint(crate::rollout::Now::real())
+            control
+                .rollouts()
+                .checkpoint(crate::control::rollout::Now::real())
         })
         .await;
         drained

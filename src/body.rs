@@ -16,8 +16,8 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use tokio::time::{Instant, Sleep};
 
-use crate::metrics::{Abandoned, FailureReason, OutcomeSlot};
-use crate::table::CohortTarget;
+use crate::routing::table::CohortTarget;
+use crate::telemetry::{Abandoned, FailureReason, OutcomeSlot};
 use crate::upstream::InFlight;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -526,20 +526,20 @@ impl Body for RequestBody {
 /// Whether an upstream error was really the client's body: too large, too slow or malformed.
 pub fn client_body_fault(
     err: &(dyn std::error::Error + 'static),
-) -> Option<crate::hygiene::Reject> {
+) -> Option<crate::edge::hygiene::Reject> {
     let mut cur = Some(err);
     while let Some(e) = cur {
         if e.is::<BodyTooLarge>() {
-            return Some(crate::hygiene::Reject::BodyTooLarge);
+            return Some(crate::edge::hygiene::Reject::BodyTooLarge);
         }
         if e.is::<BodyTimeout>() {
-            return Some(crate::hygiene::Reject::BodyTimeout);
+            return Some(crate::edge::hygiene::Reject::BodyTimeout);
         }
         if e.is::<BodyTooSlow>() {
-            return Some(crate::hygiene::Reject::BodyTooSlow);
+            return Some(crate::edge::hygiene::Reject::BodyTooSlow);
         }
         if e.is::<BadBody>() {
-            return Some(crate::hygiene::Reject::BadBody);
+            return Some(crate::edge::hygiene::Reject::BadBody);
         }
         cur = e.source();
     }

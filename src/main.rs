@@ -96,7 +96,7 @@ fn main() -> ExitCode {
     // Forced: unforced, it keeps pages freed within its purge delay, and when parks come in one
     // burst no later collection comes to purge them (10,000 idle connections then kept 20.9
     // KiB each instead of 4.1; benches/idle_conns.sh).
-    cohort::server::release_freed_memory_with(|| {
+    cohort::edge::server::release_freed_memory_with(|| {
         // SAFETY: mi_collect walks the calling thread's mimalloc heap, the global allocator's.
         unsafe { libmimalloc_sys::mi_collect(true) }
     });
@@ -209,8 +209,8 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
 }
 
 fn check(file: &Path) -> ExitCode {
-    let metrics = cohort::metrics::Metrics::new();
-    match cohort::reload::check(file, &metrics) {
+    let metrics = cohort::telemetry::Metrics::new();
+    match cohort::control::reload::check(file, &metrics) {
         Ok((table, state)) => {
             for w in table.warnings().iter().chain(&state.warnings) {
                 eprintln!("warning: {w}");
@@ -230,7 +230,8 @@ fn check(file: &Path) -> ExitCode {
 
 fn assign(config: &Path, route: &str, keys: &[String]) -> anyhow::Result<ExitCode> {
     let loaded = cohort::config::load(config)?;
-    let table = cohort::table::from_loaded(&loaded, &cohort::metrics::Metrics::new(), None, 1)?;
+    let table =
+        cohort::routing::table::from_loaded(&loaded, &cohort::telemetry::Metrics::new(), None, 1)?;
     let Some(r) = table.route(route) else {
         let names: Vec<_> = table.routes.iter().map(|r| r.name.as_str()).collect();
         anyhow::bail!(
@@ -240,13 +241,13 @@ fn assign(config: &Path, route: &str, keys: &[String]) -> anyhow::Result<ExitCod
         );
     };
     for key in keys {
-        let bucket = cohort::cohort::bucket(key.as_bytes(), r.seed);
+        let bucket = cohort::routing::bands::bucket(key.as_bytes(), r.seed);
         println!("{key} {bucket} {}", r.cohorts[r.bands.lookup(bucket)].name);
     }
     Ok(ExitCode::SUCCESS)
 }
 
-/// `cohort::signed::sign` over the secret as the proxy reads it, expiring `ttl` from now.
+/// `cohort::routing::signed::sign` over the secret as the proxy reads it, expiring `ttl` from now.
 fn sign_override(
     secret_file: &Path,
     name: &str,
@@ -258,16 +259,16 @@ fn sign_override(
         secret.pop();
     }
     anyhow::ensure!(
-        secret.len() >= cohort::signed::MIN_SECRET_BYTES,
+        secret.len() >= cohort::routing::signed::MIN_SECRET_BYTES,
         "{}: the secret must hold at least {} bytes",
         secret_file.display(),
-        cohort::signed::MIN_SECRET_BYTES
+        cohort::routing::signed::MIN_SECRET_BYTES
     );
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .context("the clock is before 1970")?;
     let expires = now.checked_add(ttl).context("--ttl is too long")?.as_secs();
-    Ok(cohort::signed::sign(&secret, name, expires))
+    Ok(cohort::routing::signed::sign(&secret, name, expires))
 }
 
 /// The demo config path; writes the built-in copy to a temporary file when none is on disk.

@@ -98,7 +98,7 @@ async fn admin_connections_are_capped_and_a_silent_one_is_closed() {
         .await
         .unwrap();
     let mut held = Vec::new();
-    for _ in 1..cohort::admin::MAX_CONNECTIONS {
+    for _ in 1..cohort::control::admin::MAX_CONNECTIONS {
         held.push(TcpStream::connect(proxy.admin).await.unwrap());
     }
     let over = within("the answer over the cap", async {

@@ -36,14 +36,15 @@ fn allocations() -> usize {
 const MINIMAL: &str = include_str!("../config/minimal.yaml");
 
 /// The minimal config keyed on `source`, with 10.0.0.0/8 as trusted proxies.
-fn table(source: &str) -> cohort::table::RoutingTable {
+fn table(source: &str) -> cohort::routing::table::RoutingTable {
     let text = MINIMAL.replacen("- header: x-user-id", source, 1).replacen(
         "routes:",
         "trusted_proxies: [\"10.0.0.0/8\"]\nroutes:",
         1,
     );
     let loaded = cohort::config::parse(Path::new("minimal.yaml"), text).unwrap();
-    cohort::table::from_loaded(&loaded, &cohort::metrics::Metrics::new(), None, 1).unwrap()
+    cohort::routing::table::from_loaded(&loaded, &cohort::telemetry::Metrics::new(), None, 1)
+        .unwrap()
 }
 
 #[test]
@@ -71,7 +72,7 @@ fn the_routing_decision_allocates_nothing() {
         let route = &table.routes[0];
         let before = allocations();
         let client = table.client_ip(peer, &h);
-        let key = cohort::cohort::extract_key(&route.key_sources, &h, &uri, client);
+        let key = cohort::routing::bands::extract_key(&route.key_sources, &h, &uri, client);
         let index = route.assign(key.as_deref());
         let counter = &route.cohorts[index].metrics.requests[1];
         let made = allocations() - before;

@@ -168,10 +168,11 @@ fn check_rejects_a_state_dir_that_is_a_file_where_startup_does() {
     );
     assert!(out.stdout.is_empty());
     // `cohort run` refuses the same file at the same place.
-    let err = match cohort::reload::Control::start(&path, cohort::metrics::Metrics::new()) {
-        Ok(_) => panic!("startup accepted a state_dir that is a file"),
-        Err(e) => e,
-    };
+    let err =
+        match cohort::control::reload::Control::start(&path, cohort::telemetry::Metrics::new()) {
+            Ok(_) => panic!("startup accepted a state_dir that is a file"),
+            Err(e) => e,
+        };
     assert_eq!(
         (err.line, err.column, err.field.as_str()),
         (line, column, "state_dir")
@@ -238,11 +239,11 @@ fn check_warns_about_a_corrupt_rollout_state_as_startup_does_and_leaves_it() {
 
 #[test]
 fn check_accepts_a_good_rollout_state_quietly() {
-    use cohort::rollout::state::{Saved, Store};
+    use cohort::control::rollout::state::{Saved, Store};
     let dir = tempfile::tempdir().unwrap();
     write(dir.path(), "cfg.yaml", &with_rollout("state"));
     let store = Store::open(&dir.path().join("state")).unwrap();
-    let progress = cohort::rollout::Progress::start();
+    let progress = cohort::control::rollout::Progress::start();
     store
         .save(&Saved::new("agent", "v2", &progress, None, Vec::new(), &[]))
         .unwrap();

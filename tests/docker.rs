@@ -66,10 +66,10 @@ fn strings(v: &Value, what: &str) -> Vec<String> {
 }
 
 /// Validates a cohort config text as `cohort check` does and returns its admin port.
-fn validate_cohort_config(what: &str, text: &str) -> cohort::table::RoutingTable {
+fn validate_cohort_config(what: &str, text: &str) -> cohort::routing::table::RoutingTable {
     let loaded = cohort::config::parse(Path::new(what), text.to_string())
         .unwrap_or_else(|e| panic!("{what}: {e}"));
-    cohort::table::from_loaded(&loaded, &cohort::metrics::Metrics::new(), None, 1)
+    cohort::routing::table::from_loaded(&loaded, &cohort::telemetry::Metrics::new(), None, 1)
         .unwrap_or_else(|e| panic!("{what}: {e}"))
 }
 
@@ -433,7 +433,7 @@ fn metric_names(text: &str) -> BTreeSet<String> {
 }
 
 fn contract_metrics() -> BTreeSet<String> {
-    use cohort::metrics::*;
+    use cohort::telemetry::*;
     [
         REQUESTS,
         DURATION,
@@ -445,9 +445,9 @@ fn contract_metrics() -> BTreeSet<String> {
         UNROUTED,
         RELOADS,
         GENERATION,
-        cohort::rollout::STEP_PERCENT,
-        cohort::rollout::STATE,
-        cohort::rollout::DECISIONS,
+        cohort::control::rollout::STEP_PERCENT,
+        cohort::control::rollout::STATE,
+        cohort::control::rollout::DECISIONS,
     ]
     .iter()
     .map(|s| s.to_string())
@@ -605,24 +605,24 @@ fn the_dashboard_compares_cohorts_on_contract_metrics() {
         used.difference(&known).collect::<Vec<_>>()
     );
     for m in [
-        cohort::metrics::REQUESTS,
-        cohort::metrics::DURATION,
-        cohort::metrics::TTFB,
-        cohort::metrics::OUTCOMES,
-        cohort::metrics::SPLIT,
-        cohort::metrics::RELOADS,
-        cohort::metrics::GENERATION,
-        cohort::rollout::STEP_PERCENT,
-        cohort::rollout::STATE,
-        cohort::rollout::DECISIONS,
+        cohort::telemetry::REQUESTS,
+        cohort::telemetry::DURATION,
+        cohort::telemetry::TTFB,
+        cohort::telemetry::OUTCOMES,
+        cohort::telemetry::SPLIT,
+        cohort::telemetry::RELOADS,
+        cohort::telemetry::GENERATION,
+        cohort::control::rollout::STEP_PERCENT,
+        cohort::control::rollout::STATE,
+        cohort::control::rollout::DECISIONS,
     ] {
         assert!(used.contains(m), "the dashboard does not show {m}");
     }
     // Every query on a metric with a route label follows the route variable.
     let unlabelled = [
-        cohort::metrics::UNROUTED,
-        cohort::metrics::RELOADS,
-        cohort::metrics::GENERATION,
+        cohort::telemetry::UNROUTED,
+        cohort::telemetry::RELOADS,
+        cohort::telemetry::GENERATION,
     ];
     for (_, expr) in queries(&dashboard) {
         for m in known.iter().filter(|m| !unlabelled.contains(&m.as_str())) {
@@ -666,7 +666,7 @@ fn the_dashboard_compares_cohorts_on_contract_metrics() {
 
 #[test]
 fn the_dashboard_names_rollout_states_and_decisions_as_cohort_does() {
-    use cohort::rollout::{DecisionKind, Phase, STATE};
+    use cohort::control::rollout::{DecisionKind, Phase, STATE};
     let dashboard = dashboard();
     let phases: Vec<&str> = Phase::ALL.iter().map(|p| p.as_str()).collect();
     let decisions: Vec<&str> = DecisionKind::ALL.iter().map(|d| d.as_str()).collect();
@@ -714,7 +714,7 @@ fn the_dashboard_names_rollout_states_and_decisions_as_cohort_does() {
     // Rollbacks stand out among the decisions.
     let (panel, _) = queries(&dashboard)
         .into_iter()
-        .find(|(_, e)| metric_names(e).contains(cohort::rollout::DECISIONS))
+        .find(|(_, e)| metric_names(e).contains(cohort::control::rollout::DECISIONS))
         .expect("a panel on the rollout decisions");
     let overrides = panel["fieldConfig"]["overrides"].to_string();
     assert!(

@@ -10,9 +10,9 @@ use std::borrow::Cow;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 
-use cohort::cohort::{cookie_value, extract_key, query_value, KeySource};
-use cohort::hygiene::{self, Policy, Underscores};
-use cohort::signed::{self, Rejection};
+use cohort::edge::hygiene::{self, Policy, Underscores};
+use cohort::routing::bands::{cookie_value, extract_key, query_value, KeySource};
+use cohort::routing::signed::{self, Rejection};
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Uri, Version};
 use proptest::collection::vec;
 use proptest::prelude::*;
@@ -37,9 +37,9 @@ fn base_text(i: usize) -> String {
 /// Parses and validates `text` as a file in config/; the answer may be anything but a panic.
 fn load(name: &str, text: String) -> Result<(), String> {
     let loaded = cohort::config::parse(&config_path(name), text).map_err(|e| e.to_string())?;
-    let metrics = cohort::metrics::Metrics::new();
-    let table =
-        cohort::table::from_loaded(&loaded, &metrics, None, 1).map_err(|e| e.to_string())?;
+    let metrics = cohort::telemetry::Metrics::new();
+    let table = cohort::routing::table::from_loaded(&loaded, &metrics, None, 1)
+        .map_err(|e| e.to_string())?;
     let _ = table.warnings();
     Ok(())
 }

@@ -294,10 +294,11 @@ fn rows() -> Vec<Row> {
         .find(|ip| cohort_of(ip) != cohort_of("127.0.0.1"))
         .unwrap();
     let in_an_hour = now() + 3600;
-    let signed = cohort::signed::sign(SECRET, "canary", in_an_hour);
-    let expired = cohort::signed::sign(SECRET, "canary", now() - 60);
-    let forged = cohort::signed::sign(b"not-the-route-secret-0123456789", "canary", in_an_hour);
-    let unknown = cohort::signed::sign(SECRET, "nightly", in_an_hour);
+    let signed = cohort::routing::signed::sign(SECRET, "canary", in_an_hour);
+    let expired = cohort::routing::signed::sign(SECRET, "canary", now() - 60);
+    let forged =
+        cohort::routing::signed::sign(b"not-the-route-secret-0123456789", "canary", in_an_hour);
+    let unknown = cohort::routing::signed::sign(SECRET, "nightly", in_an_hour);
     let chunk64 = format!("40\r\n{}\r\n", "c".repeat(64));
 
     #[rustfmt::skip]

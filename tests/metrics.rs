@@ -311,7 +311,7 @@ async fn removed_cohorts_lose_their_gauges_at_once_and_their_counts_after_the_gr
         .unwrap();
         let outcome = proxy.running.reload("test").await;
         assert!(
-            matches!(outcome, cohort::reload::Outcome::Applied { .. }),
+            matches!(outcome, cohort::control::reload::Outcome::Applied { .. }),
             "{outcome:?}"
         );
         both().await;
@@ -350,7 +350,7 @@ async fn removed_cohorts_lose_their_gauges_at_once_and_their_counts_after_the_gr
     std::fs::write(&path, refused).unwrap();
     let outcome = proxy.running.reload("test").await;
     assert!(
-        matches!(outcome, cohort::reload::Outcome::Rejected(_)),
+        matches!(outcome, cohort::control::reload::Outcome::Rejected(_)),
         "{outcome:?}"
     );
     let s = proxy.scrape().await;
@@ -363,7 +363,7 @@ async fn removed_cohorts_lose_their_gauges_at_once_and_their_counts_after_the_gr
     proxy.running.reload("test").await;
     both().await;
     let metrics = &proxy.running.control.metrics;
-    metrics.upkeep_at(std::time::Instant::now() + cohort::metrics::RETIRED_GRACE);
+    metrics.upkeep_at(std::time::Instant::now() + cohort::telemetry::RETIRED_GRACE);
     let s = proxy.scrape().await;
     s.assert_well_formed();
     assert_eq!(

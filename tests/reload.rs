@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use cohort::reload::Outcome;
+use cohort::control::reload::Outcome;
 use support::*;
 
 /// A 95/5 or 90/10 stable/canary split on `x-user-id`, with extra top-level lines.
@@ -337,7 +337,10 @@ async fn listener_changes_need_a_restart() {
     let Outcome::Rejected(message) = p.running.reload("test").await else {
         panic!("listener change applied")
     };
-    assert!(message.contains(cohort::reload::NEEDS_RESTART), "{message}");
+    assert!(
+        message.contains(cohort::control::reload::NEEDS_RESTART),
+        "{message}"
+    );
     assert_eq!(
         canary_weight(&p),
         500,

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use cohort::rollout::{judge, Now};
+use cohort::control::rollout::{judge, Now};
 use serde_json::Value;
 use support::sim::{Behaviour, SimBackend};
 use support::{

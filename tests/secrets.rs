@@ -22,7 +22,7 @@ fn rotate(path: &Path, text: &str) {
 
 fn signed(secret: &str) -> String {
     let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
-    cohort::signed::sign(secret.as_bytes(), "canary", now.as_secs() + 3600)
+    cohort::routing::signed::sign(secret.as_bytes(), "canary", now.as_secs() + 3600)
 }
 
 #[tokio::test]

@@ -1,5 +1,5 @@
 //! `cohort sign-override` as a tester runs it: the printed value verifies with
-//! `cohort::signed::verify` and forces the cohort through the proxy from an untrusted client.
+//! `cohort::routing::signed::verify` and forces the cohort through the proxy from an untrusted client.
 
 mod support;
 
@@ -59,21 +59,21 @@ fn the_value_verifies_with_the_trimmed_secret() {
     let value = mint(dir.path(), "1h");
     assert!(value.starts_with("canary."), "{value}");
     assert_eq!(
-        cohort::signed::verify(SECRET.as_bytes(), value.as_bytes(), now()),
+        cohort::routing::signed::verify(SECRET.as_bytes(), value.as_bytes(), now()),
         Ok("canary")
     );
     // Signed with the secret as the proxy reads it: the newline is not part of it.
     assert_eq!(
-        cohort::signed::verify(format!("{SECRET}\n").as_bytes(), value.as_bytes(), now()),
-        Err(cohort::signed::Rejection::Forged)
+        cohort::routing::signed::verify(format!("{SECRET}\n").as_bytes(), value.as_bytes(), now()),
+        Err(cohort::routing::signed::Rejection::Forged)
     );
     assert_eq!(
-        cohort::signed::verify(SECRET.as_bytes(), value.as_bytes(), now() + 3601),
-        Err(cohort::signed::Rejection::Expired)
+        cohort::routing::signed::verify(SECRET.as_bytes(), value.as_bytes(), now() + 3601),
+        Err(cohort::routing::signed::Rejection::Expired)
     );
     let value = mint(dir.path(), "1h 30m");
     assert_eq!(
-        cohort::signed::verify(SECRET.as_bytes(), value.as_bytes(), now() + 5000),
+        cohort::routing::signed::verify(SECRET.as_bytes(), value.as_bytes(), now() + 5000),
         Ok("canary")
     );
 }

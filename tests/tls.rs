@@ -203,8 +203,8 @@ fn listener_error(dir: &Path, certs: &[(&Path, &Path)]) -> Option<cohort::config
     }
     let file = dir.join("cohort.yaml");
     let loaded = cohort::config::parse(&file, config.yaml()).expect("the YAML parses");
-    let metrics = cohort::metrics::Metrics::new();
-    cohort::table::from_loaded(&loaded, &metrics, None, 1).err()
+    let metrics = cohort::telemetry::Metrics::new();
+    cohort::routing::table::from_loaded(&loaded, &metrics, None, 1).err()
 }
 
 #[tokio::test]

@@ -6,12 +6,11 @@
 //! Must not touch: validation rules (see `table`), sockets, metrics or the serving table.
 
 pub(crate) mod duration;
+pub mod locate;
 mod raw;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
-
-use crate::locate;
 
 pub use raw::{
     RawAdmin, RawAfter, RawAuthority, RawCertificate, RawConfig, RawGuard, RawGuardMetric,

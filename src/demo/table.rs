@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
-use crate::metrics::{self, LATENCY_BUCKETS};
+use crate::telemetry::{self, LATENCY_BUCKETS};
 
 /// A cumulative histogram: `(upper bound, observations at or below it)`, ending with +Inf.
 #[derive(Debug, Clone, PartialEq)]
@@ -110,23 +110,23 @@ impl Snapshot {
             };
             let key = (route.clone(), cohort.clone());
             match name {
-                metrics::REQUESTS => {
+                telemetry::REQUESTS => {
                     let c = snap.cohorts.entry(key).or_default();
                     c.requests += value;
                     if label("status_class").as_deref() == Some("5xx") {
                         c.errors += value;
                     }
                 }
-                metrics::OUTCOMES => {
+                telemetry::OUTCOMES => {
                     let c = snap.cohorts.entry(key).or_default();
                     *c.outcomes
                         .entry(label("outcome").unwrap_or_default())
                         .or_default() += value;
                 }
-                metrics::SPLIT => snap.cohorts.entry(key).or_default().split = Some(value),
+                telemetry::SPLIT => snap.cohorts.entry(key).or_default().split = Some(value),
                 _ => {
-                    let ttfb = name == format!("{}_bucket", metrics::TTFB);
-                    if !ttfb && name != format!("{}_bucket", metrics::DURATION) {
+                    let ttfb = name == format!("{}_bucket", telemetry::TTFB);
+                    if !ttfb && name != format!("{}_bucket", telemetry::DURATION) {
                         continue;
                     }
                     let le = match label("le").as_deref() {

@@ -169,7 +169,7 @@ pub struct Peer {
 
 impl Peer {
     pub fn new(addr: SocketAddr) -> Self {
-        let ip = crate::table::canonical_ip(addr.ip());
+        let ip = crate::routing::table::canonical_ip(addr.ip());
         // An IP address is always a valid header value.
         let forwarded = HeaderValue::from_str(&ip.to_string())
             .unwrap_or_else(|_| HeaderValue::from_static("unknown"));

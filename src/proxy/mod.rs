@@ -17,11 +17,11 @@ use hyper::body::Incoming;
 use tokio::time::Instant;
 
 use crate::body::{Accounting, GrpcVerdict, ObservedBody, ProxyBody, RequestBody};
-use crate::hygiene::{self, Reject};
-use crate::metrics::FailureReason;
-use crate::overrides;
-use crate::table::RoutingTable;
-use crate::tunnel::{ClientSide, Handover};
+use crate::edge::hygiene::{self, Reject};
+use crate::edge::tunnel::{ClientSide, Handover};
+use crate::routing::overrides;
+use crate::routing::table::RoutingTable;
+use crate::telemetry::FailureReason;
 use crate::upstream;
 use headers::{
     append_forwarded_for, is_grpc, join_cookie_crumbs, request_host, strip_port, upgrade_protocol,
@@ -36,7 +36,7 @@ pub struct Proxy {
     proto: HeaderValue,
     /// Upgraded connections outlive their request: they are tracked with the connections, so
     /// shutdown waits for them and cuts them at `shutdown_timeout`.
-    life: crate::server::Lifecycle,
+    life: crate::edge::server::Lifecycle,
 }
 
 /// The client connection a request came on, as the request path needs it: built once per
@@ -48,12 +48,15 @@ pub struct Downstream {
     pub handover: Option<Handover>,
     /// On HTTP/1.x connections: which request's head carried both Transfer-Encoding and
     /// Content-Length, which hyper alone would forward as chunked.
-    pub framing: Option<Arc<crate::framing::Framing>>,
+    pub framing: Option<Arc<crate::edge::framing::Framing>>,
 }
 
 impl Downstream {
     /// A connection hyper hands over itself on upgrade.
-    pub fn new(addr: std::net::SocketAddr, framing: Option<Arc<crate::framing::Framing>>) -> Self {
+    pub fn new(
+        addr: std::net::SocketAddr,
+        framing: Option<Arc<crate::edge::framing::Framing>>,
+    ) -> Self {
         Downstream {
             peer: Peer::new(addr),
             handover: None,
@@ -120,7 +123,7 @@ impl Proxy {
     pub fn new(
         table: Arc<ArcSwap<RoutingTable>>,
         tls: bool,
-        life: crate::server::Lifecycle,
+        life: crate::edge::server::Lifecycle,
     ) -> Self {
         let proto = HeaderValue::from_static(if tls { "https" } else { "http" });
         Proxy { table, proto, life }
@@ -294,7 +297,7 @@ impl Proxy {
             if let Some(p) = switched_to {
                 rparts.headers.insert(header::UPGRADE, p);
             }
-            self.life.connections.spawn(crate::tunnel::run(
+            self.life.connections.spawn(crate::edge::tunnel::run(
                 client,
                 up,
                 acct,

@@ -2,7 +2,7 @@
 //!
 //! Owns: the connector that dials the endpoint whatever authority a request names, SNI, and
 //! the URI that carries the authority the upstream sees. Must not touch: endpoint choice and
-//! in-flight counts (`super`), the cleartext HTTP/1.1 pool (`crate::pool`).
+//! in-flight counts (`super`), the cleartext HTTP/1.1 pool (`crate::upstream::pool`).
 
 use std::time::Duration;
 

@@ -16,7 +16,7 @@ use hyper_util::client::legacy::ResponseFuture;
 use pin_project_lite::pin_project;
 
 use super::{InFlight, SendError};
-use crate::pool::{self, PoolError};
+use crate::upstream::pool::{self, PoolError};
 
 pin_project! {
     /// `Upstream::send`'s exchange, through the endpoint's pool or hyper-util's client.

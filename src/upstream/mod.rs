@@ -20,13 +20,14 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use rustls_pki_types::ServerName;
 
 use crate::body::RequestBody;
-use crate::metrics::FailureReason;
-use crate::pool::{self, Pool};
+use crate::telemetry::FailureReason;
 use crate::tls::{self, TlsError};
 use exchange::Sending;
+use pool::Pool;
 
 mod client;
 mod exchange;
+pub mod pool;
 
 /// Which authority an upstream is sent: as Host on HTTP/1.1 and as `:authority` on HTTP/2,
 /// the same one whatever the protocol, and never a Host that differs from `:authority`.

@@ -1,0 +1,317 @@
+//! The one place that swaps the serving table: initial load, reloads from any trigger, the
+//! audit line for each applied change, and the record of the last failure. [`check`] runs the
+//! initial load's checks without opening or swapping anything, for `cohort check`.
+//!
+//! Owns: the `ArcSwap<RoutingTable>` store and the generation counter. Must not touch: the
+//! request path (which only loads), sockets, or file watching (see `watch`).
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use arc_swap::ArcSwap;
+
+use crate::config::{self, ConfigError};
+use crate::control::rollout::{
+    self, Action, ActionError, Decision, Now, Preflight, Rollouts, StateError,
+};
+use crate::routing::table::{self, show_percent, RoutingTable};
+use crate::telemetry::Metrics;
+
+/// The last reload that failed, for `GET /routes`.
+#[derive(Debug, Clone)]
+pub struct LastError {
+    pub at: SystemTime,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// The file's contents did not change since the serving table was built.
+    Unchanged,
+    Applied {
+        generation: u64,
+    },
+    Rejected(String),
+}
+
+pub struct Control {
+    table: Arc<ArcSwap<RoutingTable>>,
+    pub metrics: Metrics,
+    path: PathBuf,
+    /// Serialises reloads from signals, the admin endpoint and the watcher. Never taken on the
+    /// request path.
+    reloading: Mutex<()>,
+    last_error: Mutex<Option<LastError>>,
+    /// Hash of the contents last tried, good or bad, so the watcher and the poll retry a bad
+    /// file only once it changes again.
+    last_seen: AtomicU64,
+    /// The live rollouts, whose state sets their canaries' effective percents in every table
+    /// stored here.
+    rollouts: Rollouts,
+}
+
+/// A reload that changes listeners or the admin address cannot be applied live.
+pub const NEEDS_RESTART: &str = "changing listeners or the admin address needs a restart; the rest of this config was not applied";
+
+/// Rollout state stays where the process started keeping it.
+pub const STATE_DIR_RESTART: &str =
+    "changing state_dir needs a restart; the rest of this config was not applied";
+
+/// A state directory that cannot be used, as a config error at the field that names it.
+fn state_dir_error(loaded: &config::Loaded, e: StateError) -> ConfigError {
+    loaded.error_at("state_dir", e.to_string())
+}
+
+/// A rollout whose steps were edited under its id, at the route's `rollout.steps`.
+fn edit_error(loaded: &config::Loaded, e: rollout::EditRefused) -> ConfigError {
+    loaded.error_at(&format!("routes[{}].rollout.steps", e.route), e.message)
+}
+
+/// What [`Control::start`] would make of `path`, without creating or writing anything: the
+/// table it would build and what it would meet in `state_dir` (see [`rollout::preflight`]),
+/// or the error that would stop it, placed where startup places it.
+pub fn check(path: &Path, metrics: &Metrics) -> Result<(RoutingTable, Preflight), ConfigError> {
+    let loaded = config::load(path)?;
+    let table = table::from_loaded(&loaded, metrics, None, 1)?;
+    let state = rollout::preflight(&table).map_err(|e| state_dir_error(&loaded, e))?;
+    rollout::check_saved(&table).map_err(|e| edit_error(&loaded, e))?;
+    Ok((table, state))
+}
+
+impl Control {
+    /// Loads and validates `path` as generation 1.
+    pub fn start(path: &Path, metrics: Metrics) -> Result<Self, ConfigError> {
+        let loaded = config::load(path)?;
+        let mut table = table::from_loaded(&loaded, &metrics, None, 1)?;
+        let rollouts = Rollouts::open(table.state_dir.as_deref(), metrics.clone())
+            .map_err(|e| state_dir_error(&loaded, e))?;
+        // A restart on an edited file refuses what a reload would have refused.
+        rollouts
+            .reconcile_checked(&mut table, Now::real(), "startup")
+            .map_err(|e| edit_error(&loaded, e))?;
+        for w in table.warnings() {
+            tracing::warn!(warning = %w, "configuration warning");
+        }
+        table.publish_gauges();
+        metrics.generation.set(1.0);
+        tracing::info!(generation = 1, config_hash = %format_args!("{:016x}", table.config_hash), routes = table.routes.len(), file = %path.display(), "configuration loaded");
+        let seen = fingerprint(path, &table).unwrap_or(0);
+        Ok(Control {
+            table: Arc::new(ArcSwap::from_pointee(table)),
+            metrics,
+            path: path.to_path_buf(),
+            reloading: Mutex::new(()),
+            last_error: Mutex::new(None),
+            last_seen: AtomicU64::new(seen),
+            rollouts,
+        })
+    }
+
+    pub fn rollouts(&self) -> &Rollouts {
+        &self.rollouts
+    }
+
+    /// Swaps in a copy of the serving table with the effective percents the rollouts want
+    /// now, if they differ: how a rollout's decision reaches the request path, in one store.
+    /// Whether a table was swapped in.
+    pub fn apply_rollouts(&self, trigger: &str) -> bool {
+        let _one_at_a_time = self.reloading.lock().unwrap_or_else(|p| p.into_inner());
+        let old = self.table.load_full();
+        let mut new = RoutingTable::clone(&old);
+        if !self.rollouts.adjust(&mut new) {
+            return false;
+        }
+        let changes = diff(&old, &new);
+        new.publish_gauges();
+        self.table.store(Arc::new(new));
+        tracing::info!(trigger, generation = old.generation, changes = %changes.join("; "), "rollout percents applied");
+        true
+    }
+
+    /// An operator's action on `route`'s rollout, applied to the serving table at once.
+    pub fn rollout_action(&self, route: &str, action: Action) -> Result<Decision, ActionError> {
+        let decision = self.rollouts.act(route, action, Now::real())?;
+        self.apply_rollouts("admin");
+        Ok(decision)
+    }
+
+    /// The shared handle the request path loads from.
+    pub fn table(&self) -> Arc<ArcSwap<RoutingTable>> {
+        Arc::clone(&self.table)
+    }
+
+    pub fn current(&self) -> Arc<RoutingTable> {
+        self.table.load_full()
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn last_error(&self) -> Option<LastError> {
+        self.last_error.lock().map(|g| g.clone()).unwrap_or(None)
+    }
+
+    /// Reloads only when the file's contents differ from the last ones tried: what the file
+    /// watcher and the poll call, so a bad file is reported once, not every poll.
+    pub fn reload_if_changed(&self, trigger: &str) -> Outcome {
+        match fingerprint(&self.path, &self.table.load()) {
+            Some(f) if f == self.last_seen.load(Ordering::Acquire) => Outcome::Unchanged,
+            // Unreadable (mid-swap, say) or changed: let `reload` read it and report.
+            _ => self.reload(trigger),
+        }
+    }
+
+    /// Re-reads the file; builds the new table entirely off the request path and publishes it
+    /// with one store, or leaves the serving table untouched. `trigger` is for the log.
+    pub fn reload(&self, trigger: &str) -> Outcome {
+        let _one_at_a_time = self.reloading.lock().unwrap_or_else(|p| p.into_inner());
+        let old = self.table.load_full();
+        if let Some(f) = fingerprint(&self.path, &old) {
+            self.last_seen.store(f, Ordering::Release);
+        }
+        let result = config::load(&self.path).and_then(|loaded| {
+            let same_files = crate::tls::files_hash(&old.watched_files) == old.watched_files_hash;
+            if loaded.content_hash() == old.config_hash && same_files {
+                return Ok(None);
+            }
+            let mut new =
+                table::from_loaded(&loaded, &self.metrics, Some(&old), old.generation + 1)?;
+            if new.state_dir != old.state_dir {
+                return Err(loaded.error_at("state_dir", STATE_DIR_RESTART));
+            }
+            if new.listeners != old.listeners || new.admin_address != old.admin_address {
+                return Err(loaded.error_at(
+                    if new.listeners != old.listeners {
+                        "listeners"
+                    } else {
+                        "admin.address"
+                    },
+                    NEEDS_RESTART,
+                ));
+            }
+            self.rollouts
+                .reconcile_checked(&mut new, Now::real(), "reload")
+                .map_err(|e| edit_error(&loaded, e))?;
+            Ok(Some(new))
+        });
+        match result {
+            Ok(None) => {
+                tracing::debug!(trigger, "configuration unchanged");
+                Outcome::Unchanged
+            }
+            Ok(Some(new)) => {
+                let generation = new.generation;
+                let changes = diff(&old, &new);
+                let hash = new.config_hash;
+                let serving = owners(&new);
+                new.publish_gauges();
+                self.table.store(Arc::new(new));
+                // Only once nothing new can take a handle of a removed cohort.
+                self.metrics.settle(&serving);
+                self.metrics.generation.set(generation as f64);
+                self.metrics.reload_success.increment(1);
+                if let Ok(mut e) = self.last_error.lock() {
+                    *e = None;
+                }
+                tracing::info!(trigger, generation, config_hash = %format_args!("{hash:016x}"), changes = %changes.join("; "), "configuration applied");
+                Outcome::Applied { generation }
+            }
+            Err(e) => {
+                // The refused table may have registered series for cohorts nobody serves.
+                self.metrics.settle(&owners(&old));
+                self.metrics.reload_failure.increment(1);
+                let message = e.to_string();
+                tracing::error!(trigger, file = %e.file.display(), line = e.line, column = e.column, field = %e.field, error = %e.message, "configuration rejected; still serving the previous one");
+                if let Ok(mut last) = self.last_error.lock() {
+                    *last = Some(LastError {
+                        at: SystemTime::now(),
+                        message: message.clone(),
+                    });
+                }
+                Outcome::Rejected(message)
+            }
+        }
+    }
+}
+
+/// The config file's contents and the other files the serving table was read from, as one
+/// hash: a change to either (a rotated certificate or override secret, say) is a change to
+/// reload.
+fn fingerprint(path: &Path, table: &RoutingTable) -> Option<u64> {
+    let yaml = xxhash_rust::xxh3::xxh3_64(&std::fs::read(path).ok()?);
+    Some(yaml ^ crate::tls::files_hash(&table.watched_files).rotate_left(1))
+}
+
+/// Each route's name and its cohorts': whose series a table's handles feed.
+fn owners(table: &RoutingTable) -> Vec<(String, Vec<String>)> {
+    table
+        .routes
+        .iter()
+        .map(|r| {
+            (
+                r.name.clone(),
+                r.cohorts.iter().map(|c| c.name.clone()).collect(),
+            )
+        })
+        .collect()
+}
+
+/// What changed between two tables, for the audit line: routes added or removed, and each
+/// cohort's percent from -> to.
+pub fn diff(old: &RoutingTable, new: &RoutingTable) -> Vec<String> {
+    let mut out = Vec::new();
+    for r in &old.routes {
+        if new.route(&r.name).is_none() {
+            out.push(format!("route {} removed", r.name));
+        }
+    }
+    for r in &new.routes {
+        let Some(before) = old.route(&r.name) else {
+            out.push(format!("route {} added", r.name));
+            continue;
+        };
+        for c in &r.cohorts {
+            let was = before
+                .cohorts
+                .iter()
+                .find(|b| b.name == c.name)
+                .map(|b| b.weight);
+            match was {
+                Some(w) if w == c.weight => {}
+                Some(w) => out.push(format!(
+                    "{}/{}: {}% -> {}%",
+                    r.name,
+                    c.name,
+                    show_percent(w),
+                    show_percent(c.weight)
+                )),
+                None => out.push(format!(
+                    "{}/{}: added at {}%",
+                    r.name,
+                    c.name,
+                    show_percent(c.weight)
+                )),
+            }
+        }
+        for b in &before.cohorts {
+            if r.cohorts.iter().all(|c| c.name != b.name) {
+                out.push(format!(
+                    "{}/{}: removed (was {}%)",
+                    r.name,
+                    b.name,
+                    show_percent(b.weight)
+                ));
+            }
+        }
+    }
+    if old.watched_files_hash != new.watched_files_hash || old.watched_files != new.watched_files {
+        out.push("certificates, keys, tokens or secrets changed".into());
+    }
+    if out.is_empty() {
+        out.push("no split changes".into());
+    }
+    out
+}

@@ -1,0 +1,78 @@
+//! The check that an edited config may keep each rollout's state: run on a new table before
+//! it is reconciled, at a reload and at startup, so both refuse the same edits.
+//!
+//! Owns: finding where each rollout stands (its live entry, else its state file) and asking
+//! `spec::steps_edit`. Must not touch: the entries or the files (it only reads), decisions.
+
+use super::spec::steps_edit;
+use super::state::Store;
+use super::{Now, Rollouts};
+use crate::routing::table::RoutingTable;
+
+/// A route whose rollout may not go on under its id with the new config.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EditRefused {
+    /// Index of the route in the table (and in the file's `routes`).
+    pub route: usize,
+    pub message: String,
+}
+
+impl Rollouts {
+    /// Refuses `table` when one of its rollouts keeps an id whose state (live, or saved in
+    /// `state_dir` for a process that restarts) stands at a step that the new steps moved;
+    /// else [`Rollouts::reconcile`]s it. One lock for both: the judge cannot move a rollout
+    /// on to another step between the check and the match. A state file that cannot be read
+    /// is not this check's concern: startup halts that rollout anyway.
+    pub fn reconcile_checked(
+        &self,
+        table: &mut RoutingTable,
+        now: Now,
+        trigger: &str,
+    ) -> Result<(), EditRefused> {
+        let mut entries = self.lock();
+        check(table, self.store.as_ref(), |route, id| {
+            entries
+                .get(route)
+                .filter(|e| e.spec.id == id)
+                .map(|e| (e.spec.steps.clone(), e.progress.step))
+        })?;
+        self.reconcile_in(&mut entries, table, now, trigger);
+        Ok(())
+    }
+}
+
+/// What [`Rollouts::reconcile_checked`] would refuse at startup, from the state files alone and without
+/// creating anything: for `cohort check`.
+pub fn check_saved(table: &RoutingTable) -> Result<(), EditRefused> {
+    let store = table
+        .state_dir
+        .as_deref()
+        .and_then(|d| Store::inspect(d).ok().flatten());
+    check(table, store.as_ref(), |_, _| None)
+}
+
+/// Each rollout of `table` against where it stands: `live` (route, id) first, else its state
+/// file for the same id.
+fn check(
+    table: &RoutingTable,
+    store: Option<&Store>,
+    live: impl Fn(&str, &str) -> Option<(Vec<u32>, usize)>,
+) -> Result<(), EditRefused> {
+    for (i, route) in table.routes.iter().enumerate() {
+        let Some(spec) = &route.rollout else { continue };
+        let at = live(&route.name, &spec.id).or_else(|| {
+            store
+                .and_then(|s| {
+                    s.load(&route.name, &spec.id, spec.steps.len())
+                        .ok()
+                        .flatten()
+                })
+                .filter(|saved| saved.id == spec.id && !saved.steps.is_empty())
+                .map(|saved| (saved.steps, saved.step))
+        });
+        if let Some((old, step)) = at {
+            steps_edit(&old, step, spec).map_err(|message| EditRefused { route: i, message })?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,314 @@
+//! A route's `rollout` section, validated: the canary and the baseline, the steps in basis
+//! points, soak, samples, alpha and the guards.
+//!
+//! Owns: the rollout's configuration rules. Must not touch: state, files, the serving table
+//! (`table/build.rs` calls [`build`] and places its errors in the file).
+
+use std::time::Duration;
+
+use super::cells::OTHER_SLOT;
+use super::guard::{Guard, GuardKind, Latency, Rate};
+use super::stats::{Boundary, Margin, Worse};
+use crate::config::{RawAfter, RawGuard, RawGuardMetric, RawRollout};
+
+/// What happens once the last step has passed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum After {
+    /// The canary stays at the last step.
+    Hold,
+    /// The canary takes the baseline's share too.
+    Promote,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RolloutSpec {
+    pub id: String,
+    pub canary: String,
+    /// The split's first cohort.
+    pub baseline: String,
+    /// The canary's share at each step, in basis points, increasing.
+    pub steps: Vec<u32>,
+    pub soak: Duration,
+    pub min_samples: u64,
+    pub after: After,
+    /// The rollout-wide chance of rolling back a canary as good as the baseline.
+    pub alpha: f64,
+    pub guards: Vec<Guard>,
+    /// Basis points held by the split's other cohorts (neither baseline nor canary).
+    pub others: u32,
+    /// The route's outcome values, which give outcome guards their slots.
+    pub outcomes: Vec<String>,
+}
+
+impl RolloutSpec {
+    /// Each guard at each step is one test at `alpha / (guards x steps)` (Bonferroni), so
+    /// the whole rollout rolls back an A/A canary with probability at most `alpha`.
+    pub fn alpha_per_test(&self) -> f64 {
+        self.alpha / (self.guards.len().max(1) * self.steps.len().max(1)) as f64
+    }
+
+    /// The canary's share once promoted.
+    pub fn promoted(&self) -> u32 {
+        crate::routing::bands::BUCKETS - self.others
+    }
+}
+
+/// A broken rule at `field`, relative to the rollout (`steps[2]`, `guards[0].margin`; empty
+/// for the rollout itself).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{message}")]
+pub struct SpecError {
+    pub field: String,
+    pub message: String,
+}
+
+fn fail<T>(field: impl Into<String>, message: impl Into<String>) -> Result<T, SpecError> {
+    Err(SpecError {
+        field: field.into(),
+        message: message.into(),
+    })
+}
+
+/// Validates a route's rollout. `cohorts` are the split's names and basis points in order,
+/// `outcomes` the route's (lower-cased) outcome values, `fallback` the cohort keyless
+/// requests go to, if one is named.
+pub fn build(
+    raw: &RawRollout,
+    cohorts: &[(&str, u32)],
+    outcomes: &[String],
+    fallback: Option<usize>,
+) -> Result<RolloutSpec, SpecError> {
+    let Some(canary) = cohorts.iter().position(|(n, _)| *n == raw.canary) else {
+        return fail(
+            "canary",
+            format!("{:?} is not a cohort of this route's split", raw.canary),
+        );
+    };
+    if canary == 0 {
+        return fail(
+            "canary",
+            "the canary cannot be the split's first cohort, the baseline",
+        );
+    }
+    if canary + 1 != cohorts.len() {
+        return fail(
+            "canary",
+            "the canary must be the split's last cohort, so that ramping it moves no other cohort's users",
+        );
+    }
+    if fallback == Some(canary) {
+        return fail(
+            "canary",
+            "the route's fallback sends keyless requests to the canary whatever its step: use `random` or another cohort",
+        );
+    }
+    let others: u32 = cohorts[1..canary].iter().map(|(_, w)| w).sum();
+    let room = crate::routing::bands::BUCKETS - others;
+    if raw.steps.is_empty() {
+        return fail("steps", "at least one step is required");
+    }
+    let mut steps = Vec::with_capacity(raw.steps.len());
+    for (i, &p) in raw.steps.iter().enumerate() {
+        let field = format!("steps[{i}]");
+        let Some(w) = crate::routing::table::basis_points(p).filter(|w| *w > 0) else {
+            return fail(
+                field,
+                format!("{p} is not a percent above 0 and at most 100 with at most two decimals"),
+            );
+        };
+        if steps.last().is_some_and(|last| w <= *last) {
+            return fail(field, "steps must increase");
+        }
+        if w > room {
+            return fail(
+                field,
+                format!(
+                    "{p}% leaves the baseline less than nothing: the split's other cohorts hold {}%",
+                    f64::from(others) / 100.0
+                ),
+            );
+        }
+        steps.push(w);
+    }
+    if raw.min_samples == 0 {
+        return fail("min_samples", "must be at least 1");
+    }
+    if !(raw.alpha > 0.0 && raw.alpha <= 0.5) {
+        return fail(
+            "alpha",
+            format!("{} is not a probability above 0 and at most 0.5", raw.alpha),
+        );
+    }
+    let mut guards: Vec<Guard> = Vec::with_capacity(raw.guards.len());
+    for (j, g) in raw.guards.iter().enumerate() {
+        let guard = guard(g, outcomes).map_err(|mut e| {
+            e.field = match e.field.as_str() {
+                "" => format!("guards[{j}]"),
+                f => format!("guards[{j}].{f}"),
+            };
+            e
+        })?;
+        if guards.iter().any(|other| other.name == guard.name) {
+            return fail(
+                format!("guards[{j}]"),
+                format!("a second {} guard", guard.name),
+            );
+        }
+        guards.push(guard);
+    }
+    Ok(RolloutSpec {
+        id: raw.id.clone(),
+        canary: raw.canary.clone(),
+        baseline: cohorts[0].0.to_string(),
+        steps,
+        soak: raw.soak,
+        min_samples: raw.min_samples,
+        after: match raw.after {
+            RawAfter::Hold => After::Hold,
+            RawAfter::Promote => After::Promote,
+        },
+        alpha: raw.alpha,
+        guards,
+        others,
+        outcomes: outcomes.to_vec(),
+    })
+}
+
+fn guard(g: &RawGuard, outcomes: &[String]) -> Result<Guard, SpecError> {
+    use RawGuardMetric as M;
+    let latency = matches!(g.metric, M::Latency | M::Ttfb);
+    let outcome_guard = matches!(g.metric, M::EscalationRate | M::ResolutionRate);
+    if g.quantile.is_some() && !latency {
+        return fail("quantile", "only latency and ttfb guards take a quantile");
+    }
+    if g.outcome.is_some() && !outcome_guard {
+        return fail(
+            "outcome",
+            "only escalation_rate and resolution_rate guards take an outcome",
+        );
+    }
+    if g.margin.is_some() && g.relative_margin.is_some() {
+        return fail("margin", "set margin or relative_margin, not both");
+    }
+    if let Some(r) = g.relative_margin {
+        let top = if g.metric == M::ResolutionRate {
+            1.0
+        } else {
+            10.0
+        };
+        if !(r >= 0.0 && r < top) {
+            return fail(
+                "relative_margin",
+                format!("{r} is not a fraction from 0 to below {top}"),
+            );
+        }
+    }
+    if latency {
+        if g.margin.is_some() {
+            return fail(
+                "margin",
+                "latency guards take relative_margin (0.1 = 10% slower)",
+            );
+        }
+        let quantile = g.quantile.unwrap_or(0.5);
+        if !(0.5..=0.999).contains(&quantile) {
+            return fail(
+                "quantile",
+                format!("{quantile} is not a quantile from 0.5 to 0.999"),
+            );
+        }
+        let (source, metric) = if g.metric == M::Ttfb {
+            (Latency::Ttfb, "ttfb")
+        } else {
+            (Latency::Duration, "latency")
+        };
+        let relative_margin = g.relative_margin.unwrap_or(0.1);
+        let name = format!("{metric} p{}", quantile * 100.0);
+        return Ok(Guard {
+            key: format!("{name} relative_margin={relative_margin}"),
+            name,
+            kind: GuardKind::Latency {
+                source,
+                quantile,
+                relative_margin,
+            },
+        });
+    }
+    let margin = match (g.margin, g.relative_margin) {
+        (Some(points), _) => {
+            if !(0.0..100.0).contains(&points) {
+                return fail(
+                    "margin",
+                    format!("{points} is not a number of percentage points from 0 to below 100"),
+                );
+            }
+            Margin::Points(points / 100.0)
+        }
+        (None, Some(r)) => Margin::Relative(r),
+        (None, None) => Margin::Points(0.0),
+    };
+    let (source, worse, name) = if g.metric == M::ErrorRate {
+        (Rate::Errors, Worse::Higher, "error_rate".to_string())
+    } else {
+        outcome_rate(g, outcomes)?
+    };
+    Ok(Guard {
+        key: format!("{name} {margin:?}"),
+        name,
+        kind: GuardKind::Rate {
+            source,
+            boundary: Boundary::new(worse, margin),
+        },
+    })
+}
+
+/// The slot, direction and name of an escalation_rate or resolution_rate guard.
+fn outcome_rate(g: &RawGuard, outcomes: &[String]) -> Result<(Rate, Worse, String), SpecError> {
+    let (default, worse, metric) = if g.metric == RawGuardMetric::ResolutionRate {
+        ("resolved", Worse::Lower, "resolution_rate")
+    } else {
+        ("escalated", Worse::Higher, "escalation_rate")
+    };
+    let value = g.outcome.as_deref().unwrap_or(default).to_ascii_lowercase();
+    let slot = outcomes.iter().position(|o| *o == value);
+    let Some(slot) = slot.filter(|s| *s < OTHER_SLOT) else {
+        return fail(
+            if g.outcome.is_some() { "outcome" } else { "" },
+            format!("outcome {value:?} is not among the route's first {OTHER_SLOT} `outcomes`"),
+        );
+    };
+    let name = if value == default {
+        metric.to_string()
+    } else {
+        format!("{metric} ({value})")
+    };
+    Ok((Rate::Outcome(slot), worse, name))
+}
+
+/// Whether a rollout at step `at` of `old` steps may go on under the same id with `new`'s:
+/// only when every step up to the current one is unchanged. Anything else would either keep
+/// the index and so move the canary to a percent no evidence was gathered for (a jump past
+/// the next configured step, or a drop that moves users back out of the canary), or need a
+/// new meaning for the evidence already held. Later steps may change freely.
+pub fn steps_edit(old: &[u32], at: usize, new: &RolloutSpec) -> Result<(), String> {
+    use crate::routing::table::show_percent;
+    let kept = &old[..old.len().min(at + 1)];
+    if new.steps.starts_with(kept) {
+        return Ok(());
+    }
+    let list = |steps: &[u32]| {
+        let shown: Vec<String> = steps.iter().map(|w| show_percent(*w)).collect();
+        format!("[{}]", shown.join(", "))
+    };
+    Err(format!(
+        "rollout {:?} is at step {} of {} ({}%); under the same id the steps up to it must stay \
+         {}, or the canary's percent would change without evidence: to change them, give the \
+         rollout a new id",
+        new.id,
+        at + 1,
+        list(old),
+        kept.last()
+            .map_or_else(|| "0".to_string(), |w| show_percent(*w)),
+        list(kept)
+    ))
+}

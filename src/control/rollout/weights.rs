@@ -1,0 +1,60 @@
+//! Effective percents into a table: the canary at its rollout's percent, the baseline with
+//! what is left, and the cells of judged cohorts attached for the request path.
+//!
+//! Owns: rewriting a route's cohorts and bands in a table not yet (or no longer) serving.
+//! Must not touch: the swap (`reload`), the rollouts' state (read only).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use super::Entry;
+use crate::routing::bands::{Bands, BUCKETS};
+use crate::routing::table::{CohortTarget, RoutingTable};
+
+/// Gives each route with a live rollout the weights it wants (the canary at its effective
+/// percent, the baseline what is left, the others as configured) and the cells of its judged
+/// cohorts; whether any cohort changed.
+pub(super) fn adjust(entries: &BTreeMap<String, Entry>, table: &mut RoutingTable) -> bool {
+    let mut changed = false;
+    for route in &mut table.routes {
+        let (Some(spec), Some(e)) = (&route.rollout, entries.get(&route.name)) else {
+            continue;
+        };
+        let Some(canary) = route.cohort_index(spec.canary.as_bytes()) else {
+            continue;
+        };
+        let percent = e.progress.percent(&e.spec).min(BUCKETS - spec.others);
+        let judged = e.progress.phase.judged();
+        let mut weights = Vec::with_capacity(route.cohorts.len());
+        let mut route_changed = false;
+        for (i, c) in route.cohorts.iter_mut().enumerate() {
+            let (weight, guard) = match i {
+                0 => (
+                    BUCKETS - spec.others - percent,
+                    judged.then_some(&e.cells.1),
+                ),
+                i if i == canary => (percent, judged.then_some(&e.cells.0)),
+                _ => (c.configured, None),
+            };
+            weights.push(weight);
+            let same_guard = match (&c.guard, guard) {
+                (None, None) => true,
+                (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                _ => false,
+            };
+            if c.weight != weight || !same_guard {
+                *c = Arc::new(CohortTarget {
+                    weight,
+                    guard: guard.cloned(),
+                    ..CohortTarget::clone(c)
+                });
+                route_changed = true;
+            }
+        }
+        if route_changed {
+            route.bands = Bands::new(&weights);
+            changed = true;
+        }
+    }
+    changed
+}

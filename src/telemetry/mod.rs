@@ -1,0 +1,421 @@
+//! Metric names, help texts, buckets, and the registry each proxy instance owns.
+//!
+//! Owns: creating metric handles (once, when a table is built), retiring the series of routes
+//! and cohorts a reload removed, and rendering the scrape. Must not touch: the request path
+//! looks nothing up here; it only uses handles from the table.
+//! The registry is per instance rather than global so in-process tests do not share counters.
+
+mod exposition;
+mod retired;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use metrics::{
+    Counter, Gauge, Histogram, Key, KeyName, Label, Metadata, Recorder, SharedString, Unit,
+};
+
+use self::exposition::Exposition;
+use self::retired::Retirements;
+
+pub const REQUESTS: &str = "cohort_requests_total";
+pub const DURATION: &str = "cohort_request_duration_seconds";
+pub const TTFB: &str = "cohort_time_to_first_byte_seconds";
+pub const UPSTREAM_FAILURES: &str = "cohort_upstream_failures_total";
+pub const OUTCOMES: &str = "cohort_outcomes_total";
+pub const IN_FLIGHT: &str = "cohort_in_flight_requests";
+pub const SPLIT: &str = "cohort_split_percent";
+pub const UNROUTED: &str = "cohort_unrouted_requests_total";
+pub const RELOADS: &str = "cohort_config_reloads_total";
+pub const GENERATION: &str = "cohort_config_generation";
+pub const REJECTED: &str = "cohort_rejected_requests_total";
+pub const OVERRIDE_REJECTED: &str = "cohort_override_rejected_total";
+pub const CONNECTIONS_REFUSED: &str = "cohort_connections_refused_total";
+pub const OPEN_CONNECTIONS: &str = "cohort_open_connections";
+pub const PARKED_CONNECTIONS: &str = "cohort_parked_connections";
+pub const ABANDONED: &str = "cohort_abandoned_requests_total";
+
+/// Agent latencies run from a cached answer (milliseconds) to a long tool-using turn (minutes).
+pub const LATENCY_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0,
+];
+
+pub const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+/// Why an upstream exchange failed; the label values of `cohort_upstream_failures_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureReason {
+    Connect = 0,
+    Timeout = 1,
+    Reset = 2,
+    Tls = 3,
+    Protocol = 4,
+}
+
+impl FailureReason {
+    pub const ALL: [FailureReason; 5] = [
+        Self::Connect,
+        Self::Timeout,
+        Self::Reset,
+        Self::Tls,
+        Self::Protocol,
+    ];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Connect => "connect",
+            Self::Timeout => "timeout",
+            Self::Reset => "reset",
+            Self::Tls => "tls",
+            Self::Protocol => "protocol",
+        }
+    }
+}
+
+/// When a client left an exchange unfinished; the `stage` label of
+/// `cohort_abandoned_requests_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Abandoned {
+    /// Before the response head: never answered, so not in `cohort_requests_total`.
+    BeforeHead = 0,
+    /// During the upstream's body: answered, so also in `cohort_requests_total`.
+    DuringBody = 1,
+}
+
+impl Abandoned {
+    pub const ALL: [Abandoned; 2] = [Self::BeforeHead, Self::DuringBody];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::BeforeHead => "before_head",
+            Self::DuringBody => "during_body",
+        }
+    }
+}
+
+static METADATA: Metadata<'static> = Metadata::new("cohort", metrics::Level::INFO, Some("cohort"));
+
+/// How long the counters and histograms of a removed route or cohort stay in the scrape:
+/// several scrape intervals, so Prometheus reads their last values (and `increase()` over a
+/// window that ends after the removal still sees them) before they go.
+pub const RETIRED_GRACE: Duration = Duration::from_secs(5 * 60);
+
+/// The registry of one proxy instance.
+#[derive(Clone)]
+pub struct Metrics {
+    recorder: Arc<Exposition>,
+    /// Routes and cohorts a reload removed whose counters and histograms still show.
+    retired: Arc<Retirements>,
+    pub unrouted: Counter,
+    pub reload_success: Counter,
+    pub reload_failure: Counter,
+    pub generation: Gauge,
+    /// Aligned with `hygiene::Reject::ALL`.
+    pub rejected: [Counter; crate::edge::hygiene::Reject::ALL.len()],
+}
+
+/// Handles for one (route, cohort), created when the table is built.
+#[derive(Clone)]
+pub struct CohortMetrics {
+    pub requests: [Counter; 5],
+    pub duration: Histogram,
+    pub ttfb: Histogram,
+    pub failures: [Counter; 5],
+    /// Aligned with `Abandoned::ALL`.
+    pub abandoned: [Counter; 2],
+    /// Aligned with the route's allowed outcome values.
+    pub outcomes: Vec<Counter>,
+    pub outcome_other: Counter,
+    pub in_flight: Gauge,
+    pub split: Gauge,
+}
+
+/// Which outcome counter a backend's verdict lands in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutcomeSlot {
+    /// Index into the route's allowed outcomes.
+    Allowed(usize),
+    Other,
+}
+
+impl CohortMetrics {
+    #[inline]
+    pub fn outcome(&self, slot: OutcomeSlot) {
+        match slot {
+            OutcomeSlot::Allowed(i) => self.outcomes[i].increment(1),
+            OutcomeSlot::Other => self.outcome_other.increment(1),
+        }
+    }
+
+    #[inline]
+    pub fn request(&self, status: http::StatusCode) {
+        let class = (status.as_u16() / 100).clamp(1, 5) as usize - 1;
+        self.requests[class].increment(1);
+    }
+
+    #[inline]
+    pub fn failure(&self, reason: FailureReason) {
+        self.failures[reason as usize].increment(1);
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        // Only an empty bucket list is refused, and this one is a non-empty constant.
+        let recorder = Exposition::new(LATENCY_BUCKETS).expect("LATENCY_BUCKETS is not empty");
+        let help: [(&str, Unit, &str); 16] = [
+            (
+                REJECTED,
+                Unit::Count,
+                "Requests refused at the edge (limits, request hygiene, bad or slow bodies), by reason.",
+            ),
+            (
+                OVERRIDE_REJECTED,
+                Unit::Count,
+                "Cohort overrides ignored and stripped, by route and reason.",
+            ),
+            (
+                CONNECTIONS_REFUSED,
+                Unit::Count,
+                "Connections refused because the listener was at max_connections.",
+            ),
+            (
+                OPEN_CONNECTIONS,
+                Unit::Count,
+                "Client connections open, by listener.",
+            ),
+            (
+                PARKED_CONNECTIONS,
+                Unit::Count,
+                "Idle HTTP/1.1 client connections parked without buffers, by listener.",
+            ),
+            (
+                REQUESTS,
+                Unit::Count,
+                "Requests answered, by route, cohort and status class.",
+            ),
+            (
+                DURATION,
+                Unit::Seconds,
+                "Request start to last response byte, by route and cohort.",
+            ),
+            (
+                TTFB,
+                Unit::Seconds,
+                "Request start to first response body byte, by route and cohort.",
+            ),
+            (
+                ABANDONED,
+                Unit::Count,
+                "Requests whose client left before the response head or during its body, by route, cohort and stage.",
+            ),
+            (
+                UPSTREAM_FAILURES,
+                Unit::Count,
+                "Upstream exchanges that failed, by reason.",
+            ),
+            (
+                OUTCOMES,
+                Unit::Count,
+                "Agent outcomes reported by the backend's outcome header.",
+            ),
+            (
+                IN_FLIGHT,
+                Unit::Count,
+                "Requests currently in flight, by route and cohort.",
+            ),
+            (
+                SPLIT,
+                Unit::Percent,
+                "Share of each cohort, in percent: the configured one, or its rollout's.",
+            ),
+            (
+                UNROUTED,
+                Unit::Count,
+                "Requests that matched no route (answered 404).",
+            ),
+            (
+                RELOADS,
+                Unit::Count,
+                "Configuration reload attempts, by result.",
+            ),
+            (
+                GENERATION,
+                Unit::Count,
+                "Generation of the serving configuration; starts at 1.",
+            ),
+        ];
+        for (name, unit, text) in help {
+            let text = SharedString::const_str(text);
+            match name {
+                DURATION | TTFB => {
+                    recorder.describe_histogram(KeyName::from_const_str(name), Some(unit), text)
+                }
+                IN_FLIGHT | SPLIT | GENERATION | OPEN_CONNECTIONS | PARKED_CONNECTIONS => {
+                    recorder.describe_gauge(KeyName::from_const_str(name), Some(unit), text)
+                }
+                _ => recorder.describe_counter(KeyName::from_const_str(name), Some(unit), text),
+            }
+        }
+        let recorder = Arc::new(recorder);
+        let counter = |name: &'static str, labels: Vec<Label>| {
+            recorder.register_counter(&Key::from_parts(name, labels), &METADATA)
+        };
+        let unrouted = counter(UNROUTED, vec![]);
+        let reload_success = counter(RELOADS, vec![Label::new("result", "success")]);
+        let reload_failure = counter(RELOADS, vec![Label::new("result", "failure")]);
+        let generation = recorder.register_gauge(&Key::from_name(GENERATION), &METADATA);
+        let rejected = crate::edge::hygiene::Reject::ALL
+            .map(|r| counter(REJECTED, vec![Label::new("reason", r.as_str())]));
+        Metrics {
+            recorder,
+            retired: Arc::default(),
+            unrouted,
+            reload_success,
+            reload_failure,
+            generation,
+            rejected,
+        }
+    }
+
+    /// Registers (or finds again, so counters survive reloads) the handles for one cohort.
+    pub fn cohort(&self, route: &str, cohort: &str, outcomes: &[String]) -> CohortMetrics {
+        self.retired.note(route, Some(cohort));
+        let base = || {
+            vec![
+                Label::new("route", route.to_string()),
+                Label::new("cohort", cohort.to_string()),
+            ]
+        };
+        let with = |k: &'static str, v: String| {
+            let mut l = base();
+            l.push(Label::new(k, v));
+            l
+        };
+        let counter = |name: &'static str, labels: Vec<Label>| {
+            self.recorder
+                .register_counter(&Key::from_parts(name, labels), &METADATA)
+        };
+        CohortMetrics {
+            requests: STATUS_CLASSES
+                .map(|c| counter(REQUESTS, with("status_class", c.to_string()))),
+            duration: self
+                .recorder
+                .register_histogram(&Key::from_parts(DURATION, base()), &METADATA),
+            ttfb: self
+                .recorder
+                .register_histogram(&Key::from_parts(TTFB, base()), &METADATA),
+            failures: FailureReason::ALL
+                .map(|r| counter(UPSTREAM_FAILURES, with("reason", r.as_str().to_string()))),
+            abandoned: Abandoned::ALL
+                .map(|a| counter(ABANDONED, with("stage", a.as_str().to_string()))),
+            outcomes: outcomes
+                .iter()
+                .map(|o| counter(OUTCOMES, with("outcome", o.clone())))
+                .collect(),
+            outcome_other: counter(OUTCOMES, with("outcome", "other".to_string())),
+            in_flight: self
+                .recorder
+                .register_gauge(&Key::from_parts(IN_FLIGHT, base()), &METADATA),
+            split: self
+                .recorder
+                .register_gauge(&Key::from_parts(SPLIT, base()), &METADATA),
+        }
+    }
+
+    /// Override rejections of one route, aligned with `signed::Rejection::ALL`.
+    pub fn override_rejected(&self, route: &str) -> [Counter; 5] {
+        self.retired.note(route, None);
+        crate::routing::signed::Rejection::ALL.map(|r| {
+            let labels = vec![
+                Label::new("route", route.to_string()),
+                Label::new("reason", r.as_str()),
+            ];
+            self.recorder
+                .register_counter(&Key::from_parts(OVERRIDE_REJECTED, labels), &METADATA)
+        })
+    }
+
+    /// Connection handles of one listener: refused count, open and parked gauges.
+    pub fn listener(&self, name: &str) -> (Counter, Gauge, Gauge) {
+        let labels = || vec![Label::new("listener", name.to_string())];
+        (
+            self.recorder
+                .register_counter(&Key::from_parts(CONNECTIONS_REFUSED, labels()), &METADATA),
+            self.recorder
+                .register_gauge(&Key::from_parts(OPEN_CONNECTIONS, labels()), &METADATA),
+            self.recorder
+                .register_gauge(&Key::from_parts(PARKED_CONNECTIONS, labels()), &METADATA),
+        )
+    }
+
+    /// A gauge outside the per-cohort sets (a rollout's), described with `help`.
+    pub fn gauge(
+        &self,
+        name: &'static str,
+        help: &'static str,
+        labels: &[(&'static str, &str)],
+    ) -> Gauge {
+        self.recorder.describe_gauge(
+            KeyName::from_const_str(name),
+            None,
+            SharedString::const_str(help),
+        );
+        self.recorder
+            .register_gauge(&Key::from_parts(name, owned(labels)), &METADATA)
+    }
+
+    /// A counter outside the per-cohort sets (a rollout's), described with `help`.
+    pub fn counter(
+        &self,
+        name: &'static str,
+        help: &'static str,
+        labels: &[(&'static str, &str)],
+    ) -> Counter {
+        self.recorder.describe_counter(
+            KeyName::from_const_str(name),
+            None,
+            SharedString::const_str(help),
+        );
+        self.recorder
+            .register_counter(&Key::from_parts(name, owned(labels)), &METADATA)
+    }
+
+    /// The Prometheus text exposition (format 0.0.4).
+    pub fn render(&self) -> String {
+        self.recorder.render()
+    }
+
+    /// Drains histogram samples into their buckets and drops the counters and histograms
+    /// retired more than [`RETIRED_GRACE`] ago; called periodically so memory stays bounded.
+    pub fn upkeep(&self) {
+        self.upkeep_at(Instant::now());
+    }
+
+    /// [`Metrics::upkeep`] as if run at `now`.
+    pub fn upkeep_at(&self, now: Instant) {
+        self.recorder.drain();
+        self.retired.sweep(&self.recorder, now, RETIRED_GRACE);
+    }
+
+    /// After a reload, applied or rejected: retires the series of every route and cohort
+    /// that handles were registered for (by the table serving until now, or by one that failed
+    /// to validate) and that `serving` (route names with their cohorts') does not have. Their
+    /// gauges go at once (a removed cohort holds no share and no request of the serving
+    /// table); their counters and histograms after [`RETIRED_GRACE`]. A route or cohort that
+    /// is back in `serving` is no longer retired.
+    pub fn settle(&self, serving: &[(String, Vec<String>)]) {
+        self.retired.settle(&self.recorder, serving);
+    }
+}
+
+fn owned(labels: &[(&'static str, &str)]) -> Vec<Label> {
+    labels
+        .iter()
+        .map(|(k, v)| Label::new(*k, v.to_string()))
+        .collect()
+}
