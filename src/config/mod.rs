@@ -8,15 +8,17 @@
 pub(crate) mod duration;
 pub mod locate;
 mod raw;
+mod rollout;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
 
 pub use raw::{
-    RawAdmin, RawAfter, RawAuthority, RawCertificate, RawConfig, RawGuard, RawGuardMetric,
-    RawKeySource, RawLimits, RawListener, RawListenerTls, RawMatch, RawProtocol, RawReload,
-    RawRollout, RawRoute, RawSplit, RawUnderscores, RawUpstream, RawUpstreamTls,
+    RawAdmin, RawAuthority, RawCertificate, RawConfig, RawKeySource, RawLimits, RawListener,
+    RawListenerTls, RawMatch, RawProtocol, RawReload, RawRoute, RawSplit, RawUnderscores,
+    RawUpstream, RawUpstreamTls,
 };
+pub use rollout::{RawAfter, RawGuard, RawGuardMetric, RawRollout};
 
 /// A config error located in its file.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

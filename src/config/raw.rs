@@ -11,6 +11,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use super::rollout::RawRollout;
+
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawConfig {
@@ -283,93 +285,6 @@ pub struct RawRoute {
     pub override_secret_file: Option<PathBuf>,
     /// Progressive delivery of one of the split's cohorts.
     pub rollout: Option<RawRollout>,
-}
-
-/// A route's rollout: the canary's steps, how long and on how many samples each is judged,
-/// and the guards that judge it.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawRollout {
-    /// A new id starts a new rollout; the same id keeps its state across reloads and restarts.
-    pub id: String,
-    /// The cohort being rolled out (the split's last); the split's first is the baseline.
-    pub canary: String,
-    /// The canary's percents, increasing.
-    #[serde(default = "default_steps")]
-    pub steps: Vec<f64>,
-    /// The least time spent at each step.
-    #[serde(
-        default = "default_soak",
-        deserialize_with = "super::duration::at_least::<1000, _>",
-        serialize_with = "super::duration::serialize"
-    )]
-    pub soak: Duration,
-    /// Samples each cohort needs in a step before it is judged.
-    #[serde(default = "default_min_samples")]
-    pub min_samples: u64,
-    /// After the last step: `hold` there, or `promote` (the canary takes the baseline's share).
-    #[serde(default)]
-    pub after: RawAfter,
-    /// The chance of rolling back a canary as good as the baseline, over the whole rollout.
-    #[serde(default = "default_alpha")]
-    pub alpha: f64,
-    #[serde(default = "default_guards")]
-    pub guards: Vec<RawGuard>,
-}
-
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum RawAfter {
-    #[default]
-    Hold,
-    Promote,
-}
-
-/// One guard: a metric compared between canary and baseline within the current step.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawGuard {
-    pub metric: RawGuardMetric,
-    /// Rate guards: how many percentage points worse the canary may be.
-    pub margin: Option<f64>,
-    /// How much worse, relative to the baseline, the canary may be (0.1 = 10%).
-    pub relative_margin: Option<f64>,
-    /// Latency guards: the quantile compared (0.5 to 0.999).
-    pub quantile: Option<f64>,
-    /// Outcome guards: the outcome value counted.
-    pub outcome: Option<String>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum RawGuardMetric {
-    ErrorRate,
-    EscalationRate,
-    ResolutionRate,
-    Latency,
-    Ttfb,
-}
-
-fn default_steps() -> Vec<f64> {
-    vec![1.0, 5.0, 25.0, 50.0, 100.0]
-}
-fn default_soak() -> Duration {
-    Duration::from_secs(600)
-}
-fn default_min_samples() -> u64 {
-    500
-}
-fn default_alpha() -> f64 {
-    0.05
-}
-fn default_guards() -> Vec<RawGuard> {
-    vec![RawGuard {
-        metric: RawGuardMetric::ErrorRate,
-        margin: None,
-        relative_margin: None,
-        quantile: None,
-        outcome: None,
-    }]
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
