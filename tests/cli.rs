@@ -6,7 +6,7 @@ mod support;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
-use support::cohort;
+use support::process::cohort;
 
 /// The contract's minimal.yaml, as vendored in config/ (a unit test keeps the copy exact).
 fn minimal() -> String {

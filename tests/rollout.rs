@@ -219,6 +219,18 @@ fn errors(rate: f64) -> Behaviour {
     }
 }
 
+/// Longer than any test waits: a canary this slow never answers while the test looks.
+const HANGS: Duration = Duration::from_secs(3600);
+
+/// A healthy stable and a canary that takes `latency` before each response head.
+async fn slow_canary(latency: Duration, rollout: &str) -> Setup {
+    let canary = Behaviour {
+        latency,
+        ..Behaviour::default()
+    };
+    setup(Behaviour::default(), canary, rollout).await
+}
+
 #[tokio::test]
 async fn twice_the_error_rate_is_rolled_back_before_the_second_step() {
     let s = setup(
@@ -322,13 +334,8 @@ async fn an_equal_canary_walks_every_step_to_the_end() {
 
 #[tokio::test]
 async fn a_slower_canary_is_caught_by_the_latency_guard() {
-    let slow = Behaviour {
-        latency: Duration::from_millis(40),
-        ..Behaviour::default()
-    };
-    let s = setup(
-        Behaviour::default(),
-        slow,
+    let s = slow_canary(
+        Duration::from_millis(40),
         "{id: v2, canary: canary, steps: [50, 100], soak: 60s, min_samples: 30, \
          guards: [{metric: error_rate, margin: 5}, {metric: latency, relative_margin: 0.5}]}",
     )
@@ -654,6 +661,17 @@ async fn expect_metric(rig: &Rig, name: &str, labels: &[(&str, &str)], expected:
     within(&format!("{name}{labels:?} to reach {expected}"), settled).await;
 }
 
+/// Waits until the proxy counts `n` canary requests abandoned before their response head.
+async fn expect_canary_abandoned_before_head(rig: &Rig, n: u64) {
+    let before_head = [
+        ("route", "agent"),
+        ("cohort", "canary"),
+        ("stage", "before_head"),
+    ];
+    let name = "cohort_abandoned_requests_total";
+    expect_metric(rig, name, &before_head, n as f64).await;
+}
+
 impl Rig {
     /// `n` requests from new users who give up after `patience`; how many gave up. The
     /// others must have been answered by stable.
@@ -687,31 +705,19 @@ impl Rig {
 
 #[tokio::test]
 async fn a_canary_that_hangs_until_its_clients_give_up_is_rolled_back() {
-    let hangs = Behaviour {
-        latency: Duration::from_secs(3600),
-        ..Behaviour::default()
-    };
-    let s = setup(
-        Behaviour::default(),
-        hangs,
+    let s = slow_canary(
+        HANGS,
         "{id: v2, canary: canary, steps: [50, 100], soak: 1h, min_samples: 10, \
          guards: [{metric: error_rate, margin: 5}, {metric: latency, relative_margin: 0.5}]}",
     )
     .await;
     let mut rig = Rig::start(&s.path).await;
     let canary = [("route", "agent"), ("cohort", "canary")];
-    let before_head = [canary[0], canary[1], ("stage", "before_head")];
     let (mut sent, mut gave_up) = (0, 0);
     for _ in 0..10 {
         gave_up += rig.send_impatient(30, Duration::from_millis(200)).await;
         sent += 30;
-        expect_metric(
-            &rig,
-            "cohort_abandoned_requests_total",
-            &before_head,
-            gave_up as f64,
-        )
-        .await;
+        expect_canary_abandoned_before_head(&rig, gave_up).await;
         rig.tick(1);
         if rig.rollout().await["state"] != "ramping" {
             break;
@@ -762,13 +768,8 @@ async fn a_canary_that_hangs_until_its_clients_give_up_is_rolled_back() {
 /// cancellation alone must count as abandoned, as a closed HTTP/1.1 connection does.
 #[tokio::test]
 async fn an_http2_stream_reset_before_the_head_counts_as_abandoned() {
-    let hangs = Behaviour {
-        latency: Duration::from_secs(3600),
-        ..Behaviour::default()
-    };
-    let s = setup(
-        Behaviour::default(),
-        hangs,
+    let s = slow_canary(
+        HANGS,
         "{id: v2, canary: canary, steps: [50, 100], soak: 1h, min_samples: 10, \
          guards: [{metric: error_rate, margin: 5}]}",
     )
@@ -793,18 +794,7 @@ async fn an_http2_stream_reset_before_the_head_counts_as_abandoned() {
         panic!("no user was answered")
     };
     assert!(gave_up > 0);
-    let before_head = [
-        ("route", "agent"),
-        ("cohort", "canary"),
-        ("stage", "before_head"),
-    ];
-    expect_metric(
-        &rig,
-        "cohort_abandoned_requests_total",
-        &before_head,
-        gave_up as f64,
-    )
-    .await;
+    expect_canary_abandoned_before_head(&rig, gave_up).await;
     // The connection outlived every reset stream.
     let user = format!("h2-{stable_user}");
     let r = h2
@@ -961,7 +951,7 @@ async fn editing_the_steps_behind_a_running_rollout_is_refused_by_reload_and_res
     );
 
     // `cohort check` says so too, without starting anything.
-    let out = support::cohort(&["check", "cohort.yaml"], s.dir.path());
+    let out = support::process::cohort(&["check", "cohort.yaml"], s.dir.path());
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(

@@ -7,6 +7,7 @@ use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use http::StatusCode;
+use support::process::cohort;
 use support::*;
 
 const SECRET: &str = "sign-override-test-secret-0123456789";

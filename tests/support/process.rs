@@ -2,7 +2,7 @@
 //! its exit, and its own CPU time (read from /proc, so the test's work is not counted).
 //!
 //! Owns: spawning the binary on a config with real ports, signalling it, and killing it when
-//! the test ends. Must not touch: the in-process proxy (`TestProxy`).
+//! the test ends; and running it once to its exit, as a user runs a subcommand ([`cohort`]). Must not touch: the in-process proxy (`TestProxy`).
 
 use std::net::SocketAddr;
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -149,4 +149,14 @@ impl Drop for Process {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Runs the `cohort` binary in `dir` with `args`, as a user would, and waits for it.
+pub fn cohort(args: &[&str], dir: &std::path::Path) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_cohort"))
+        .args(args)
+        .current_dir(dir)
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("run the cohort binary")
 }
