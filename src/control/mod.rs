@@ -7,6 +7,7 @@
 //! the request path as one store of a new table through `reload`'s door.
 
 pub mod admin;
+pub mod door;
 pub mod reload;
 pub mod rollout;
 pub mod watch;

@@ -2,12 +2,12 @@
 //! it is reconciled, at a reload and at startup, so both refuse the same edits.
 //!
 //! Owns: finding where each rollout stands (its live entry, else its state file) and asking
-//! `spec::steps_edit`. Must not touch: the entries or the files (it only reads), decisions.
+//! `steps_edit`. Must not touch: the entries or the files (it only reads), decisions.
 
-use super::spec::steps_edit;
 use super::state::Store;
 use super::{Now, Rollouts};
-use crate::routing::table::RoutingTable;
+use crate::routing::table::rollout::RolloutSpec;
+use crate::routing::table::{show_percent, RoutingTable};
 
 /// A route whose rollout may not go on under its id with the new config.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -75,4 +75,31 @@ fn check(
         }
     }
     Ok(())
+}
+
+/// Whether a rollout at step `at` of `old` steps may go on under the same id with `new`'s:
+/// only when every step up to the current one is unchanged. Anything else would either keep
+/// the index and so move the canary to a percent no evidence was gathered for (a jump past
+/// the next configured step, or a drop that moves users back out of the canary), or need a
+/// new meaning for the evidence already held. Later steps may change freely.
+fn steps_edit(old: &[u32], at: usize, new: &RolloutSpec) -> Result<(), String> {
+    let kept = &old[..old.len().min(at + 1)];
+    if new.steps.starts_with(kept) {
+        return Ok(());
+    }
+    let list = |steps: &[u32]| {
+        let shown: Vec<String> = steps.iter().map(|w| show_percent(*w)).collect();
+        format!("[{}]", shown.join(", "))
+    };
+    Err(format!(
+        "rollout {:?} is at step {} of {} ({}%); under the same id the steps up to it must stay \
+         {}, or the canary's percent would change without evidence: to change them, give the \
+         rollout a new id",
+        new.id,
+        at + 1,
+        list(old),
+        kept.last()
+            .map_or_else(|| "0".to_string(), |w| show_percent(*w)),
+        list(kept)
+    ))
 }

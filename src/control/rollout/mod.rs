@@ -9,12 +9,11 @@
 //! Must not touch: the swap itself (only `reload` stores tables), the request path (it only
 //! records into [`Cells`] through handles kept in the table).
 //!
-//! Parts: `spec` (configuration rules), `cells` (what the request path records), `stats`
+//! Parts: `spec` (configuration rules), `stats`
 //! (the tests), `guard` (a guard over tallies), `machine` (the pure state machine), `state`
 //! (files), `weights` (effective percents into a table), `gauges` (metrics), `report` (JSON
 //! for the admin endpoints), `judge` (the task that ticks), `simulate` (Monte-Carlo tests).
 
-pub mod cells;
 mod edit;
 mod gauges;
 pub mod guard;
@@ -24,7 +23,6 @@ mod preflight;
 mod report;
 #[cfg(test)]
 mod simulate;
-pub mod spec;
 pub mod state;
 pub mod stats;
 #[cfg(test)]
@@ -37,15 +35,15 @@ use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-pub use cells::{Cells, Tally};
 pub use edit::{check_saved, EditRefused};
 pub use gauges::{DECISIONS, STATE, STEP_PERCENT};
 pub use machine::{Action, DecisionKind, Phase, Progress};
 pub use preflight::{preflight, Preflight};
-pub use spec::RolloutSpec;
 pub use state::{Decision, StateError};
 
+use crate::routing::table::rollout::RolloutSpec;
 use crate::routing::table::RoutingTable;
+use crate::samples::{Cells, Tally};
 use crate::telemetry::Metrics;
 use gauges::Gauges;
 use guard::Reading;

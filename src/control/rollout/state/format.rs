@@ -10,9 +10,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::super::cells::{Tally, BINS, OUTCOME_SLOTS};
 use super::super::guard::Reading;
 use super::super::machine::{DecisionKind, Phase, Progress};
+use crate::samples::{Tally, BINS, OUTCOME_SLOTS};
 
 const VERSION: u32 = 1;
 
