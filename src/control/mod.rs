@@ -8,6 +8,7 @@
 
 pub mod admin;
 pub mod door;
+pub mod healthcheck;
 pub mod reload;
 pub mod rollout;
 pub mod watch;
