@@ -1,11 +1,11 @@
 //! The check that an edited config may keep each rollout's state: run on a new table before
 //! it is reconciled, at a reload and at startup, so both refuse the same edits.
 //!
-//! Owns: finding where each rollout stands (its live entry, else its state file) and asking
-//! `steps_edit`. Must not touch: the entries or the files (it only reads), decisions.
+//! Owns: the rule (`steps_edit`) and finding where each rollout stands (its live entry, which
+//! `reconcile` passes in, else its state file). Must not touch: the entries or the files (it
+//! only reads), decisions; it imports nothing of `rollout`'s root.
 
 use super::state::Store;
-use super::{Now, Rollouts};
 use crate::routing::table::rollout::RolloutSpec;
 use crate::routing::table::{show_percent, RoutingTable};
 
@@ -15,30 +15,6 @@ pub struct EditRefused {
     /// Index of the route in the table (and in the file's `routes`).
     pub route: usize,
     pub message: String,
-}
-
-impl Rollouts {
-    /// Refuses `table` when one of its rollouts keeps an id whose state (live, or saved in
-    /// `state_dir` for a process that restarts) stands at a step that the new steps moved;
-    /// else [`Rollouts::reconcile`]s it. One lock for both: the judge cannot move a rollout
-    /// on to another step between the check and the match. A state file that cannot be read
-    /// is not this check's concern: startup halts that rollout anyway.
-    pub fn reconcile_checked(
-        &self,
-        table: &mut RoutingTable,
-        now: Now,
-        trigger: &str,
-    ) -> Result<(), EditRefused> {
-        let mut entries = self.lock();
-        check(table, self.store.as_ref(), |route, id| {
-            entries
-                .get(route)
-                .filter(|e| e.spec.id == id)
-                .map(|e| (e.spec.steps.clone(), e.progress.step))
-        })?;
-        self.reconcile_in(&mut entries, table, now, trigger);
-        Ok(())
-    }
 }
 
 /// What [`Rollouts::reconcile_checked`] would refuse at startup, from the state files alone and without
@@ -53,7 +29,7 @@ pub fn check_saved(table: &RoutingTable) -> Result<(), EditRefused> {
 
 /// Each rollout of `table` against where it stands: `live` (route, id) first, else its state
 /// file for the same id.
-fn check(
+pub(super) fn check(
     table: &RoutingTable,
     store: Option<&Store>,
     live: impl Fn(&str, &str) -> Option<(Vec<u32>, usize)>,

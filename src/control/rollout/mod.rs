@@ -46,7 +46,6 @@ pub use preflight::{preflight, Preflight};
 pub use state::{Decision, StateError};
 
 use crate::routing::table::rollout::RolloutSpec;
-use crate::routing::table::RoutingTable;
 use crate::samples::{Cells, Tally};
 use crate::telemetry::Metrics;
 use gauges::Gauges;
@@ -90,11 +89,6 @@ pub enum ActionError {
     #[error("{0}")]
     Conflict(String),
 }
-
-/// What becomes of a rollout whose state file is not trusted, in startup's log line and in
-/// `cohort check`'s warning, which must say the same.
-pub(super) const UNTRUSTED: &str =
-    "the canary stays at 0% until an operator resumes, promotes or rolls back";
 
 /// One live rollout.
 struct Entry {
@@ -153,12 +147,6 @@ impl Rollouts {
 
     fn lock(&self) -> MutexGuard<'_, BTreeMap<String, Entry>> {
         self.entries.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Writes every rollout's effective percents (and the cells of judged cohorts) into
-    /// `table`; whether anything changed.
-    pub fn adjust(&self, table: &mut RoutingTable) -> bool {
-        weights::adjust(&self.lock(), table)
     }
 
     /// One judge tick: each judged rollout reads its cells, feeds the block to its guards and

@@ -10,8 +10,11 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 
-use super::state::StateError;
-use super::{weights, DecisionKind, Entry, Gauges, Now, Progress, Rollouts, UNTRUSTED};
+use super::edit::{check, EditRefused};
+use super::gauges::Gauges;
+use super::machine::{DecisionKind, Progress};
+use super::state::{StateError, UNTRUSTED};
+use super::{weights, Entry, Now, Rollouts};
 use crate::routing::table::rollout::RolloutSpec;
 use crate::routing::table::RoutingTable;
 
@@ -40,6 +43,28 @@ impl Entry {
 }
 
 impl Rollouts {
+    /// Refuses `table` when one of its rollouts keeps an id whose state (live, or saved in
+    /// `state_dir` for a process that restarts) stands at a step that the new steps moved;
+    /// else [`Rollouts::reconcile`]s it. One lock for both: the judge cannot move a rollout
+    /// on to another step between the check and the match. A state file that cannot be read
+    /// is not this check's concern: startup halts that rollout anyway.
+    pub fn reconcile_checked(
+        &self,
+        table: &mut RoutingTable,
+        now: Now,
+        trigger: &str,
+    ) -> Result<(), EditRefused> {
+        let mut entries = self.lock();
+        check(table, self.store.as_ref(), |route, id| {
+            entries
+                .get(route)
+                .filter(|e| e.spec.id == id)
+                .map(|e| (e.spec.steps.clone(), e.progress.step))
+        })?;
+        self.reconcile_in(&mut entries, table, now, trigger);
+        Ok(())
+    }
+
     /// Matches the live rollouts with a freshly built table's (a new id starts a new one, the
     /// same id keeps its state, a rollout found on disk resumes), then writes their effective
     /// percents into it. `trigger` is `startup` or `reload`.

@@ -62,6 +62,12 @@ pub(super) fn adjust(entries: &BTreeMap<String, Entry>, table: &mut RoutingTable
 }
 
 impl Rollouts {
+    /// Writes every rollout's effective percents (and the cells of judged cohorts) into
+    /// `table`; whether anything changed.
+    pub fn adjust(&self, table: &mut RoutingTable) -> bool {
+        adjust(&self.lock(), table)
+    }
+
     /// Swaps in a copy of the serving table with the effective percents the rollouts want
     /// now, if they differ: how a rollout's decision reaches the request path, in one store.
     /// Whether a table was swapped in.
