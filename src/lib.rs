@@ -12,6 +12,7 @@ pub mod demo;
 pub mod edge;
 pub mod proxy;
 pub mod routing;
+pub mod samples;
 pub mod telemetry;
 pub mod tls;
 pub mod upstream;

@@ -193,7 +193,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Healthcheck { url, timeout } => {
-            match runtime()?.block_on(cohort::demo::load::probe(&url, timeout)) {
+            match runtime()?.block_on(cohort::control::healthcheck::probe(&url, timeout)) {
                 Ok(status) if status.is_success() => Ok(ExitCode::SUCCESS),
                 Ok(status) => {
                     eprintln!("cohort: {url} answered {status}");

@@ -2,11 +2,18 @@
 //! path.
 //!
 //! Owns: reading and swapping configurations (`reload`), watching files (`watch`), the admin
-//! listener (`admin`), and the rollouts that move canaries step by step (`rollout`). Must not
-//! touch: sockets of the data plane (`edge`), the request path (`proxy`). Every change reaches
-//! the request path as one store of a new table through `reload`'s door.
+//! listener (`admin`), the rollouts that move canaries step by step (`rollout`), the one door
+//! to the serving table (`door`), and the `cohort healthcheck` client (`healthcheck`). Must
+//! not touch: sockets of the data plane (`edge`), the request path (`proxy`). Every change
+//! reaches the request path as one store of a new table through `door`, whoever makes it.
+//!
+//! Arrows point one way: `admin` and `watch` -> `reload` -> `rollout` -> `door`; `admin` also
+//! names `rollout`'s actions, `reload` also uses `door`. No module here imports one that
+//! imports it.
 
 pub mod admin;
+pub mod door;
+pub mod healthcheck;
 pub mod reload;
 pub mod rollout;
 pub mod watch;

@@ -1,9 +1,13 @@
-//! The one place that swaps the serving table: initial load, reloads from any trigger, the
-//! audit line for each applied change, and the record of the last failure. [`check`] runs the
-//! initial load's checks without opening or swapping anything, for `cohort check`.
+//! Configurations in: the initial load, reloads from any trigger, the audit line for each
+//! applied change, and the record of the last failure; and [`Control`], which holds the door
+//! to the serving table with the live rollouts. [`check`] runs the initial load's checks
+//! without opening or swapping anything, for `cohort check`.
 //!
-//! Owns: the `ArcSwap<RoutingTable>` store and the generation counter. Must not touch: the
-//! request path (which only loads), sockets, or file watching (see `watch`).
+//! Owns: the generation counter, what makes a reload refused, and the wiring of the door with
+//! the rollouts. Must not touch: the store itself (every swap goes through `door`, the judge's
+//! too), the request path (which only loads), sockets, or file watching (see `watch`).
+//! Arrows: `admin` and `watch` import this; this imports `rollout` and `door`, never the
+//! reverse.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -13,10 +17,12 @@ use std::time::SystemTime;
 use arc_swap::ArcSwap;
 
 use crate::config::{self, ConfigError};
+use crate::control::door::Door;
+use crate::control::rollout::judge::Judged;
 use crate::control::rollout::{
     self, Action, ActionError, Decision, Now, Preflight, Rollouts, StateError,
 };
-use crate::routing::table::{self, show_percent, RoutingTable};
+use crate::routing::table::{self, RoutingTable};
 use crate::telemetry::Metrics;
 
 /// The last reload that failed, for `GET /routes`.
@@ -37,12 +43,10 @@ pub enum Outcome {
 }
 
 pub struct Control {
-    table: Arc<ArcSwap<RoutingTable>>,
+    /// The serving table, and the turn every reload and rollout swap waits for.
+    door: Door,
     pub metrics: Metrics,
     path: PathBuf,
-    /// Serialises reloads from signals, the admin endpoint and the watcher. Never taken on the
-    /// request path.
-    reloading: Mutex<()>,
     last_error: Mutex<Option<LastError>>,
     /// Hash of the contents last tried, good or bad, so the watcher and the poll retry a bad
     /// file only once it changes again.
@@ -99,10 +103,9 @@ impl Control {
         tracing::info!(generation = 1, config_hash = %format_args!("{:016x}", table.config_hash), routes = table.routes.len(), file = %path.display(), "configuration loaded");
         let seen = fingerprint(path, &table).unwrap_or(0);
         Ok(Control {
-            table: Arc::new(ArcSwap::from_pointee(table)),
+            door: Door::new(table),
             metrics,
             path: path.to_path_buf(),
-            reloading: Mutex::new(()),
             last_error: Mutex::new(None),
             last_seen: AtomicU64::new(seen),
             rollouts,
@@ -117,17 +120,7 @@ impl Control {
     /// now, if they differ: how a rollout's decision reaches the request path, in one store.
     /// Whether a table was swapped in.
     pub fn apply_rollouts(&self, trigger: &str) -> bool {
-        let _one_at_a_time = self.reloading.lock().unwrap_or_else(|p| p.into_inner());
-        let old = self.table.load_full();
-        let mut new = RoutingTable::clone(&old);
-        if !self.rollouts.adjust(&mut new) {
-            return false;
-        }
-        let changes = diff(&old, &new);
-        new.publish_gauges();
-        self.table.store(Arc::new(new));
-        tracing::info!(trigger, generation = old.generation, changes = %changes.join("; "), "rollout percents applied");
-        true
+        self.rollouts.apply(&self.door, trigger)
     }
 
     /// An operator's action on `route`'s rollout, applied to the serving table at once.
@@ -139,11 +132,11 @@ impl Control {
 
     /// The shared handle the request path loads from.
     pub fn table(&self) -> Arc<ArcSwap<RoutingTable>> {
-        Arc::clone(&self.table)
+        self.door.table()
     }
 
     pub fn current(&self) -> Arc<RoutingTable> {
-        self.table.load_full()
+        self.door.current()
     }
 
     pub fn path(&self) -> &Path {
@@ -157,7 +150,7 @@ impl Control {
     /// Reloads only when the file's contents differ from the last ones tried: what the file
     /// watcher and the poll call, so a bad file is reported once, not every poll.
     pub fn reload_if_changed(&self, trigger: &str) -> Outcome {
-        match fingerprint(&self.path, &self.table.load()) {
+        match fingerprint(&self.path, &self.door.current()) {
             Some(f) if f == self.last_seen.load(Ordering::Acquire) => Outcome::Unchanged,
             // Unreadable (mid-swap, say) or changed: let `reload` read it and report.
             _ => self.reload(trigger),
@@ -167,8 +160,8 @@ impl Control {
     /// Re-reads the file; builds the new table entirely off the request path and publishes it
     /// with one store, or leaves the serving table untouched. `trigger` is for the log.
     pub fn reload(&self, trigger: &str) -> Outcome {
-        let _one_at_a_time = self.reloading.lock().unwrap_or_else(|p| p.into_inner());
-        let old = self.table.load_full();
+        let turn = self.door.enter();
+        let old = Arc::clone(&turn.old);
         if let Some(f) = fingerprint(&self.path, &old) {
             self.last_seen.store(f, Ordering::Release);
         }
@@ -204,11 +197,9 @@ impl Control {
             }
             Ok(Some(new)) => {
                 let generation = new.generation;
-                let changes = diff(&old, &new);
                 let hash = new.config_hash;
                 let serving = owners(&new);
-                new.publish_gauges();
-                self.table.store(Arc::new(new));
+                let changes = turn.store(new);
                 // Only once nothing new can take a handle of a removed cohort.
                 self.metrics.settle(&serving);
                 self.metrics.generation.set(generation as f64);
@@ -259,59 +250,12 @@ fn owners(table: &RoutingTable) -> Vec<(String, Vec<String>)> {
         .collect()
 }
 
-/// What changed between two tables, for the audit line: routes added or removed, and each
-/// cohort's percent from -> to.
-pub fn diff(old: &RoutingTable, new: &RoutingTable) -> Vec<String> {
-    let mut out = Vec::new();
-    for r in &old.routes {
-        if new.route(&r.name).is_none() {
-            out.push(format!("route {} removed", r.name));
-        }
+impl Judged for Control {
+    fn rollouts(&self) -> &Rollouts {
+        &self.rollouts
     }
-    for r in &new.routes {
-        let Some(before) = old.route(&r.name) else {
-            out.push(format!("route {} added", r.name));
-            continue;
-        };
-        for c in &r.cohorts {
-            let was = before
-                .cohorts
-                .iter()
-                .find(|b| b.name == c.name)
-                .map(|b| b.weight);
-            match was {
-                Some(w) if w == c.weight => {}
-                Some(w) => out.push(format!(
-                    "{}/{}: {}% -> {}%",
-                    r.name,
-                    c.name,
-                    show_percent(w),
-                    show_percent(c.weight)
-                )),
-                None => out.push(format!(
-                    "{}/{}: added at {}%",
-                    r.name,
-                    c.name,
-                    show_percent(c.weight)
-                )),
-            }
-        }
-        for b in &before.cohorts {
-            if r.cohorts.iter().all(|c| c.name != b.name) {
-                out.push(format!(
-                    "{}/{}: removed (was {}%)",
-                    r.name,
-                    b.name,
-                    show_percent(b.weight)
-                ));
-            }
-        }
+
+    fn door(&self) -> &Door {
+        &self.door
     }
-    if old.watched_files_hash != new.watched_files_hash || old.watched_files != new.watched_files {
-        out.push("certificates, keys, tokens or secrets changed".into());
-    }
-    if out.is_empty() {
-        out.push("no split changes".into());
-    }
-    out
 }

@@ -7,8 +7,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::{Request, StatusCode, Uri};
-use http_body_util::{BodyExt, Empty, Full};
+use http::{Request, StatusCode};
+use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use tokio::sync::Semaphore;
@@ -210,26 +210,5 @@ async fn one(client: &LoadClient, spec: &LoadSpec, tally: &Tally) {
     }
 }
 
-/// GETs `url` and returns its status: what `cohort healthcheck` runs in the container.
-pub async fn probe(url: &str, timeout: Duration) -> Result<StatusCode, String> {
-    let uri: Uri = url.parse().map_err(|e| format!("bad URL {url:?}: {e}"))?;
-    if uri.scheme_str() != Some("http") {
-        return Err(format!("{url}: only http:// URLs can be probed"));
-    }
-    let client: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
-    let req = Request::get(uri)
-        .body(Empty::new())
-        .map_err(|e| e.to_string())?;
-    let get = async {
-        let resp = client
-            .request(req)
-            .await
-            .map_err(|e| format!("{url}: {e}"))?;
-        let status = resp.status();
-        let _ = resp.into_body().collect().await;
-        Ok(status)
-    };
-    tokio::time::timeout(timeout, get)
-        .await
-        .map_err(|_| format!("{url}: no answer within {timeout:?}"))?
-}
+/// The health probe is production's: `cohort healthcheck` and the demo's containers run the same GET.
+pub use crate::control::healthcheck::probe;

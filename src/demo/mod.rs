@@ -3,7 +3,8 @@
 //! container setup reuses: `cohort demo-agent` (one mock agent) and `cohort demo-load` (the
 //! load generator against any proxy).
 //!
-//! Owns: the mock agent (`agent`), the load generator and health probe (`load`), the live
+//! Owns: the mock agent (`agent`), the load generator (`load`, which also re-exports
+//! `control::healthcheck::probe`, the health probe production runs), the live
 //! table (`table`) and the demo's printed guide. Must not touch: the proxy's own modules
 //! beyond starting it through `app` and reading its metrics.
 

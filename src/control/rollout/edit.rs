@@ -1,13 +1,13 @@
 //! The check that an edited config may keep each rollout's state: run on a new table before
 //! it is reconciled, at a reload and at startup, so both refuse the same edits.
 //!
-//! Owns: finding where each rollout stands (its live entry, else its state file) and asking
-//! `spec::steps_edit`. Must not touch: the entries or the files (it only reads), decisions.
+//! Owns: the rule (`steps_edit`) and finding where each rollout stands (its live entry, which
+//! `reconcile` passes in, else its state file). Must not touch: the entries or the files (it
+//! only reads), decisions; it imports nothing of `rollout`'s root.
 
-use super::spec::steps_edit;
 use super::state::Store;
-use super::{Now, Rollouts};
-use crate::routing::table::RoutingTable;
+use crate::routing::table::rollout::RolloutSpec;
+use crate::routing::table::{show_percent, RoutingTable};
 
 /// A route whose rollout may not go on under its id with the new config.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -15,30 +15,6 @@ pub struct EditRefused {
     /// Index of the route in the table (and in the file's `routes`).
     pub route: usize,
     pub message: String,
-}
-
-impl Rollouts {
-    /// Refuses `table` when one of its rollouts keeps an id whose state (live, or saved in
-    /// `state_dir` for a process that restarts) stands at a step that the new steps moved;
-    /// else [`Rollouts::reconcile`]s it. One lock for both: the judge cannot move a rollout
-    /// on to another step between the check and the match. A state file that cannot be read
-    /// is not this check's concern: startup halts that rollout anyway.
-    pub fn reconcile_checked(
-        &self,
-        table: &mut RoutingTable,
-        now: Now,
-        trigger: &str,
-    ) -> Result<(), EditRefused> {
-        let mut entries = self.lock();
-        check(table, self.store.as_ref(), |route, id| {
-            entries
-                .get(route)
-                .filter(|e| e.spec.id == id)
-                .map(|e| (e.spec.steps.clone(), e.progress.step))
-        })?;
-        self.reconcile_in(&mut entries, table, now, trigger);
-        Ok(())
-    }
 }
 
 /// What [`Rollouts::reconcile_checked`] would refuse at startup, from the state files alone and without
@@ -53,7 +29,7 @@ pub fn check_saved(table: &RoutingTable) -> Result<(), EditRefused> {
 
 /// Each rollout of `table` against where it stands: `live` (route, id) first, else its state
 /// file for the same id.
-fn check(
+pub(super) fn check(
     table: &RoutingTable,
     store: Option<&Store>,
     live: impl Fn(&str, &str) -> Option<(Vec<u32>, usize)>,
@@ -75,4 +51,31 @@ fn check(
         }
     }
     Ok(())
+}
+
+/// Whether a rollout at step `at` of `old` steps may go on under the same id with `new`'s:
+/// only when every step up to the current one is unchanged. Anything else would either keep
+/// the index and so move the canary to a percent no evidence was gathered for (a jump past
+/// the next configured step, or a drop that moves users back out of the canary), or need a
+/// new meaning for the evidence already held. Later steps may change freely.
+fn steps_edit(old: &[u32], at: usize, new: &RolloutSpec) -> Result<(), String> {
+    let kept = &old[..old.len().min(at + 1)];
+    if new.steps.starts_with(kept) {
+        return Ok(());
+    }
+    let list = |steps: &[u32]| {
+        let shown: Vec<String> = steps.iter().map(|w| show_percent(*w)).collect();
+        format!("[{}]", shown.join(", "))
+    };
+    Err(format!(
+        "rollout {:?} is at step {} of {} ({}%); under the same id the steps up to it must stay \
+         {}, or the canary's percent would change without evidence: to change them, give the \
+         rollout a new id",
+        new.id,
+        at + 1,
+        list(old),
+        kept.last()
+            .map_or_else(|| "0".to_string(), |w| show_percent(*w)),
+        list(kept)
+    ))
 }

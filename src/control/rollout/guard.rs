@@ -1,50 +1,15 @@
 //! One guard: which counts of the step's tallies it compares, how it feeds them block by block
 //! into its e-process, and what it reads out (values, statistic, threshold, verdict).
 //!
-//! Owns: the mapping from tallies to the tests in `stats`. Must not touch: state transitions,
-//! time, files. Pure functions over [`Tally`] values.
+//! Owns: the mapping from tallies to the tests in `stats` (`impl Guard`; the guard itself is
+//! a validated value of `routing::table::rollout`). Must not touch: state transitions, time,
+//! files. Pure functions over [`Tally`] values.
 
 use serde::{Deserialize, Serialize};
 
-use super::cells::{bin_floor, Tally, BINS};
-use super::stats::{self, Boundary, Counts, Margin, Worse};
-
-/// A validated guard of a rollout.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Guard {
-    /// What `/rollouts` and the audit log call it: `error_rate`, `latency p95`, ...
-    pub name: String,
-    /// The name with every parameter: a changed guard starts a new e-process.
-    pub key: String,
-    pub kind: GuardKind,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub enum GuardKind {
-    /// A rate of events compared with a one-sided test for two proportions.
-    Rate { source: Rate, boundary: Boundary },
-    /// A latency quantile: how often each cohort is slower than the baseline's quantile (the
-    /// canary against that quantile times `1 + relative_margin`), compared as proportions.
-    Latency {
-        source: Latency,
-        quantile: f64,
-        relative_margin: f64,
-    },
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Rate {
-    /// 5xx answers and cut bodies among requests.
-    Errors,
-    /// One outcome slot among the answers that carried an outcome.
-    Outcome(usize),
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Latency {
-    Duration,
-    Ttfb,
-}
+use super::stats::{self, Counts};
+use crate::routing::table::rollout::{Boundary, Guard, GuardKind, Latency, Margin, Rate, Worse};
+use crate::samples::{bin_floor, Tally, BINS};
 
 /// Where a guard stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -229,7 +194,7 @@ impl Guard {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::control::rollout::cells::bin_of;
+    use crate::samples::bin_of;
     use std::time::Duration;
 
     fn latency_tally(ms: &[u64]) -> Tally {

@@ -1,31 +1,51 @@
-//! The judge: the task that ticks every rollout once a second, and has `reload` swap the table
-//! in the same tick when a decision changes a percent.
+//! The judge: the task that ticks every rollout once a second, and swaps the table through the
+//! door in the same tick when a decision changes a percent.
 //!
-//! Owns: the cadence. Must not touch: decisions (`machine`, through [`super::Rollouts::tick`])
-//! or the swap (`reload::Control::apply_rollouts`). Tests call [`tick`] with their own clock.
+//! Owns: the cadence. Must not touch: decisions (`machine`, through [`Rollouts::tick`]), the
+//! swap (`door`, through [`Rollouts::apply`]), or `reload`: the judge reaches the rollouts and
+//! the door through [`Judged`], which `reload::Control` implements, so the arrow points from
+//! `reload` to here. Tests call [`tick`] with their own clock.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use super::Now;
-use crate::control::reload::Control;
+use super::{Now, Rollouts};
+use crate::control::door::Door;
 
 /// How often the judge looks.
 pub const EVERY: Duration = Duration::from_secs(1);
 
+/// What the judge ticks: the live rollouts, and the door their percents reach the request path
+/// through (the same one reloads use).
+pub trait Judged: Send + Sync + 'static {
+    fn rollouts(&self) -> &Rollouts;
+    fn door(&self) -> &Door;
+}
+
+/// The judge runs on a shared owner.
+impl<J: Judged + ?Sized> Judged for Arc<J> {
+    fn rollouts(&self) -> &Rollouts {
+        J::rollouts(self)
+    }
+
+    fn door(&self) -> &Door {
+        J::door(self)
+    }
+}
+
 /// One tick at `now`; whether a percent changed (and the table was swapped).
-pub fn tick(control: &Control, now: Now) -> bool {
-    let changed = control.rollouts().tick(now);
+pub fn tick(on: &impl Judged, now: Now) -> bool {
+    let changed = on.rollouts().tick(now);
     if changed {
-        control.apply_rollouts("judge");
+        on.rollouts().apply(on.door(), "judge");
     }
     changed
 }
 
 /// Ticks every `every` until `abort`, off the async workers (a tick may write files).
-pub async fn run(control: Arc<Control>, every: Duration, abort: CancellationToken) {
+pub async fn run(on: Arc<impl Judged>, every: Duration, abort: CancellationToken) {
     let mut interval = tokio::time::interval(every);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -33,8 +53,8 @@ pub async fn run(control: Arc<Control>, every: Duration, abort: CancellationToke
             _ = abort.cancelled() => break,
             _ = interval.tick() => {}
         }
-        let c = Arc::clone(&control);
-        if tokio::task::spawn_blocking(move || tick(&c, Now::real()))
+        let on = Arc::clone(&on);
+        if tokio::task::spawn_blocking(move || tick(&on, Now::real()))
             .await
             .is_err()
         {

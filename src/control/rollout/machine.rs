@@ -11,11 +11,11 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::cells::Tally;
 use super::guard::{Reading, Status};
-use super::spec::{After, RolloutSpec};
 use super::stats::log_threshold;
 use super::wealth::Wealth;
+use crate::routing::table::rollout::{After, RolloutSpec};
+use crate::samples::Tally;
 
 /// About how many canary answers the recent rates are taken from.
 pub const RECENT: u64 = 500;

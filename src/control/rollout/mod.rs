@@ -3,28 +3,30 @@
 //!
 //! Owns: the live rollouts ([`Rollouts`]): matching them with the configuration, the state
 //! each keeps on disk, the decisions with their audit lines and metrics, and the canary's
-//! effective percent, which [`Rollouts::adjust`] writes into a table for `reload` to swap in;
-//! and, for `cohort check`, what startup would meet in `state_dir`, found without creating or
-//! writing anything ([`preflight`]).
-//! Must not touch: the swap itself (only `reload` stores tables), the request path (it only
-//! records into [`Cells`] through handles kept in the table).
+//! effective percent, which [`Rollouts::adjust`] writes into a table and [`Rollouts::apply`]
+//! swaps in through the door; and, for `cohort check`, what startup would meet in
+//! `state_dir`, found without creating or writing anything ([`preflight`]).
+//! Must not touch: the store itself (`control::door` owns it), `reload` (which imports this,
+//! never the reverse: the judge reaches its owner through [`judge::Judged`]), the rollout
+//! configuration rules (`routing::table::rollout`), the request path (it only records into
+//! `samples::Cells` through handles kept in the table).
 //!
-//! Parts: `spec` (configuration rules), `cells` (what the request path records), `stats`
-//! (the tests), `guard` (a guard over tallies), `machine` (the pure state machine), `state`
-//! (files), `weights` (effective percents into a table), `gauges` (metrics), `report` (JSON
-//! for the admin endpoints), `judge` (the task that ticks), `simulate` (Monte-Carlo tests).
+//! Parts: `reconcile` (entries across configurations), `edit` (edits refused under an id),
+//! `stats` (the tests), `guard` (a guard over tallies), `machine` (the pure state machine),
+//! `state` (files), `weights` (effective percents into a table, and through the door),
+//! `gauges` (metrics), `report` (JSON for the admin endpoints), `judge` (the task that ticks);
+//! test-only: `simulate` and `traffic` (Monte-Carlo checks).
 
-pub mod cells;
 mod edit;
 mod gauges;
 pub mod guard;
 pub mod judge;
 pub mod machine;
 mod preflight;
+mod reconcile;
 mod report;
 #[cfg(test)]
 mod simulate;
-pub mod spec;
 pub mod state;
 pub mod stats;
 #[cfg(test)]
@@ -32,20 +34,19 @@ mod traffic;
 pub mod wealth;
 mod weights;
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-pub use cells::{Cells, Tally};
 pub use edit::{check_saved, EditRefused};
 pub use gauges::{DECISIONS, STATE, STEP_PERCENT};
 pub use machine::{Action, DecisionKind, Phase, Progress};
 pub use preflight::{preflight, Preflight};
-pub use spec::RolloutSpec;
 pub use state::{Decision, StateError};
 
-use crate::routing::table::RoutingTable;
+use crate::routing::table::rollout::RolloutSpec;
+use crate::samples::{Cells, Tally};
 use crate::telemetry::Metrics;
 use gauges::Gauges;
 use guard::Reading;
@@ -89,11 +90,6 @@ pub enum ActionError {
     Conflict(String),
 }
 
-/// What becomes of a rollout whose state file is not trusted, in startup's log line and in
-/// `cohort check`'s warning, which must say the same.
-pub(super) const UNTRUSTED: &str =
-    "the canary stays at 0% until an operator resumes, promotes or rolls back";
-
 /// One live rollout.
 struct Entry {
     spec: Arc<RolloutSpec>,
@@ -119,28 +115,6 @@ impl Entry {
             step: self.progress.step,
             percent: f64::from(self.progress.percent(&self.spec)) / 100.0,
         }
-    }
-
-    /// New cells and no samples for the current step (the canary, the baseline or the
-    /// outcome slots changed under the same id). Each guard's test goes on rather than
-    /// starting again, so the reset spends no more alpha: its wealth is capped at 1, which
-    /// drops the evidence against what was replaced, and a supermartingale lowered at a
-    /// stopping time is still one (the null holds block by block, whatever the cohorts are).
-    fn reset_evidence(&mut self) {
-        self.cells = Default::default();
-        self.seen = Default::default();
-        let keep = std::mem::replace(&mut self.progress, Progress::start());
-        self.progress = Progress {
-            phase: keep.phase,
-            step: keep.step,
-            soaked: keep.soaked,
-            wealth: keep
-                .wealth
-                .into_iter()
-                .map(|(k, w)| (k, w.min(0.0)))
-                .collect(),
-            ..Progress::start()
-        };
     }
 }
 
@@ -173,122 +147,6 @@ impl Rollouts {
 
     fn lock(&self) -> MutexGuard<'_, BTreeMap<String, Entry>> {
         self.entries.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Matches the live rollouts with a freshly built table's (a new id starts a new one, the
-    /// same id keeps its state, a rollout found on disk resumes), then writes their effective
-    /// percents into it. `trigger` is `startup` or `reload`.
-    pub fn reconcile(&self, table: &mut RoutingTable, now: Now, trigger: &str) {
-        self.reconcile_in(&mut self.lock(), table, now, trigger);
-    }
-
-    /// [`Rollouts::reconcile`] with the entries already locked.
-    fn reconcile_in(
-        &self,
-        entries: &mut BTreeMap<String, Entry>,
-        table: &mut RoutingTable,
-        now: Now,
-        trigger: &str,
-    ) {
-        let mut live = BTreeSet::new();
-        for route in &table.routes {
-            let Some(spec) = &route.rollout else { continue };
-            live.insert(route.name.clone());
-            match entries.get_mut(&route.name) {
-                Some(e) if e.spec.id == spec.id => {
-                    let same_samples = e.spec.canary == spec.canary
-                        && e.spec.baseline == spec.baseline
-                        && e.spec.outcomes == spec.outcomes;
-                    e.spec = Arc::clone(spec);
-                    if !same_samples {
-                        e.reset_evidence();
-                    }
-                    e.progress.step = e.progress.step.min(spec.steps.len().saturating_sub(1));
-                }
-                _ => {
-                    let e = self.open_entry(&route.name, Arc::clone(spec), now, trigger);
-                    entries.insert(route.name.clone(), e);
-                }
-            }
-        }
-        entries.retain(|name, e| {
-            let keep = live.contains(name);
-            if !keep {
-                // Saved as it stands, so the same id coming back resumes where it was.
-                self.save(name, e, now);
-                tracing::info!(route = %name, id = %e.spec.id, "rollout removed from the configuration; its state stays on disk");
-                e.gauges.show(None, 0);
-            }
-            keep
-        });
-        weights::adjust(entries, table);
-    }
-
-    /// A rollout seen for the first time by this process: resumed from its state file when
-    /// that is for the same id, started afresh otherwise, halted when the file is corrupt.
-    fn open_entry(&self, route: &str, spec: Arc<RolloutSpec>, now: Now, trigger: &str) -> Entry {
-        let mut e = Entry {
-            progress: Progress::start(),
-            cells: Default::default(),
-            seen: Default::default(),
-            readings: Vec::new(),
-            history: VecDeque::new(),
-            last_tick: now.mono,
-            last_saved: now.mono,
-            note: None,
-            problem: None,
-            gauges: Gauges::new(&self.metrics, route),
-            spec,
-        };
-        let loaded = match &self.store {
-            Some(store) => store.load(route, &e.spec.id, e.spec.steps.len()),
-            None => Ok(None),
-        };
-        let first = match loaded {
-            // `load` has checked it against this rollout: the error arm is never taken.
-            Ok(Some(saved)) if saved.id == e.spec.id => match saved.progress() {
-                Ok(p) => {
-                    e.progress = p;
-                    e.note = saved.note;
-                    e.history = saved.history.into_iter().collect();
-                    tracing::info!(route, id = %e.spec.id, state = %e.progress.phase, step = e.progress.step, soaked_s = e.progress.soaked.as_secs(), "rollout resumed from its state file");
-                    None
-                }
-                Err(reason) => Some((DecisionKind::Halt, reason)),
-            },
-            Ok(_) => Some((DecisionKind::Start, "a new rollout id".to_string())),
-            Err(err) => {
-                tracing::error!(route, error = %err, "rollout state not trusted; {UNTRUSTED}");
-                if let (StateError::Corrupt { .. }, Some(store)) = (&err, &self.store) {
-                    match store.set_aside(route) {
-                        Ok(aside) => {
-                            tracing::warn!(route, file = %aside.display(), "corrupt state file set aside")
-                        }
-                        Err(e) => {
-                            tracing::warn!(route, error = %e, "could not set the corrupt state file aside")
-                        }
-                    }
-                }
-                Some((DecisionKind::Halt, err.to_string()))
-            }
-        };
-        match first {
-            Some((DecisionKind::Halt, reason)) => {
-                e.note = Some(reason.clone());
-                self.decide(route, &mut e, DecisionKind::Halt, trigger, reason, now);
-            }
-            Some((kind, reason)) => self.decide(route, &mut e, kind, trigger, reason, now),
-            None => e
-                .gauges
-                .show(Some(e.progress.phase), e.progress.percent(&e.spec)),
-        }
-        e
-    }
-
-    /// Writes every rollout's effective percents (and the cells of judged cohorts) into
-    /// `table`; whether anything changed.
-    pub fn adjust(&self, table: &mut RoutingTable) -> bool {
-        weights::adjust(&self.lock(), table)
     }
 
     /// One judge tick: each judged rollout reads its cells, feeds the block to its guards and

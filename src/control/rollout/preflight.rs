@@ -5,8 +5,7 @@
 //! rollout states. Must not touch: the directory itself (it only reads, through `state`'s own
 //! loading), the live rollouts (`Rollouts`).
 
-use super::state::{StateError, Store};
-use super::UNTRUSTED;
+use super::state::{StateError, Store, UNTRUSTED};
 use crate::routing::table::RoutingTable;
 
 /// What `cohort run` would meet in a table's `state_dir`, short of failing to start.

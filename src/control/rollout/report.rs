@@ -6,6 +6,7 @@
 use serde_json::{json, Value};
 
 use super::Rollouts;
+use crate::routing::table::rollout::After;
 
 fn pct(bp: u32) -> f64 {
     f64::from(bp) / 100.0
@@ -30,7 +31,7 @@ impl Rollouts {
                     "step": p.step,
                     "steps": s.steps.iter().map(|w| pct(*w)).collect::<Vec<_>>(),
                     "percent": pct(p.percent(s)),
-                    "after": match s.after { super::spec::After::Hold => "hold", super::spec::After::Promote => "promote" },
+                    "after": match s.after { After::Hold => "hold", After::Promote => "promote" },
                     "soak_seconds": s.soak.as_secs_f64(),
                     "soaked_seconds": p.soaked.as_secs_f64(),
                     "min_samples": s.min_samples,

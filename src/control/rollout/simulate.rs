@@ -8,10 +8,10 @@ use std::time::Duration;
 
 use fastrand::Rng;
 
-use super::cells::{bin_of, Tally};
 use super::machine::{DecisionKind, Phase, Progress};
-use super::spec::{self, RolloutSpec};
 use crate::config::{RawAfter, RawGuard, RawGuardMetric, RawRollout};
+use crate::routing::table::rollout::{self as spec, RolloutSpec};
+use crate::samples::{bin_of, Tally};
 
 /// One simulated cohort.
 #[derive(Clone)]

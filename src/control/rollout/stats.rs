@@ -2,7 +2,8 @@
 //! "the canary's rate of some event is worse than the baseline's by more than a margin", and
 //! the histogram arithmetic the latency guards need.
 //!
-//! Owns: the numbers. Must not touch: time, state, files, cells (it only sees counts).
+//! Owns: the numbers, and the tests on the null boundary `routing::table::rollout` validates
+//! (`impl Boundary`). Must not touch: time, state, files, cells (it only sees counts).
 //!
 //! The test. Each judge tick brings a block of new answers: `na` canary trials with `xa`
 //! events, `nb` baseline trials with `xb` events. Before seeing the block, the guard bets on an
@@ -18,23 +19,8 @@
 //! exact at any sample size (no normal approximation, so a single error at 1% traffic cannot
 //! fake a regression), and a shared incident that raises both cohorts' rates is no evidence.
 
-use super::cells::{bin_floor, BINS};
-
-/// Which direction of a rate is a regression.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Worse {
-    Higher,
-    Lower,
-}
-
-/// How much worse than the baseline the canary may be before a guard fails.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum Margin {
-    /// An absolute difference in rate (0.01 is one percentage point).
-    Points(f64),
-    /// A relative difference (0.1 is 10% of the baseline's rate).
-    Relative(f64),
-}
+use crate::routing::table::rollout::{Boundary, Worse};
+use crate::samples::{bin_floor, BINS};
 
 /// Events among trials.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -74,32 +60,9 @@ impl Counts {
     }
 }
 
-/// The null boundary `canary = offset + slope * baseline`; the null is the side that is not
-/// worse.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Boundary {
-    pub offset: f64,
-    pub slope: f64,
-    pub worse: Worse,
-}
-
 const EDGE: f64 = 1e-12;
 
 impl Boundary {
-    pub fn new(worse: Worse, margin: Margin) -> Self {
-        let (offset, slope) = match (worse, margin) {
-            (Worse::Higher, Margin::Points(d)) => (d, 1.0),
-            (Worse::Higher, Margin::Relative(r)) => (0.0, 1.0 + r),
-            (Worse::Lower, Margin::Points(d)) => (-d, 1.0),
-            (Worse::Lower, Margin::Relative(r)) => (0.0, 1.0 - r),
-        };
-        Boundary {
-            offset,
-            slope,
-            worse,
-        }
-    }
-
     /// The canary rate the boundary allows for a baseline rate, within [0, 1].
     pub fn limit(&self, baseline: f64) -> f64 {
         (self.offset + self.slope * baseline).clamp(0.0, 1.0)
@@ -250,6 +213,7 @@ pub fn slower_share(canary: &[u64], baseline: &[u64]) -> Option<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::routing::table::rollout::Margin;
 
     /// The exact expected factor of one block under null rates `(pa, pb)`: each trial
     /// contributes a linear bracket, so the expectation is a product of powers.

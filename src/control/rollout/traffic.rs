@@ -12,9 +12,9 @@ use std::time::Duration;
 
 use fastrand::Rng;
 
-use super::cells::{bin_of, Tally};
 use super::machine::{DecisionKind, Phase, Progress};
-use super::spec::RolloutSpec;
+use crate::routing::table::rollout::RolloutSpec;
+use crate::samples::{bin_of, Tally};
 
 /// How an agent backend answers.
 #[derive(Debug, Clone, Copy)]

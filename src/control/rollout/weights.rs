@@ -1,13 +1,15 @@
 //! Effective percents into a table: the canary at its rollout's percent, the baseline with
-//! what is left, and the cells of judged cohorts attached for the request path.
+//! what is left, and the cells of judged cohorts attached for the request path; and that table
+//! through the door, when a decision changed a percent.
 //!
 //! Owns: rewriting a route's cohorts and bands in a table not yet (or no longer) serving.
-//! Must not touch: the swap (`reload`), the rollouts' state (read only).
+//! Must not touch: the store itself (`door`), the rollouts' state (read only).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use super::Entry;
+use super::{Entry, Rollouts};
+use crate::control::door::Door;
 use crate::routing::bands::{Bands, BUCKETS};
 use crate::routing::table::{CohortTarget, RoutingTable};
 
@@ -57,4 +59,26 @@ pub(super) fn adjust(entries: &BTreeMap<String, Entry>, table: &mut RoutingTable
         }
     }
     changed
+}
+
+impl Rollouts {
+    /// Writes every rollout's effective percents (and the cells of judged cohorts) into
+    /// `table`; whether anything changed.
+    pub fn adjust(&self, table: &mut RoutingTable) -> bool {
+        adjust(&self.lock(), table)
+    }
+
+    /// Swaps in a copy of the serving table with the effective percents the rollouts want
+    /// now, if they differ: how a rollout's decision reaches the request path, in one store.
+    /// Whether a table was swapped in.
+    pub fn apply(&self, door: &Door, trigger: &str) -> bool {
+        let turn = door.enter();
+        let mut new = RoutingTable::clone(&turn.old);
+        if !self.adjust(&mut new) {
+            return false;
+        }
+        let changes = turn.store(new);
+        tracing::info!(trigger, generation = turn.old.generation, changes = %changes.join("; "), "rollout percents applied");
+        true
+    }
 }

@@ -12,6 +12,7 @@ mod edge;
 mod index;
 #[cfg(test)]
 mod index_tests;
+pub mod rollout;
 #[cfg(test)]
 mod rollout_tests;
 mod route;
@@ -116,7 +117,7 @@ pub struct Route {
     pub override_rejected: [Counter; 5],
     /// The route's rollout, as configured; its state lives in `rollout::Rollouts`, which sets
     /// the cohorts' effective weights.
-    pub rollout: Option<Arc<crate::control::rollout::RolloutSpec>>,
+    pub rollout: Option<Arc<rollout::RolloutSpec>>,
 }
 
 #[derive(Clone)]
@@ -133,7 +134,7 @@ pub struct CohortTarget {
     pub metrics: CohortMetrics,
     /// Where the request path records samples for a rollout's guards: set on the canary and
     /// the baseline of a route whose rollout is being judged, absent otherwise.
-    pub guard: Option<Arc<crate::control::rollout::Cells>>,
+    pub guard: Option<Arc<crate::samples::Cells>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

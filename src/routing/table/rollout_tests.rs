@@ -4,8 +4,8 @@
 
 use std::time::Duration;
 
+use super::rollout::After;
 use super::tests::{accept, edit, reject, MINIMAL};
-use crate::control::rollout::spec::After;
 
 /// `MINIMAL` with a state_dir and `rollout` (lines after `rollout:`, indented by 6) on its
 /// route; `extra` replaces nothing when empty, else is inserted before the rollout.

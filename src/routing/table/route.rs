@@ -256,15 +256,14 @@ pub(super) fn build_route(
                 Fallback::Cohort(i) => Some(i),
                 Fallback::Random => None,
             };
-            let spec = crate::control::rollout::spec::build(raw, &split, &outcomes, named)
-                .map_err(|e| {
-                    let at = if e.field.is_empty() {
-                        rp.clone()
-                    } else {
-                        format!("{rp}.{}", e.field)
-                    };
-                    err(at, Invalid::Rollout { reason: e.message })
-                })?;
+            let spec = super::rollout::build(raw, &split, &outcomes, named).map_err(|e| {
+                let at = if e.field.is_empty() {
+                    rp.clone()
+                } else {
+                    format!("{rp}.{}", e.field)
+                };
+                err(at, Invalid::Rollout { reason: e.message })
+            })?;
             Some(Arc::new(spec))
         }
         None => None,

@@ -10,9 +10,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::super::cells::{Tally, BINS, OUTCOME_SLOTS};
 use super::super::guard::Reading;
 use super::super::machine::{DecisionKind, Phase, Progress};
+use crate::samples::{Tally, BINS, OUTCOME_SLOTS};
 
 const VERSION: u32 = 1;
 
@@ -64,7 +64,7 @@ pub struct Saved {
     pub note: Option<String>,
     pub history: Vec<Decision>,
     /// The steps (basis points) `step` indexes, so a restart can refuse an edit of them as a
-    /// reload does (see `spec::steps_edit`); empty in a file written before they were kept.
+    /// reload does (see `edit::steps_edit`); empty in a file written before they were kept.
     #[serde(default)]
     pub steps: Vec<u32>,
 }

@@ -1,15 +1,17 @@
-//! A route's `rollout` section, validated: the canary and the baseline, the steps in basis
-//! points, soak, samples, alpha and the guards.
+//! A route's `rollout` section, validated with the rest of the table: the canary and the
+//! baseline, the steps in basis points, soak, samples, alpha, and each guard with the null
+//! boundary its test is run against.
 //!
-//! Owns: the rollout's configuration rules. Must not touch: state, files, the serving table
-//! (`table/build.rs` calls [`build`] and places its errors in the file).
+//! Owns: the rollout's configuration rules and the value types the table keeps of them
+//! ([`RolloutSpec`], [`Guard`], [`Boundary`]). Must not touch: the rollouts' state, files,
+//! the judging: `control::rollout` reads these values and adds the statistics (`impl Guard`
+//! in its `guard`, `impl Boundary` in its `stats`); nothing here imports `control`.
+//! `route.rs` calls [`build`] and places its errors in the file.
 
 use std::time::Duration;
 
-use super::cells::OTHER_SLOT;
-use super::guard::{Guard, GuardKind, Latency, Rate};
-use super::stats::{Boundary, Margin, Worse};
 use crate::config::{RawAfter, RawGuard, RawGuardMetric, RawRollout};
+use crate::samples::OTHER_SLOT;
 
 /// What happens once the last step has passed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -110,7 +112,7 @@ pub fn build(
     let mut steps = Vec::with_capacity(raw.steps.len());
     for (i, &p) in raw.steps.iter().enumerate() {
         let field = format!("steps[{i}]");
-        let Some(w) = crate::routing::table::basis_points(p).filter(|w| *w > 0) else {
+        let Some(w) = super::basis_points(p).filter(|w| *w > 0) else {
             return fail(
                 field,
                 format!("{p} is not a percent above 0 and at most 100 with at most two decimals"),
@@ -285,30 +287,80 @@ fn outcome_rate(g: &RawGuard, outcomes: &[String]) -> Result<(Rate, Worse, Strin
     Ok((Rate::Outcome(slot), worse, name))
 }
 
-/// Whether a rollout at step `at` of `old` steps may go on under the same id with `new`'s:
-/// only when every step up to the current one is unchanged. Anything else would either keep
-/// the index and so move the canary to a percent no evidence was gathered for (a jump past
-/// the next configured step, or a drop that moves users back out of the canary), or need a
-/// new meaning for the evidence already held. Later steps may change freely.
-pub fn steps_edit(old: &[u32], at: usize, new: &RolloutSpec) -> Result<(), String> {
-    use crate::routing::table::show_percent;
-    let kept = &old[..old.len().min(at + 1)];
-    if new.steps.starts_with(kept) {
-        return Ok(());
+/// A validated guard of a rollout.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Guard {
+    /// What `/rollouts` and the audit log call it: `error_rate`, `latency p95`, ...
+    pub name: String,
+    /// The name with every parameter: a changed guard starts a new e-process.
+    pub key: String,
+    pub kind: GuardKind,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum GuardKind {
+    /// A rate of events compared with a one-sided test for two proportions.
+    Rate { source: Rate, boundary: Boundary },
+    /// A latency quantile: how often each cohort is slower than the baseline's quantile (the
+    /// canary against that quantile times `1 + relative_margin`), compared as proportions.
+    Latency {
+        source: Latency,
+        quantile: f64,
+        relative_margin: f64,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rate {
+    /// 5xx answers and cut bodies among requests.
+    Errors,
+    /// One outcome slot among the answers that carried an outcome.
+    Outcome(usize),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Latency {
+    Duration,
+    Ttfb,
+}
+
+/// Which direction of a rate is a regression.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Worse {
+    Higher,
+    Lower,
+}
+
+/// How much worse than the baseline the canary may be before a guard fails.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Margin {
+    /// An absolute difference in rate (0.01 is one percentage point).
+    Points(f64),
+    /// A relative difference (0.1 is 10% of the baseline's rate).
+    Relative(f64),
+}
+
+/// The null boundary `canary = offset + slope * baseline`; the null is the side that is not
+/// worse.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Boundary {
+    pub offset: f64,
+    pub slope: f64,
+    pub worse: Worse,
+}
+
+impl Boundary {
+    pub fn new(worse: Worse, margin: Margin) -> Self {
+        let (offset, slope) = match (worse, margin) {
+            (Worse::Higher, Margin::Points(d)) => (d, 1.0),
+            (Worse::Higher, Margin::Relative(r)) => (0.0, 1.0 + r),
+            (Worse::Lower, Margin::Points(d)) => (-d, 1.0),
+            (Worse::Lower, Margin::Relative(r)) => (0.0, 1.0 - r),
+        };
+        Boundary {
+            offset,
+            slope,
+            worse,
+        }
     }
-    let list = |steps: &[u32]| {
-        let shown: Vec<String> = steps.iter().map(|w| show_percent(*w)).collect();
-        format!("[{}]", shown.join(", "))
-    };
-    Err(format!(
-        "rollout {:?} is at step {} of {} ({}%); under the same id the steps up to it must stay \
-         {}, or the canary's percent would change without evidence: to change them, give the \
-         rollout a new id",
-        new.id,
-        at + 1,
-        list(old),
-        kept.last()
-            .map_or_else(|| "0".to_string(), |w| show_percent(*w)),
-        list(kept)
-    ))
 }

@@ -1,10 +1,13 @@
-//! The samples the request path records for a rollout's guards: per (route, cohort) atomic
-//! counters and fixed-size latency histograms ([`Cells`]), and the plain copies ([`Tally`]) the
-//! judge reads them into.
+//! Rollout evidence: the samples the request path records for a rollout's guards, per
+//! (route, cohort) atomic counters and fixed-size latency histograms ([`Cells`]), and the plain
+//! copies ([`Tally`]) the judge (`control::rollout`) reads them into.
 //!
-//! Owns: the histogram bin layout and what one finished request adds. Must not touch:
-//! statistics (`stats`), decisions, files or the table. Recording takes no lock and allocates
-//! nothing: a few relaxed atomic additions into memory allocated when the rollout started.
+//! A leaf, so that the table (which carries the cells to the request path), the request path
+//! (which writes them) and the judge (which reads them) all point down to it. Owns: the
+//! histogram bin layout, the outcome slots and what one finished request adds. Must not touch:
+//! statistics, decisions, files or the table; it imports nothing of the crate but `telemetry`.
+//! Recording takes no lock and allocates nothing: a few relaxed atomic additions into memory
+//! allocated when the rollout started.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
