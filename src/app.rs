@@ -15,7 +15,8 @@ use tokio::net::TcpListener;
 use crate::config::ConfigError;
 use crate::control::admin::{self, Admin};
 use crate::control::reload::{Control, Outcome};
-use crate::edge::server::{self, Lifecycle};
+use crate::edge::server;
+use crate::lifecycle::Lifecycle;
 use crate::proxy::Proxy;
 use crate::telemetry::Metrics;
 

@@ -10,6 +10,7 @@ pub mod config;
 pub mod control;
 pub mod demo;
 pub mod edge;
+pub mod lifecycle;
 pub mod proxy;
 pub mod routing;
 pub mod telemetry;

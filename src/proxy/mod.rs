@@ -36,7 +36,7 @@ pub struct Proxy {
     proto: HeaderValue,
     /// Upgraded connections outlive their request: they are tracked with the connections, so
     /// shutdown waits for them and cuts them at `shutdown_timeout`.
-    life: crate::edge::server::Lifecycle,
+    life: crate::lifecycle::Lifecycle,
 }
 
 /// The client connection a request came on, as the request path needs it: built once per
@@ -123,7 +123,7 @@ impl Proxy {
     pub fn new(
         table: Arc<ArcSwap<RoutingTable>>,
         tls: bool,
-        life: crate::edge::server::Lifecycle,
+        life: crate::lifecycle::Lifecycle,
     ) -> Self {
         let proto = HeaderValue::from_static(if tls { "https" } else { "http" });
         Proxy { table, proto, life }

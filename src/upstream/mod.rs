@@ -21,13 +21,14 @@ use rustls_pki_types::ServerName;
 
 use crate::body::RequestBody;
 use crate::telemetry::FailureReason;
-use crate::tls::{self, TlsError};
+use crate::tls::TlsError;
 use exchange::Sending;
 use pool::Pool;
 
 mod client;
 mod exchange;
 pub mod pool;
+pub mod tls;
 
 /// Which authority an upstream is sent: as Host on HTTP/1.1 and as `:authority` on HTTP/2,
 /// the same one whatever the protocol, and never a Host that differs from `:authority`.
@@ -163,7 +164,7 @@ impl Upstream {
             tls::client_config(t.ca_file.as_deref(), client)?
         } else {
             // Never used for a handshake; avoids reading the system roots for nothing.
-            rustls::ClientConfig::builder_with_provider(tls::provider())
+            rustls::ClientConfig::builder_with_provider(crate::tls::provider())
                 .with_safe_default_protocol_versions()
                 .map_err(|e| TlsError {
                     path: "<tls>".into(),

@@ -26,23 +26,13 @@ use hyper_util::server::conn::auto;
 use metrics::{Counter, Gauge};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 use crate::body::ProxyBody;
 use crate::edge::framing::{Framing, Watched};
+use crate::lifecycle::Lifecycle;
 use crate::proxy::{Downstream, Proxy};
 use crate::routing::table::ConnLimits;
 use watchdog::{Activity, Tracked, Verdict};
-
-/// Signals shared by every listener: `drain` asks connections to finish their current
-/// exchange and close; `abort` (after `shutdown_timeout`) cuts whatever is left.
-#[derive(Clone, Default)]
-pub struct Lifecycle {
-    pub drain: CancellationToken,
-    pub abort: CancellationToken,
-    pub connections: TaskTracker,
-}
 
 /// A client that opens a TCP connection and never finishes the handshake is dropped after this.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);

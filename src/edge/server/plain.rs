@@ -18,10 +18,11 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
+use super::service;
 use super::watchdog::{Activity, Verdict};
-use super::{service, Lifecycle};
 use crate::edge::framing::Watched;
 use crate::edge::tunnel::Handover;
+use crate::lifecycle::Lifecycle;
 use crate::proxy::{Downstream, Peer, Proxy};
 use crate::routing::table::ConnLimits;
 
