@@ -42,35 +42,6 @@ pub const LATENCY_BUCKETS: &[f64] = &[
 
 pub const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 
-/// Why an upstream exchange failed; the label values of `cohort_upstream_failures_total`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FailureReason {
-    Connect = 0,
-    Timeout = 1,
-    Reset = 2,
-    Tls = 3,
-    Protocol = 4,
-}
-
-impl FailureReason {
-    pub const ALL: [FailureReason; 5] = [
-        Self::Connect,
-        Self::Timeout,
-        Self::Reset,
-        Self::Tls,
-        Self::Protocol,
-    ];
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Connect => "connect",
-            Self::Timeout => "timeout",
-            Self::Reset => "reset",
-            Self::Tls => "tls",
-            Self::Protocol => "protocol",
-        }
-    }
-}
-
 /// When a client left an exchange unfinished; the `stage` label of
 /// `cohort_abandoned_requests_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -108,8 +79,6 @@ pub struct Metrics {
     pub reload_success: Counter,
     pub reload_failure: Counter,
     pub generation: Gauge,
-    /// Aligned with `hygiene::Reject::ALL`.
-    pub rejected: [Counter; crate::edge::hygiene::Reject::ALL.len()],
 }
 
 /// Handles for one (route, cohort), created when the table is built.
@@ -118,7 +87,8 @@ pub struct CohortMetrics {
     pub requests: [Counter; 5],
     pub duration: Histogram,
     pub ttfb: Histogram,
-    pub failures: [Counter; 5],
+    /// Aligned with the reasons [`Metrics::cohort`] was given.
+    pub failures: Vec<Counter>,
     /// Aligned with `Abandoned::ALL`.
     pub abandoned: [Counter; 2],
     /// Aligned with the route's allowed outcome values.
@@ -151,9 +121,13 @@ impl CohortMetrics {
         self.requests[class].increment(1);
     }
 
+    /// Counts a failed upstream exchange under the reason at `index` of those the handles
+    /// were registered with.
     #[inline]
-    pub fn failure(&self, reason: FailureReason) {
-        self.failures[reason as usize].increment(1);
+    pub fn failure(&self, index: usize) {
+        if let Some(c) = self.failures.get(index) {
+            c.increment(1);
+        }
     }
 }
 
@@ -269,8 +243,6 @@ impl Metrics {
         let reload_success = counter(RELOADS, vec![Label::new("result", "success")]);
         let reload_failure = counter(RELOADS, vec![Label::new("result", "failure")]);
         let generation = recorder.register_gauge(&Key::from_name(GENERATION), &METADATA);
-        let rejected = crate::edge::hygiene::Reject::ALL
-            .map(|r| counter(REJECTED, vec![Label::new("reason", r.as_str())]));
         Metrics {
             recorder,
             retired: Arc::default(),
@@ -278,12 +250,28 @@ impl Metrics {
             reload_success,
             reload_failure,
             generation,
-            rejected,
         }
     }
 
-    /// Registers (or finds again, so counters survive reloads) the handles for one cohort.
-    pub fn cohort(&self, route: &str, cohort: &str, outcomes: &[String]) -> CohortMetrics {
+    /// `cohort_rejected_requests_total`, one counter per `reasons` label, in their order
+    /// (found again on every table built, so the counts survive reloads).
+    pub fn rejected<const N: usize>(&self, reasons: [&'static str; N]) -> [Counter; N] {
+        reasons.map(|r| {
+            let labels = vec![Label::new("reason", r)];
+            self.recorder
+                .register_counter(&Key::from_parts(REJECTED, labels), &METADATA)
+        })
+    }
+
+    /// Registers (or finds again, so counters survive reloads) the handles for one cohort;
+    /// `failure_reasons` are the `reason` labels of its upstream failures.
+    pub fn cohort(
+        &self,
+        route: &str,
+        cohort: &str,
+        outcomes: &[String],
+        failure_reasons: &[&'static str],
+    ) -> CohortMetrics {
         self.retired.note(route, Some(cohort));
         let base = || {
             vec![
@@ -309,8 +297,10 @@ impl Metrics {
             ttfb: self
                 .recorder
                 .register_histogram(&Key::from_parts(TTFB, base()), &METADATA),
-            failures: FailureReason::ALL
-                .map(|r| counter(UPSTREAM_FAILURES, with("reason", r.as_str().to_string()))),
+            failures: failure_reasons
+                .iter()
+                .map(|r| counter(UPSTREAM_FAILURES, with("reason", r.to_string())))
+                .collect(),
             abandoned: Abandoned::ALL
                 .map(|a| counter(ABANDONED, with("stage", a.as_str().to_string()))),
             outcomes: outcomes
@@ -327,13 +317,17 @@ impl Metrics {
         }
     }
 
-    /// Override rejections of one route, aligned with `signed::Rejection::ALL`.
-    pub fn override_rejected(&self, route: &str) -> [Counter; 5] {
+    /// Override rejections of one route, one counter per `reasons` label, in their order.
+    pub fn override_rejected<const N: usize>(
+        &self,
+        route: &str,
+        reasons: [&'static str; N],
+    ) -> [Counter; N] {
         self.retired.note(route, None);
-        crate::routing::signed::Rejection::ALL.map(|r| {
+        reasons.map(|r| {
             let labels = vec![
                 Label::new("route", route.to_string()),
-                Label::new("reason", r.as_str()),
+                Label::new("reason", r),
             ];
             self.recorder
                 .register_counter(&Key::from_parts(OVERRIDE_REJECTED, labels), &METADATA)

@@ -19,12 +19,13 @@ use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
 use rustls_pki_types::ServerName;
 
-use crate::body::RequestBody;
-use crate::telemetry::FailureReason;
+use crate::failure;
 use crate::tls::TlsError;
+use body::RequestBody;
 use exchange::Sending;
 use pool::Pool;
 
+pub mod body;
 mod client;
 mod exchange;
 pub mod pool;
@@ -317,36 +318,36 @@ pub fn parse_endpoint(s: &str) -> Result<EndpointSpec, String> {
 }
 
 /// Maps a client error to the reason label and whether it is a timeout (504) or not (502).
-pub fn classify(err: &(dyn StdError + 'static), is_connect: bool) -> FailureReason {
+pub fn classify(err: &(dyn StdError + 'static), is_connect: bool) -> failure::Upstream {
     if tls::is_tls_error(err) {
-        return FailureReason::Tls;
+        return failure::Upstream::Tls;
     }
     let mut cur: Option<&(dyn StdError + 'static)> = Some(err);
     while let Some(e) = cur {
         if let Some(io) = e.downcast_ref::<std::io::Error>() {
             use std::io::ErrorKind::*;
             match io.kind() {
-                TimedOut => return FailureReason::Timeout,
+                TimedOut => return failure::Upstream::Timeout,
                 ConnectionReset | ConnectionAborted | BrokenPipe | UnexpectedEof if !is_connect => {
-                    return FailureReason::Reset
+                    return failure::Upstream::Reset
                 }
                 _ => {}
             }
         }
         if let Some(h) = e.downcast_ref::<hyper::Error>() {
             if h.is_parse() || h.is_parse_status() || h.is_parse_too_large() {
-                return FailureReason::Protocol;
+                return failure::Upstream::Protocol;
             }
             if h.is_timeout() {
-                return FailureReason::Timeout;
+                return failure::Upstream::Timeout;
             }
         }
         cur = e.source();
     }
     if is_connect {
-        FailureReason::Connect
+        failure::Upstream::Connect
     } else {
-        FailureReason::Reset
+        failure::Upstream::Reset
     }
 }
 
