@@ -15,7 +15,8 @@ use tokio::net::TcpListener;
 use crate::config::ConfigError;
 use crate::control::admin::{self, Admin};
 use crate::control::reload::{Control, Outcome};
-use crate::edge::server::{self, Lifecycle};
+use crate::edge::server;
+use crate::lifecycle::Lifecycle;
 use crate::proxy::Proxy;
 use crate::telemetry::Metrics;
 
@@ -103,7 +104,7 @@ pub async fn start_with(config: &Path, options: Options) -> Result<Running, Star
         let address = listener.local_addr().unwrap_or(table.admin_address);
         tracing::info!(listener = %name, %address, "listening");
         let tls = table.listeners.get(index).is_some_and(|l| l.tls);
-        let proxy = Arc::new(Proxy::new(control.table(), tls, life.clone()));
+        let proxy = Arc::new(Proxy::new(control.table(), tls));
         let (refused, open_gauge, parked_gauge) = control.metrics.listener(&name);
         listeners.push((name, address));
         let me = server::Listener {

@@ -5,11 +5,12 @@
 //! is immutable and swapped whole on reload (see [`reload`]).
 
 pub mod app;
-pub mod body;
 pub mod config;
 pub mod control;
 pub mod demo;
 pub mod edge;
+pub mod failure;
+pub mod lifecycle;
 pub mod proxy;
 pub mod routing;
 pub mod samples;

@@ -1,8 +1,10 @@
-//! TLS material: loading PEM certificates and keys, the SNI certificate resolver for
-//! listeners, and the client configuration for `https://` upstreams. rustls with `ring`.
+//! TLS material shared by both sides: the crypto provider, loading PEM certificates and keys,
+//! the SNI certificate resolver and server config for listeners, and the hash that notices a
+//! rotated file. rustls with `ring`. The client config of `https://` upstreams is
+//! `upstream::tls`'s.
 //!
-//! Owns: everything that reads TLS files or builds rustls configs. Must not touch: sockets
-//! (the listener and the upstream connector use what this builds), routing, metrics.
+//! Owns: reading TLS files and building listener configs. Must not touch: anything of the
+//! crate (a leaf), sockets (the listener and the upstream connector use what this builds).
 
 use std::collections::HashMap;
 use std::fmt;
@@ -12,7 +14,7 @@ use std::sync::{Arc, OnceLock};
 use rustls::crypto::CryptoProvider;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
-use rustls::{ClientConfig, RootCertStore, ServerConfig};
+use rustls::ServerConfig;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
@@ -24,7 +26,8 @@ pub struct TlsError {
     pub reason: String,
 }
 
-fn fail(path: &Path, reason: impl fmt::Display) -> TlsError {
+/// A [`TlsError`] about `path`.
+pub fn fail(path: &Path, reason: impl fmt::Display) -> TlsError {
     TlsError {
         path: path.to_path_buf(),
         reason: reason.to_string(),
@@ -36,7 +39,8 @@ pub fn provider() -> Arc<CryptoProvider> {
     Arc::clone(PROVIDER.get_or_init(|| Arc::new(rustls::crypto::ring::default_provider())))
 }
 
-const VERSIONS: &[&rustls::SupportedProtocolVersion] =
+/// The protocol versions cohort speaks, as a listener and as a client.
+pub const VERSIONS: &[&rustls::SupportedProtocolVersion] =
     &[&rustls::version::TLS13, &rustls::version::TLS12];
 
 pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
@@ -158,61 +162,6 @@ pub fn server_config(resolver: SniResolver) -> Result<Arc<ServerConfig>, rustls:
     Ok(Arc::new(config))
 }
 
-/// The system's roots, read once (reading them is slow and they do not change under us).
-fn native_roots() -> RootCertStore {
-    static ROOTS: OnceLock<RootCertStore> = OnceLock::new();
-    ROOTS
-        .get_or_init(|| {
-            let mut roots = RootCertStore::empty();
-            let found = rustls_native_certs::load_native_certs();
-            for e in &found.errors {
-                tracing::warn!(error = %e, "while loading the system's root certificates");
-            }
-            let (added, ignored) = roots.add_parsable_certificates(found.certs);
-            tracing::debug!(added, ignored, "system root certificates loaded");
-            roots
-        })
-        .clone()
-}
-
-/// Client config for an upstream: roots from `ca_file` or the system, optional client cert.
-/// ALPN is set by the connector from the upstream's protocol.
-pub fn client_config(
-    ca_file: Option<&Path>,
-    client: Option<(&Path, &Path)>,
-) -> Result<ClientConfig, TlsError> {
-    let roots = match ca_file {
-        Some(path) => {
-            let mut roots = RootCertStore::empty();
-            for cert in load_certs(path)? {
-                roots
-                    .add(cert)
-                    .map_err(|e| fail(path, format!("not a usable CA certificate: {e}")))?;
-            }
-            roots
-        }
-        None => native_roots(),
-    };
-    let builder = ClientConfig::builder_with_provider(provider())
-        .with_protocol_versions(VERSIONS)
-        .map_err(|e| fail(Path::new("<tls>"), e))?
-        .with_root_certificates(roots);
-    match client {
-        Some((cert, key)) => builder
-            .with_client_auth_cert(load_certs(cert)?, load_key(key)?)
-            .map_err(|e| {
-                fail(
-                    key,
-                    format!(
-                        "does not fit the client certificate {}: {e}",
-                        cert.display()
-                    ),
-                )
-            }),
-        None => Ok(builder.with_no_client_auth()),
-    }
-}
-
 /// A hash of the files' contents (a missing file hashes as missing), so a reload notices a
 /// rotated certificate even when the YAML did not change.
 pub fn files_hash(paths: &[PathBuf]) -> u64 {
@@ -225,44 +174,4 @@ pub fn files_hash(paths: &[PathBuf]) -> u64 {
         }
     }
     h.digest()
-}
-
-/// Whether `err`, somewhere in its chain, is a TLS failure.
-pub fn is_tls_error(err: &(dyn std::error::Error + 'static)) -> bool {
-    let mut cur = Some(err);
-    while let Some(e) = cur {
-        if e.is::<rustls::Error>() {
-            return true;
-        }
-        // `io::Error::source` skips the error an io::Error wraps (it returns that error's own
-        // source), so step into the wrapped error itself: hyper-rustls wraps tokio-rustls's
-        // io::Error, which wraps the rustls::Error, in a second io::Error.
-        cur = match e
-            .downcast_ref::<std::io::Error>()
-            .and_then(|io| io.get_ref())
-        {
-            Some(inner) => Some(inner as &(dyn std::error::Error + 'static)),
-            None => e.source(),
-        };
-    }
-    false
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn tls_errors_are_found_inside_nested_io_errors() {
-        let tls = || rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer);
-        let direct = std::io::Error::new(std::io::ErrorKind::InvalidData, tls());
-        assert!(is_tls_error(&direct));
-        // What a failed upstream handshake looks like through hyper-rustls.
-        let nested =
-            std::io::Error::other(std::io::Error::new(std::io::ErrorKind::InvalidData, tls()));
-        assert!(is_tls_error(&nested));
-        assert!(!is_tls_error(&std::io::Error::other(std::io::Error::from(
-            std::io::ErrorKind::ConnectionRefused
-        ))));
-    }
 }

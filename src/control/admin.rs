@@ -21,7 +21,8 @@ use tokio::net::TcpListener;
 
 use crate::control::reload::{Control, Outcome};
 use crate::control::rollout::{Action, ActionError};
-use crate::edge::server::{self, Lifecycle};
+use crate::edge::server;
+use crate::lifecycle::Lifecycle;
 
 /// State the admin endpoints read.
 pub struct Admin {

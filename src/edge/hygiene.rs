@@ -1,140 +1,32 @@
 //! Request hygiene at the edge: size limits cohort enforces itself (exact caps, unlike hyper's
 //! buffer size), Host sanity, header-name policy, and the normalised path routes match on.
 //!
-//! Owns: deciding whether a request head is acceptable and what path it is routed by.
-//! Must not touch: routing, upstreams, metrics registration. Pure functions over `Parts`.
+//! Owns: deciding whether a request head is acceptable and what path it is routed by, by the
+//! policy the table validated (`routing::table::Policy`). Must not touch: routing, upstreams,
+//! metrics registration. Pure functions over `Parts`; a refusal is a `failure::Downstream`.
 
 use std::borrow::Cow;
 
 use http::header::{self, HeaderName};
 use http::request::Parts;
-use http::{StatusCode, Version};
+use http::Version;
 
-/// What the edge accepts, from the config's `limits` section.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Policy {
-    pub max_header_bytes: usize,
-    pub max_headers: usize,
-    pub max_uri_bytes: usize,
-    pub underscores: Underscores,
-    pub normalize_path: bool,
-    pub reject_encoded_slashes: bool,
-}
-
-impl Default for Policy {
-    fn default() -> Self {
-        Policy {
-            max_header_bytes: 64 * 1024,
-            max_headers: 100,
-            max_uri_bytes: 16 * 1024,
-            underscores: Underscores::Reject,
-            normalize_path: false,
-            reject_encoded_slashes: true,
-        }
-    }
-}
-
-/// What to do with header names holding `_`, which some servers read as `-` (so a client
-/// could smuggle a header past a filter that only knows the dashed spelling).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Underscores {
-    Reject,
-    Drop,
-    Allow,
-}
-
-/// Why a request was refused before routing; the `reason` label of
-/// `cohort_rejected_requests_total`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Reject {
-    UriTooLong = 0,
-    HeadersTooLarge = 1,
-    BadHost = 2,
-    UnderscoreHeader = 3,
-    BadPath = 4,
-    BodyTooLarge = 5,
-    BodyTimeout = 6,
-    /// A request body the client framed wrongly (a bad chunk size) or abandoned part way.
-    BadBody = 7,
-    /// A request body slower than `body_min_rate` (a trickle that never falls silent).
-    BodyTooSlow = 8,
-    /// An HTTP/1.x head with both Transfer-Encoding and Content-Length (a smuggling attempt
-    /// or a broken client): refused, never forwarded.
-    TeAndCl = 9,
-}
-
-impl Reject {
-    pub const ALL: [Reject; 10] = [
-        Self::UriTooLong,
-        Self::HeadersTooLarge,
-        Self::BadHost,
-        Self::UnderscoreHeader,
-        Self::BadPath,
-        Self::BodyTooLarge,
-        Self::BodyTimeout,
-        Self::BadBody,
-        Self::BodyTooSlow,
-        Self::TeAndCl,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::UriTooLong => "uri_too_long",
-            Self::HeadersTooLarge => "headers_too_large",
-            Self::BadHost => "bad_host",
-            Self::UnderscoreHeader => "underscore_header",
-            Self::BadPath => "bad_path",
-            Self::BodyTooLarge => "body_too_large",
-            Self::BodyTimeout => "body_timeout",
-            Self::BadBody => "bad_body",
-            Self::BodyTooSlow => "body_too_slow",
-            Self::TeAndCl => "te_and_cl",
-        }
-    }
-
-    pub fn status(self) -> StatusCode {
-        match self {
-            Self::UriTooLong => StatusCode::URI_TOO_LONG,
-            Self::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            Self::BadHost
-            | Self::UnderscoreHeader
-            | Self::BadPath
-            | Self::BadBody
-            | Self::TeAndCl => StatusCode::BAD_REQUEST,
-            Self::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::BodyTimeout | Self::BodyTooSlow => StatusCode::REQUEST_TIMEOUT,
-        }
-    }
-
-    pub fn body(self) -> &'static str {
-        match self {
-            Self::UriTooLong => "request URI too long\n",
-            Self::HeadersTooLarge => "request headers too large\n",
-            Self::BadHost => "missing, duplicate or inconsistent Host\n",
-            Self::UnderscoreHeader => "header names with underscores are not accepted\n",
-            Self::BadPath => "malformed request path\n",
-            Self::BodyTooLarge => "request body too large\n",
-            Self::BodyTimeout => "request body too slow\n",
-            Self::BadBody => "malformed or incomplete request body\n",
-            Self::BodyTooSlow => "request body sent too slowly\n",
-            Self::TeAndCl => "both Transfer-Encoding and Content-Length\n",
-        }
-    }
-}
+use crate::failure::Downstream;
+use crate::routing::table::{Policy, Underscores};
 
 /// Checks a request head. Returns the normalised path to route by (dot segments removed,
 /// slashes merged) when it differs from the received one, `None` when the received path is
 /// already normal (the usual case, which allocates nothing). Drops underscore headers when the
 /// policy says so. With `normalize_path`, the URI is rewritten too, so the upstream sees what
 /// was routed.
-pub fn check(parts: &mut Parts, policy: &Policy) -> Result<Option<String>, Reject> {
+pub fn check(parts: &mut Parts, policy: &Policy) -> Result<Option<String>, Downstream> {
     let uri_len = parts.uri.path_and_query().map_or(1, |pq| pq.as_str().len())
         + parts.uri.authority().map_or(0, |a| a.as_str().len());
     if uri_len > policy.max_uri_bytes {
-        return Err(Reject::UriTooLong);
+        return Err(Downstream::UriTooLong);
     }
     if parts.headers.len() > policy.max_headers {
-        return Err(Reject::HeadersTooLarge);
+        return Err(Downstream::HeadersTooLarge);
     }
     // Counted as on the wire for HTTP/1.1: "name: value\r\n".
     let bytes: usize = parts
@@ -143,14 +35,14 @@ pub fn check(parts: &mut Parts, policy: &Policy) -> Result<Option<String>, Rejec
         .map(|(k, v)| k.as_str().len() + v.len() + 4)
         .sum();
     if bytes > policy.max_header_bytes {
-        return Err(Reject::HeadersTooLarge);
+        return Err(Downstream::HeadersTooLarge);
     }
     check_host(parts)?;
     if policy.underscores != Underscores::Allow
         && parts.headers.keys().any(|k| k.as_str().contains('_'))
     {
         if policy.underscores == Underscores::Reject {
-            return Err(Reject::UnderscoreHeader);
+            return Err(Downstream::UnderscoreHeader);
         }
         let names: Vec<HeaderName> = parts
             .headers
@@ -162,11 +54,12 @@ pub fn check(parts: &mut Parts, policy: &Policy) -> Result<Option<String>, Rejec
             parts.headers.remove(n);
         }
     }
-    let normal =
-        match normalize(parts.uri.path(), policy.reject_encoded_slashes).ok_or(Reject::BadPath)? {
-            Cow::Borrowed(_) => return Ok(None),
-            Cow::Owned(p) => p,
-        };
+    let normal = match normalize(parts.uri.path(), policy.reject_encoded_slashes)
+        .ok_or(Downstream::BadPath)?
+    {
+        Cow::Borrowed(_) => return Ok(None),
+        Cow::Owned(p) => p,
+    };
     if policy.normalize_path {
         let query = parts
             .uri
@@ -175,31 +68,31 @@ pub fn check(parts: &mut Parts, policy: &Policy) -> Result<Option<String>, Rejec
             .unwrap_or_default();
         let mut uri = std::mem::take(&mut parts.uri).into_parts();
         uri.path_and_query = format!("{normal}{query}").parse().ok();
-        parts.uri = http::Uri::from_parts(uri).map_err(|_| Reject::BadPath)?;
+        parts.uri = http::Uri::from_parts(uri).map_err(|_| Downstream::BadPath)?;
     }
     Ok(Some(normal))
 }
 
 /// HTTP/1.1 needs exactly one Host; no userinfo anywhere; an absolute-form or HTTP/2
 /// authority must agree with Host when both are sent.
-fn check_host(parts: &Parts) -> Result<(), Reject> {
+fn check_host(parts: &Parts) -> Result<(), Downstream> {
     let mut hosts = parts.headers.get_all(header::HOST).iter();
     let host = hosts.next();
     if hosts.next().is_some() {
-        return Err(Reject::BadHost);
+        return Err(Downstream::BadHost);
     }
     if host.is_none() && parts.version == Version::HTTP_11 {
-        return Err(Reject::BadHost);
+        return Err(Downstream::BadHost);
     }
     if host.is_some_and(|h| h.as_bytes().contains(&b'@') || h.is_empty()) {
-        return Err(Reject::BadHost);
+        return Err(Downstream::BadHost);
     }
     if let Some(a) = parts.uri.authority() {
         if a.as_str().contains('@') {
-            return Err(Reject::BadHost);
+            return Err(Downstream::BadHost);
         }
         if host.is_some_and(|h| !h.as_bytes().eq_ignore_ascii_case(a.as_str().as_bytes())) {
-            return Err(Reject::BadHost);
+            return Err(Downstream::BadHost);
         }
     }
     Ok(())

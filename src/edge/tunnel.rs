@@ -24,7 +24,7 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::body::Accounting;
+use crate::proxy::Accounting;
 
 /// The client's side of a tunnel, whatever carries it.
 pub trait ClientIo: AsyncRead + AsyncWrite + Send + Unpin {}

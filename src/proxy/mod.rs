@@ -1,165 +1,113 @@
-//! The request path: one table load, route match, one hash, header rewrite, forward, record.
+//! The request path: route match, one hash, header rewrite, forward, record.
 //!
-//! Owns: turning a downstream request into an upstream one and the response back, and mapping
-//! failures to status codes. Must not touch: listeners and connection handling (`server`),
-//! config validation (`table`), the swap (`reload`). Takes no lock, formats no label and looks
-//! up no metric by name: every handle comes from the table.
+//! Owns: turning a request the edge admitted into an upstream one and the response back,
+//! mapping failures to their answers (`crate::failure`), and the response accounting
+//! (`accounting`, `body`). Must not touch: listeners, connections, request hygiene, the
+//! framing check and tunnels (`edge`, which loads the table once per request and hands it
+//! down), config validation (`routing::table`), the swap (`reload`). Takes no lock, formats no
+//! label and looks up no metric by name: every handle comes from the table.
 
+mod accounting;
+mod body;
 mod headers;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use http::header::{self, HeaderValue};
+use http::request::Parts;
 use http::uri::{PathAndQuery, Uri};
 use http::{Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
+use hyper::upgrade::OnUpgrade;
 use tokio::time::Instant;
 
-use crate::body::{Accounting, GrpcVerdict, ObservedBody, ProxyBody, RequestBody};
-use crate::edge::hygiene::{self, Reject};
-use crate::edge::tunnel::{ClientSide, Handover};
+use crate::failure::{self, Failure};
 use crate::routing::overrides;
 use crate::routing::table::RoutingTable;
-use crate::telemetry::FailureReason;
 use crate::upstream;
+use crate::upstream::body::RequestBody;
 use headers::{
-    append_forwarded_for, is_grpc, join_cookie_crumbs, request_host, strip_port, upgrade_protocol,
-    X_FORWARDED_HOST, X_FORWARDED_PROTO,
+    append_forwarded_for, is_grpc, join_cookie_crumbs, request_host, strip_port, X_FORWARDED_HOST,
+    X_FORWARDED_PROTO,
 };
 
-pub use headers::{strip_hop_by_hop, Peer, X_COHORT};
+pub use accounting::{grpc_failed, Accounting, GrpcVerdict};
+pub use body::{IdleTimeout, ObservedBody, ProxyBody};
+pub use headers::{strip_hop_by_hop, upgrade_protocol, Peer, X_COHORT};
 
 /// The shared state of one request path: the swappable table and the listener's scheme.
 pub struct Proxy {
     table: Arc<ArcSwap<RoutingTable>>,
     proto: HeaderValue,
-    /// Upgraded connections outlive their request: they are tracked with the connections, so
-    /// shutdown waits for them and cuts them at `shutdown_timeout`.
-    life: crate::edge::server::Lifecycle,
 }
 
-/// The client connection a request came on, as the request path needs it: built once per
-/// connection and shared by its requests, behind one `Arc`.
-pub struct Downstream {
-    pub peer: Peer,
-    /// On connections the server takes back from hyper between requests: where the client's
-    /// socket is handed over if a request upgrades. `None` where hyper hands it over itself.
-    pub handover: Option<Handover>,
-    /// On HTTP/1.x connections: which request's head carried both Transfer-Encoding and
-    /// Content-Length, which hyper alone would forward as chunked.
-    pub framing: Option<Arc<crate::edge::framing::Framing>>,
+/// A request the edge admitted: its framing and head checked against the table it loaded for
+/// it, which the request keeps to the end, whatever reloads.
+pub struct Admitted {
+    /// When the edge took the request, which the response timeout and the duration count from.
+    pub start: Instant,
+    pub table: Arc<RoutingTable>,
+    pub parts: Parts,
+    pub body: Incoming,
+    /// The normalised path to route by, when it differs from the URI's (`hygiene::check`).
+    pub routed_path: Option<String>,
+    /// The protocol the client asks to switch to, when the edge took its side of an upgrade.
+    pub upgrade: Option<HeaderValue>,
 }
 
-impl Downstream {
-    /// A connection hyper hands over itself on upgrade.
-    pub fn new(
-        addr: std::net::SocketAddr,
-        framing: Option<Arc<crate::edge::framing::Framing>>,
-    ) -> Self {
-        Downstream {
-            peer: Peer::new(addr),
-            handover: None,
-            framing,
+/// The proxy's answer, and with a 101 what the edge needs to run the tunnel.
+pub struct Answer {
+    pub response: Response<ProxyBody>,
+    /// Boxed: only upgrades carry one, and every other answer moves it around.
+    pub tunnel: Option<Box<Tunnel>>,
+}
+
+/// An upgrade the upstream agreed to: its side of the connection, the request's accounting,
+/// which ends with the tunnel, and the upstream's `tunnel_idle_timeout`.
+pub struct Tunnel {
+    pub upstream: OnUpgrade,
+    pub acct: Accounting,
+    pub idle: Duration,
+}
+
+impl From<Response<ProxyBody>> for Answer {
+    fn from(response: Response<ProxyBody>) -> Self {
+        Answer {
+            response,
+            tunnel: None,
         }
     }
 }
 
-/// Where a failure came from, which decides the status (pingora's habit).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Failure {
-    Upstream(FailureReason),
-    Downstream,
-    Internal,
-}
-
-impl Failure {
-    fn response(self) -> Response<ProxyBody> {
-        let (status, body) = match self {
-            Failure::Upstream(FailureReason::Timeout) => {
-                (StatusCode::GATEWAY_TIMEOUT, "upstream timed out\n")
-            }
-            Failure::Upstream(FailureReason::Connect) => {
-                (StatusCode::BAD_GATEWAY, "upstream unavailable\n")
-            }
-            Failure::Upstream(_) => (StatusCode::BAD_GATEWAY, "upstream failed\n"),
-            Failure::Downstream => (StatusCode::BAD_REQUEST, "bad request\n"),
-            Failure::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "internal error\n"),
-        };
-        local(status, body)
-    }
-}
-
-/// Refuses a request at the edge, counted by reason.
-fn reject(table: &RoutingTable, r: Reject) -> Response<ProxyBody> {
-    table.rejected[r as usize].increment(1);
-    let mut resp = local(r.status(), r.body());
-    if matches!(
-        r,
-        Reject::BodyTooLarge
-            | Reject::BodyTimeout
-            | Reject::BodyTooSlow
-            | Reject::BadBody
-            | Reject::TeAndCl
-    ) {
-        // The rest of the body is unread; the connection cannot be reused.
-        resp.headers_mut()
-            .insert(header::CONNECTION, HeaderValue::from_static("close"));
-    }
-    resp
-}
-
-pub fn local(status: StatusCode, body: &'static str) -> Response<ProxyBody> {
-    let mut resp = Response::new(ProxyBody::local(body));
-    *resp.status_mut() = status;
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    resp
+/// Refuses the client's request, counted by reason.
+pub fn refuse(table: &RoutingTable, fault: failure::Downstream) -> Response<ProxyBody> {
+    table.rejected[fault as usize].increment(1);
+    Failure::Downstream(fault).response()
 }
 
 impl Proxy {
-    pub fn new(
-        table: Arc<ArcSwap<RoutingTable>>,
-        tls: bool,
-        life: crate::edge::server::Lifecycle,
-    ) -> Self {
+    pub fn new(table: Arc<ArcSwap<RoutingTable>>, tls: bool) -> Self {
         let proto = HeaderValue::from_static(if tls { "https" } else { "http" });
-        Proxy { table, proto, life }
+        Proxy { table, proto }
     }
 
     pub fn table(&self) -> &ArcSwap<RoutingTable> {
         &self.table
     }
 
-    pub async fn handle(
-        &self,
-        mut req: Request<Incoming>,
-        conn: &Downstream,
-    ) -> Response<ProxyBody> {
-        let start = Instant::now();
-        // A full Arc, not a guard: the request keeps its table to the end, whatever reloads.
-        let table = self.table.load_full();
-        // Every HTTP/1.x request is counted, in order, before anything can answer it.
-        if req.version() < Version::HTTP_2
-            && conn.framing.as_ref().is_some_and(|f| f.next_has_both())
-        {
-            tracing::debug!(peer = %conn.peer.addr, "request head with both Transfer-Encoding and Content-Length refused");
-            return reject(&table, Reject::TeAndCl);
-        }
-        let upgrade = upgrade_protocol(&req);
-        let client_upgrade = upgrade
-            .as_ref()
-            .map(|_| ClientSide::of(&mut req, conn.handover.as_ref()));
-        let (mut parts, body) = req.into_parts();
-
-        let routed_path = match hygiene::check(&mut parts, &table.policy) {
-            Ok(p) => p,
-            Err(r) => return reject(&table, r),
-        };
+    pub async fn handle(&self, req: Admitted, peer: &Peer) -> Answer {
+        let Admitted {
+            start,
+            table,
+            mut parts,
+            body,
+            routed_path,
+            upgrade,
+        } = req;
         let Ok(host) = request_host(&parts.uri, &parts.headers) else {
-            return reject(&table, Reject::BadHost);
+            return refuse(&table, failure::Downstream::BadHost).into();
         };
         let host_no_port = host
             .as_ref()
@@ -168,21 +116,21 @@ impl Proxy {
         let Some(route) = table.find_route(host_no_port, path, &parts.method, &parts.headers)
         else {
             table.unrouted.increment(1);
-            return local(StatusCode::NOT_FOUND, "no route\n");
+            return Failure::Unrouted.response().into();
         };
         let declared = parts
             .headers
             .get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
         if declared.is_some_and(|n| n > route.max_body_bytes) {
-            return reject(&table, Reject::BodyTooLarge);
+            return refuse(&table, failure::Downstream::BodyTooLarge).into();
         }
 
         if parts.version == Version::HTTP_2 {
             // Only HTTP/2 splits cookies (RFC 9113 §8.2.3); an HTTP/1.1 client sends one line.
             join_cookie_crumbs(&mut parts.headers);
         }
-        let client = table.client_ip(conn.peer.addr.ip(), &parts.headers);
+        let client = table.client_ip(peer.addr.ip(), &parts.headers);
         let index = overrides::choose_cohort(route, &table, &parts.headers, &parts.uri, client);
         let target = Arc::clone(&route.cohorts[index]);
         let mut acct = Accounting::start(Arc::clone(&target), start);
@@ -198,7 +146,7 @@ impl Proxy {
             parts.headers.remove(h);
         }
         parts.headers.insert(&X_COHORT, target.header_value.clone());
-        append_forwarded_for(&mut parts.headers, &conn.peer);
+        append_forwarded_for(&mut parts.headers, peer);
         parts.headers.insert(&X_FORWARDED_PROTO, self.proto.clone());
         match host.and_then(|h| h.into_value()) {
             Some(v) => {
@@ -234,6 +182,7 @@ impl Proxy {
             limits.body_read_timeout,
             limits.body_min_rate,
         );
+        let faults = body.faults();
         let sent = upstream.send(&mut slot, Request::from_parts(parts, body));
         // Counted from `start` rather than from a second clock read: the routing above, a few
         // microseconds, counts against the response timeout. (The config caps durations, so
@@ -241,17 +190,17 @@ impl Proxy {
         let result = tokio::time::timeout_at(start + upstream.spec.response_timeout, sent).await;
         acct.hold_endpoint(slot);
         let resp = match result {
-            Err(_elapsed) => {
-                return self.fail(&mut acct, Failure::Upstream(FailureReason::Timeout))
-            }
+            Err(_elapsed) => return fail(&mut acct, failure::Upstream::Timeout).into(),
             Ok(Err(e)) => {
-                if let Some(fault) = crate::body::client_body_fault(e.error()) {
+                // The client's body ended the exchange: its fault, recorded by the body.
+                if let Some(fault) = faults.get() {
                     acct.refused();
-                    return reject(&table, fault);
+                    return refuse(&table, fault).into();
                 }
                 let reason = upstream::classify(e.error(), e.connect);
-                tracing::debug!(route = %route.name, cohort = %target.name, upstream = %upstream.name(), reason = reason.as_str(), error = %e, "upstream request failed");
-                return self.fail(&mut acct, Failure::Upstream(reason));
+                let failure = Failure::Upstream(reason);
+                tracing::debug!(route = %route.name, cohort = %target.name, upstream = %upstream.name(), origin = failure.origin(), reason = reason.as_str(), error = %e, "upstream request failed");
+                return fail(&mut acct, reason).into();
             }
             Ok(Ok(resp)) => resp,
         };
@@ -259,7 +208,7 @@ impl Proxy {
         let mut resp = resp;
         let switched = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
         let upstream_upgrade =
-            (switched && client_upgrade.is_some()).then(|| hyper::upgrade::on(&mut resp));
+            (switched && upgrade.is_some()).then(|| hyper::upgrade::on(&mut resp));
         let (mut rparts, rbody) = resp.into_parts();
         target.metrics.request(rparts.status);
         acct.answered(rparts.status);
@@ -269,10 +218,7 @@ impl Proxy {
             .map(|v| route.outcome_slot(v.as_bytes()));
         if is_grpc(&rparts.headers) {
             // Trailers-only answers carry grpc-status in the head.
-            let failed = rparts
-                .headers
-                .get("grpc-status")
-                .is_some_and(crate::body::grpc_failed);
+            let failed = rparts.headers.get("grpc-status").is_some_and(grpc_failed);
             acct.defer_outcome(GrpcVerdict {
                 outcome,
                 error: route.outcome_slot(b"error"),
@@ -289,35 +235,34 @@ impl Proxy {
                 .headers
                 .insert(&X_COHORT, target.header_value.clone());
         }
-        if let (Some(mut client), Some(up)) = (client_upgrade, upstream_upgrade) {
-            client.agreed();
+        if let Some(up) = upstream_upgrade {
             rparts
                 .headers
                 .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
             if let Some(p) = switched_to {
                 rparts.headers.insert(header::UPGRADE, p);
             }
-            self.life.connections.spawn(crate::edge::tunnel::run(
-                client,
-                up,
+            let tunnel = Tunnel {
+                upstream: up,
                 acct,
-                upstream.spec.tunnel_idle_timeout,
-                self.life.abort.clone(),
-            ));
-            return Response::from_parts(rparts, ProxyBody::empty());
+                idle: upstream.spec.tunnel_idle_timeout,
+            };
+            return Answer {
+                response: Response::from_parts(rparts, ProxyBody::empty()),
+                tunnel: Some(Box::new(tunnel)),
+            };
         }
         let body = ObservedBody::new(rbody, acct, upstream.spec.idle_timeout);
-        Response::from_parts(rparts, ProxyBody::Upstream { body })
+        Response::from_parts(rparts, ProxyBody::Upstream { body }).into()
     }
+}
 
-    fn fail(&self, acct: &mut Accounting, failure: Failure) -> Response<ProxyBody> {
-        let target = acct.cohort();
-        if let Failure::Upstream(reason) = failure {
-            target.metrics.failure(reason);
-        }
-        let resp = failure.response();
-        target.metrics.request(resp.status());
-        acct.answered(resp.status());
-        resp
-    }
+/// Answers a failed upstream exchange, counted by reason and as the cohort's request.
+fn fail(acct: &mut Accounting, reason: failure::Upstream) -> Response<ProxyBody> {
+    let target = acct.cohort();
+    target.metrics.failure(reason as usize);
+    let resp: Response<ProxyBody> = Failure::Upstream(reason).response();
+    target.metrics.request(resp.status());
+    acct.answered(resp.status());
+    resp
 }

@@ -38,14 +38,17 @@ impl Rejection {
         Self::Expired,
         Self::UnknownCohort,
     ];
+    /// The `reason` labels, aligned with [`Rejection::ALL`].
+    pub const LABELS: [&'static str; 5] = [
+        "untrusted",
+        "malformed",
+        "forged",
+        "expired",
+        "unknown_cohort",
+    ];
+
     pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Untrusted => "untrusted",
-            Self::Malformed => "malformed",
-            Self::Forged => "forged",
-            Self::Expired => "expired",
-            Self::UnknownCohort => "unknown_cohort",
-        }
+        Self::LABELS[self as usize]
     }
 }
 

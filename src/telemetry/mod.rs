@@ -6,14 +6,13 @@
 //! The registry is per instance rather than global so in-process tests do not share counters.
 
 mod exposition;
+mod help;
 mod retired;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use metrics::{
-    Counter, Gauge, Histogram, Key, KeyName, Label, Metadata, Recorder, SharedString, Unit,
-};
+use metrics::{Counter, Gauge, Histogram, Key, KeyName, Label, Metadata, Recorder, SharedString};
 
 use self::exposition::Exposition;
 use self::retired::Retirements;
@@ -41,35 +40,6 @@ pub const LATENCY_BUCKETS: &[f64] = &[
 ];
 
 pub const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
-
-/// Why an upstream exchange failed; the label values of `cohort_upstream_failures_total`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FailureReason {
-    Connect = 0,
-    Timeout = 1,
-    Reset = 2,
-    Tls = 3,
-    Protocol = 4,
-}
-
-impl FailureReason {
-    pub const ALL: [FailureReason; 5] = [
-        Self::Connect,
-        Self::Timeout,
-        Self::Reset,
-        Self::Tls,
-        Self::Protocol,
-    ];
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Connect => "connect",
-            Self::Timeout => "timeout",
-            Self::Reset => "reset",
-            Self::Tls => "tls",
-            Self::Protocol => "protocol",
-        }
-    }
-}
 
 /// When a client left an exchange unfinished; the `stage` label of
 /// `cohort_abandoned_requests_total`.
@@ -108,8 +78,6 @@ pub struct Metrics {
     pub reload_success: Counter,
     pub reload_failure: Counter,
     pub generation: Gauge,
-    /// Aligned with `hygiene::Reject::ALL`.
-    pub rejected: [Counter; crate::edge::hygiene::Reject::ALL.len()],
 }
 
 /// Handles for one (route, cohort), created when the table is built.
@@ -118,7 +86,8 @@ pub struct CohortMetrics {
     pub requests: [Counter; 5],
     pub duration: Histogram,
     pub ttfb: Histogram,
-    pub failures: [Counter; 5],
+    /// Aligned with the reasons [`Metrics::cohort`] was given.
+    pub failures: Vec<Counter>,
     /// Aligned with `Abandoned::ALL`.
     pub abandoned: [Counter; 2],
     /// Aligned with the route's allowed outcome values.
@@ -151,9 +120,13 @@ impl CohortMetrics {
         self.requests[class].increment(1);
     }
 
+    /// Counts a failed upstream exchange under the reason at `index` of those the handles
+    /// were registered with.
     #[inline]
-    pub fn failure(&self, reason: FailureReason) {
-        self.failures[reason as usize].increment(1);
+    pub fn failure(&self, index: usize) {
+        if let Some(c) = self.failures.get(index) {
+            c.increment(1);
+        }
     }
 }
 
@@ -167,89 +140,7 @@ impl Metrics {
     pub fn new() -> Self {
         // Only an empty bucket list is refused, and this one is a non-empty constant.
         let recorder = Exposition::new(LATENCY_BUCKETS).expect("LATENCY_BUCKETS is not empty");
-        let help: [(&str, Unit, &str); 16] = [
-            (
-                REJECTED,
-                Unit::Count,
-                "Requests refused at the edge (limits, request hygiene, bad or slow bodies), by reason.",
-            ),
-            (
-                OVERRIDE_REJECTED,
-                Unit::Count,
-                "Cohort overrides ignored and stripped, by route and reason.",
-            ),
-            (
-                CONNECTIONS_REFUSED,
-                Unit::Count,
-                "Connections refused because the listener was at max_connections.",
-            ),
-            (
-                OPEN_CONNECTIONS,
-                Unit::Count,
-                "Client connections open, by listener.",
-            ),
-            (
-                PARKED_CONNECTIONS,
-                Unit::Count,
-                "Idle HTTP/1.1 client connections parked without buffers, by listener.",
-            ),
-            (
-                REQUESTS,
-                Unit::Count,
-                "Requests answered, by route, cohort and status class.",
-            ),
-            (
-                DURATION,
-                Unit::Seconds,
-                "Request start to last response byte, by route and cohort.",
-            ),
-            (
-                TTFB,
-                Unit::Seconds,
-                "Request start to first response body byte, by route and cohort.",
-            ),
-            (
-                ABANDONED,
-                Unit::Count,
-                "Requests whose client left before the response head or during its body, by route, cohort and stage.",
-            ),
-            (
-                UPSTREAM_FAILURES,
-                Unit::Count,
-                "Upstream exchanges that failed, by reason.",
-            ),
-            (
-                OUTCOMES,
-                Unit::Count,
-                "Agent outcomes reported by the backend's outcome header.",
-            ),
-            (
-                IN_FLIGHT,
-                Unit::Count,
-                "Requests currently in flight, by route and cohort.",
-            ),
-            (
-                SPLIT,
-                Unit::Percent,
-                "Share of each cohort, in percent: the configured one, or its rollout's.",
-            ),
-            (
-                UNROUTED,
-                Unit::Count,
-                "Requests that matched no route (answered 404).",
-            ),
-            (
-                RELOADS,
-                Unit::Count,
-                "Configuration reload attempts, by result.",
-            ),
-            (
-                GENERATION,
-                Unit::Count,
-                "Generation of the serving configuration; starts at 1.",
-            ),
-        ];
-        for (name, unit, text) in help {
+        for (name, unit, text) in help::HELP {
             let text = SharedString::const_str(text);
             match name {
                 DURATION | TTFB => {
@@ -269,8 +160,6 @@ impl Metrics {
         let reload_success = counter(RELOADS, vec![Label::new("result", "success")]);
         let reload_failure = counter(RELOADS, vec![Label::new("result", "failure")]);
         let generation = recorder.register_gauge(&Key::from_name(GENERATION), &METADATA);
-        let rejected = crate::edge::hygiene::Reject::ALL
-            .map(|r| counter(REJECTED, vec![Label::new("reason", r.as_str())]));
         Metrics {
             recorder,
             retired: Arc::default(),
@@ -278,12 +167,28 @@ impl Metrics {
             reload_success,
             reload_failure,
             generation,
-            rejected,
         }
     }
 
-    /// Registers (or finds again, so counters survive reloads) the handles for one cohort.
-    pub fn cohort(&self, route: &str, cohort: &str, outcomes: &[String]) -> CohortMetrics {
+    /// `cohort_rejected_requests_total`, one counter per `reasons` label, in their order
+    /// (found again on every table built, so the counts survive reloads).
+    pub fn rejected<const N: usize>(&self, reasons: [&'static str; N]) -> [Counter; N] {
+        reasons.map(|r| {
+            let labels = vec![Label::new("reason", r)];
+            self.recorder
+                .register_counter(&Key::from_parts(REJECTED, labels), &METADATA)
+        })
+    }
+
+    /// Registers (or finds again, so counters survive reloads) the handles for one cohort;
+    /// `failure_reasons` are the `reason` labels of its upstream failures.
+    pub fn cohort(
+        &self,
+        route: &str,
+        cohort: &str,
+        outcomes: &[String],
+        failure_reasons: &[&'static str],
+    ) -> CohortMetrics {
         self.retired.note(route, Some(cohort));
         let base = || {
             vec![
@@ -309,8 +214,10 @@ impl Metrics {
             ttfb: self
                 .recorder
                 .register_histogram(&Key::from_parts(TTFB, base()), &METADATA),
-            failures: FailureReason::ALL
-                .map(|r| counter(UPSTREAM_FAILURES, with("reason", r.as_str().to_string()))),
+            failures: failure_reasons
+                .iter()
+                .map(|r| counter(UPSTREAM_FAILURES, with("reason", r.to_string())))
+                .collect(),
             abandoned: Abandoned::ALL
                 .map(|a| counter(ABANDONED, with("stage", a.as_str().to_string()))),
             outcomes: outcomes
@@ -327,13 +234,17 @@ impl Metrics {
         }
     }
 
-    /// Override rejections of one route, aligned with `signed::Rejection::ALL`.
-    pub fn override_rejected(&self, route: &str) -> [Counter; 5] {
+    /// Override rejections of one route, one counter per `reasons` label, in their order.
+    pub fn override_rejected<const N: usize>(
+        &self,
+        route: &str,
+        reasons: [&'static str; N],
+    ) -> [Counter; N] {
         self.retired.note(route, None);
-        crate::routing::signed::Rejection::ALL.map(|r| {
+        reasons.map(|r| {
             let labels = vec![
                 Label::new("route", route.to_string()),
-                Label::new("reason", r.as_str()),
+                Label::new("reason", r),
             ];
             self.recorder
                 .register_counter(&Key::from_parts(OVERRIDE_REJECTED, labels), &METADATA)

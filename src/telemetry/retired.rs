@@ -139,8 +139,8 @@ mod tests {
     #[test]
     fn a_removed_route_takes_every_series_labelled_with_it_and_spares_the_others() {
         let m = Metrics::new();
-        let gone = m.cohort("gone", "c", &[]);
-        let kept = m.cohort("kept", "c", &[]);
+        let gone = m.cohort("gone", "c", &[], &["connect"]);
+        let kept = m.cohort("kept", "c", &[], &["connect"]);
         let step = m.gauge("cohort_rollout_step_percent", "help", &[("route", "gone")]);
         let decisions = m.counter(
             "cohort_rollout_decisions_total",
@@ -187,7 +187,7 @@ mod tests {
         );
 
         // A table that failed to validate registered a cohort nobody serves.
-        let tried = m.cohort("kept", "tried", &[]);
+        let tried = m.cohort("kept", "tried", &[], &["connect"]);
         tried.split.set(10.0);
         m.settle(&owners(&[("kept", &["c"])]));
         assert!(!m

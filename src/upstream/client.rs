@@ -15,8 +15,8 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use rustls_pki_types::ServerName;
 
 use super::{Endpoint, EndpointSpec, Protocol, SendError, UpstreamSpec};
-use crate::body::RequestBody;
 use crate::tls::TlsError;
+use crate::upstream::body::RequestBody;
 
 pub type UpstreamClient = Client<HttpsConnector<FixedEndpoint>, RequestBody>;
 

@@ -7,7 +7,6 @@
 
 use std::error::Error as StdError;
 use std::future::Future;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,69 +18,20 @@ use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
 use rustls_pki_types::ServerName;
 
-use crate::body::RequestBody;
-use crate::telemetry::FailureReason;
-use crate::tls::{self, TlsError};
+use crate::failure;
+use crate::tls::TlsError;
+use body::RequestBody;
 use exchange::Sending;
 use pool::Pool;
 
+pub mod body;
 mod client;
 mod exchange;
 pub mod pool;
+mod spec;
+pub mod tls;
 
-/// Which authority an upstream is sent: as Host on HTTP/1.1 and as `:authority` on HTTP/2,
-/// the same one whatever the protocol, and never a Host that differs from `:authority`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum AuthorityFrom {
-    /// The client's (its Host or `:authority`), as Envoy passes it; the endpoint's when the
-    /// client named none (HTTP/1.0).
-    #[default]
-    Client,
-    /// The endpoint's `host:port`, for backends that route on their own name.
-    Endpoint,
-}
-
-/// How cohort speaks to an upstream.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Protocol {
-    Http1,
-    /// h2c with prior knowledge in cleartext, ALPN `h2` over TLS.
-    Http2,
-    /// ALPN over TLS (h2 preferred); HTTP/1.1 in cleartext.
-    Auto,
-}
-
-/// TLS settings of an upstream, with a hash of the files so a rotated certificate makes a
-/// different spec (and a fresh pool).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct UpstreamTls {
-    pub ca_file: Option<PathBuf>,
-    pub server_name: Option<String>,
-    pub client_cert: Option<(PathBuf, PathBuf)>,
-    pub files_hash: u64,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct EndpointSpec {
-    pub scheme: Scheme,
-    pub authority: Authority,
-}
-
-/// What an upstream is made of, as validated from the config; two upstreams with equal specs
-/// are interchangeable, which lets a reload keep the old pool.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct UpstreamSpec {
-    pub name: String,
-    pub endpoints: Vec<EndpointSpec>,
-    pub protocol: Protocol,
-    pub tls: UpstreamTls,
-    pub connect_timeout: Duration,
-    pub response_timeout: Duration,
-    pub idle_timeout: Duration,
-    pub tunnel_idle_timeout: Duration,
-    pub max_idle_per_endpoint: usize,
-    pub authority: AuthorityFrom,
-}
+pub use spec::{parse_endpoint, AuthorityFrom, EndpointSpec, Protocol, UpstreamSpec, UpstreamTls};
 
 /// How an endpoint's requests travel: cleartext HTTP/1.1 through its own pool, TLS and HTTP/2
 /// through a hyper-util client of its own.
@@ -163,7 +113,7 @@ impl Upstream {
             tls::client_config(t.ca_file.as_deref(), client)?
         } else {
             // Never used for a handshake; avoids reading the system roots for nothing.
-            rustls::ClientConfig::builder_with_provider(tls::provider())
+            rustls::ClientConfig::builder_with_provider(crate::tls::provider())
                 .with_safe_default_protocol_versions()
                 .map_err(|e| TlsError {
                     path: "<tls>".into(),
@@ -282,70 +232,37 @@ impl Upstream {
     }
 }
 
-/// Parses `host:port`, `http://host:port` or `https://host[:port]` (no path).
-pub fn parse_endpoint(s: &str) -> Result<EndpointSpec, String> {
-    let (scheme, rest) = if let Some(r) = s.strip_prefix("http://") {
-        (Scheme::HTTP, r)
-    } else if let Some(r) = s.strip_prefix("https://") {
-        (Scheme::HTTPS, r)
-    } else if s.contains("://") {
-        return Err("the schemes accepted are http:// and https://".into());
-    } else {
-        (Scheme::HTTP, s)
-    };
-    let rest = rest.strip_suffix('/').unwrap_or(rest);
-    if rest.contains('/') || rest.contains('@') {
-        return Err(
-            "expected host:port, http://host:port or https://host:port, with no path or user"
-                .into(),
-        );
-    }
-    let mut authority: Authority = rest.parse().map_err(|e| format!("not a host:port: {e}"))?;
-    if authority.host().is_empty() {
-        return Err("a host is required (host:port)".into());
-    }
-    if authority.port_u16().is_none() {
-        if scheme != Scheme::HTTPS {
-            return Err("a port is required (host:port)".into());
-        }
-        authority = format!("{rest}:443")
-            .parse()
-            .map_err(|e| format!("not a host: {e}"))?;
-    }
-    Ok(EndpointSpec { scheme, authority })
-}
-
 /// Maps a client error to the reason label and whether it is a timeout (504) or not (502).
-pub fn classify(err: &(dyn StdError + 'static), is_connect: bool) -> FailureReason {
+pub fn classify(err: &(dyn StdError + 'static), is_connect: bool) -> failure::Upstream {
     if tls::is_tls_error(err) {
-        return FailureReason::Tls;
+        return failure::Upstream::Tls;
     }
     let mut cur: Option<&(dyn StdError + 'static)> = Some(err);
     while let Some(e) = cur {
         if let Some(io) = e.downcast_ref::<std::io::Error>() {
             use std::io::ErrorKind::*;
             match io.kind() {
-                TimedOut => return FailureReason::Timeout,
+                TimedOut => return failure::Upstream::Timeout,
                 ConnectionReset | ConnectionAborted | BrokenPipe | UnexpectedEof if !is_connect => {
-                    return FailureReason::Reset
+                    return failure::Upstream::Reset
                 }
                 _ => {}
             }
         }
         if let Some(h) = e.downcast_ref::<hyper::Error>() {
             if h.is_parse() || h.is_parse_status() || h.is_parse_too_large() {
-                return FailureReason::Protocol;
+                return failure::Upstream::Protocol;
             }
             if h.is_timeout() {
-                return FailureReason::Timeout;
+                return failure::Upstream::Timeout;
             }
         }
         cur = e.source();
     }
     if is_connect {
-        FailureReason::Connect
+        failure::Upstream::Connect
     } else {
-        FailureReason::Reset
+        failure::Upstream::Reset
     }
 }
 

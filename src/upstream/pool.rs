@@ -26,7 +26,7 @@ use pin_project_lite::pin_project;
 use tokio::time::Instant;
 use tower_service::Service;
 
-use crate::body::RequestBody;
+use crate::upstream::body::RequestBody;
 
 pub type Sender = http1::SendRequest<RequestBody>;
 

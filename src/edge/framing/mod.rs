@@ -6,7 +6,7 @@
 //! Owns: the framing tracker (head ends, the three header names it looks for, body skipping
 //! by length or by chunks) and the IO wrapper that feeds it, and the per-connection verdict
 //! the request path reads. Must not touch: hyper's parsing (this never changes a byte or
-//! refuses anything itself), the request path's decisions (`proxy` answers the 400).
+//! refuses anything itself), the answer (`server::service` refuses a flagged head).
 //!
 //! The tracker mirrors hyper's framing rules only as far as needed to count heads; anything it
 //! cannot follow makes it stop for the rest of the connection rather than guess, since hyper

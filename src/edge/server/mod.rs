@@ -6,43 +6,28 @@
 //! (`admin`), or the table beyond reading its listener settings.
 
 mod plain;
+mod service;
 mod watchdog;
 
 pub use plain::release_freed_memory_with;
 
-use std::convert::Infallible;
-use std::future::Future;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::{Request, Response};
-use hyper::body::Incoming;
-use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use metrics::{Counter, Gauge};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
-use crate::body::ProxyBody;
-use crate::edge::framing::{Framing, Watched};
-use crate::proxy::{Downstream, Proxy};
+use crate::edge::framing::Watched;
+use crate::lifecycle::Lifecycle;
+use crate::proxy::Proxy;
 use crate::routing::table::ConnLimits;
-use watchdog::{Activity, Tracked, Verdict};
-
-/// Signals shared by every listener: `drain` asks connections to finish their current
-/// exchange and close; `abort` (after `shutdown_timeout`) cuts whatever is left.
-#[derive(Clone, Default)]
-pub struct Lifecycle {
-    pub drain: CancellationToken,
-    pub abort: CancellationToken,
-    pub connections: TaskTracker,
-}
+use service::{service, Downstream};
+use watchdog::{Activity, Verdict};
 
 /// A client that opens a TCP connection and never finishes the handshake is dropped after this.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -125,7 +110,7 @@ pub async fn serve(listener: TcpListener, me: Listener, life: Lifecycle) {
                             plain::serve_http1(io, peer, proxy, &limits, life2, parked).await
                         }
                         plain::Detected::H2c(io) => {
-                            let conn = Downstream::new(peer, None);
+                            let conn = Downstream::new(peer, None, life2.clone());
                             serve_connection(io, conn, proxy, &builder, &limits, life2).await
                         }
                         plain::Detected::Gone => {}
@@ -143,7 +128,7 @@ pub async fn serve(listener: TcpListener, me: Listener, life: Lifecycle) {
                     Ok(Ok(tls)) => {
                         // HTTP/1.1 over TLS is watched too; the h2 preface stops the tracker.
                         let tls = Watched::new(tls, plain::head_limit(&limits), Default::default());
-                        let conn = Downstream::new(peer, Some(tls.framing()));
+                        let conn = Downstream::new(peer, Some(tls.framing()), life2.clone());
                         serve_connection(tls, conn, proxy, &builder, &limits, life2).await
                     }
                     Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
@@ -203,50 +188,6 @@ impl Drop for OpenGuard {
         self.open.fetch_sub(1, Ordering::Relaxed);
         self.gauge.decrement(1.0);
     }
-}
-
-type Answer = Response<Tracked<ProxyBody>>;
-type Answering = Pin<Box<dyn Future<Output = Result<Answer, Infallible>> + Send>>;
-
-/// The per-connection service. The request's future is boxed: `plain` drives hyper with
-/// `poll_without_shutdown`, which needs it `Unpin`, and hyper's per-connection slot for it is
-/// then a pointer rather than the future (about 3 KB). Every request goes down with the
-/// connection's `Downstream`: its peer and, on connections that `plain` takes back from hyper,
-/// its `Handover`, which the proxy uses only if the request asks for an upgrade.
-fn service(
-    proxy: Arc<Proxy>,
-    conn: Arc<Downstream>,
-    activity: Arc<Activity>,
-) -> impl hyper::service::Service<
-    Request<Incoming>,
-    Response = Answer,
-    Error = Infallible,
-    Future = Answering,
-> + Clone {
-    service_fn(move |req: Request<Incoming>| {
-        // Counted at once: the request is active from the moment hyper hands it over.
-        let busy = activity.begin();
-        let (proxy, conn) = (Arc::clone(&proxy), Arc::clone(&conn));
-        Box::pin(async move {
-            let h1 = req.version() < http::Version::HTTP_2;
-            let mut resp = proxy.handle(req, &conn).await;
-            // A request the framing tracker could not follow (after an Upgrade header that
-            // did not upgrade, say) is the connection's last: later heads would go unchecked.
-            if h1
-                && resp.status() != http::StatusCode::SWITCHING_PROTOCOLS
-                && conn
-                    .framing
-                    .as_deref()
-                    .is_some_and(Framing::last_was_unchecked)
-            {
-                resp.headers_mut().insert(
-                    http::header::CONNECTION,
-                    http::HeaderValue::from_static("close"),
-                );
-            }
-            Ok(resp.map(|b| Tracked::new(b, busy)))
-        }) as Answering
-    })
 }
 
 async fn serve_connection<I>(

@@ -18,11 +18,12 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
+use super::service::{service, Downstream};
 use super::watchdog::{Activity, Verdict};
-use super::{service, Lifecycle};
 use crate::edge::framing::Watched;
 use crate::edge::tunnel::Handover;
-use crate::proxy::{Downstream, Peer, Proxy};
+use crate::lifecycle::Lifecycle;
+use crate::proxy::{Peer, Proxy};
 use crate::routing::table::ConnLimits;
 
 /// An HTTP/1.1 connection idle this long gives its buffers back. Busy connections never wait
@@ -115,6 +116,7 @@ pub async fn serve_http1(
         peer: Peer::new(peer),
         handover: Some(handover.clone()),
         framing: Some(stream.framing()),
+        life: life.clone(),
     });
     let builder = h1_builder(limits);
     let mut io = stream;

@@ -294,7 +294,7 @@ impl TryFrom<TableInput<'_>> for RoutingTable {
             limits,
             policy,
             admin_token: admin_token.map(|t| String::from_utf8_lossy(&t).into_owned()),
-            rejected: input.metrics.rejected.clone(),
+            rejected: input.metrics.rejected(crate::failure::Downstream::LABELS),
             poll_interval: raw.reload.poll_interval,
             watch: raw.reload.watch,
             shutdown_timeout: raw.shutdown_timeout,

@@ -1,9 +1,43 @@
 //! Validation of the edge settings: CIDR lists, secret and token files, and the `limits`
-//! section (connection limits and request hygiene policy).
+//! section (connection limits and request hygiene policy), and the validated policy type the
+//! edge's `hygiene` applies.
 
 use ipnet::IpNet;
 
 use super::build::{err, Invalid, TableError};
+
+/// What the edge accepts, from the config's `limits` section.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Policy {
+    pub max_header_bytes: usize,
+    pub max_headers: usize,
+    pub max_uri_bytes: usize,
+    pub underscores: Underscores,
+    pub normalize_path: bool,
+    pub reject_encoded_slashes: bool,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy {
+            max_header_bytes: 64 * 1024,
+            max_headers: 100,
+            max_uri_bytes: 16 * 1024,
+            underscores: Underscores::Reject,
+            normalize_path: false,
+            reject_encoded_slashes: true,
+        }
+    }
+}
+
+/// What to do with header names holding `_`, which some servers read as `-` (so a client
+/// could smuggle a header past a filter that only knows the dashed spelling).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Underscores {
+    Reject,
+    Drop,
+    Allow,
+}
 
 pub(super) fn parse_cidr(path: &str, s: &str) -> Result<IpNet, TableError> {
     s.parse::<IpNet>()
@@ -52,7 +86,7 @@ pub(super) fn read_secret(
 
 pub(super) fn build_limits(
     l: &crate::config::RawLimits,
-) -> Result<(super::ConnLimits, crate::edge::hygiene::Policy), TableError> {
+) -> Result<(super::ConnLimits, Policy), TableError> {
     let at_least = |field: &str, value: u64, min: u64| {
         if value < min {
             Err(err(format!("limits.{field}"), Invalid::TooSmall { min }))
@@ -76,7 +110,7 @@ pub(super) fn build_limits(
     let limits = super::ConnLimits {
         header_read_timeout: l.header_read_timeout,
         body_read_timeout: l.body_read_timeout,
-        body_min_rate: crate::body::MinRate {
+        body_min_rate: crate::upstream::body::MinRate {
             bytes_per_sec: l.body_min_rate,
             window: l.body_rate_window,
         },
@@ -87,14 +121,14 @@ pub(super) fn build_limits(
         max_headers: l.max_request_headers,
         max_uri_bytes: l.max_uri_bytes,
     };
-    let policy = crate::edge::hygiene::Policy {
+    let policy = Policy {
         max_header_bytes: l.max_request_header_bytes,
         max_headers: l.max_request_headers,
         max_uri_bytes: l.max_uri_bytes,
         underscores: match l.underscore_headers {
-            crate::config::RawUnderscores::Reject => crate::edge::hygiene::Underscores::Reject,
-            crate::config::RawUnderscores::Drop => crate::edge::hygiene::Underscores::Drop,
-            crate::config::RawUnderscores::Allow => crate::edge::hygiene::Underscores::Allow,
+            crate::config::RawUnderscores::Reject => Underscores::Reject,
+            crate::config::RawUnderscores::Drop => Underscores::Drop,
+            crate::config::RawUnderscores::Allow => Underscores::Allow,
         },
         normalize_path: l.normalize_path,
         reject_encoded_slashes: l.reject_encoded_slashes,

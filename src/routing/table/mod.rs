@@ -30,6 +30,7 @@ use ipnet::IpNet;
 use metrics::Counter;
 
 pub use build::{basis_points, show_percent, Invalid, TableError, TableInput, DEFAULT_OUTCOMES};
+pub use edge::{Policy, Underscores};
 
 use crate::routing::bands::{self, Bands, KeySource};
 use crate::telemetry::{CohortMetrics, OutcomeSlot};
@@ -57,11 +58,11 @@ pub struct RoutingTable {
     /// Proxies whose X-Forwarded-For entries are believed when finding the client address.
     pub trusted_proxies: Vec<IpNet>,
     pub limits: ConnLimits,
-    pub policy: crate::edge::hygiene::Policy,
+    pub policy: Policy,
     /// Bearer token for the guarded admin endpoints.
     pub admin_token: Option<String>,
-    /// `cohort_rejected_requests_total`, aligned with `hygiene::Reject::ALL`.
-    pub rejected: [Counter; crate::edge::hygiene::Reject::ALL.len()],
+    /// `cohort_rejected_requests_total`, aligned with `failure::Downstream::ALL`.
+    pub rejected: [Counter; crate::failure::Downstream::ALL.len()],
     pub poll_interval: Duration,
     pub watch: bool,
     pub shutdown_timeout: Duration,
@@ -79,7 +80,7 @@ pub struct RoutingTable {
 pub struct ConnLimits {
     pub header_read_timeout: Duration,
     pub body_read_timeout: Duration,
-    pub body_min_rate: crate::body::MinRate,
+    pub body_min_rate: crate::upstream::body::MinRate,
     pub keepalive_timeout: Duration,
     pub max_connections: usize,
     pub http2_max_concurrent_streams: u32,

@@ -13,7 +13,9 @@ use super::build::{
 use super::edge::read_secret;
 use super::{CohortTarget, Fallback, HostMatch, Route, RouteMatch};
 use crate::config::{RawKeySource, RawRoute};
+use crate::failure;
 use crate::routing::bands::{self, Bands, KeySource, BUCKETS};
+use crate::routing::signed::Rejection;
 use crate::telemetry::Metrics;
 use crate::upstream::Upstream;
 
@@ -216,7 +218,7 @@ pub(super) fn build_route(
             weight,
             configured: weight,
             upstream: Arc::clone(upstream),
-            metrics: metrics.cohort(&r.name, &s.cohort, &outcomes),
+            metrics: metrics.cohort(&r.name, &s.cohort, &outcomes, &failure::Upstream::LABELS),
             guard: None,
         }));
     }
@@ -283,7 +285,7 @@ pub(super) fn build_route(
         response_cohort_header: r.response_cohort_header,
         max_body_bytes: r.max_body_bytes,
         override_secret,
-        override_rejected: metrics.override_rejected(&r.name),
+        override_rejected: metrics.override_rejected(&r.name, Rejection::LABELS),
         rollout,
     })
 }

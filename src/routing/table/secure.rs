@@ -111,7 +111,8 @@ pub fn upstream_tls(
         .as_ref()
         .map(|(c, k)| (c.as_path(), k.as_path()));
     if ca_file.is_some() || client.is_some() {
-        tls::client_config(ca_file.as_deref(), client).map_err(|e| tls_err(path.to_string(), e))?;
+        crate::upstream::tls::client_config(ca_file.as_deref(), client)
+            .map_err(|e| tls_err(path.to_string(), e))?;
     }
     let files_hash = tls::files_hash(&mine.0);
     files.0.extend(mine.0);

@@ -1,0 +1,138 @@
+//! The per-connection service: what the edge does with each request before and after the
+//! proxy. It loads the serving table once for the request, refuses a head with both
+//! Transfer-Encoding and Content-Length, checks the head's hygiene, takes the client's side
+//! of an upgrade, hands the request to the proxy, and runs the tunnel the proxy's 101 opens.
+//!
+//! Owns: the order of those steps and the connection each request came on (`Downstream`).
+//! Must not touch: routing, header rewriting and upstreams (the proxy's), the connection's
+//! timers and parking (`super`).
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use http::{HeaderValue, Request, Response, StatusCode, Version};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use tokio::time::Instant;
+
+use super::watchdog::{Activity, Tracked};
+use crate::edge::framing::Framing;
+use crate::edge::hygiene;
+use crate::edge::tunnel::{self, ClientSide, Handover};
+use crate::failure;
+use crate::lifecycle::Lifecycle;
+use crate::proxy::{self, Admitted, Peer, Proxy, ProxyBody};
+
+/// The client connection a request came on: built once per connection and shared by its
+/// requests, behind one `Arc`.
+pub struct Downstream {
+    pub peer: Peer,
+    /// On connections the server takes back from hyper between requests: where the client's
+    /// socket is handed over if a request upgrades. `None` where hyper hands it over itself.
+    pub handover: Option<Handover>,
+    /// On HTTP/1.x connections: which request's head carried both Transfer-Encoding and
+    /// Content-Length, which hyper alone would forward as chunked.
+    pub framing: Option<Arc<Framing>>,
+    /// Upgraded connections outlive their request: they are tracked with the connections, so
+    /// shutdown waits for them and cuts them at `shutdown_timeout`.
+    pub life: Lifecycle,
+}
+
+impl Downstream {
+    /// A connection hyper hands over itself on upgrade.
+    pub fn new(addr: SocketAddr, framing: Option<Arc<Framing>>, life: Lifecycle) -> Self {
+        Downstream {
+            peer: Peer::new(addr),
+            handover: None,
+            framing,
+            life,
+        }
+    }
+}
+
+type Answer = Response<Tracked<ProxyBody>>;
+type Answering = Pin<Box<dyn Future<Output = Result<Answer, Infallible>> + Send>>;
+
+/// The per-connection service. The request's future is boxed: `plain` drives hyper with
+/// `poll_without_shutdown`, which needs it `Unpin`, and hyper's per-connection slot for it is
+/// then a pointer rather than the future (about 3 KB). Every request goes down with the
+/// connection's `Downstream`.
+pub(super) fn service(
+    proxy: Arc<Proxy>,
+    conn: Arc<Downstream>,
+    activity: Arc<Activity>,
+) -> impl hyper::service::Service<
+    Request<Incoming>,
+    Response = Answer,
+    Error = Infallible,
+    Future = Answering,
+> + Clone {
+    service_fn(move |req: Request<Incoming>| {
+        // Counted at once: the request is active from the moment hyper hands it over.
+        let busy = activity.begin();
+        let (proxy, conn) = (Arc::clone(&proxy), Arc::clone(&conn));
+        Box::pin(async move {
+            let h1 = req.version() < Version::HTTP_2;
+            let mut resp = answer(&proxy, &conn, req).await;
+            // A request the framing tracker could not follow (after an Upgrade header that
+            // did not upgrade, say) is the connection's last: later heads would go unchecked.
+            if h1
+                && resp.status() != StatusCode::SWITCHING_PROTOCOLS
+                && conn
+                    .framing
+                    .as_deref()
+                    .is_some_and(Framing::last_was_unchecked)
+            {
+                resp.headers_mut()
+                    .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            Ok(resp.map(|b| Tracked::new(b, busy)))
+        }) as Answering
+    })
+}
+
+/// One request, from the edge's checks through the proxy to the tunnel of an upgrade.
+async fn answer(
+    proxy: &Proxy,
+    conn: &Downstream,
+    mut req: Request<Incoming>,
+) -> Response<ProxyBody> {
+    let start = Instant::now();
+    // A full Arc, not a guard: the request keeps its table to the end, whatever reloads.
+    let table = proxy.table().load_full();
+    // Every HTTP/1.x request is counted, in order, before anything can answer it.
+    if req.version() < Version::HTTP_2 && conn.framing.as_ref().is_some_and(|f| f.next_has_both()) {
+        tracing::debug!(peer = %conn.peer.addr, "request head with both Transfer-Encoding and Content-Length refused");
+        return proxy::refuse(&table, failure::Downstream::TeAndCl);
+    }
+    let upgrade = proxy::upgrade_protocol(&req);
+    let client = upgrade
+        .as_ref()
+        .map(|_| ClientSide::of(&mut req, conn.handover.as_ref()));
+    let (mut parts, body) = req.into_parts();
+    let routed_path = match hygiene::check(&mut parts, &table.policy) {
+        Ok(p) => p,
+        Err(fault) => return proxy::refuse(&table, fault),
+    };
+    let admitted = Admitted {
+        start,
+        table,
+        parts,
+        body,
+        routed_path,
+        upgrade,
+    };
+    let answer = proxy.handle(admitted, &conn.peer).await;
+    if let (Some(mut client), Some(t)) = (client, answer.tunnel) {
+        client.agreed();
+        let t = *t;
+        let abort = conn.life.abort.clone();
+        conn.life
+            .connections
+            .spawn(tunnel::run(client, t.upstream, t.acct, t.idle, abort));
+    }
+    answer.response
+}

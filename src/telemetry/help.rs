@@ -1,0 +1,95 @@
+//! The help text and unit of every metric cohort describes in its scrape.
+//!
+//! Owns: the `# HELP` lines. Must not touch: registration (`super`).
+
+use metrics::Unit;
+
+use super::{
+    ABANDONED, CONNECTIONS_REFUSED, DURATION, GENERATION, IN_FLIGHT, OPEN_CONNECTIONS, OUTCOMES,
+    OVERRIDE_REJECTED, PARKED_CONNECTIONS, REJECTED, RELOADS, REQUESTS, SPLIT, TTFB, UNROUTED,
+    UPSTREAM_FAILURES,
+};
+
+/// Name, unit and help of each metric, described once when the registry is made.
+pub(super) const HELP: [(&str, Unit, &str); 16] = [
+        (
+            REJECTED,
+            Unit::Count,
+            "Requests refused at the edge (limits, request hygiene, bad or slow bodies), by reason.",
+        ),
+        (
+            OVERRIDE_REJECTED,
+            Unit::Count,
+            "Cohort overrides ignored and stripped, by route and reason.",
+        ),
+        (
+            CONNECTIONS_REFUSED,
+            Unit::Count,
+            "Connections refused because the listener was at max_connections.",
+        ),
+        (
+            OPEN_CONNECTIONS,
+            Unit::Count,
+            "Client connections open, by listener.",
+        ),
+        (
+            PARKED_CONNECTIONS,
+            Unit::Count,
+            "Idle HTTP/1.1 client connections parked without buffers, by listener.",
+        ),
+        (
+            REQUESTS,
+            Unit::Count,
+            "Requests answered, by route, cohort and status class.",
+        ),
+        (
+            DURATION,
+            Unit::Seconds,
+            "Request start to last response byte, by route and cohort.",
+        ),
+        (
+            TTFB,
+            Unit::Seconds,
+            "Request start to first response body byte, by route and cohort.",
+        ),
+        (
+            ABANDONED,
+            Unit::Count,
+            "Requests whose client left before the response head or during its body, by route, cohort and stage.",
+        ),
+        (
+            UPSTREAM_FAILURES,
+            Unit::Count,
+            "Upstream exchanges that failed, by reason.",
+        ),
+        (
+            OUTCOMES,
+            Unit::Count,
+            "Agent outcomes reported by the backend's outcome header.",
+        ),
+        (
+            IN_FLIGHT,
+            Unit::Count,
+            "Requests currently in flight, by route and cohort.",
+        ),
+        (
+            SPLIT,
+            Unit::Percent,
+            "Share of each cohort, in percent: the configured one, or its rollout's.",
+        ),
+        (
+            UNROUTED,
+            Unit::Count,
+            "Requests that matched no route (answered 404).",
+        ),
+        (
+            RELOADS,
+            Unit::Count,
+            "Configuration reload attempts, by result.",
+        ),
+        (
+            GENERATION,
+            Unit::Count,
+            "Generation of the serving configuration; starts at 1.",
+        ),
+    ];
