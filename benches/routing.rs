@@ -19,7 +19,8 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use http::header::{ACCEPT, CONTENT_TYPE, COOKIE, USER_AGENT};
 use http::{HeaderMap, HeaderValue, Method, Uri};
 
-use cohort::routing::bands::{bucket, extract_key};
+use cohort::routing::bands::bucket;
+use cohort::routing::key::extract_key;
 use cohort::routing::table::{Route, RoutingTable};
 
 const MINIMAL: &str = include_str!("../config/minimal.yaml");

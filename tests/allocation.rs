@@ -72,7 +72,7 @@ fn the_routing_decision_allocates_nothing() {
         let route = &table.routes[0];
         let before = allocations();
         let client = table.client_ip(peer, &h);
-        let key = cohort::routing::bands::extract_key(&route.key_sources, &h, &uri, client);
+        let key = cohort::routing::key::extract_key(&route.key_sources, &h, &uri, client);
         let index = route.assign(key.as_deref());
         let counter = &route.cohorts[index].metrics.requests[1];
         let made = allocations() - before;

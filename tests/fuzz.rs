@@ -11,7 +11,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 
 use cohort::edge::hygiene;
-use cohort::routing::bands::{cookie_value, extract_key, query_value, KeySource};
+use cohort::routing::key::{cookie_value, extract_key, query_value, KeySource};
 use cohort::routing::signed::{self, Rejection};
 use cohort::routing::table::{Policy, Underscores};
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Uri, Version};

@@ -6,6 +6,7 @@
 //! `control`).
 
 pub mod bands;
+pub mod key;
 pub mod overrides;
 pub mod signed;
 pub mod table;

@@ -10,7 +10,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use http::{HeaderMap, Uri};
 
-use crate::routing::bands;
+use crate::routing::key::extract_key;
 use crate::routing::signed::{self, Rejection};
 use crate::routing::table::{Route, RoutingTable};
 
@@ -29,7 +29,7 @@ pub fn choose_cohort(
             Err(r) => route.override_rejected[r as usize].increment(1),
         }
     }
-    let key = bands::extract_key(&route.key_sources, headers, uri, client);
+    let key = extract_key(&route.key_sources, headers, uri, client);
     route.assign(key.as_deref())
 }
 

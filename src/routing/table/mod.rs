@@ -32,7 +32,8 @@ use metrics::Counter;
 pub use build::{basis_points, show_percent, Invalid, TableError, TableInput, DEFAULT_OUTCOMES};
 pub use edge::{Policy, Underscores};
 
-use crate::routing::bands::{self, Bands, KeySource};
+use crate::routing::bands::{self, Bands};
+use crate::routing::key::KeySource;
 use crate::telemetry::{CohortMetrics, OutcomeSlot};
 use crate::upstream::Upstream;
 

@@ -10,7 +10,8 @@ use http::{HeaderName, Method};
 
 use super::{from_loaded, Fallback, HostMatch, RoutingTable};
 use crate::config::{parse, ConfigError};
-use crate::routing::bands::{seed_for, KeySource};
+use crate::routing::bands::seed_for;
+use crate::routing::key::KeySource;
 use crate::telemetry::Metrics;
 
 /// The contract's minimal config. Line numbers below refer to it:
