@@ -4,7 +4,7 @@
 //!
 //! Owns: the synthetic trees and what must be said of them. Must not touch: the real crate.
 
-use super::{read_crate, render, violations, Crate};
+use super::{read_crate, render, scan, show, violations, Crate};
 
 /// The crate made of `files` (path under `src/`, text).
 fn tree(files: &[(&str, &str)]) -> Crate {
@@ -99,6 +99,35 @@ fn with(changes: &[(&'static str, &'static str)]) -> Vec<(&'static str, &'static
         .collect();
     files.extend_from_slice(changes);
     files
+}
+
+#[test]
+fn paths_resolve_from_where_they_are_written() {
+    let text = "use super::super::cells::{self, Tally as T};\n\
+                mod inner {\n    fn f() { super::x::y(); self::z(); }\n}\n\
+                fn g() { T::new(); cells::bins::B; let s = \"crate::app\"; }\n";
+    let module = ["control", "rollout", "state", "format"].map(String::from);
+    let got: Vec<(String, String, usize)> = scan::scan(&module, text, false)
+        .references
+        .iter()
+        .map(|r| (show(&r.from), show(&r.path), r.line))
+        .collect();
+    let want = [
+        ("", "control::rollout::cells", 1),
+        ("", "control::rollout::cells::Tally", 1),
+        ("::inner", "control::rollout::state::format::x::y", 3),
+        ("::inner", "control::rollout::state::format::inner::z", 3),
+        ("", "control::rollout::cells::Tally::new", 5),
+        ("", "control::rollout::cells::bins::B", 5),
+    ]
+    .map(|(from, to, line)| {
+        (
+            format!("control::rollout::state::format{from}"),
+            to.into(),
+            line,
+        )
+    });
+    assert_eq!(got, want);
 }
 
 #[test]
