@@ -6,7 +6,7 @@
 //! Must not touch: validation rules (see `table`), sockets, metrics or the serving table.
 
 pub(crate) mod duration;
-pub mod locate;
+pub(crate) mod locate;
 mod raw;
 mod rollout;
 

@@ -12,8 +12,8 @@
 //! imports it.
 
 pub mod admin;
-pub mod door;
+pub(crate) mod door;
 pub mod healthcheck;
 pub mod reload;
 pub mod rollout;
-pub mod watch;
+pub(crate) mod watch;

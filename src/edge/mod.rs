@@ -8,4 +8,4 @@
 pub mod framing;
 pub mod hygiene;
 pub mod server;
-pub mod tunnel;
+pub(crate) mod tunnel;

@@ -7,6 +7,6 @@
 
 pub mod bands;
 pub mod key;
-pub mod overrides;
+pub(crate) mod overrides;
 pub mod signed;
 pub mod table;

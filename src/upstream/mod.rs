@@ -24,12 +24,12 @@ use body::RequestBody;
 use exchange::Sending;
 use pool::Pool;
 
-pub mod body;
+pub(crate) mod body;
 mod client;
 mod exchange;
-pub mod pool;
+pub(crate) mod pool;
 mod spec;
-pub mod tls;
+pub(crate) mod tls;
 
 pub use spec::{parse_endpoint, AuthorityFrom, EndpointSpec, Protocol, UpstreamSpec, UpstreamTls};
 

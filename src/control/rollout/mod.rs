@@ -19,19 +19,19 @@
 
 mod edit;
 mod gauges;
-pub mod guard;
+pub(crate) mod guard;
 pub mod judge;
-pub mod machine;
+pub(crate) mod machine;
 mod preflight;
 mod reconcile;
 mod report;
 #[cfg(test)]
 mod simulate;
 pub mod state;
-pub mod stats;
+pub(crate) mod stats;
 #[cfg(test)]
 mod traffic;
-pub mod wealth;
+pub(crate) mod wealth;
 mod weights;
 
 use std::collections::{BTreeMap, VecDeque};

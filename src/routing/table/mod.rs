@@ -12,7 +12,7 @@ mod edge;
 mod index;
 #[cfg(test)]
 mod index_tests;
-pub mod rollout;
+pub(crate) mod rollout;
 #[cfg(test)]
 mod rollout_tests;
 mod route;
