@@ -3,7 +3,7 @@
 //!
 //! Owns: YAML parsing, and turning any error (syntax, type, or a later validation error that
 //! carries a field path) into a [`ConfigError`] that names file, line, column and field.
-//! Must not touch: validation rules (see `table`), sockets, metrics or the serving table.
+//! Must not touch: validation rules (see `routing::table`), sockets, metrics or the serving table.
 
 pub(crate) mod duration;
 pub(crate) mod locate;

@@ -2,7 +2,7 @@
 //! `deny_unknown_fields`, with the documented defaults.
 //!
 //! Owns: the file's shape (field names, types, defaults) as serde reads and writes it.
-//! Must not touch: reading files or locating errors (`super`), validation rules (see `table`),
+//! Must not touch: reading files or locating errors (`super`), validation rules (see `routing::table`),
 //! sockets, metrics or the serving table.
 
 use std::collections::BTreeMap;

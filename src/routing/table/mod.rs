@@ -2,7 +2,7 @@
 //! cohort bands, upstream handles, and the metric handles of every (route, cohort).
 //!
 //! Owns: the checked domain types and the lookups the request path makes on them.
-//! Must not touch: files (see `config`), the swap (see `reload`), sockets.
+//! Must not touch: files (see `config`), the swap (see `control::door`), sockets.
 //! Built by `TryFrom<TableInput>` in `build.rs`; never mutated once built.
 
 mod build;
