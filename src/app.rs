@@ -45,6 +45,9 @@ pub struct Running {
     pub admin: Arc<Admin>,
     life: Lifecycle,
     accept_tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// The watcher and the judge: the tasks that write rollout state unasked, which shutdown
+    /// waits for before its final checkpoint.
+    control_tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
 async fn bind(what: &str, address: SocketAddr) -> Result<TcpListener, StartError> {
@@ -135,13 +138,16 @@ pub async fn start_with(config: &Path, options: Options) -> Result<Running, Star
         }
     });
 
-    crate::control::watch::spawn(Arc::clone(&control), life.abort.clone());
+    let mut control_tasks = vec![crate::control::watch::spawn(
+        Arc::clone(&control),
+        life.abort.clone(),
+    )];
     if let Some(every) = options.judge_every {
-        tokio::spawn(crate::control::rollout::judge::run(
+        control_tasks.push(tokio::spawn(crate::control::rollout::judge::run(
             Arc::clone(&control),
             every,
             life.abort.clone(),
-        ));
+        )));
     }
 
     admin.ready.store(true, Ordering::Release);
@@ -152,6 +158,7 @@ pub async fn start_with(config: &Path, options: Options) -> Result<Running, Star
         admin,
         life,
         accept_tasks,
+        control_tasks,
     })
 }
 
@@ -174,8 +181,9 @@ impl Running {
 
     /// Turns `/readyz` to 503 and serves on for `shutdown_delay`, then stops accepting, lets
     /// connections finish their exchanges for up to `shutdown_timeout`, and cuts what is left;
-    /// then writes the rollouts' final checkpoint. It ends within the delay, the timeout and
-    /// [`ABORT_GRACE`], whatever the peers do. Returns whether everything drained.
+    /// then writes the rollouts' final checkpoint, after which this proxy writes nothing to its
+    /// state directory. It ends within the delay, the timeout and [`ABORT_GRACE`] (and a reload
+    /// or judge tick in flight), whatever the peers do. Returns whether everything drained.
     pub async fn shutdown(self) -> bool {
         let (timeout, delay) = {
             let table = self.control.current();
@@ -211,6 +219,11 @@ impl Running {
                 connections = self.life.connections.len(),
                 "connections still open after the abort; exiting without them"
             );
+        }
+        // A reload or a judge tick in flight ends first, and none starts after the abort: once
+        // this returns the state directory is the next process's.
+        for t in self.control_tasks {
+            let _ = t.await;
         }
         let control = Arc::clone(&self.control);
         let _ = tokio::task::spawn_blocking(move || {

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use cohort::control::reload::Outcome;
 use cohort::control::rollout::{judge, Now};
 use serde_json::Value;
 use support::sim::{Behaviour, SimBackend};
@@ -470,6 +471,49 @@ async fn a_rolled_back_rollout_stays_rolled_back_across_reload_and_restart() {
             ("v3".into(), "start".into())
         ]
     );
+    rig.stop().await;
+}
+
+/// Longer than the watcher's debounce (150ms), which its first look at the file waits.
+const PAST_THE_DEBOUNCE: Duration = Duration::from_millis(600);
+
+/// Once `shutdown` returns, the state directory is the next process's: a stopped proxy's
+/// watcher does not reload (its first look at the file is still in its debounce here, as it
+/// is whenever a proxy stops within 150ms of starting), and nothing it is still asked to do
+/// writes a state file or an audit line. Two of them on one directory would start the same
+/// new id twice, as an in-process restart did under load.
+#[tokio::test]
+async fn a_stopped_proxy_writes_nothing_to_its_state_dir() {
+    let rollout = |id: &str| format!("{{id: {id}, canary: canary, steps: [25, 100], soak: 1h}}");
+    let s = healthy(&rollout("v2")).await;
+    let rig = Rig::start(&s.path).await;
+    let control = Arc::clone(&rig.running.control);
+    rig.stop().await;
+    let state = s.dir.path().join("state/rollout-agent.json");
+    let before = std::fs::read_to_string(&state).unwrap();
+
+    write_config(s.dir.path(), &s.stable, &s.canary, &rollout("v3"));
+    tokio::time::sleep(PAST_THE_DEBOUNCE).await;
+    assert_eq!(control.current().generation, 1, "the watcher reloaded");
+
+    // Asked directly, the stopped proxy's control still builds tables, but keeps the new
+    // rollout to itself.
+    let c = Arc::clone(&control);
+    let outcome = tokio::task::spawn_blocking(move || c.reload("test"))
+        .await
+        .unwrap();
+    assert_eq!(outcome, Outcome::Applied { generation: 2 });
+    assert_eq!(std::fs::read_to_string(&state).unwrap(), before);
+    let kinds: Vec<_> = audit(s.dir.path())
+        .iter()
+        .map(|l| (l["id"].clone(), l["decision"].clone()))
+        .collect();
+    assert_eq!(kinds, [("v2".into(), "start".into())]);
+
+    // The next process starts v3 once.
+    let rig = Rig::start(&s.path).await;
+    assert_eq!(rig.rollout().await["id"], "v3");
+    assert_eq!(audit(s.dir.path()).len(), 2);
     rig.stop().await;
 }
 

@@ -85,7 +85,8 @@ impl Watched {
 }
 
 /// Starts watching now (so no change after the initial load is missed) and serves the
-/// watcher and the poll on a task until `stop` fires.
+/// watcher and the poll on a task until `stop` fires; the task ends once a reload in flight
+/// has finished, and starts none after `stop` (shutdown awaits it).
 pub fn spawn(control: Arc<Control>, stop: CancellationToken) -> tokio::task::JoinHandle<()> {
     let (tx, rx) = mpsc::channel::<()>(1);
     let watched = if control.current().watch {
@@ -109,9 +110,16 @@ async fn run(
     loop {
         let poll = control.current().poll_interval;
         let trigger = tokio::select! {
+            biased;
             _ = stop.cancelled() => return,
             Some(()) = rx.recv() => {
-                tokio::time::sleep(DEBOUNCE).await;
+                // The debounce too ends at `stop`: a stopped proxy must not reload, since the
+                // state directory is the next process's (a reload may start a rollout there).
+                tokio::select! {
+                    biased;
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(DEBOUNCE) => {}
+                }
                 while rx.try_recv().is_ok() {}
                 "watch"
             }

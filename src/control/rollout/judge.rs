@@ -44,12 +44,16 @@ pub fn tick(on: &impl Judged, now: Now) -> bool {
     changed
 }
 
-/// Ticks every `every` until `abort`, off the async workers (a tick may write files).
+/// Ticks every `every` until `abort`, off the async workers (a tick may write files); the
+/// task ends once a tick in flight has finished.
 pub async fn run(on: Arc<impl Judged>, every: Duration, abort: CancellationToken) {
     let mut interval = tokio::time::interval(every);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
+            // A tick that is due never wins over the abort: shutdown's final checkpoint
+            // follows this task's end.
+            biased;
             _ = abort.cancelled() => break,
             _ = interval.tick() => {}
         }

@@ -36,6 +36,7 @@ mod weights;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -121,6 +122,9 @@ impl Entry {
 /// Every live rollout of one proxy, and where their state is kept.
 pub struct Rollouts {
     store: Option<Store>,
+    /// Set by the final [`Rollouts::checkpoint`], under the entries' lock that every write
+    /// holds: the state directory is the next process's from then on.
+    closed: AtomicBool,
     metrics: Metrics,
     entries: Mutex<BTreeMap<String, Entry>>,
 }
@@ -136,6 +140,7 @@ impl Rollouts {
         let store = state_dir.map(Store::open).transpose()?;
         Ok(Rollouts {
             store,
+            closed: AtomicBool::new(false),
             metrics,
             entries: Mutex::new(BTreeMap::new()),
         })
@@ -147,6 +152,14 @@ impl Rollouts {
 
     fn lock(&self) -> MutexGuard<'_, BTreeMap<String, Entry>> {
         self.entries.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The store to write to: none once closed, so a stopped proxy's late reload or action
+    /// cannot start a rollout (or save one) over what the next process keeps there.
+    fn writable(&self) -> Option<&Store> {
+        self.store
+            .as_ref()
+            .filter(|_| !self.closed.load(Ordering::Acquire))
     }
 
     /// One judge tick: each judged rollout reads its cells, feeds the block to its guards and
@@ -179,12 +192,14 @@ impl Rollouts {
         changed
     }
 
-    /// Saves every rollout's progress now (at shutdown).
+    /// Saves every rollout's progress now (at shutdown), and writes nothing to the state
+    /// directory after: a restart in the same process opens it again meanwhile.
     pub fn checkpoint(&self, now: Now) {
         let mut entries = self.lock();
         for (route, e) in entries.iter_mut() {
             self.save(route, e, now);
         }
+        self.closed.store(true, Ordering::Release);
     }
 
     /// An operator's action on `route`'s rollout; the decision taken.
@@ -261,7 +276,7 @@ impl Rollouts {
         } else {
             tracing::info!(route, id = %d.id, decision = kind.as_str(), trigger, state = %to.state, step = to.step, percent = to.percent, reason = %d.reason, "rollout decision");
         }
-        if let Some(store) = &self.store {
+        if let Some(store) = self.writable() {
             if let Err(err) = store.audit(&d) {
                 tracing::error!(route, error = %err, "cannot append to the rollout audit log");
                 e.problem = Some(err.to_string());
@@ -278,7 +293,7 @@ impl Rollouts {
 
     fn save(&self, route: &str, e: &mut Entry, now: Now) {
         e.last_saved = now.mono;
-        let Some(store) = &self.store else { return };
+        let Some(store) = self.writable() else { return };
         let saved = Saved::new(
             route,
             &e.spec.id,

@@ -149,7 +149,7 @@ impl Rollouts {
             Ok(_) => Some((DecisionKind::Start, "a new rollout id".to_string())),
             Err(err) => {
                 tracing::error!(route, error = %err, "rollout state not trusted; {UNTRUSTED}");
-                if let (StateError::Corrupt { .. }, Some(store)) = (&err, &self.store) {
+                if let (StateError::Corrupt { .. }, Some(store)) = (&err, self.writable()) {
                     match store.set_aside(route) {
                         Ok(aside) => {
                             tracing::warn!(route, file = %aside.display(), "corrupt state file set aside")
