@@ -108,7 +108,9 @@ pub(super) fn service(
 
 /// The edge's checks of one request, before the proxy: the table it is served by, its framing
 /// and its head; and the client's side of an upgrade, if it asks for one. `Err` is the fault
-/// to refuse the request for, with the table that counts it.
+/// to refuse the request for, with the table that counts it. Inlined into the service's
+/// future, so the request is not copied into a frame of its own and back out.
+#[inline(always)]
 fn admit(
     proxy: &Proxy,
     conn: &Downstream,
