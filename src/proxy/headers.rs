@@ -20,6 +20,7 @@ pub(super) static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forw
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 
 /// The protocol an HTTP/1.1 request asks to switch to (`Connection: upgrade` plus `Upgrade`).
+#[inline]
 pub fn upgrade_protocol<B>(req: &Request<B>) -> Option<HeaderValue> {
     if req.version() != Version::HTTP_11 {
         return None;

@@ -25,6 +25,7 @@ use crate::edge::tunnel::{self, ClientSide, Handover};
 use crate::failure;
 use crate::lifecycle::Lifecycle;
 use crate::proxy::{self, Admitted, Peer, Proxy, ProxyBody};
+use crate::routing::table::RoutingTable;
 
 /// The client connection a request came on: built once per connection and shared by its
 /// requests, behind one `Arc`.
@@ -76,7 +77,18 @@ pub(super) fn service(
         let (proxy, conn) = (Arc::clone(&proxy), Arc::clone(&conn));
         Box::pin(async move {
             let h1 = req.version() < Version::HTTP_2;
-            let mut resp = answer(&proxy, &conn, req).await;
+            // One future deep, as the proxy's own: the checks before it and the tunnel after it
+            // are plain calls, so the proxy's future is not moved into another one.
+            let mut resp = match admit(&proxy, &conn, req) {
+                Err((table, fault)) => proxy::refuse(&table, fault),
+                Ok((admitted, client)) => {
+                    let answer = proxy.handle(admitted, &conn.peer).await;
+                    if let (Some(client), Some(tunnel)) = (client, answer.tunnel) {
+                        open(&conn, client, *tunnel);
+                    }
+                    answer.response
+                }
+            };
             // A request the framing tracker could not follow (after an Upgrade header that
             // did not upgrade, say) is the connection's last: later heads would go unchecked.
             if h1
@@ -94,19 +106,23 @@ pub(super) fn service(
     })
 }
 
-/// One request, from the edge's checks through the proxy to the tunnel of an upgrade.
-async fn answer(
+/// The edge's checks of one request, before the proxy: the table it is served by, its framing
+/// and its head; and the client's side of an upgrade, if it asks for one. `Err` is the fault
+/// to refuse the request for, with the table that counts it. Inlined into the service's
+/// future, so the request is not copied into a frame of its own and back out.
+#[inline(always)]
+fn admit(
     proxy: &Proxy,
     conn: &Downstream,
     mut req: Request<Incoming>,
-) -> Response<ProxyBody> {
+) -> Result<(Admitted, Option<ClientSide>), (Arc<RoutingTable>, failure::Downstream)> {
     let start = Instant::now();
     // A full Arc, not a guard: the request keeps its table to the end, whatever reloads.
     let table = proxy.table().load_full();
     // Every HTTP/1.x request is counted, in order, before anything can answer it.
     if req.version() < Version::HTTP_2 && conn.framing.as_ref().is_some_and(|f| f.next_has_both()) {
         tracing::debug!(peer = %conn.peer.addr, "request head with both Transfer-Encoding and Content-Length refused");
-        return proxy::refuse(&table, failure::Downstream::TeAndCl);
+        return Err((table, failure::Downstream::TeAndCl));
     }
     let upgrade = proxy::upgrade_protocol(&req);
     let client = upgrade
@@ -115,7 +131,7 @@ async fn answer(
     let (mut parts, body) = req.into_parts();
     let routed_path = match hygiene::check(&mut parts, &table.policy) {
         Ok(p) => p,
-        Err(fault) => return proxy::refuse(&table, fault),
+        Err(fault) => return Err((table, fault)),
     };
     let admitted = Admitted {
         start,
@@ -125,14 +141,14 @@ async fn answer(
         routed_path,
         upgrade,
     };
-    let answer = proxy.handle(admitted, &conn.peer).await;
-    if let (Some(mut client), Some(t)) = (client, answer.tunnel) {
-        client.agreed();
-        let t = *t;
-        let abort = conn.life.abort.clone();
-        conn.life
-            .connections
-            .spawn(tunnel::run(client, t.upstream, t.acct, t.idle, abort));
-    }
-    answer.response
+    Ok((admitted, client))
+}
+
+/// Runs the tunnel of an upgrade the upstream agreed to, tracked with the connections.
+fn open(conn: &Downstream, mut client: ClientSide, t: proxy::Tunnel) {
+    client.agreed();
+    let abort = conn.life.abort.clone();
+    conn.life
+        .connections
+        .spawn(tunnel::run(client, t.upstream, t.acct, t.idle, abort));
 }
