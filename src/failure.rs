@@ -98,6 +98,7 @@ pub enum Upstream {
 }
 
 impl Upstream {
+    #[cfg(test)]
     pub const ALL: [Upstream; 5] = [
         Self::Connect,
         Self::Timeout,
@@ -106,7 +107,7 @@ impl Upstream {
         Self::Protocol,
     ];
 
-    /// The `reason` labels, aligned with [`Upstream::ALL`].
+    /// The `reason` labels, in the variants' order.
     pub const LABELS: [&'static str; 5] = ["connect", "timeout", "reset", "tls", "protocol"];
 
     pub fn as_str(self) -> &'static str {
@@ -163,12 +164,13 @@ impl Failure {
         }
     }
 
-    /// The `reason` label it is counted under; none for a request no route serves.
-    pub fn reason(self) -> Option<&'static str> {
+    /// The `reason` label it is counted under; a request no route serves has its own counter
+    /// and no reason.
+    pub fn reason(self) -> &'static str {
         match self {
-            Failure::Downstream(d) => Some(d.as_str()),
-            Failure::Unrouted => None,
-            Failure::Upstream(u) => Some(u.as_str()),
+            Failure::Downstream(d) => d.as_str(),
+            Failure::Unrouted => "",
+            Failure::Upstream(u) => u.as_str(),
         }
     }
 

@@ -34,7 +34,7 @@ use headers::{
 };
 
 pub use accounting::{grpc_failed, Accounting, GrpcVerdict};
-pub use body::{IdleTimeout, ObservedBody, ProxyBody};
+pub use body::{ObservedBody, ProxyBody};
 pub use headers::{strip_hop_by_hop, upgrade_protocol, Peer, X_COHORT};
 
 /// The shared state of one request path: the swappable table and the listener's scheme.
@@ -199,7 +199,7 @@ impl Proxy {
                 }
                 let reason = upstream::classify(e.error(), e.connect);
                 let failure = Failure::Upstream(reason);
-                tracing::debug!(route = %route.name, cohort = %target.name, upstream = %upstream.name(), origin = failure.origin(), reason = reason.as_str(), error = %e, "upstream request failed");
+                tracing::debug!(route = %route.name, cohort = %target.name, upstream = %upstream.name(), origin = failure.origin(), reason = failure.reason(), error = %e, "upstream request failed");
                 return fail(&mut acct, reason).into();
             }
             Ok(Ok(resp)) => resp,
