@@ -431,9 +431,11 @@ proptest! {
             req.headers_mut().append(http::header::HOST, h);
         }
         let policy = Policy { max_header_bytes, max_headers, max_uri_bytes, underscores, normalize_path, reject_encoded_slashes };
-        let (mut parts, ()) = req.into_parts();
-        let before = parts.clone();
-        match hygiene::check(&mut parts, &policy) {
+        let before = req.clone();
+        let checked = hygiene::check(&mut req, &policy);
+        let (parts, ()) = req.into_parts();
+        let (before, ()) = before.into_parts();
+        match checked {
             Err(_) => {}
             Ok(routed) => {
                 prop_assert!(parts.headers.len() <= max_headers);

@@ -3,13 +3,12 @@
 //!
 //! Owns: deciding whether a request head is acceptable and what path it is routed by, by the
 //! policy the table validated (`routing::table::Policy`). Must not touch: routing, upstreams,
-//! metrics registration. Pure functions over `Parts`; a refusal is a `failure::Downstream`.
+//! metrics registration. Pure functions over a request's head; a refusal is a `failure::Downstream`.
 
 use std::borrow::Cow;
 
-use http::header::{self, HeaderName};
-use http::request::Parts;
-use http::Version;
+use http::header::{self, HeaderMap, HeaderName};
+use http::{Request, Uri, Version};
 
 use crate::failure::Downstream;
 use crate::routing::table::{Policy, Underscores};
@@ -19,75 +18,75 @@ use crate::routing::table::{Policy, Underscores};
 /// already normal (the usual case, which allocates nothing). Drops underscore headers when the
 /// policy says so. With `normalize_path`, the URI is rewritten too, so the upstream sees what
 /// was routed.
-pub fn check(parts: &mut Parts, policy: &Policy) -> Result<Option<String>, Downstream> {
-    let uri_len = parts.uri.path_and_query().map_or(1, |pq| pq.as_str().len())
-        + parts.uri.authority().map_or(0, |a| a.as_str().len());
+pub fn check<B>(req: &mut Request<B>, policy: &Policy) -> Result<Option<String>, Downstream> {
+    let uri_len = req.uri().path_and_query().map_or(1, |pq| pq.as_str().len())
+        + req.uri().authority().map_or(0, |a| a.as_str().len());
     if uri_len > policy.max_uri_bytes {
         return Err(Downstream::UriTooLong);
     }
-    if parts.headers.len() > policy.max_headers {
+    if req.headers().len() > policy.max_headers {
         return Err(Downstream::HeadersTooLarge);
     }
     // Counted as on the wire for HTTP/1.1: "name: value\r\n".
-    let bytes: usize = parts
-        .headers
+    let bytes: usize = req
+        .headers()
         .iter()
         .map(|(k, v)| k.as_str().len() + v.len() + 4)
         .sum();
     if bytes > policy.max_header_bytes {
         return Err(Downstream::HeadersTooLarge);
     }
-    check_host(parts)?;
+    check_host(req.uri(), req.headers(), req.version())?;
     if policy.underscores != Underscores::Allow
-        && parts.headers.keys().any(|k| k.as_str().contains('_'))
+        && req.headers().keys().any(|k| k.as_str().contains('_'))
     {
         if policy.underscores == Underscores::Reject {
             return Err(Downstream::UnderscoreHeader);
         }
-        let names: Vec<HeaderName> = parts
-            .headers
+        let names: Vec<HeaderName> = req
+            .headers()
             .keys()
             .filter(|k| k.as_str().contains('_'))
             .cloned()
             .collect();
         for n in names {
-            parts.headers.remove(n);
+            req.headers_mut().remove(n);
         }
     }
-    let normal = match normalize(parts.uri.path(), policy.reject_encoded_slashes)
+    let normal = match normalize(req.uri().path(), policy.reject_encoded_slashes)
         .ok_or(Downstream::BadPath)?
     {
         Cow::Borrowed(_) => return Ok(None),
         Cow::Owned(p) => p,
     };
     if policy.normalize_path {
-        let query = parts
-            .uri
+        let query = req
+            .uri()
             .query()
             .map(|q| format!("?{q}"))
             .unwrap_or_default();
-        let mut uri = std::mem::take(&mut parts.uri).into_parts();
+        let mut uri = std::mem::take(req.uri_mut()).into_parts();
         uri.path_and_query = format!("{normal}{query}").parse().ok();
-        parts.uri = http::Uri::from_parts(uri).map_err(|_| Downstream::BadPath)?;
+        *req.uri_mut() = http::Uri::from_parts(uri).map_err(|_| Downstream::BadPath)?;
     }
     Ok(Some(normal))
 }
 
 /// HTTP/1.1 needs exactly one Host; no userinfo anywhere; an absolute-form or HTTP/2
 /// authority must agree with Host when both are sent.
-fn check_host(parts: &Parts) -> Result<(), Downstream> {
-    let mut hosts = parts.headers.get_all(header::HOST).iter();
+fn check_host(uri: &Uri, headers: &HeaderMap, version: Version) -> Result<(), Downstream> {
+    let mut hosts = headers.get_all(header::HOST).iter();
     let host = hosts.next();
     if hosts.next().is_some() {
         return Err(Downstream::BadHost);
     }
-    if host.is_none() && parts.version == Version::HTTP_11 {
+    if host.is_none() && version == Version::HTTP_11 {
         return Err(Downstream::BadHost);
     }
     if host.is_some_and(|h| h.as_bytes().contains(&b'@') || h.is_empty()) {
         return Err(Downstream::BadHost);
     }
-    if let Some(a) = parts.uri.authority() {
+    if let Some(a) = uri.authority() {
         if a.as_str().contains('@') {
             return Err(Downstream::BadHost);
         }

@@ -16,7 +16,6 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use http::header::{self, HeaderValue};
-use http::request::Parts;
 use http::uri::{PathAndQuery, Uri};
 use http::{Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
@@ -43,14 +42,13 @@ pub struct Proxy {
     proto: HeaderValue,
 }
 
-/// A request the edge admitted: its framing and head checked against the table it loaded for
-/// it, which the request keeps to the end, whatever reloads.
+/// What the edge learnt admitting a request (its framing and head checked against the table
+/// it loaded for it, which the request keeps to the end, whatever reloads). The request itself
+/// goes to `Proxy::handle` whole, beside this: moved once, into the proxy's future.
 pub struct Admitted {
     /// When the edge took the request, which the response timeout and the duration count from.
     pub start: Instant,
     pub table: Arc<RoutingTable>,
-    pub parts: Parts,
-    pub body: Incoming,
     /// The normalised path to route by, when it differs from the URI's (`hygiene::check`).
     pub routed_path: Option<String>,
     /// The protocol the client asks to switch to, when the edge took its side of an upgrade.
@@ -97,15 +95,14 @@ impl Proxy {
         &self.table
     }
 
-    pub async fn handle(&self, req: Admitted, peer: &Peer) -> Answer {
+    pub async fn handle(&self, req: Request<Incoming>, admitted: Admitted, peer: &Peer) -> Answer {
         let Admitted {
             start,
             table,
-            mut parts,
-            body,
             routed_path,
             upgrade,
-        } = req;
+        } = admitted;
+        let (mut parts, body) = req.into_parts();
         let Ok(host) = request_host(&parts.uri, &parts.headers) else {
             return refuse(&table, failure::Downstream::BadHost).into();
         };

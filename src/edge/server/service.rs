@@ -71,7 +71,7 @@ pub(super) fn service(
     Error = Infallible,
     Future = Answering,
 > + Clone {
-    service_fn(move |req: Request<Incoming>| {
+    service_fn(move |mut req: Request<Incoming>| {
         // Counted at once: the request is active from the moment hyper hands it over.
         let busy = activity.begin();
         let (proxy, conn) = (Arc::clone(&proxy), Arc::clone(&conn));
@@ -79,10 +79,10 @@ pub(super) fn service(
             let h1 = req.version() < Version::HTTP_2;
             // One future deep, as the proxy's own: the checks before it and the tunnel after it
             // are plain calls, so the proxy's future is not moved into another one.
-            let mut resp = match admit(&proxy, &conn, req) {
+            let mut resp = match admit(&proxy, &conn, &mut req) {
                 Err((table, fault)) => proxy::refuse(&table, fault),
                 Ok((admitted, client)) => {
-                    let answer = proxy.handle(admitted, &conn.peer).await;
+                    let answer = proxy.handle(req, admitted, &conn.peer).await;
                     if let (Some(client), Some(tunnel)) = (client, answer.tunnel) {
                         open(&conn, client, *tunnel);
                     }
@@ -108,13 +108,13 @@ pub(super) fn service(
 
 /// The edge's checks of one request, before the proxy: the table it is served by, its framing
 /// and its head; and the client's side of an upgrade, if it asks for one. `Err` is the fault
-/// to refuse the request for, with the table that counts it. Inlined into the service's
-/// future, so the request is not copied into a frame of its own and back out.
+/// to refuse the request for, with the table that counts it. The request is checked where it
+/// lies, so it moves once, into the proxy's future.
 #[inline(always)]
 fn admit(
     proxy: &Proxy,
     conn: &Downstream,
-    mut req: Request<Incoming>,
+    req: &mut Request<Incoming>,
 ) -> Result<(Admitted, Option<ClientSide>), (Arc<RoutingTable>, failure::Downstream)> {
     let start = Instant::now();
     // A full Arc, not a guard: the request keeps its table to the end, whatever reloads.
@@ -124,20 +124,17 @@ fn admit(
         tracing::debug!(peer = %conn.peer.addr, "request head with both Transfer-Encoding and Content-Length refused");
         return Err((table, failure::Downstream::TeAndCl));
     }
-    let upgrade = proxy::upgrade_protocol(&req);
+    let upgrade = proxy::upgrade_protocol(req);
     let client = upgrade
         .as_ref()
-        .map(|_| ClientSide::of(&mut req, conn.handover.as_ref()));
-    let (mut parts, body) = req.into_parts();
-    let routed_path = match hygiene::check(&mut parts, &table.policy) {
+        .map(|_| ClientSide::of(req, conn.handover.as_ref()));
+    let routed_path = match hygiene::check(req, &table.policy) {
         Ok(p) => p,
         Err(fault) => return Err((table, fault)),
     };
     let admitted = Admitted {
         start,
         table,
-        parts,
-        body,
         routed_path,
         upgrade,
     };
