@@ -99,92 +99,102 @@ impl Proxy {
         let Admitted {
             start,
             table,
-            routed_path,
             upgrade,
+            ..
         } = admitted;
-        let (mut parts, body) = req.into_parts();
-        let Ok(host) = request_host(&parts.uri, &parts.headers) else {
-            return refuse(&table, failure::Downstream::BadHost).into();
-        };
-        let host_no_port = host
-            .as_ref()
-            .map_or("", |h| strip_port(h.authority.as_str()));
-        let path = routed_path.as_deref().unwrap_or(parts.uri.path());
-        let Some(route) = table.find_route(host_no_port, path, &parts.method, &parts.headers)
-        else {
-            table.unrouted.increment(1);
-            return Failure::Unrouted.response().into();
-        };
-        let declared = parts
-            .headers
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-        if declared.is_some_and(|n| n > route.max_body_bytes) {
-            return refuse(&table, failure::Downstream::BodyTooLarge).into();
-        }
-
-        if parts.version == Version::HTTP_2 {
-            // Only HTTP/2 splits cookies (RFC 9113 §8.2.3); an HTTP/1.1 client sends one line.
-            join_cookie_crumbs(&mut parts.headers);
-        }
-        let client = table.client_ip(peer.addr.ip(), &parts.headers);
-        let index = overrides::choose_cohort(route, &table, &parts.headers, &parts.uri, client);
-        let target = Arc::clone(&route.cohorts[index]);
-        let mut acct = Accounting::start(Arc::clone(&target), start);
-
-        strip_hop_by_hop(&mut parts.headers);
-        if let Some(protocol) = &upgrade {
-            parts
+        // What the exchange needs after its await is declared out here and set in the block;
+        // the rest (the request's parts, its host, the routed path) ends with the block, so the
+        // future keeps none of it across the await.
+        let (route, target, mut acct, mut slot, faults);
+        let exchange = {
+            let routed_path = admitted.routed_path;
+            let (mut parts, body) = req.into_parts();
+            let Ok(host) = request_host(&parts.uri, &parts.headers) else {
+                return refuse(&table, failure::Downstream::BadHost).into();
+            };
+            let host_no_port = host
+                .as_ref()
+                .map_or("", |h| strip_port(h.authority.as_str()));
+            let path = routed_path.as_deref().unwrap_or(parts.uri.path());
+            let Some(found) = table.find_route(host_no_port, path, &parts.method, &parts.headers)
+            else {
+                table.unrouted.increment(1);
+                return Failure::Unrouted.response().into();
+            };
+            route = found;
+            let declared = parts
                 .headers
-                .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-            parts.headers.insert(header::UPGRADE, protocol.clone());
-        }
-        if let Some(h) = &route.override_header {
-            parts.headers.remove(h);
-        }
-        parts.headers.insert(&X_COHORT, target.header_value.clone());
-        append_forwarded_for(&mut parts.headers, peer);
-        parts.headers.insert(&X_FORWARDED_PROTO, self.proto.clone());
-        match host.and_then(|h| h.into_value()) {
-            Some(v) => {
-                parts.headers.insert(&X_FORWARDED_HOST, v.clone());
-                // HTTP/2 carries the host in :authority; an HTTP/1.1 upstream needs it as Host.
-                parts.headers.entry(header::HOST).or_insert(v);
+                .get(header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+            if declared.is_some_and(|n| n > route.max_body_bytes) {
+                return refuse(&table, failure::Downstream::BodyTooLarge).into();
             }
-            // An HTTP/1.0 request without Host: there is no host to vouch for, and the client's
-            // own X-Forwarded-Host must not pass for cohort's.
-            None => {
-                parts.headers.remove(&X_FORWARDED_HOST);
-            }
-        }
 
-        // Host stays the client's here: `send` makes it the authority the upstream sees, as
-        // Host or as :authority, by the upstream's `authority` setting.
+            if parts.version == Version::HTTP_2 {
+                // Only HTTP/2 splits cookies (RFC 9113 §8.2.3); an HTTP/1.1 client sends one line.
+                join_cookie_crumbs(&mut parts.headers);
+            }
+            let client = table.client_ip(peer.addr.ip(), &parts.headers);
+            let index = overrides::choose_cohort(route, &table, &parts.headers, &parts.uri, client);
+            target = Arc::clone(&route.cohorts[index]);
+            acct = Accounting::start(Arc::clone(&target), start);
+
+            strip_hop_by_hop(&mut parts.headers);
+            if let Some(protocol) = &upgrade {
+                parts
+                    .headers
+                    .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+                parts.headers.insert(header::UPGRADE, protocol.clone());
+            }
+            if let Some(h) = &route.override_header {
+                parts.headers.remove(h);
+            }
+            parts.headers.insert(&X_COHORT, target.header_value.clone());
+            append_forwarded_for(&mut parts.headers, peer);
+            parts.headers.insert(&X_FORWARDED_PROTO, self.proto.clone());
+            match host.and_then(|h| h.into_value()) {
+                Some(v) => {
+                    parts.headers.insert(&X_FORWARDED_HOST, v.clone());
+                    // HTTP/2 carries the host in :authority; an HTTP/1.1 upstream needs it as Host.
+                    parts.headers.entry(header::HOST).or_insert(v);
+                }
+                // An HTTP/1.0 request without Host: there is no host to vouch for, and the client's
+                // own X-Forwarded-Host must not pass for cohort's.
+                None => {
+                    parts.headers.remove(&X_FORWARDED_HOST);
+                }
+            }
+
+            // Host stays the client's here: `send` makes it the authority the upstream sees, as
+            // Host or as :authority, by the upstream's `authority` setting.
+            let upstream = &target.upstream;
+            slot = upstream.pick().1;
+            // Origin-form on the upstream leg; the endpoint is the connection's, not the URI's.
+            parts.uri = Uri::from(
+                parts
+                    .uri
+                    .path_and_query()
+                    .cloned()
+                    .unwrap_or_else(|| PathAndQuery::from_static("/")),
+            );
+            parts.version = Version::HTTP_11;
+
+            let limits = &table.limits;
+            let body = RequestBody::new(
+                body,
+                route.max_body_bytes,
+                limits.body_read_timeout,
+                limits.body_min_rate,
+            );
+            faults = body.faults();
+            let sent = upstream.send(&mut slot, Request::from_parts(parts, body));
+            // Counted from `start` rather than from a second clock read: the routing above, a
+            // few microseconds, counts against the response timeout. (The config caps
+            // durations, so the addition cannot overflow.)
+            tokio::time::timeout_at(start + upstream.spec.response_timeout, sent)
+        };
+        let result = exchange.await;
         let upstream = &target.upstream;
-        let (_, mut slot) = upstream.pick();
-        // Origin-form on the upstream leg; the endpoint is the connection's, not the URI's.
-        parts.uri = Uri::from(
-            parts
-                .uri
-                .path_and_query()
-                .cloned()
-                .unwrap_or_else(|| PathAndQuery::from_static("/")),
-        );
-        parts.version = Version::HTTP_11;
-
-        let limits = &table.limits;
-        let body = RequestBody::new(
-            body,
-            route.max_body_bytes,
-            limits.body_read_timeout,
-            limits.body_min_rate,
-        );
-        let faults = body.faults();
-        let sent = upstream.send(&mut slot, Request::from_parts(parts, body));
-        // Counted from `start` rather than from a second clock read: the routing above, a few
-        // microseconds, counts against the response timeout. (The config caps durations, so
-        // the addition cannot overflow.)
-        let result = tokio::time::timeout_at(start + upstream.spec.response_timeout, sent).await;
         acct.hold_endpoint(slot);
         let resp = match result {
             Err(_elapsed) => return fail(&mut acct, failure::Upstream::Timeout).into(),
