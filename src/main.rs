@@ -17,7 +17,8 @@ static ALLOCATOR: Mimalloc = Mimalloc;
 /// mimalloc block has (a machine word: blocks are whole words from an aligned page start).
 /// `mimalloc::MiMalloc` always takes the aligned ones, and there a block over 1 KiB whose size
 /// class is not a power of two (the request's boxed future, hyper's 8 KiB read buffers) goes
-/// through an over-allocating path: about 40 instructions more, several times a request.
+/// through an over-allocating path, several times a request: this way a proxied request costs
+/// about 780 instructions fewer (benches/instructions.sh).
 struct Mimalloc;
 
 /// The alignment of every mimalloc block.
