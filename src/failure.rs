@@ -1,5 +1,5 @@
-//! The one failure taxonomy of the request path: where a failure came from (the client, or
-//! the upstream exchange), the status it is answered with, the `reason` label it is counted
+//! The one failure taxonomy of the request path: where a failure came from (the client, the
+//! upstream exchange, or cohort itself), the status it is answered with, the `reason` label it is counted
 //! under and the fields it is logged with. Every local answer is built here, by
 //! [`Failure::response`].
 //!
@@ -19,6 +19,9 @@ pub enum Failure {
     Unrouted,
     /// The upstream exchange: counted in `cohort_upstream_failures_total`.
     Upstream(Upstream),
+    /// cohort itself: a request it could not build or send, whoever's input led there.
+    /// Answered 500 and counted in `cohort_internal_errors_total`.
+    Internal(Internal),
 }
 
 /// What was wrong with the client's request; the `reason` label of
@@ -115,6 +118,25 @@ impl Upstream {
     }
 }
 
+/// What cohort got wrong; the `reason` label of `cohort_internal_errors_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Internal {
+    /// The upstream request cohort built was refused before it left (its URI or head did
+    /// not hold together): a bug to report, not the client's or the backend's fault.
+    Request = 0,
+}
+
+impl Internal {
+    pub const ALL: [Internal; 1] = [Self::Request];
+
+    /// The `reason` labels, aligned with [`Internal::ALL`].
+    pub const LABELS: [&'static str; 1] = ["request"];
+
+    pub fn as_str(self) -> &'static str {
+        Self::LABELS[self as usize]
+    }
+}
+
 impl Failure {
     pub fn status(self) -> StatusCode {
         match self {
@@ -132,6 +154,7 @@ impl Failure {
             Failure::Unrouted => StatusCode::NOT_FOUND,
             Failure::Upstream(Upstream::Timeout) => StatusCode::GATEWAY_TIMEOUT,
             Failure::Upstream(_) => StatusCode::BAD_GATEWAY,
+            Failure::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
@@ -153,6 +176,7 @@ impl Failure {
             Failure::Upstream(Upstream::Timeout) => "upstream timed out\n",
             Failure::Upstream(Upstream::Connect) => "upstream unavailable\n",
             Failure::Upstream(_) => "upstream failed\n",
+            Failure::Internal(_) => "internal error\n",
         }
     }
 
@@ -161,6 +185,7 @@ impl Failure {
         match self {
             Failure::Downstream(_) | Failure::Unrouted => "downstream",
             Failure::Upstream(_) => "upstream",
+            Failure::Internal(_) => "internal",
         }
     }
 
@@ -171,6 +196,7 @@ impl Failure {
             Failure::Downstream(d) => d.as_str(),
             Failure::Unrouted => "",
             Failure::Upstream(u) => u.as_str(),
+            Failure::Internal(i) => i.as_str(),
         }
     }
 
@@ -205,5 +231,28 @@ mod tests {
             assert_eq!(*u as usize, i);
             assert_eq!(Upstream::LABELS[i], u.as_str());
         }
+        for (i, n) in Internal::ALL.iter().enumerate() {
+            assert_eq!(*n as usize, i);
+            assert_eq!(Internal::LABELS[i], n.as_str());
+        }
+    }
+
+    #[test]
+    fn each_origin_answers_with_its_status() {
+        let cases = [
+            (Failure::Downstream(Downstream::BadHost), 400, "downstream"),
+            (Failure::Unrouted, 404, "downstream"),
+            (Failure::Upstream(Upstream::Connect), 502, "upstream"),
+            (Failure::Upstream(Upstream::Timeout), 504, "upstream"),
+            (Failure::Internal(Internal::Request), 500, "internal"),
+        ];
+        for (failure, status, origin) in cases {
+            let resp: Response<String> = failure.response();
+            assert_eq!(resp.status().as_u16(), status, "{failure:?}");
+            assert_eq!(failure.origin(), origin, "{failure:?}");
+        }
+        let resp: Response<String> = Failure::Internal(Internal::Request).response();
+        assert_eq!(resp.body(), "internal error\n");
+        assert!(resp.headers().get(header::CONNECTION).is_none());
     }
 }

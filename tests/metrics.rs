@@ -262,6 +262,11 @@ async fn scrape_is_well_formed_and_bounded() {
         }
     }
     assert_eq!(scrape.metric("cohort_unrouted_requests_total", &[]), 1.0);
+    // cohort's own faults are counted from the start, at zero while there are none.
+    assert_eq!(
+        scrape.metric("cohort_internal_errors_total", &[("reason", "request")]),
+        0.0
+    );
 }
 
 /// Route `agent` with stable at 90% and the canary `canary` (on upstream `canary`) at 10%.

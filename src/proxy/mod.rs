@@ -204,6 +204,13 @@ impl Proxy {
                     acct.refused();
                     return refuse(&table, fault).into();
                 }
+                if let Some(fault) = upstream::internal(e.error()) {
+                    acct.refused();
+                    table.internal[fault as usize].increment(1);
+                    let failure = Failure::Internal(fault);
+                    tracing::error!(route = %route.name, cohort = %target.name, upstream = %upstream.name(), origin = failure.origin(), reason = failure.reason(), error = %e, "cohort could not build the upstream request");
+                    return failure.response().into();
+                }
                 let reason = upstream::classify(e.error(), e.connect);
                 let failure = Failure::Upstream(reason);
                 tracing::debug!(route = %route.name, cohort = %target.name, upstream = %upstream.name(), origin = failure.origin(), reason = failure.reason(), error = %e, "upstream request failed");

@@ -5,13 +5,13 @@
 use metrics::Unit;
 
 use super::{
-    ABANDONED, CONNECTIONS_REFUSED, DURATION, GENERATION, IN_FLIGHT, OPEN_CONNECTIONS, OUTCOMES,
-    OVERRIDE_REJECTED, PARKED_CONNECTIONS, REJECTED, RELOADS, REQUESTS, SPLIT, TTFB, UNROUTED,
-    UPSTREAM_FAILURES,
+    ABANDONED, CONNECTIONS_REFUSED, DURATION, GENERATION, INTERNAL, IN_FLIGHT, OPEN_CONNECTIONS,
+    OUTCOMES, OVERRIDE_REJECTED, PARKED_CONNECTIONS, REJECTED, RELOADS, REQUESTS, SPLIT, TTFB,
+    UNROUTED, UPSTREAM_FAILURES,
 };
 
 /// Name, unit and help of each metric, described once when the registry is made.
-pub(super) const HELP: [(&str, Unit, &str); 16] = [
+pub(super) const HELP: [(&str, Unit, &str); 17] = [
         (
             REJECTED,
             Unit::Count,
@@ -61,6 +61,11 @@ pub(super) const HELP: [(&str, Unit, &str); 16] = [
             UPSTREAM_FAILURES,
             Unit::Count,
             "Upstream exchanges that failed, by reason.",
+        ),
+        (
+            INTERNAL,
+            Unit::Count,
+            "Requests cohort answered 500 for its own fault (a bug to report), by reason.",
         ),
         (
             OUTCOMES,

@@ -33,6 +33,7 @@ pub const CONNECTIONS_REFUSED: &str = "cohort_connections_refused_total";
 pub const OPEN_CONNECTIONS: &str = "cohort_open_connections";
 pub const PARKED_CONNECTIONS: &str = "cohort_parked_connections";
 pub const ABANDONED: &str = "cohort_abandoned_requests_total";
+pub const INTERNAL: &str = "cohort_internal_errors_total";
 
 /// Agent latencies run from a cached answer (milliseconds) to a long tool-using turn (minutes).
 pub const LATENCY_BUCKETS: &[f64] = &[
@@ -168,6 +169,15 @@ impl Metrics {
             reload_failure,
             generation,
         }
+    }
+
+    /// `cohort_internal_errors_total`, one counter per `reasons` label, in their order.
+    pub fn internal<const N: usize>(&self, reasons: [&'static str; N]) -> [Counter; N] {
+        reasons.map(|r| {
+            let labels = vec![Label::new("reason", r)];
+            self.recorder
+                .register_counter(&Key::from_parts(INTERNAL, labels), &METADATA)
+        })
     }
 
     /// `cohort_rejected_requests_total`, one counter per `reasons` label, in their order

@@ -232,6 +232,20 @@ impl Upstream {
     }
 }
 
+/// Whether a failed send was cohort's own doing: the request it assembled for the upstream
+/// did not hold together (an `http::Error` from building its URI), which no backend or client
+/// behaviour explains, so it is answered 500 rather than blamed on the upstream.
+pub fn internal(err: &(dyn StdError + 'static)) -> Option<failure::Internal> {
+    let mut cur = Some(err);
+    while let Some(e) = cur {
+        if e.is::<http::Error>() {
+            return Some(failure::Internal::Request);
+        }
+        cur = e.source();
+    }
+    None
+}
+
 /// Maps a client error to the reason label and whether it is a timeout (504) or not (502).
 pub fn classify(err: &(dyn StdError + 'static), is_connect: bool) -> failure::Upstream {
     if tls::is_tls_error(err) {
@@ -269,6 +283,26 @@ pub fn classify(err: &(dyn StdError + 'static), is_connect: bool) -> failure::Up
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_request_cohort_could_not_build_is_internal_not_the_upstreams() {
+        // What `client::request` meets when the URI it assembles is refused.
+        let built = http::Uri::builder()
+            .scheme("http")
+            .path_and_query("/x")
+            .build();
+        let Err(err) = built else {
+            panic!("a scheme without an authority builds")
+        };
+        let sent = SendError {
+            connect: false,
+            source: Box::new(err),
+        };
+        assert_eq!(internal(sent.error()), Some(failure::Internal::Request));
+        let reset = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
+        assert_eq!(internal(&reset), None);
+        assert_eq!(classify(&reset, false), failure::Upstream::Reset);
+    }
 
     fn parsed(s: &str) -> String {
         let e = parse_endpoint(s).unwrap();

@@ -295,6 +295,7 @@ impl TryFrom<TableInput<'_>> for RoutingTable {
             policy,
             admin_token: admin_token.map(|t| String::from_utf8_lossy(&t).into_owned()),
             rejected: input.metrics.rejected(crate::failure::Downstream::LABELS),
+            internal: input.metrics.internal(crate::failure::Internal::LABELS),
             poll_interval: raw.reload.poll_interval,
             watch: raw.reload.watch,
             shutdown_timeout: raw.shutdown_timeout,

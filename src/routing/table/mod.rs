@@ -64,6 +64,8 @@ pub struct RoutingTable {
     pub admin_token: Option<String>,
     /// `cohort_rejected_requests_total`, aligned with `failure::Downstream::ALL`.
     pub rejected: [Counter; crate::failure::Downstream::ALL.len()],
+    /// `cohort_internal_errors_total`, aligned with `failure::Internal::ALL`.
+    pub internal: [Counter; crate::failure::Internal::ALL.len()],
     pub poll_interval: Duration,
     pub watch: bool,
     pub shutdown_timeout: Duration,
