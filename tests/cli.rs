@@ -291,3 +291,36 @@ fn assign_fails_for_an_unknown_route() {
     assert!(out.stdout.is_empty());
     assert!(stderr(&out).contains("nope"), "{}", stderr(&out));
 }
+
+#[test]
+fn check_validates_the_fleet_section_where_startup_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = format!(
+        "{}fleet:\n  servers: [\"nats://127.0.0.1:4222\"]\n  name: prod\n  replica: edge-1\n",
+        minimal()
+    );
+    write(dir.path(), "good.yaml", &good);
+    let out = cohort(&["check", "good.yaml"], dir.path());
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
+
+    let line = minimal().lines().count() + 5;
+    let bad = format!("{good}  heartbeat: 20s\n");
+    let path = write(dir.path(), "bad.yaml", &bad);
+    let out = cohort(&["check", "bad.yaml"], dir.path());
+    assert_eq!(out.status.code(), Some(1), "stderr: {}", stderr(&out));
+    assert_eq!(
+        stderr(&out),
+        format!(
+            "bad.yaml:{line}:14: fleet.heartbeat: heartbeat (20s) must be shorter than lease (10s)\n"
+        )
+    );
+    let err =
+        match cohort::control::reload::Control::start(&path, cohort::telemetry::Metrics::new()) {
+            Ok(_) => panic!("startup accepted a heartbeat longer than the lease"),
+            Err(e) => e,
+        };
+    assert_eq!(
+        (err.line, err.column, err.field.as_str()),
+        (line, 14, "fleet.heartbeat")
+    );
+}
