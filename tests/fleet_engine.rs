@@ -232,6 +232,9 @@ async fn with_every_node_down_the_engine_is_unavailable_quickly_and_recovers() {
     bounded(async {
         let a = engine(&cluster, "outage", "a").await;
         let revision = a.create("route.agent", bytes("before")).await.unwrap();
+        let mut changes = a.watch("route").await.expect("watch");
+        let current = changes.next().await.unwrap().unwrap();
+        assert_eq!(current.value, Some(bytes("before")));
         cluster.kill_all();
 
         // Every operation fails as Unavailable, within the operation timeout.
@@ -273,6 +276,22 @@ async fn with_every_node_down_the_engine_is_unavailable_quickly_and_recovers() {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
 
+        // A replica that starts while the engine is away starts all the same, and knows.
+        let started = Instant::now();
+        let late = NatsEngine::connect(&spec(&cluster, "outage", "late"))
+            .await
+            .expect("connect with every server down");
+        assert!(!late.connected());
+        assert!(matches!(
+            late.get("route.agent").await,
+            Err(EngineError::Unavailable { .. })
+        ));
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "{:?}",
+            started.elapsed()
+        );
+
         // Back: the same client reconnects by itself, and the data outlived the servers.
         cluster.restart_all();
         cluster.wait_ready().await;
@@ -282,10 +301,27 @@ async fn with_every_node_down_the_engine_is_unavailable_quickly_and_recovers() {
         .await;
         assert_eq!(back, Some((bytes("before"), revision)));
         assert!(a.connected());
-        eventually("a write after the restart", Duration::from_secs(10), || {
+        let after = eventually("a write after the restart", Duration::from_secs(10), || {
             a.update("route.agent", bytes("after"), revision)
         })
         .await;
+        eventually("the late replica's read", Duration::from_secs(10), || {
+            late.get("route.agent")
+        })
+        .await;
+        // The watch made before the outage resumes by itself and sees the write.
+        let resumed = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                match changes.next().await {
+                    Some(Ok(change)) if change.revision >= after => return change,
+                    Some(_) => continue,
+                    None => panic!("the watch ended with the outage"),
+                }
+            }
+        })
+        .await
+        .expect("the old watch saw no change within 10 s of the restart");
+        assert_eq!(resumed.value, Some(bytes("after")));
     })
     .await;
 }
