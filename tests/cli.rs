@@ -291,3 +291,63 @@ fn assign_fails_for_an_unknown_route() {
     assert!(out.stdout.is_empty());
     assert!(stderr(&out).contains("nope"), "{}", stderr(&out));
 }
+
+#[test]
+fn check_validates_the_fleet_section_where_startup_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = format!(
+        "{}fleet:\n  servers: [\"nats://127.0.0.1:4222\"]\n  name: prod\n  replica: edge-1\n",
+        minimal()
+    );
+    write(dir.path(), "good.yaml", &good);
+    let out = cohort(&["check", "good.yaml"], dir.path());
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
+
+    let line = minimal().lines().count() + 5;
+    let bad = format!("{good}  heartbeat: 20s\n");
+    let path = write(dir.path(), "bad.yaml", &bad);
+    let out = cohort(&["check", "bad.yaml"], dir.path());
+    assert_eq!(out.status.code(), Some(1), "stderr: {}", stderr(&out));
+    assert_eq!(
+        stderr(&out),
+        format!(
+            "bad.yaml:{line}:14: fleet.heartbeat: heartbeat (20s) must be shorter than lease (10s)\n"
+        )
+    );
+    let err =
+        match cohort::control::reload::Control::start(&path, cohort::telemetry::Metrics::new()) {
+            Ok(_) => panic!("startup accepted a heartbeat longer than the lease"),
+            Err(e) => e,
+        };
+    assert_eq!(
+        (err.line, err.column, err.field.as_str()),
+        (line, 14, "fleet.heartbeat")
+    );
+}
+
+#[test]
+fn a_reload_that_changes_the_fleet_section_is_refused() {
+    use cohort::control::reload::{Control, Outcome, FLEET_RESTART};
+    let dir = tempfile::tempdir().unwrap();
+    let fleet = "fleet:\n  servers: [\"nats://127.0.0.1:4222\"]\n  name: prod\n  replica: edge-1\n";
+    let path = write(dir.path(), "cfg.yaml", &format!("{}{fleet}", minimal()));
+    let control = Control::start(&path, cohort::telemetry::Metrics::new()).unwrap();
+    assert_eq!(
+        control.fleet().map(|f| f.bucket()),
+        Some("cohort_prod".into())
+    );
+    write(
+        dir.path(),
+        "cfg.yaml",
+        &format!("{}{}", minimal(), fleet.replace("prod", "staging")),
+    );
+    match control.reload("test") {
+        Outcome::Rejected(message) => assert!(message.contains(FLEET_RESTART), "{message}"),
+        other => panic!("a new fleet name was {other:?}"),
+    }
+    // The rest of a file with the same fleet section reloads as before.
+    let edited = minimal().replace("percent: 95\n", "percent: 90\n");
+    let edited = edited.replace("percent: 5\n", "percent: 10\n");
+    write(dir.path(), "cfg.yaml", &format!("{edited}{fleet}"));
+    assert!(matches!(control.reload("test"), Outcome::Applied { .. }));
+}

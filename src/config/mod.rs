@@ -6,6 +6,7 @@
 //! Must not touch: validation rules (see `routing::table`), sockets, metrics or the serving table.
 
 pub(crate) mod duration;
+mod fleet;
 pub(crate) mod locate;
 mod raw;
 mod rollout;
@@ -13,6 +14,7 @@ mod rollout;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+pub use fleet::{RawFleet, RawFleetTls};
 pub use raw::{
     RawAdmin, RawAuthority, RawCertificate, RawConfig, RawKeySource, RawLimits, RawListener,
     RawListenerTls, RawMatch, RawProtocol, RawReload, RawRoute, RawSplit, RawUnderscores,

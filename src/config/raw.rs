@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use super::fleet::RawFleet;
 use super::rollout::RawRollout;
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -46,6 +47,8 @@ pub struct RawConfig {
     pub limits: RawLimits,
     /// Where rollouts keep their state and audit log; relative to the config file's directory.
     pub state_dir: Option<PathBuf>,
+    /// Replicas that run each rollout together, through NATS. Default: none (one process).
+    pub fleet: Option<RawFleet>,
 }
 
 /// Edge limits and request hygiene; defaults follow Envoy's edge guidance.

@@ -18,6 +18,7 @@ use arc_swap::ArcSwap;
 
 use crate::config::{self, ConfigError};
 use crate::control::door::Door;
+use crate::control::fleet::spec::{self as fleet, FleetSpec};
 use crate::control::rollout::judge::Judged;
 use crate::control::rollout::{
     self, Action, ActionError, Decision, Now, Preflight, Rollouts, StateError,
@@ -54,6 +55,10 @@ pub struct Control {
     /// The live rollouts, whose state sets their canaries' effective percents in every table
     /// stored here.
     rollouts: Rollouts,
+    /// The validated `fleet` section, as read at start (not wired into the rollouts yet).
+    fleet: Option<FleetSpec>,
+    /// The section as written at start: a reload that changes it is refused.
+    fleet_raw: Option<config::RawFleet>,
 }
 
 /// A reload that changes listeners or the admin address cannot be applied live.
@@ -62,6 +67,10 @@ pub const NEEDS_RESTART: &str = "changing listeners or the admin address needs a
 /// Rollout state stays where the process started keeping it.
 pub const STATE_DIR_RESTART: &str =
     "changing state_dir needs a restart; the rest of this config was not applied";
+
+/// The fleet a process belongs to stays the one it started in.
+pub const FLEET_RESTART: &str =
+    "changing the fleet section needs a restart; the rest of this config was not applied";
 
 /// A state directory that cannot be used, as a config error at the field that names it.
 fn state_dir_error(loaded: &config::Loaded, e: StateError) -> ConfigError {
@@ -79,6 +88,7 @@ fn edit_error(loaded: &config::Loaded, e: rollout::EditRefused) -> ConfigError {
 pub fn check(path: &Path, metrics: &Metrics) -> Result<(RoutingTable, Preflight), ConfigError> {
     let loaded = config::load(path)?;
     let table = table::from_loaded(&loaded, metrics, None, 1)?;
+    fleet::from_loaded(&loaded)?;
     let state = rollout::preflight(&table).map_err(|e| state_dir_error(&loaded, e))?;
     rollout::check_saved(&table).map_err(|e| edit_error(&loaded, e))?;
     Ok((table, state))
@@ -89,6 +99,7 @@ impl Control {
     pub fn start(path: &Path, metrics: Metrics) -> Result<Self, ConfigError> {
         let loaded = config::load(path)?;
         let mut table = table::from_loaded(&loaded, &metrics, None, 1)?;
+        let fleet = fleet::from_loaded(&loaded)?;
         let rollouts = Rollouts::open(table.state_dir.as_deref(), metrics.clone())
             .map_err(|e| state_dir_error(&loaded, e))?;
         // A restart on an edited file refuses what a reload would have refused.
@@ -109,7 +120,14 @@ impl Control {
             last_error: Mutex::new(None),
             last_seen: AtomicU64::new(seen),
             rollouts,
+            fleet,
+            fleet_raw: loaded.raw.fleet.clone(),
         })
+    }
+
+    /// The validated `fleet` section, if the file has one.
+    pub fn fleet(&self) -> Option<&FleetSpec> {
+        self.fleet.as_ref()
     }
 
     pub fn rollouts(&self) -> &Rollouts {
@@ -172,6 +190,9 @@ impl Control {
             }
             let mut new =
                 table::from_loaded(&loaded, &self.metrics, Some(&old), old.generation + 1)?;
+            if loaded.raw.fleet != self.fleet_raw {
+                return Err(loaded.error_at("fleet", FLEET_RESTART));
+            }
             if new.state_dir != old.state_dir {
                 return Err(loaded.error_at("state_dir", STATE_DIR_RESTART));
             }

@@ -11,10 +11,11 @@
 //! | `process.rs` | the `cohort` binary run as a separate process |
 //! | `tls.rs` | a test CA, certificates, TLS clients |
 //! | `sim.rs` | the simulated agent backend of the rollout tests |
+//! | `nats.rs` | a NATS JetStream cluster on loopback, for the fleet tests |
 //!
 //! This file keeps what they all share: the step timeout, header values as text, and the
-//! contract's assignment formula. Tests reach everything but `process`, `tls` and `sim` as
-//! `support::Name`; those three they name by module.
+//! contract's assignment formula. Tests reach everything but `process`, `tls`, `sim` and `nats`
+//! as `support::Name`; those they name by module.
 //!
 //! Every await that could hang goes through [`within`], so a broken proxy fails a test instead
 //! of stalling the suite.
@@ -24,6 +25,7 @@
 pub mod client;
 pub mod config;
 pub mod mock;
+pub mod nats;
 pub mod process;
 pub mod proxy;
 pub mod raw;
