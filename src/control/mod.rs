@@ -3,7 +3,8 @@
 //!
 //! Owns: reading and swapping configurations (`reload`), watching files (`watch`), the admin
 //! listener (`admin`), the rollouts that move canaries step by step (`rollout`), the one door
-//! to the serving table (`door`), and the `cohort healthcheck` client (`healthcheck`). Must
+//! to the serving table (`door`), the fleet's shared rollout record and pooled evidence
+//! (`fleet`, which names `rollout`, never the reverse), and the `cohort healthcheck` client (`healthcheck`). Must
 //! not touch: sockets of the data plane (`edge`), the request path (`proxy`). Every change
 //! reaches the request path as one store of a new table through `door`, whoever makes it.
 //!
@@ -13,6 +14,7 @@
 
 pub mod admin;
 pub(crate) mod door;
+pub mod fleet;
 pub mod healthcheck;
 pub mod reload;
 pub mod rollout;
