@@ -15,10 +15,17 @@
 //! (an advance happens later), a delayed or replayed one is refused by the store (its
 //! revision is gone) or by [`propose`] (it names the step it advanced from), and [`merge`]
 //! of any two copies picks the one further along, a rollback above everything of its id.
+//! A replica that rolls back applies its own rollback at once, landed or not, and proposes
+//! it on the record it applies (the merge of all it has seen), so what it serves never goes
+//! back a step either.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
+
+#[path = "record_codec.rs"]
+mod codec;
+pub use codec::{decode, encode, Corrupt, MAX_BYTES};
 
 use crate::control::rollout::state::Position;
 use crate::control::rollout::{DecisionKind, Phase, HISTORY};
@@ -30,9 +37,6 @@ pub const FORMAT: u32 = 1;
 
 /// The longest reason kept in the history (the audit log keeps the whole one).
 const REASON_CHARS: usize = 300;
-
-/// The largest record [`decode`] reads: a full history of full reasons is about 30 KB.
-pub const MAX_BYTES: usize = 256 * 1024;
 
 /// What a rollout id runs through, fixed by its start: every replica computes the same
 /// percents from it, whatever configuration it has loaded meanwhile.
@@ -238,7 +242,11 @@ pub fn propose(
         trigger,
         reason,
     } = op;
-    let author = Author { by, trigger, reason };
+    let author = Author {
+        by,
+        trigger,
+        reason,
+    };
     let Some(cur) = current else {
         return match change {
             Change::Start(plan) => start(None, plan, author, epoch, now_ms),
@@ -463,66 +471,9 @@ pub fn merge(a: Record, b: Record) -> Record {
     }
 }
 
-/// Why bytes under a route's key are not a record this replica can trust. The caller serves
-/// the canary at 0% until a record it can read arrives.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
-pub enum Corrupt {
-    #[error("record of {0} bytes, more than {MAX_BYTES}")]
-    TooLarge(usize),
-    #[error("record does not parse: {0}")]
-    Parse(String),
-    #[error("record does not make sense: {0}")]
-    Nonsense(String),
-}
-
-pub fn encode(r: &Record) -> Vec<u8> {
-    // Plain data with string keys: serialising cannot fail.
-    serde_json::to_vec(r).unwrap_or_default()
-}
-
-pub fn decode(bytes: &[u8]) -> Result<Record, Corrupt> {
-    if bytes.len() > MAX_BYTES {
-        return Err(Corrupt::TooLarge(bytes.len()));
-    }
-    let r: Record = serde_json::from_slice(bytes).map_err(|e| Corrupt::Parse(e.to_string()))?;
-    sane(&r).map_err(Corrupt::Nonsense)?;
-    Ok(r)
-}
-
-/// What a record written by [`propose`] always satisfies.
-fn sane(r: &Record) -> Result<(), String> {
-    let p = &r.plan;
-    if r.format == 0 {
-        return Err("format 0".into());
-    }
-    if p.id.is_empty() || p.steps.is_empty() {
-        return Err("no id or no steps".into());
-    }
-    let bp = crate::routing::bands::BUCKETS;
-    if p.steps.windows(2).any(|w| w[0] >= w[1]) || p.steps.iter().any(|s| *s > bp) {
-        return Err(format!("steps {:?} are not increasing shares", p.steps));
-    }
-    if p.promoted > bp || r.percent > bp || r.percent_before > bp {
-        return Err("a share above 100%".into());
-    }
-    if r.step >= p.steps.len() {
-        return Err(format!("step {} of {}", r.step, p.steps.len()));
-    }
-    if r.percent != p.percent(r.phase, r.step) {
-        return Err(format!("{} bp at step {} while {}", r.percent, r.step, r.phase));
-    }
-    if !(r.started_version <= r.step_version && r.step_version <= r.version) {
-        return Err("versions out of order".into());
-    }
-    if r.history.len() > HISTORY || r.history.iter().any(|e| e.version > r.version) {
-        return Err("a history longer or later than the record".into());
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 #[path = "record_tests.rs"]
-mod tests;
+pub(super) mod tests;
 
 #[cfg(test)]
 #[path = "record_props.rs"]

@@ -32,7 +32,7 @@ pub(super) fn advance(from: usize, version: u64, live: &[&str]) -> Change {
     }
 }
 
-fn started() -> Record {
+pub(super) fn started() -> Record {
     propose(None, op(Change::Start(plan("a"))), 1, 1_000).unwrap()
 }
 
@@ -45,8 +45,14 @@ fn advanced(r: &Record) -> Record {
 #[test]
 fn a_start_schedules_the_first_step_and_another_id_replaces_the_record() {
     let r = started();
-    assert_eq!((r.phase, r.step, r.version, r.epoch), (Phase::Ramping, 0, 1, 1));
-    assert_eq!((r.percent_before, r.percent, r.effective_at_ms), (0, 100, 3_000));
+    assert_eq!(
+        (r.phase, r.step, r.version, r.epoch),
+        (Phase::Ramping, 0, 1, 1)
+    );
+    assert_eq!(
+        (r.percent_before, r.percent, r.effective_at_ms),
+        (0, 100, 3_000)
+    );
     assert_eq!((r.percent_at(2_999), r.percent_at(3_000)), (0, 100));
     assert_eq!(r.history.len(), 1);
     assert_eq!(r.history[0].decision, DecisionKind::Start);
@@ -55,7 +61,10 @@ fn a_start_schedules_the_first_step_and_another_id_replaces_the_record() {
     let same = propose(Some(&r), op(Change::Start(plan("a"))), 1, 5_000);
     assert_eq!(same, Err(Refused::SameId("a".into())));
     let b = propose(Some(&r), op(Change::Start(plan("b"))), 0, 5_000).unwrap();
-    assert_eq!((b.plan.id.as_str(), b.version, b.started_version), ("b", 2, 2));
+    assert_eq!(
+        (b.plan.id.as_str(), b.version, b.started_version),
+        ("b", 2, 2)
+    );
     // The old id's share holds until the new one's takes effect; the epoch never goes back.
     assert_eq!((b.percent_before, b.percent, b.epoch), (100, 100, 1));
     let empty = Plan {
@@ -72,16 +81,25 @@ fn a_start_schedules_the_first_step_and_another_id_replaces_the_record() {
 fn an_advance_lands_once_in_force_and_confirmed_and_schedules_the_next_step() {
     let r = started();
     let a = advanced(&r);
-    assert_eq!((a.phase, a.step, a.version, a.step_version), (Phase::Ramping, 1, 2, 2));
+    assert_eq!(
+        (a.phase, a.step, a.version, a.step_version),
+        (Phase::Ramping, 1, 2, 2)
+    );
     assert_eq!((a.percent_before, a.percent), (100, 1_000));
     assert_eq!(a.effective_at_ms, 5_000 + DELAY);
     let e = a.history.last().unwrap();
-    assert_eq!((e.decision, e.version, e.epoch), (DecisionKind::Advance, 2, 1));
+    assert_eq!(
+        (e.decision, e.version, e.epoch),
+        (DecisionKind::Advance, 2, 1)
+    );
     assert_eq!(e.from.map(|p| p.step), Some(0));
     assert_eq!(e.to.percent, 10.0);
     // Past the last step: the plan's `after`.
     let last = advanced(&advanced(&a));
-    assert_eq!((last.phase, last.step, last.percent), (Phase::Promoted, 2, 10_000));
+    assert_eq!(
+        (last.phase, last.step, last.percent),
+        (Phase::Promoted, 2, 10_000)
+    );
     let held = Record {
         plan: Plan {
             after: Finish::Hold,
@@ -153,7 +171,10 @@ fn a_claim_fences_older_judges_and_changes_nothing_else() {
     let r = started();
     let c = propose(Some(&r), op(Change::Claim), 3, 2_000).unwrap();
     assert_eq!((c.epoch, c.version, c.step_version), (3, 2, 1));
-    assert_eq!((c.phase, c.step, c.percent, c.history.len()), (r.phase, 0, 100, 1));
+    assert_eq!(
+        (c.phase, c.step, c.percent, c.history.len()),
+        (r.phase, 0, 100, 1)
+    );
     assert_eq!(
         propose(Some(&c), op(Change::Claim), 2, 2_000),
         Err(Refused::Fenced {
@@ -169,23 +190,39 @@ fn a_claim_fences_older_judges_and_changes_nothing_else() {
 fn pause_resume_and_promote_act_from_any_epoch_where_the_phase_allows() {
     let r = started();
     let p = propose(Some(&r), op(Change::Pause), 0, 2_000).unwrap();
-    assert_eq!((p.phase, p.percent, p.effective_at_ms), (Phase::Paused, 100, 3_000));
+    assert_eq!(
+        (p.phase, p.percent, p.effective_at_ms),
+        (Phase::Paused, 100, 3_000)
+    );
     assert_eq!(p.step_version, 1, "a pause changes no share");
-    let phase = |what, phase| {
-        Err(Refused::Phase {
-            what,
-            phase,
-        })
-    };
-    assert_eq!(propose(Some(&p), op(Change::Pause), 0, 2_000), phase("pause", Phase::Paused));
-    assert_eq!(propose(Some(&r), op(Change::Resume), 0, 2_000), phase("resume", Phase::Ramping));
+    let phase = |what, phase| Err(Refused::Phase { what, phase });
+    assert_eq!(
+        propose(Some(&p), op(Change::Pause), 0, 2_000),
+        phase("pause", Phase::Paused)
+    );
+    assert_eq!(
+        propose(Some(&r), op(Change::Resume), 0, 2_000),
+        phase("resume", Phase::Ramping)
+    );
     let back = propose(Some(&p), op(Change::Resume), 0, 4_000).unwrap();
-    assert_eq!((back.phase, back.step_version, back.percent), (Phase::Ramping, 1, 100));
+    assert_eq!(
+        (back.phase, back.step_version, back.percent),
+        (Phase::Ramping, 1, 100)
+    );
     let up = propose(Some(&p), op(Change::Promote), 0, 4_000).unwrap();
-    assert_eq!((up.phase, up.percent_before, up.percent), (Phase::Promoted, 100, 10_000));
+    assert_eq!(
+        (up.phase, up.percent_before, up.percent),
+        (Phase::Promoted, 100, 10_000)
+    );
     assert_eq!(up.effective_at_ms, 4_000 + DELAY);
-    assert_eq!(propose(Some(&up), op(Change::Promote), 0, 4_000), phase("promote", Phase::Promoted));
-    assert_eq!(propose(None, op(Change::Pause), 0, 0), Err(Refused::NoRecord));
+    assert_eq!(
+        propose(Some(&up), op(Change::Promote), 0, 4_000),
+        phase("promote", Phase::Promoted)
+    );
+    assert_eq!(
+        propose(None, op(Change::Pause), 0, 0),
+        Err(Refused::NoRecord)
+    );
 }
 
 #[test]
@@ -194,8 +231,14 @@ fn a_rollback_lands_from_anyone_at_once_and_is_terminal_for_the_id() {
     // A replica that never held the lease (epoch 0) rolls back while the step is scheduled.
     let rb = Change::Rollback { id: "a".into() };
     let b = propose(Some(&r), op(rb.clone()), 0, 5_500).unwrap();
-    assert_eq!((b.phase, b.step, b.percent, b.percent_before), (Phase::RolledBack, 1, 0, 100));
-    assert_eq!((b.effective_at_ms, b.percent_at(5_500), b.epoch), (5_500, 0, 1));
+    assert_eq!(
+        (b.phase, b.step, b.percent, b.percent_before),
+        (Phase::RolledBack, 1, 0, 100)
+    );
+    assert_eq!(
+        (b.effective_at_ms, b.percent_at(5_500), b.epoch),
+        (5_500, 0, 1)
+    );
     assert_eq!(b.history.last().unwrap().decision, DecisionKind::Rollback);
     for c in [
         rb.clone(),
@@ -220,7 +263,10 @@ fn a_rollback_lands_from_anyone_at_once_and_is_terminal_for_the_id() {
     );
     // Only a new id moves on.
     let n = propose(Some(&b), op(Change::Start(plan("b"))), 0, 10_000).unwrap();
-    assert_eq!((n.plan.id.as_str(), n.phase, n.percent_before), ("b", Phase::Ramping, 0));
+    assert_eq!(
+        (n.plan.id.as_str(), n.phase, n.percent_before),
+        ("b", Phase::Ramping, 0)
+    );
     // From every phase.
     for c in [Change::Pause, Change::Promote, Change::Halt] {
         let s = propose(Some(&r), op(c), 0, 8_000).unwrap();
@@ -235,12 +281,24 @@ fn a_halt_goes_to_zero_keeping_the_step_and_a_resume_returns_to_it_together() {
     let mut why = op(Change::Halt);
     why.reason = "x".repeat(1_000);
     let h = propose(Some(&r), why, 0, 8_000).unwrap();
-    assert_eq!((h.phase, h.step, h.percent, h.effective_at_ms), (Phase::Halted, 1, 0, 8_000));
+    assert_eq!(
+        (h.phase, h.step, h.percent, h.effective_at_ms),
+        (Phase::Halted, 1, 0, 8_000)
+    );
     assert!(h.note.as_ref().unwrap().chars().count() <= REASON_CHARS + 1);
-    assert!(matches!(propose(Some(&h), op(Change::Halt), 0, 8_000), Err(Refused::Phase { .. })));
+    assert!(matches!(
+        propose(Some(&h), op(Change::Halt), 0, 8_000),
+        Err(Refused::Phase { .. })
+    ));
     let back = propose(Some(&h), op(Change::Resume), 0, 9_000).unwrap();
-    assert_eq!((back.phase, back.step, back.note.as_deref()), (Phase::Ramping, 1, None));
-    assert_eq!((back.percent_before, back.percent, back.effective_at_ms), (0, 1_000, 9_000 + DELAY));
+    assert_eq!(
+        (back.phase, back.step, back.note.as_deref()),
+        (Phase::Ramping, 1, None)
+    );
+    assert_eq!(
+        (back.percent_before, back.percent, back.effective_at_ms),
+        (0, 1_000, 9_000 + DELAY)
+    );
     assert_eq!(back.step_version, back.version, "to be confirmed anew");
 }
 
@@ -248,7 +306,11 @@ fn a_halt_goes_to_zero_keeping_the_step_and_a_resume_returns_to_it_together() {
 fn the_history_keeps_the_last_decisions() {
     let mut r = started();
     for i in 0..(HISTORY as u64 + 10) {
-        let c = if r.phase == Phase::Paused { Change::Resume } else { Change::Pause };
+        let c = if r.phase == Phase::Paused {
+            Change::Resume
+        } else {
+            Change::Pause
+        };
         r = propose(Some(&r), op(c), 0, 2_000 + i).unwrap();
     }
     assert_eq!(r.history.len(), HISTORY);
@@ -271,7 +333,10 @@ fn records_read_back_ignore_unknown_fields_and_refuse_nonsense() {
 
     assert!(matches!(decode(b"{\"format\":1"), Err(Corrupt::Parse(_))));
     assert!(matches!(decode(b"[]"), Err(Corrupt::Parse(_))));
-    assert!(matches!(decode(&vec![b' '; MAX_BYTES + 1]), Err(Corrupt::TooLarge(_))));
+    assert!(matches!(
+        decode(&vec![b' '; MAX_BYTES + 1]),
+        Err(Corrupt::TooLarge(_))
+    ));
     let nonsense = |f: &dyn Fn(&mut Record)| {
         let mut bad = r.clone();
         f(&mut bad);
@@ -287,7 +352,11 @@ fn records_read_back_ignore_unknown_fields_and_refuse_nonsense() {
         &|b| b.percent_before = 10_001,
         &|b| b.history[0].version = 99,
     ] {
-        assert!(matches!(nonsense(f), Err(Corrupt::Nonsense(_))), "{:?}", nonsense(f));
+        assert!(
+            matches!(nonsense(f), Err(Corrupt::Nonsense(_))),
+            "{:?}",
+            nonsense(f)
+        );
     }
 }
 
