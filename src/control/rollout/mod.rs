@@ -26,11 +26,11 @@ mod preflight;
 mod reconcile;
 mod report;
 #[cfg(test)]
-mod simulate;
+pub(crate) mod simulate;
 pub mod state;
 pub(crate) mod stats;
 #[cfg(test)]
-mod traffic;
+pub(crate) mod traffic;
 pub(crate) mod wealth;
 mod weights;
 

@@ -38,7 +38,7 @@ impl Agent {
         }
     }
 
-    fn answer(&self, rng: &mut Rng) -> (bool, f64) {
+    pub fn answer(&self, rng: &mut Rng) -> (bool, f64) {
         if rng.f64() < self.error {
             return (true, rng.f64() * self.fail_within_s);
         }
