@@ -1,4 +1,5 @@
 use super::*;
+pub(super) use crate::control::rollout::traffic::tests::issue_spec;
 use crate::samples::BINS;
 
 fn key(step: usize) -> StepKey {
@@ -66,17 +67,9 @@ fn the_pool_sums_each_incarnations_latest_report_and_blocks_are_its_increments()
 
 #[test]
 fn the_judge_over_pooled_blocks_reads_what_it_would_over_one_replica_with_all_the_traffic() {
-    use crate::config::RawGuardMetric;
-    use crate::control::rollout::simulate::{guard, spec_of};
     use crate::control::rollout::Progress;
     use std::time::Duration;
-    let spec = spec_of(
-        &[10.0, 60.0],
-        15,
-        10,
-        0.05,
-        vec![guard(RawGuardMetric::ErrorRate, None)],
-    );
+    let spec = issue_spec();
     let mut rng = fastrand::Rng::with_seed(4);
     let mut pool = Pool::new(key(1));
     let (mut pooled, mut single) = (Progress::start(), Progress::start());
@@ -107,9 +100,11 @@ fn the_judge_over_pooled_blocks_reads_what_it_would_over_one_replica_with_all_th
 
 #[test]
 fn reports_are_json_of_bounded_size() {
-    let mut full = Tally::default();
-    full.requests = u64::MAX;
-    full.with_outcome = u64::MAX / 2;
+    let mut full = Tally {
+        requests: u64::MAX,
+        with_outcome: u64::MAX / 2,
+        ..Tally::default()
+    };
     full.outcomes.iter_mut().for_each(|c| *c = u64::MAX / 64);
     full.latency.iter_mut().for_each(|c| *c = u64::MAX / 1024);
     full.ttfb.iter_mut().for_each(|c| *c = u64::MAX / 1024);
@@ -139,15 +134,7 @@ fn the_split_shares_alpha_between_the_judge_and_each_replica() {
     assert_eq!(Split::new(0.0), None);
     assert_eq!(Split::new(1.0), None);
     assert!(Split::new(0.8).is_some());
-    use crate::config::RawGuardMetric;
-    use crate::control::rollout::simulate::{guard, spec_of};
-    let spec = spec_of(
-        &[10.0, 60.0],
-        15,
-        10,
-        0.05,
-        vec![guard(RawGuardMetric::ErrorRate, None)],
-    );
+    let spec = issue_spec();
     // One guard, two steps: a = 0.025 per test; a replica of three rolls back at e >= 240.
     let t = s.local_log_threshold(&spec, 3);
     assert!((t - 240f64.ln()).abs() < 1e-9, "{t}");

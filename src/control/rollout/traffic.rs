@@ -186,14 +186,14 @@ pub fn run(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::config::RawGuardMetric;
     use crate::control::rollout::simulate::{guard, spec_of};
 
     /// The issue's setup: steps 10 and 60%, 10 samples, 15 s soak, alpha 0.05, one error
     /// rate guard, 100 requests a second of agents failing 10% at once.
-    fn issue_spec() -> RolloutSpec {
+    pub(crate) fn issue_spec() -> RolloutSpec {
         spec_of(
             &[10.0, 60.0],
             15,
