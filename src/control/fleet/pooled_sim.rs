@@ -60,12 +60,12 @@ impl Replica {
     }
 }
 
-/// A simulated fleet: `replicas` replicas with `per_tick` requests a second each.
-pub struct Fleet<'a> {
-    pub replicas: usize,
+/// A simulated fleet: a replica per pair of agents (baseline, canary), each with `per_tick`
+/// requests a second.
+#[derive(Clone)]
+pub struct Fleet {
     pub per_tick: u64,
-    pub baseline: &'a Agent,
-    pub canary: &'a Agent,
+    pub agents: Vec<(Agent, Agent)>,
     /// How alpha is shared with local rollbacks; without, the judge alone, at the whole alpha.
     pub split: Option<Split>,
 }
@@ -101,7 +101,7 @@ pub fn run(
 ) -> Ending {
     let (judge_spec, local_spec) = match fleet.split {
         Some(s) => {
-            let (j, l) = s.specs(spec, fleet.replicas);
+            let (j, l) = s.specs(spec, fleet.agents.len());
             (j, Some(l))
         }
         None => (spec.clone(), None),
@@ -113,9 +113,11 @@ pub fn run(
     let (mut served, mut epoch) = (start_step, 0u32);
     let mut pool = Pool::new(key(served, epoch));
     let mut switch_at: Option<u64> = None;
-    let mut replicas: Vec<Replica> = (0..fleet.replicas).map(|_| Replica::new(served)).collect();
+    let mut replicas: Vec<Replica> = (0..fleet.agents.len())
+        .map(|_| Replica::new(served))
+        .collect();
     let mut canary_started = 0u64;
-    let n = fleet.replicas as u64;
+    let n = fleet.agents.len() as u64;
     let ending = |phase, step, local, canary_started: u64, judge: &Progress| Ending {
         phase,
         step,
@@ -131,10 +133,10 @@ pub fn run(
             replicas.iter_mut().for_each(|r| r.switch(served));
         }
         let share = f64::from(spec.steps[served]) / 10_000.0;
-        for (i, r) in replicas.iter_mut().enumerate() {
+        for (i, (r, agents)) in replicas.iter_mut().zip(&fleet.agents).enumerate() {
             for _ in 0..fleet.per_tick {
                 let canary = rng.f64() < share;
-                let agent = if canary { fleet.canary } else { fleet.baseline };
+                let agent = if canary { &agents.1 } else { &agents.0 };
                 let (ends, request) = agent.request(epoch, canary, rng);
                 r.ending[ends].push(request);
                 canary_started += u64::from(canary);
@@ -194,23 +196,13 @@ pub fn run(
     ending(judge.phase, judge.step, false, canary_started, &judge)
 }
 
-#[test]
-fn an_aa_canary_on_three_replicas_with_local_rollbacks_is_rolled_back_at_most_alpha_of_the_time() {
-    // 240 runs (as `rollout::simulate`'s A/A test): twice alpha would pass with probability
-    // under 0.01.
-    let (sims, spec) = (240u64, issue_spec());
-    let mut rng = Rng::with_seed(1);
-    let same = Agent::new(0.1, 4.0);
-    let fleet = Fleet {
-        replicas: 3,
-        per_tick: 100,
-        baseline: &same,
-        canary: &same,
-        split: Some(Split::EVEN),
-    };
+/// A/A rollouts of `spec` on `fleet`: how many were rolled back by the judge, and by a
+/// replica's own evidence.
+fn aa(spec: &RolloutSpec, fleet: &Fleet, sims: u64, seed: u64) -> (u64, u64) {
+    let mut rng = Rng::with_seed(seed);
     let (mut by_judge, mut by_replica) = (0u64, 0u64);
     for _ in 0..sims {
-        let end = run(&spec, 0, &fleet, 2_000, &mut rng);
+        let end = run(spec, 0, fleet, 2_000, &mut rng);
         assert_ne!(end.phase, Phase::Ramping, "{end:?}");
         if end.phase == Phase::RolledBack {
             *(if end.local {
@@ -220,6 +212,23 @@ fn an_aa_canary_on_three_replicas_with_local_rollbacks_is_rolled_back_at_most_al
             }) += 1;
         }
     }
+    (by_judge, by_replica)
+}
+
+fn alike(agent: Agent) -> Fleet {
+    Fleet {
+        per_tick: 100,
+        agents: vec![(agent, agent); 3],
+        split: Some(Split::EVEN),
+    }
+}
+
+#[test]
+fn an_aa_canary_on_three_replicas_with_local_rollbacks_is_rolled_back_at_most_alpha_of_the_time() {
+    // 240 runs (as `rollout::simulate`'s A/A test): twice alpha would pass with probability
+    // under 0.01.
+    let (sims, spec) = (240u64, issue_spec());
+    let (by_judge, by_replica) = aa(&spec, &alike(Agent::new(0.1, 4.0)), sims, 1);
     let rolled_back = by_judge + by_replica;
     println!(
         "3 replicas, A/A: {rolled_back} of {sims} rolled back ({by_judge} by the pooled judge, \
@@ -229,6 +238,35 @@ fn an_aa_canary_on_three_replicas_with_local_rollbacks_is_rolled_back_at_most_al
         rolled_back * 20 <= sims,
         "{rolled_back} of {sims} rolled back"
     );
+}
+
+/// `cargo test --lib fleet_aa_long -- --ignored --nocapture`: longer runs, at a larger alpha
+/// where false rollbacks are frequent enough to count, and with replicas whose base rates
+/// differ (canary and baseline alike on each).
+#[test]
+#[ignore]
+fn fleet_aa_long() {
+    let sims = 1_000;
+    let uneven = Fleet {
+        agents: [0.05, 0.1, 0.15]
+            .map(|e| (Agent::new(e, 4.0), Agent::new(e, 4.0)))
+            .to_vec(),
+        ..alike(Agent::new(0.1, 4.0))
+    };
+    for alpha in [0.05, 0.2] {
+        let spec = RolloutSpec {
+            alpha,
+            ..issue_spec()
+        };
+        for (name, fleet) in [
+            ("alike", alike(Agent::new(0.1, 4.0))),
+            ("uneven", uneven.clone()),
+        ] {
+            let (j, l) = aa(&spec, &fleet, sims, 11);
+            println!("alpha {alpha}, 3 {name} replicas: {} of {sims} rolled back ({j} by the judge, {l} locally)", j + l);
+            assert!((j + l) as f64 <= alpha * sims as f64);
+        }
+    }
 }
 
 /// Canary requests per replica from the start of a step to its rollback, started and in the
@@ -288,10 +326,8 @@ fn three_replicas_pooled_catch_a_one_point_regression_with_a_third_of_the_sample
     let (good, bad) = (Agent::new(0.01, 4.0), Agent::new(0.02, 4.0));
     let sims = 60;
     let mut fleet = Fleet {
-        replicas: 3,
         per_tick: 100,
-        baseline: &good,
-        canary: &bad,
+        agents: vec![(good, bad); 3],
         split: None,
     };
     let single = per_replica_to_catch(&spec, None, &good, &bad, sims, 5);
