@@ -18,6 +18,12 @@
 //! A replica that rolls back applies its own rollback at once, landed or not, and proposes
 //! it on the record it applies (the merge of all it has seen), so what it serves never goes
 //! back a step either.
+//!
+//! Fencing. `epoch` is the highest lease epoch any accepted write knew of; a judge's writes
+//! (claim, advance) carrying a lower one are refused. A former judge is therefore fenced from
+//! the moment a write with the newer epoch lands, which is why a new judge claims before it
+//! decides anything: between the lease's change and that claim, the former judge's advance
+//! can still land, once (it names its step), as if it had been written a moment earlier.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -187,7 +193,9 @@ pub enum Change {
     Rollback {
         id: String,
     },
-    /// The state cannot be trusted: the canary at 0% until an operator acts.
+    /// The state cannot be trusted: the canary at 0% until an operator acts. Unlike a single
+    /// replica's halt, it keeps the step (a resume returns to it), so the step never goes
+    /// back within an id.
     Halt,
 }
 
