@@ -305,5 +305,28 @@ proptest! {
             let own = r.phase == Phase::RolledBack && world.sent.iter().any(|(s, ..)| s == r);
             prop_assert!(own || world.stored.iter().any(|(s, ..)| s == r), "a replica applied a value never stored");
         }
+        // Whatever order copies arrive in, and however often: merge is a join (over the
+        // latest stored and sent copies, where ranks are close).
+        let copies: Vec<&Record> = world
+            .stored
+            .iter()
+            .rev()
+            .take(3)
+            .map(|(r, ..)| r)
+            .chain(world.sent.iter().rev().take(3).map(|(r, ..)| r))
+            .collect();
+        for a in &copies {
+            prop_assert_eq!(&merge((*a).clone(), (*a).clone()), *a);
+            for b in &copies {
+                let ab = merge((*a).clone(), (*b).clone());
+                prop_assert_eq!(&ab, &merge((*b).clone(), (*a).clone()));
+                for c in copies.iter().rev().take(2) {
+                    prop_assert_eq!(
+                        merge(ab.clone(), (*c).clone()),
+                        merge((*a).clone(), merge((*b).clone(), (*c).clone()))
+                    );
+                }
+            }
+        }
     }
 }
