@@ -4,8 +4,8 @@
 //! Owns: reading and swapping configurations (`reload`), watching files (`watch`), the admin
 //! listener (`admin`), the rollouts that move canaries step by step (`rollout`), the one door
 //! to the serving table (`door`), the `cohort healthcheck` client (`healthcheck`), and fleets
-//! of replicas coordinated through NATS (`fleet`, not yet wired into the rollouts). Must
-//! not touch: sockets of the data plane (`edge`), the request path (`proxy`). Every change
+//! of replicas coordinated through NATS (`fleet`, which names `rollout`, never the reverse).
+//! Must not touch: sockets of the data plane (`edge`), the request path (`proxy`). Every change
 //! reaches the request path as one store of a new table through `door`, whoever makes it.
 //!
 //! Arrows point one way: `admin` and `watch` -> `reload` -> `rollout` -> `door`; `admin` also

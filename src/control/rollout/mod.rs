@@ -26,11 +26,11 @@ mod preflight;
 mod reconcile;
 mod report;
 #[cfg(test)]
-mod simulate;
+pub(crate) mod simulate;
 pub mod state;
 pub(crate) mod stats;
 #[cfg(test)]
-mod traffic;
+pub(crate) mod traffic;
 pub(crate) mod wealth;
 mod weights;
 
@@ -56,7 +56,7 @@ use state::{Position, Saved, Store};
 /// How often a judged rollout's progress is saved between decisions.
 pub const CHECKPOINT: Duration = Duration::from_secs(10);
 /// Decisions kept in a rollout's history (the audit log keeps them all).
-const HISTORY: usize = 50;
+pub(crate) const HISTORY: usize = 50;
 
 /// A moment, on the monotonic clock (soak time) and the wall clock (records).
 #[derive(Debug, Clone, Copy)]

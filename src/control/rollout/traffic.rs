@@ -94,17 +94,38 @@ pub struct Ending {
     pub canary_since: u64,
     /// The lowest ln e-value any guard had in the step it ended at.
     pub lowest: f64,
+    /// The canary's answers in the evidence of the step it ended at.
+    pub evidence: u64,
 }
 
+/// One simulated request: the step epoch it started in, its cohort, how it ended.
 #[derive(Clone, Copy)]
-struct Request {
-    epoch: u32,
-    canary: bool,
-    failed: bool,
-    bin: usize,
+pub struct Request {
+    pub epoch: u32,
+    pub canary: bool,
+    pub failed: bool,
+    pub bin: usize,
 }
 
-fn record(t: &mut Tally, r: &Request) {
+impl Agent {
+    /// A request started now in `epoch`, and the tick (from now) it ends in.
+    pub fn request(&self, epoch: u32, canary: bool, rng: &mut Rng) -> (usize, Request) {
+        let (failed, took) = self.answer(rng);
+        let ends = (rng.f64() + took) as usize;
+        let bin = bin_of(Duration::from_secs_f64(took));
+        (
+            ends,
+            Request {
+                epoch,
+                canary,
+                failed,
+                bin,
+            },
+        )
+    }
+}
+
+pub fn record(t: &mut Tally, r: &Request) {
     t.requests += 1;
     if r.failed {
         t.errors += 1;
@@ -141,15 +162,8 @@ pub fn run(
                 _ if canary => traffic.canary,
                 _ => traffic.baseline,
             };
-            let (failed, took) = agent.answer(rng);
-            let ends = (rng.f64() + took) as usize;
-            let bin = bin_of(Duration::from_secs_f64(took));
-            ending[ends].push(Request {
-                epoch,
-                canary,
-                failed,
-                bin,
-            });
+            let (ends, request) = agent.request(epoch, canary, rng);
+            ending[ends].push(request);
             canary_since += u64::from(canary && tick >= onset);
         }
         let (mut c, mut b) = (Tally::default(), Tally::default());
@@ -182,18 +196,19 @@ pub fn run(
         tick: last,
         canary_since,
         lowest,
+        evidence: p.canary.requests,
     }
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::config::RawGuardMetric;
     use crate::control::rollout::simulate::{guard, spec_of};
 
     /// The issue's setup: steps 10 and 60%, 10 samples, 15 s soak, alpha 0.05, one error
     /// rate guard, 100 requests a second of agents failing 10% at once.
-    fn issue_spec() -> RolloutSpec {
+    pub(crate) fn issue_spec() -> RolloutSpec {
         spec_of(
             &[10.0, 60.0],
             15,
@@ -265,15 +280,20 @@ mod tests {
         assert!(biased > 20, "{biased} of 40");
     }
 
-    #[test]
-    fn a_regression_that_starts_mid_step_is_caught_about_as_fast_as_one_from_the_start() {
-        let spec = spec_of(
+    /// [`issue_spec`] with a soak that never ends: for the samples a rollback takes.
+    pub(crate) fn unending_spec() -> RolloutSpec {
+        spec_of(
             &[10.0, 60.0],
             100_000,
             10,
             0.05,
             vec![guard(RawGuardMetric::ErrorRate, None)],
-        );
+        )
+    }
+
+    #[test]
+    fn a_regression_that_starts_mid_step_is_caught_about_as_fast_as_one_from_the_start() {
+        let spec = unending_spec();
         let (from_start, mid) = (to_catch(&spec, 0, 100, 3), to_catch(&spec, 60, 100, 3));
         println!(
             "10% -> 20% errors, canary samples to catch, median (90th percentile): from the \

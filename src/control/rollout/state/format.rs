@@ -120,7 +120,7 @@ const MAX_HISTORY: usize = 1000;
 
 impl SavedTally {
     /// The counts, refused when recording cannot have produced them ([`Tally::impossible`]).
-    fn restore(&self, cohort: &str) -> Result<Tally, String> {
+    pub fn restore(&self, cohort: &str) -> Result<Tally, String> {
         let t = self.dense()?;
         match t.impossible() {
             Some(why) => Err(format!("{cohort}: {why}")),

@@ -1,0 +1,263 @@
+//! The fleet's statistics: pooled evidence and the local rollback threshold.
+//!
+//! Pooled evidence. Every replica publishes, for the current step, its cumulative counts per
+//! cohort (the [`Tally`] every guard reads from: requests, errors, outcomes, latency and
+//! first-byte histograms, sparse) tagged with (replica, incarnation) ([`Report`]). The
+//! judge's [`Pool`] keeps the latest report of each (replica, incarnation) and sums them;
+//! [`Pool::block`] gives the judge what a single replica's judge gets from its cells, the
+//! counts new since the last block, so the same `Progress::observe` runs over them.
+//!
+//! A restarted replica reports under a new incarnation, from zero. Its old incarnation's last
+//! report stays in the sum: those answers happened in the step and were already fed to the
+//! judge, and the new incarnation's counts are answers to other requests, so the pooled sum
+//! still counts each answer once and only grows, and every block holds only answers the
+//! judge has not seen. Nothing is dropped but what a dead incarnation never reported, which
+//! is chosen by when it died, not by what it answered. The e-processes stay valid since
+//! their guarantee holds block by block, whatever each block's size (see `rollout::stats`).
+//!
+//! Local rollbacks. See [`Split`] and `docs-draft/fleet-stats.md`.
+//!
+//! Owns: the report's form, the pool, the thresholds. Must not touch: the engine (reports
+//! arrive and leave as values), the tests themselves (`rollout::stats`, `rollout::guard`).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::control::rollout::state::SavedTally;
+use crate::control::rollout::stats::log_threshold;
+use crate::routing::table::rollout::RolloutSpec;
+use crate::samples::Tally;
+
+/// The largest report [`Report::decode`] reads: two full sparse tallies are about 12 KB.
+pub const MAX_REPORT_BYTES: usize = 32 * 1024;
+
+/// The most (replica, incarnation) pairs one step's pool keeps (a fleet of 20 replicas
+/// restarting every minute for three days).
+pub const MAX_SOURCES: usize = 100_000;
+
+/// The step a report's counts belong to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StepKey {
+    pub id: String,
+    pub step: usize,
+    /// The record's version that put the step in force (`Record::step_version`): a halt and
+    /// a resume at the same step begin new evidence.
+    pub step_version: u64,
+}
+
+/// One replica's cumulative counts for a step.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Report {
+    pub replica: String,
+    /// Different at each start of the replica's process (its start time, say).
+    pub incarnation: u64,
+    /// One more with each report of an incarnation: a late report never replaces a newer.
+    pub seq: u64,
+    pub step: StepKey,
+    pub canary: SavedTally,
+    pub baseline: SavedTally,
+}
+
+impl Report {
+    pub fn new(
+        replica: &str,
+        incarnation: u64,
+        seq: u64,
+        step: StepKey,
+        counts: (&Tally, &Tally),
+    ) -> Self {
+        Report {
+            replica: replica.to_string(),
+            incarnation,
+            seq,
+            step,
+            canary: counts.0.into(),
+            baseline: counts.1.into(),
+        }
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Report, Rejected> {
+        if bytes.len() > MAX_REPORT_BYTES {
+            return Err(Rejected::TooLarge(bytes.len()));
+        }
+        serde_json::from_slice(bytes).map_err(|e| Rejected::Parse(e.to_string()))
+    }
+}
+
+/// Why a report does not enter the pool.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum Rejected {
+    #[error("report of {0} bytes, more than {MAX_REPORT_BYTES}")]
+    TooLarge(usize),
+    #[error("report does not parse: {0}")]
+    Parse(String),
+    #[error("report for another step")]
+    OtherStep,
+    #[error("report {seq} is not newer than {latest}")]
+    Stale { seq: u64, latest: u64 },
+    #[error("counts went down within an incarnation")]
+    WentBack,
+    #[error("impossible counts: {0}")]
+    Impossible(String),
+    #[error("more than {MAX_SOURCES} replica incarnations in one step")]
+    TooManySources,
+}
+
+struct Latest {
+    seq: u64,
+    counts: (Tally, Tally),
+}
+
+/// One step's pooled evidence, as the judge sees it.
+pub struct Pool {
+    step: StepKey,
+    latest: BTreeMap<(String, u64), Latest>,
+    totals: (Tally, Tally),
+    /// The totals at the last block.
+    fed: (Tally, Tally),
+}
+
+fn covers(new: &Tally, old: &Tally) -> bool {
+    old.since(new) == Tally::default()
+}
+
+impl Pool {
+    pub fn new(step: StepKey) -> Self {
+        Pool {
+            step,
+            latest: BTreeMap::new(),
+            totals: Default::default(),
+            fed: Default::default(),
+        }
+    }
+
+    pub fn step(&self) -> &StepKey {
+        &self.step
+    }
+
+    /// Takes a report in, replacing its (replica, incarnation)'s previous one.
+    pub fn offer(&mut self, r: &Report) -> Result<(), Rejected> {
+        if r.step != self.step {
+            return Err(Rejected::OtherStep);
+        }
+        let counts = (
+            r.canary.restore("canary").map_err(Rejected::Impossible)?,
+            r.baseline
+                .restore("baseline")
+                .map_err(Rejected::Impossible)?,
+        );
+        let key = (r.replica.clone(), r.incarnation);
+        let zero = (Tally::default(), Tally::default());
+        let old = match self.latest.get(&key) {
+            Some(l) if r.seq <= l.seq => {
+                return Err(Rejected::Stale {
+                    seq: r.seq,
+                    latest: l.seq,
+                })
+            }
+            Some(l) => &l.counts,
+            None if self.latest.len() >= MAX_SOURCES => return Err(Rejected::TooManySources),
+            None => &zero,
+        };
+        // Cumulative counters only grow; one that shrank is not the same incarnation's.
+        if !covers(&counts.0, &old.0) || !covers(&counts.1, &old.1) {
+            return Err(Rejected::WentBack);
+        }
+        self.totals = (
+            self.totals.0.plus(&counts.0.since(&old.0)),
+            self.totals.1.plus(&counts.1.since(&old.1)),
+        );
+        self.latest.insert(key, Latest { seq: r.seq, counts });
+        Ok(())
+    }
+
+    /// Every replica's latest counts summed: the step's pooled evidence so far.
+    pub fn totals(&self) -> &(Tally, Tally) {
+        &self.totals
+    }
+
+    /// The pooled answers new since the last block, as the judge feeds its guards.
+    pub fn block(&mut self) -> (Tally, Tally) {
+        let block = (
+            self.totals.0.since(&self.fed.0),
+            self.totals.1.since(&self.fed.1),
+        );
+        self.fed = self.totals.clone();
+        block
+    }
+
+    /// Each (replica, incarnation)'s latest counts, for the fleet view.
+    pub fn sources(&self) -> impl Iterator<Item = (&str, u64, &(Tally, Tally))> {
+        self.latest
+            .iter()
+            .map(|((r, i), l)| (r.as_str(), *i, &l.counts))
+    }
+}
+
+/// How a rollout's alpha is shared: `judge` of it to the pooled judge, the rest to the
+/// replicas' own rollbacks, in equal parts. Why the fleet's false rollback rate then stays
+/// within alpha: by Ville's inequality the judge's e-process reaches `1 / (judge * a)` with
+/// probability at most `judge * a` (for each guard and step's `a`, as for one replica), and
+/// each of the `live` local ones reaches `live / ((1 - judge) * a)` with probability at most
+/// `(1 - judge) * a / live`; the union of all of them is at most `a`. The average of the
+/// local e-processes is itself one, and exceeds `1 / ((1 - judge) * a)` whenever one of them
+/// reaches its threshold: the same bound, read the other way.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Split {
+    judge: f64,
+}
+
+impl Split {
+    /// Half to the judge, half to the replicas.
+    pub const EVEN: Split = Split { judge: 0.5 };
+
+    /// `judge` strictly between 0 and 1.
+    pub fn new(judge: f64) -> Option<Split> {
+        (judge > 0.0 && judge < 1.0).then_some(Split { judge })
+    }
+
+    /// The pooled judge's alpha out of `alpha`.
+    pub fn judge_alpha(self, alpha: f64) -> f64 {
+        alpha * self.judge
+    }
+
+    /// One replica's alpha out of `alpha`, with `live` local e-processes in the step. A
+    /// count too high only slows local rollbacks; too low, and the bound no longer holds:
+    /// pass the most replicas (incarnations that judge without their predecessor's wealth
+    /// count apart) that may judge during the step.
+    pub fn local_alpha(self, alpha: f64, live: usize) -> f64 {
+        alpha * (1.0 - self.judge) / live.max(1) as f64
+    }
+
+    /// ln of the e-value at which a replica rolls back on its own evidence, per guard and
+    /// step of `spec`.
+    pub fn local_log_threshold(self, spec: &RolloutSpec, live: usize) -> f64 {
+        log_threshold(self.local_alpha(spec.alpha_per_test(), live))
+    }
+
+    /// `spec` with the judge's alpha, and with one replica's: each judges with the same
+    /// `Progress` as a single replica does, at its own share.
+    pub fn specs(self, spec: &RolloutSpec, live: usize) -> (RolloutSpec, RolloutSpec) {
+        let with = |alpha| RolloutSpec {
+            alpha,
+            ..spec.clone()
+        };
+        (
+            with(self.judge_alpha(spec.alpha)),
+            with(self.local_alpha(spec.alpha, live)),
+        )
+    }
+}
+
+#[cfg(test)]
+#[path = "pooled_tests.rs"]
+mod tests;
+
+#[cfg(test)]
+#[path = "pooled_sim.rs"]
+mod sim;
