@@ -100,6 +100,14 @@ fn every_yaml_file_under_docker_parses() {
         "docker/k8s/service.yaml",
         "docker/k8s/podmonitor.yaml",
         "docker/k8s/kustomization.yaml",
+        "docker/fleet/docker-compose.yml",
+        "docker/fleet/cohort.yaml",
+        "docker/k8s/fleet/kustomization.yaml",
+        "docker/k8s/fleet/nats.yaml",
+        "docker/k8s/fleet/agents.yaml",
+        "docker/k8s/fleet/configmap.yaml",
+        "docker/k8s/fleet/deployment.yaml",
+        "docker/k8s/fleet/service.yaml",
     ] {
         assert!(names.contains(expected), "{expected} is missing: {names:?}");
     }
@@ -264,6 +272,126 @@ fn compose_runs_cohort_in_front_of_its_agents() {
         .join("docker/grafana/dashboards")
         .join(file)
         .is_file());
+}
+
+/// The nats-server release the fleet tests run against (.ci/run installs it); the manifests
+/// run the same one.
+const NATS_VERSION: &str = "2.15.1";
+
+/// Host names in a config's upstream endpoints (`http://host:port`).
+fn endpoint_hosts(config: &Value) -> BTreeSet<String> {
+    let mut hosts = BTreeSet::new();
+    for (_, upstream) in config["upstreams"].as_mapping().expect("upstreams") {
+        for e in strings(&upstream["endpoints"], "endpoints") {
+            let rest = e.split_once("://").map_or(e.as_str(), |(_, r)| r);
+            hosts.insert(rest.split(':').next().unwrap_or_default().to_string());
+        }
+    }
+    hosts
+}
+
+#[test]
+fn compose_runs_a_fleet_of_two_on_one_nats() {
+    let compose = document("docker/fleet/docker-compose.yml");
+    let services = &compose["services"];
+    let text = read("docker/fleet/cohort.yaml");
+    validate_cohort_config("docker/fleet/cohort.yaml", &text);
+    let config: Value = serde_yaml::from_str(&text).unwrap();
+    let fleet = &config["fleet"];
+    assert_eq!(strings(&fleet["servers"], "servers"), ["nats://nats:4222"]);
+    // One NATS server holds one copy of the bucket.
+    assert_eq!(fleet["replicas"].as_u64(), Some(1));
+    assert!(
+        config["routes"][0]["rollout"].is_mapping(),
+        "the fleet runs a rollout"
+    );
+    let nats = &services["nats"];
+    assert_eq!(
+        str_of(&nats["image"], "image"),
+        format!("nats:{NATS_VERSION}-alpine")
+    );
+    assert!(strings(&nats["command"], "command").contains(&"--jetstream".to_string()));
+    let mut hostnames = BTreeSet::new();
+    for replica in ["cohort-a", "cohort-b"] {
+        let s = &services[replica];
+        assert_eq!(
+            strings(&s["command"], "command"),
+            ["run", "--config", "/etc/cohort/cohort.yaml"]
+        );
+        assert_eq!(strings(&s["volumes"], "volumes"), ["./:/etc/cohort:ro"]);
+        assert!(
+            s["depends_on"]["nats"].is_mapping(),
+            "{replica} waits for nats"
+        );
+        // The replica id defaults to the host name: two replicas must not share one.
+        assert!(hostnames.insert(str_of(&s["hostname"], "hostname").to_string()));
+    }
+    for host in endpoint_hosts(&config) {
+        assert!(services[host.as_str()].is_mapping(), "no service {host}");
+    }
+}
+
+#[test]
+fn kubernetes_runs_a_fleet_of_three_on_a_nats_cluster_of_three() {
+    let mut docs = Vec::new();
+    let kustomization = document("docker/k8s/fleet/kustomization.yaml");
+    for file in strings(&kustomization["resources"], "resources") {
+        docs.extend(documents(&format!("docker/k8s/fleet/{file}")));
+    }
+    let configmap = kind(&docs, "ConfigMap", "cohort-fleet-config");
+    let text = str_of(&configmap["data"]["cohort.yaml"], "cohort.yaml");
+    validate_cohort_config("fleet/configmap.yaml:cohort.yaml", text);
+    let config: Value = serde_yaml::from_str(text).unwrap();
+
+    let deployment = kind(&docs, "Deployment", "cohort-fleet");
+    assert_eq!(deployment["spec"]["replicas"].as_u64(), Some(3));
+    let pod = &deployment["spec"]["template"]["spec"];
+    assert_eq!(
+        pod["volumes"][0]["configMap"]["name"],
+        "cohort-fleet-config"
+    );
+    assert!(
+        pod["volumes"][1]["emptyDir"].is_mapping(),
+        "state_dir on an emptyDir"
+    );
+    let mounts = &pod["containers"][0]["volumeMounts"];
+    assert_eq!(mounts[1]["mountPath"], config["state_dir"]);
+
+    // The servers are the StatefulSet's pods by their stable names, and the bucket is kept on
+    // as many of them as there are.
+    let sts = kind(&docs, "StatefulSet", "cohort-nats");
+    let nodes = sts["spec"]["replicas"].as_u64().unwrap();
+    assert_eq!(nodes, 3);
+    let service = str_of(&sts["spec"]["serviceName"], "serviceName");
+    let headless = kind(&docs, "Service", service);
+    assert_eq!(headless["spec"]["clusterIP"], "None");
+    let names: Vec<String> = (0..nodes)
+        .map(|i| format!("cohort-nats-{i}.{service}"))
+        .collect();
+    let expected: Vec<String> = names.iter().map(|n| format!("nats://{n}:4222")).collect();
+    assert_eq!(strings(&config["fleet"]["servers"], "servers"), expected);
+    assert_eq!(config["fleet"]["replicas"].as_u64(), Some(nodes));
+    let nats_conf = str_of(
+        &kind(&docs, "ConfigMap", "cohort-nats")["data"]["nats.conf"],
+        "nats.conf",
+    );
+    for n in &names {
+        assert!(
+            nats_conf.contains(&format!("nats://{n}:6222")),
+            "route to {n}"
+        );
+    }
+    assert!(nats_conf.contains("jetstream"));
+    assert_eq!(
+        str_of(
+            &sts["spec"]["template"]["spec"]["containers"][0]["image"],
+            "image"
+        ),
+        format!("nats:{NATS_VERSION}-alpine")
+    );
+    for host in endpoint_hosts(&config) {
+        kind(&docs, "Service", &host);
+    }
 }
 
 fn kind<'a>(docs: &'a [Value], kind: &str, name: &str) -> &'a Value {
