@@ -84,6 +84,11 @@ pub async fn start(config: &Path) -> Result<Running, StartError> {
 /// Loads `config` and starts serving it, with `options`.
 pub async fn start_with(config: &Path, options: Options) -> Result<Running, StartError> {
     let control = Arc::new(Control::start(config, Metrics::new())?);
+    if let Some(fleet) = control.fleet() {
+        // Validated so that configs written for the coordinator stay valid, but nothing yet
+        // connects to NATS: say so rather than let a fleet believe it is coordinated.
+        tracing::warn!(fleet = %fleet.name, replica = %fleet.replica, "the fleet section is validated but not yet acted on: each replica runs its own rollouts (see the README's \"Fleets\")");
+    }
     let table = control.current();
     let life = Lifecycle::default();
 

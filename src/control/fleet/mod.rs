@@ -4,8 +4,8 @@
 //! Owns: the validated `fleet` section (`spec`), the narrow engine trait every back end
 //! implements (`engine`), its NATS JetStream implementation (`nats`), the judge's lease with
 //! its fencing epoch (`lease`), the shared rollout record and its pure transitions
-//! (`record`), and the pooled evidence with the split of alpha (`pooled`). Must not touch: the request path (which keeps reading only
-//! atomic counters and the table), the serving table (every change goes through `door`, as
+//! (`record`), and the pooled evidence with the split of alpha (`pooled`). Must not touch:
+//! the request path (which keeps reading only atomic counters and the table), the serving table (every change goes through `door`, as
 //! the single process's do), or sockets of the data plane.
 //!
 //! The plan, in the order it is built:
