@@ -12,9 +12,10 @@
 //! | `tls.rs` | a test CA, certificates, TLS clients |
 //! | `sim.rs` | the simulated agent backend of the rollout tests |
 //! | `nats.rs` | a NATS JetStream cluster on loopback, for the fleet tests |
+//! | `fleet.rs` | several `cohort run` replicas on one NATS cluster: their configs, processes, admin reads, client-side sampling and the shared record over time |
 //!
 //! This file keeps what they all share: the step timeout, header values as text, and the
-//! contract's assignment formula. Tests reach everything but `process`, `tls`, `sim` and `nats`
+//! contract's assignment formula. Tests reach everything but `process`, `tls`, `sim`, `nats` and `fleet`
 //! as `support::Name`; those they name by module.
 //!
 //! Every await that could hang goes through [`within`], so a broken proxy fails a test instead
@@ -24,6 +25,7 @@
 
 pub mod client;
 pub mod config;
+pub mod fleet;
 pub mod mock;
 pub mod nats;
 pub mod process;

@@ -257,6 +257,41 @@ impl Cluster {
         leader
     }
 
+    /// Which server leads JetStream stream `stream` (a KV bucket `b` is stream `KV_b`), as
+    /// the running servers' `/jsz` say; None when none knows.
+    pub async fn stream_leader(&self, stream: &str) -> Option<usize> {
+        for node in self.nodes.iter().filter(|n| n.child.is_some()) {
+            let Some((200, body)) = http_get(node.http, "/jsz?accounts=true&streams=true").await
+            else {
+                continue;
+            };
+            let jsz: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+            let accounts = jsz["account_details"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            for account in accounts {
+                let streams = account["stream_detail"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default();
+                for s in streams.iter().filter(|s| s["name"] == stream) {
+                    if let Some(leader) = s["cluster"]["leader"].as_str() {
+                        if let Some(i) = self.nodes.iter().position(|n| n.name == leader) {
+                            return Some(i);
+                        }
+                    }
+                }
+            }
+        }
+        None
+    }
+
+    /// Whether server `i` is running.
+    pub fn running(&self, i: usize) -> bool {
+        self.nodes[i].child.is_some()
+    }
+
     /// The servers' logs so far, for a failure message.
     pub fn logs(&self) -> String {
         self.nodes

@@ -36,6 +36,22 @@ impl Process {
     /// the public listener's and the admin's, replaced by free ports), once both listen.
     /// With `fd_limit`, the process may hold at most that many descriptors.
     pub async fn start(subcommand: &str, yaml: &str, fd_limit: Option<u32>) -> Process {
+        Self::spawn(subcommand, yaml, fd_limit, None).await
+    }
+
+    /// As [`Process::start`], with the process's stdout and stderr appended to `log` (and
+    /// `RUST_LOG` taken from `COHORT_TEST_LOG` when that is set), for tests that show a
+    /// process's log when they fail.
+    pub async fn start_logged(subcommand: &str, yaml: &str, log: &std::path::Path) -> Process {
+        Self::spawn(subcommand, yaml, None, Some(log)).await
+    }
+
+    async fn spawn(
+        subcommand: &str,
+        yaml: &str,
+        fd_limit: Option<u32>,
+        log: Option<&std::path::Path>,
+    ) -> Process {
         let (port, admin_port) = (free_port(), free_port());
         let yaml = yaml
             .replacen("127.0.0.1:0", &format!("127.0.0.1:{port}"), 1)
@@ -55,16 +71,31 @@ impl Process {
             }
             None => Command::new(bin),
         };
-        let child = command
+        command
             .args([subcommand, "--config"])
             .arg(&path)
             .current_dir(dir.path())
             .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
+            .stdin(Stdio::null());
+        match log {
+            Some(log) => {
+                let file = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(log)
+                    .unwrap_or_else(|e| panic!("{}: {e}", log.display()));
+                command
+                    .stdout(Stdio::from(file.try_clone().unwrap()))
+                    .stderr(Stdio::from(file));
+                if let Some(filter) = std::env::var_os("COHORT_TEST_LOG") {
+                    command.env("RUST_LOG", filter);
+                }
+            }
+            None => {
+                command.stdout(Stdio::null()).stderr(Stdio::null());
+            }
+        }
+        let child = command.spawn().unwrap();
         let p = Process {
             child,
             public: ([127, 0, 0, 1], port).into(),
