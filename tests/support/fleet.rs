@@ -250,7 +250,8 @@ pub struct Replica {
 }
 
 impl Replica {
-    fn new(id: &str, yaml: String, state_dir: PathBuf, log: PathBuf) -> Replica {
+    /// A replica (not started) on config `yaml`, its state directory and log where given.
+    pub fn new(id: &str, yaml: String, state_dir: PathBuf, log: PathBuf) -> Replica {
         Replica {
             id: id.into(),
             state_dir,
