@@ -21,7 +21,7 @@ use support::fleet::{
     band, bp, fixed_keys, in_canary, ms, now_ms, now_us, switches, Fleet, Keys, RecordWatch,
     Sample, Sampler, Seen, Timeline,
 };
-use support::fleet::{replica_yaml, Replica, Upstream};
+use support::fleet::{phase, replica_yaml, Replica, Upstream};
 
 /// Runs `f`, failing the test if it takes longer than `limit`.
 async fn bounded<F: Future<Output = ()>>(limit: Duration, f: F) {
@@ -354,10 +354,20 @@ async fn a_failing_canary_is_rolled_back_on_all_three_within_two_seconds() {
                 }
             }
         }
-        let at_ms = at_ms.unwrap_or_else(|| {
-            eprintln!("no replica's history has the rollback: its effective time stands for it");
-            rolled.effective_ms()
-        });
+        let shared = last_decision(&rolled.record, "rollback");
+        if let Some(d) = &shared {
+            eprintln!(
+                "the record's rollback: at {} by {} (trigger {}): {}",
+                d["at_unix_ms"], d["by"], d["trigger"], d["reason"]
+            );
+        }
+        let at_ms = shared
+            .and_then(|d| d["at_unix_ms"].as_u64())
+            .or(at_ms)
+            .unwrap_or_else(|| {
+                eprintln!("no history has the rollback: its effective time stands for it");
+                rolled.effective_ms()
+            });
         eprintln!(
             "rolled back {took:?} after traffic started; decision at {at_ms} (effective {}, first seen by the test {} ms after it), in the history of {by}",
             rolled.effective_ms(),
@@ -491,7 +501,7 @@ async fn killing_the_judge_hands_over_within_the_lease_at_the_same_step() {
         );
         assert!(took <= lease + Duration::from_secs(1), "takeover took {took:?}");
         assert_eq!(record["step"], before["step"], "the step changed at the takeover: {record:#}");
-        assert_eq!(record["phase"], "ramping", "{record:#}");
+        assert_eq!(phase(&record), "ramping", "{record:#}");
         for r in fleet.replicas.iter().filter(|r| r.running()) {
             let j = r.fleet().await["judge"].clone();
             assert_ne!(j["holder"], holder, "{}: {j:#}", r.id);
@@ -545,7 +555,7 @@ async fn one_nats_node_down_changes_nothing_and_all_down_holds_then_zero_then_re
         let (status, body) = fleet.replicas[0].act("pause").await;
         assert_eq!(status, 200, "{body:#}");
         fleet
-            .until_synced("every replica paused", Duration::from_secs(10), |r| r["phase"] == "paused")
+            .until_synced("every replica paused", Duration::from_secs(10), |r| phase(r) == "paused")
             .await;
         let at_40 = |s: &Sample| in_canary(&s.key, 4000) == s.canary;
         let stable_only = |s: &Sample| !s.canary;

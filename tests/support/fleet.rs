@@ -736,8 +736,9 @@ impl Sampler {
 // ---------------------------------------------------------------------------------------
 // The shared record over time
 
-/// One version of the route's record, as a replica's `/rollouts` showed it, and when the
-/// test first saw it (Unix ms).
+/// One version of the route's record, as a replica's `/rollouts` last showed it, and when
+/// the test first saw it (Unix ms). The view's `percent` is the share in force when read, so
+/// a version read before its `effective_at_ms` shows the share before it until read again.
 #[derive(Debug, Clone)]
 pub struct Seen {
     pub observed_ms: u64,
@@ -758,8 +759,17 @@ impl Seen {
         self.record["step"].as_u64().unwrap_or(0)
     }
     pub fn phase(&self) -> &str {
-        self.record["phase"].as_str().unwrap_or("")
+        phase(&self.record)
     }
+}
+
+/// A record's phase (`ramping`, `paused`, `rolled_back`, ...), whether the view calls it
+/// `phase` or `state`.
+pub fn phase(record: &Value) -> &str {
+    record["phase"]
+        .as_str()
+        .or(record["state"].as_str())
+        .unwrap_or("")
 }
 
 /// Polls the running replicas' `/rollouts` every 25 ms (the first that answers each time)
@@ -792,11 +802,15 @@ impl RecordWatch {
                         continue;
                     };
                     let mut seen = v.lock().unwrap();
-                    if seen.last().is_none_or(|l| l.version() < version) {
-                        seen.push(Seen {
+                    match seen.last_mut() {
+                        Some(l) if l.version() > version => {}
+                        // The view's percent is the one in force when it is read: keep
+                        // the version's latest reading (observed when first seen).
+                        Some(l) if l.version() == version => l.record = record,
+                        _ => seen.push(Seen {
                             observed_ms,
                             record,
-                        });
+                        }),
                     }
                 }
                 tokio::time::sleep(Duration::from_millis(25)).await;
