@@ -14,6 +14,9 @@ use tokio::net::TcpListener;
 
 use crate::config::ConfigError;
 use crate::control::admin::{self, Admin};
+use crate::control::fleet::nats::NatsEngine;
+use crate::control::fleet::shared::Fleet;
+use crate::control::fleet::spec::FleetSpec;
 use crate::control::reload::{Control, Outcome};
 use crate::edge::server;
 use crate::lifecycle::Lifecycle;
@@ -24,6 +27,8 @@ use crate::telemetry::Metrics;
 pub enum StartError {
     #[error(transparent)]
     Config(#[from] ConfigError),
+    #[error("cannot start the fleet coordinator ({servers}): {reason}")]
+    Fleet { servers: String, reason: String },
     #[error("cannot bind {what} on {address}: {source}")]
     Bind {
         what: String,
@@ -76,6 +81,19 @@ impl Default for Options {
     }
 }
 
+/// Connects to the fleet's NATS servers in the background: a replica that starts without
+/// contact serves its canaries at 0% and is ready all the same.
+async fn start_fleet(spec: &FleetSpec, metrics: &Metrics) -> Result<Fleet, StartError> {
+    let engine = NatsEngine::connect(spec)
+        .await
+        .map_err(|e| StartError::Fleet {
+            servers: spec.servers.join(", "),
+            reason: e.to_string(),
+        })?;
+    tracing::info!(fleet = %spec.name, replica = %spec.replica, servers = %spec.servers.join(", "), "fleet: following the shared rollout records");
+    Ok(Fleet::new(spec.clone(), Arc::new(engine), metrics))
+}
+
 /// Loads `config` and starts serving it.
 pub async fn start(config: &Path) -> Result<Running, StartError> {
     start_with(config, Options::default()).await
@@ -84,11 +102,10 @@ pub async fn start(config: &Path) -> Result<Running, StartError> {
 /// Loads `config` and starts serving it, with `options`.
 pub async fn start_with(config: &Path, options: Options) -> Result<Running, StartError> {
     let control = Arc::new(Control::start(config, Metrics::new())?);
-    if let Some(fleet) = control.fleet() {
-        // Validated so that configs written for the coordinator stay valid, but nothing yet
-        // connects to NATS: say so rather than let a fleet believe it is coordinated.
-        tracing::warn!(fleet = %fleet.name, replica = %fleet.replica, "the fleet section is validated but not yet acted on: each replica runs its own rollouts (see the README's \"Fleets\")");
-    }
+    let fleet = match control.fleet() {
+        Some(spec) => Some(Arc::new(start_fleet(spec, &control.metrics).await?)),
+        None => None,
+    };
     let table = control.current();
     let life = Lifecycle::default();
 
@@ -104,6 +121,7 @@ pub async fn start_with(config: &Path, options: Options) -> Result<Running, Star
     let admin = Arc::new(Admin {
         control: Arc::clone(&control),
         ready: false.into(),
+        fleet: fleet.clone(),
     });
 
     let mut listeners = Vec::new();
@@ -147,6 +165,13 @@ pub async fn start_with(config: &Path, options: Options) -> Result<Running, Star
         Arc::clone(&control),
         life.abort.clone(),
     )];
+    if let Some(fleet) = fleet {
+        control_tasks.push(tokio::spawn(crate::control::fleet::run::run(
+            fleet,
+            Arc::clone(&control),
+            life.abort.clone(),
+        )));
+    }
     if let Some(every) = options.judge_every {
         control_tasks.push(tokio::spawn(crate::control::rollout::judge::run(
             Arc::clone(&control),

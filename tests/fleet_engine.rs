@@ -40,6 +40,8 @@ fn spec(cluster: &Cluster, fleet: &str, replica: &str) -> FleetSpec {
         lease: Duration::from_secs(10),
         heartbeat: Duration::from_secs(1),
         stale_after: Duration::from_secs(30),
+        switch_delay: Duration::from_secs(1),
+        max_replicas: 20,
     }
 }
 

@@ -56,6 +56,18 @@ pub struct RawFleet {
         serialize_with = "super::duration::serialize"
     )]
     pub stale_after: Duration,
+    /// How long after its write an advance takes effect, so that every replica has seen it
+    /// and all switch at that one moment (rollbacks take effect at once).
+    #[serde(
+        default = "default_switch_delay",
+        deserialize_with = "super::duration::at_least::<100, _>",
+        serialize_with = "super::duration::serialize"
+    )]
+    pub switch_delay: Duration,
+    /// The most local e-processes one step may see (replicas, plus restarts, which judge
+    /// afresh): each replica's own rollbacks spend `alpha / 2 / max_replicas` of the alpha.
+    #[serde(default = "default_max_replicas")]
+    pub max_replicas: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -79,4 +91,10 @@ fn default_heartbeat() -> Duration {
 }
 fn default_stale_after() -> Duration {
     Duration::from_secs(30)
+}
+fn default_switch_delay() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_max_replicas() -> usize {
+    20
 }

@@ -19,6 +19,9 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use serde_json::json;
 use tokio::net::TcpListener;
 
+use crate::control::fleet::engine::EngineError;
+use crate::control::fleet::record::Refused;
+use crate::control::fleet::shared::{Fleet, WriteError};
 use crate::control::reload::{Control, Outcome};
 use crate::control::rollout::{Action, ActionError};
 use crate::edge::server;
@@ -29,6 +32,8 @@ pub struct Admin {
     pub control: Arc<Control>,
     /// True once every listener is bound, false again when draining starts.
     pub ready: AtomicBool,
+    /// In a fleet: the fleet view, and the shared record operators' actions write.
+    pub fleet: Option<Arc<Fleet>>,
 }
 
 type Reply = Response<Full<Bytes>>;
@@ -69,11 +74,17 @@ impl Admin {
                 }
             }
             (&Method::GET, "/routes") => reply(StatusCode::OK, JSON, self.routes_json()),
-            (&Method::GET, "/rollouts") => reply(
-                StatusCode::OK,
-                JSON,
-                serde_json::to_string_pretty(&self.control.rollouts().report()).unwrap_or_default(),
-            ),
+            (&Method::GET, "/rollouts") => {
+                let mut report = self.control.rollouts().report();
+                if let (Some(f), Some(obj)) = (&self.fleet, report.as_object_mut()) {
+                    obj.insert("fleet".into(), f.view());
+                }
+                reply(
+                    StatusCode::OK,
+                    JSON,
+                    serde_json::to_string_pretty(&report).unwrap_or_default(),
+                )
+            }
             (method, path) if path.starts_with("/rollouts/") => {
                 self.rollout_action(method, &path["/rollouts/".len()..])
                     .await
@@ -120,6 +131,28 @@ impl Admin {
         };
         if method != Method::POST {
             return reply(StatusCode::METHOD_NOT_ALLOWED, TEXT, "method not allowed\n");
+        }
+        if let Some(fleet) = &self.fleet {
+            return match fleet.act(self.control.rollouts(), route, action).await {
+                Ok(d) => reply(
+                    StatusCode::OK,
+                    JSON,
+                    json!({ "result": d.decision, "decision": d, "fleet": true }).to_string(),
+                ),
+                Err(e @ WriteError::Refused(Refused::NoRecord)) => {
+                    error(StatusCode::NOT_FOUND, format!("route {route:?}: {e}"))
+                }
+                Err(e @ (WriteError::Refused(_) | WriteError::Corrupt { .. })) => {
+                    error(StatusCode::CONFLICT, e.to_string())
+                }
+                Err(e @ WriteError::Engine(EngineError::Conflict { .. })) => {
+                    error(StatusCode::CONFLICT, e.to_string())
+                }
+                Err(e @ WriteError::Engine(_)) => error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("the fleet's record cannot be written now: {e}"),
+                ),
+            };
         }
         let (control, route) = (Arc::clone(&self.control), route.to_string());
         match tokio::task::spawn_blocking(move || control.rollout_action(&route, action)).await {

@@ -55,7 +55,8 @@ pub struct Control {
     /// The live rollouts, whose state sets their canaries' effective percents in every table
     /// stored here.
     rollouts: Rollouts,
-    /// The validated `fleet` section, as read at start (not wired into the rollouts yet).
+    /// The validated `fleet` section, as read at start: with one, the rollouts follow the
+    /// fleet's shared records (`control::fleet::run`).
     fleet: Option<FleetSpec>,
     /// The section as written at start: a reload that changes it is refused.
     fleet_raw: Option<config::RawFleet>,
@@ -100,8 +101,13 @@ impl Control {
         let loaded = config::load(path)?;
         let mut table = table::from_loaded(&loaded, &metrics, None, 1)?;
         let fleet = fleet::from_loaded(&loaded)?;
-        let rollouts = Rollouts::open(table.state_dir.as_deref(), metrics.clone())
+        let mut rollouts = Rollouts::open(table.state_dir.as_deref(), metrics.clone())
             .map_err(|e| state_dir_error(&loaded, e))?;
+        if let Some(f) = &fleet {
+            // Each replica's own rollbacks spend half the alpha, split among them.
+            let split = crate::control::fleet::pooled::Split::EVEN;
+            rollouts = rollouts.in_fleet(split.local_alpha(1.0, f.max_replicas));
+        }
         // A restart on an edited file refuses what a reload would have refused.
         rollouts
             .reconcile_checked(&mut table, Now::real(), "startup")

@@ -306,6 +306,23 @@ impl Metrics {
             .register_counter(&Key::from_parts(name, owned(labels)), &METADATA)
     }
 
+    /// A histogram outside the per-cohort sets (the fleet's), in seconds, with the latency
+    /// buckets, described with `help`.
+    pub fn histogram(
+        &self,
+        name: &'static str,
+        help: &'static str,
+        labels: &[(&'static str, &str)],
+    ) -> Histogram {
+        self.recorder.describe_histogram(
+            KeyName::from_const_str(name),
+            Some(metrics::Unit::Seconds),
+            SharedString::const_str(help),
+        );
+        self.recorder
+            .register_histogram(&Key::from_parts(name, owned(labels)), &METADATA)
+    }
+
     /// The Prometheus text exposition (format 0.0.4).
     pub fn render(&self) -> String {
         self.recorder.render()

@@ -8,30 +8,25 @@
 //! the request path (which keeps reading only atomic counters and the table), the serving table (every change goes through `door`, as
 //! the single process's do), or sockets of the data plane.
 //!
-//! The plan, in the order it is built:
-//! 1. The config: without a `fleet` section nothing changes; with one, `cohort check` and
-//!    startup validate it into a [`spec::FleetSpec`].
-//! 2. The engine: get, create and update by compare-and-swap on a key's revision, watch a
-//!    prefix, delete. Errors say whether a write lost a race (`Conflict`) or the engine is
-//!    away (`Unavailable`), which the fleet treats differently: a conflict is re-read and
-//!    retried, an absence starts the `stale_after` clock.
-//! 3. The lease: one judge per fleet, renewed every heartbeat, taken over by CAS once expired;
-//!    its epoch is the fencing token that every write of the record carries, so a former
-//!    holder's writes are refused.
-//! 4. The record (another branch): one per route's rollout, written only by CAS, with state
-//!    that only moves forward so a lost or replayed write can delay an advance but never undo
-//!    a rollback; and the pooled samples every replica publishes.
-//! 5. The wiring (after both branches merge): a fleet task per process that watches the
-//!    records and applies them through `door` within a second, heartbeats its applied
-//!    version, publishes its samples, judges when it holds the lease, and falls back to 0%
-//!    canary after `stale_after` without contact.
+//! How it runs (`run`): a task per process watches the bucket and applies each route's record
+//! through `door` at its effective time (within a second of seeing it), heartbeats the
+//! versions it serves, publishes its step's counts, writes its own rollbacks and new rollout
+//! ids, and, while it holds the lease, judges the pooled counts (`judge`) and writes the
+//! verdicts; without contact for `stale_after` every canary goes to 0% here. Every write of
+//! a record goes through `shared::Fleet::write` (read, `record::propose`, compare-and-swap),
+//! operators' actions too. The key layout is in `keys`.
 //!
-//! Arrows: `lease` -> `engine`; `nats` -> `engine` and `spec`; nothing here imports
-//! `reload`, `admin` or `rollout` (they will import this).
+//! Arrows: `lease` -> `engine`; `nats` -> `engine` and `spec`; `run` -> everything here and
+//! `rollout` (through `rollout::follow` and `rollout::judge::Judged`); nothing here imports
+//! `reload` or `admin` (they import this).
 
 pub mod engine;
+pub mod judge;
+pub mod keys;
 pub mod lease;
 pub mod nats;
 pub mod pooled;
 pub mod record;
+pub mod run;
+pub mod shared;
 pub mod spec;

@@ -15,7 +15,7 @@
 //! is chosen by when it died, not by what it answered. The e-processes stay valid since
 //! their guarantee holds block by block, whatever each block's size (see `rollout::stats`).
 //!
-//! Local rollbacks. See [`Split`] and `docs-draft/fleet-stats.md`.
+//! Local rollbacks. See [`Split`] and the README's "Fleets".
 //!
 //! Owns: the report's form, the pool, the thresholds. Must not touch: the engine (reports
 //! arrive and leave as values), the tests themselves (`rollout::stats`, `rollout::guard`).
@@ -133,6 +133,15 @@ impl Pool {
             latest: BTreeMap::new(),
             totals: Default::default(),
             fed: Default::default(),
+        }
+    }
+
+    /// A pool whose judge has already been fed `fed` of the step (a judge that takes over
+    /// from another's saved progress): its first block is what the reports hold beyond it.
+    pub fn resume(step: StepKey, fed: (Tally, Tally)) -> Self {
+        Pool {
+            fed,
+            ..Pool::new(step)
         }
     }
 

@@ -139,6 +139,11 @@ pub struct Record {
     pub note: Option<String>,
     /// The last [`HISTORY`] decisions, oldest first.
     pub history: Vec<Entry>,
+    /// The ids this record held before the current one, latest last (at most [`HISTORY`]):
+    /// a replica whose configuration still names one of them is behind, and never starts
+    /// it again.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub past: Vec<String>,
 }
 
 impl Record {
@@ -423,6 +428,14 @@ fn start(
         return Err(Refused::SameId(cur.plan.id.clone()));
     }
     let version = current.map_or(1, |c| c.version + 1);
+    let mut past = current.map_or_else(Vec::new, |c| c.past.clone());
+    if let Some(c) = current {
+        past.retain(|id| *id != c.plan.id);
+        past.push(c.plan.id.clone());
+        if past.len() > HISTORY {
+            past.drain(..past.len() - HISTORY);
+        }
+    }
     let mut r = Record {
         format: FORMAT,
         percent: plan.percent(Phase::Ramping, 0),
@@ -437,6 +450,7 @@ fn start(
         step_version: version,
         note: None,
         history: Vec::new(),
+        past,
     };
     let entry = Entry {
         version,

@@ -62,6 +62,8 @@ pub struct FleetSpec {
     pub lease: Duration,
     pub heartbeat: Duration,
     pub stale_after: Duration,
+    pub switch_delay: Duration,
+    pub max_replicas: usize,
 }
 
 impl FleetSpec {
@@ -118,6 +120,8 @@ pub enum FleetError {
     Unusable { field: &'static str, reason: String },
     #[error("{value} is not a number of bucket copies from 1 to 5")]
     BadReplicas { value: usize },
+    #[error("{value} is not a number of replicas from 1 to 1000")]
+    BadMaxReplicas { value: usize },
     #[error("{shorter} ({}) must be shorter than {longer} ({})", humantime::format_duration(*shorter_value), humantime::format_duration(*longer_value))]
     Order {
         shorter: &'static str,
@@ -142,6 +146,7 @@ impl FleetError {
             FleetError::TwoAuths { second, .. } => second.to_string(),
             FleetError::Incomplete { set, .. } => set.to_string(),
             FleetError::BadReplicas { .. } => "replicas".to_string(),
+            FleetError::BadMaxReplicas { .. } => "max_replicas".to_string(),
             FleetError::Order { shorter, .. } => shorter.to_string(),
         };
         format!("fleet.{inside}")
@@ -327,6 +332,14 @@ impl TryFrom<FleetInput<'_>> for FleetSpec {
         // give up on the fleet (stale_after) before a dead judge's lease could even expire.
         order(("heartbeat", raw.heartbeat), ("lease", raw.lease))?;
         order(("lease", raw.lease), ("stale_after", raw.stale_after))?;
+        // A switch later than a lease would let a dead judge's successor see a step not yet in
+        // force for longer than the takeover it is meant to follow.
+        order(("switch_delay", raw.switch_delay), ("lease", raw.lease))?;
+        if !(1..=1000).contains(&raw.max_replicas) {
+            return Err(FleetError::BadMaxReplicas {
+                value: raw.max_replicas,
+            });
+        }
         Ok(FleetSpec {
             servers: raw.servers.clone(),
             auth: auth(raw, input.base_dir)?,
@@ -337,6 +350,8 @@ impl TryFrom<FleetInput<'_>> for FleetSpec {
             lease: raw.lease,
             heartbeat: raw.heartbeat,
             stale_after: raw.stale_after,
+            switch_delay: raw.switch_delay,
+            max_replicas: raw.max_replicas,
         })
     }
 }

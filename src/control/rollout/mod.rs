@@ -18,6 +18,7 @@
 //! test-only: `simulate` and `traffic` (Monte-Carlo checks).
 
 mod edit;
+pub mod follow;
 mod gauges;
 pub(crate) mod guard;
 pub mod judge;
@@ -107,6 +108,8 @@ struct Entry {
     /// The last failure to write its state or audit line, for `/rollouts`.
     problem: Option<String>,
     gauges: Gauges,
+    /// In a fleet, what the shared record says this replica serves (see `follow`).
+    followed: Option<follow::Followed>,
 }
 
 impl Entry {
@@ -114,7 +117,7 @@ impl Entry {
         Position {
             state: self.progress.phase,
             step: self.progress.step,
-            percent: f64::from(self.progress.percent(&self.spec)) / 100.0,
+            percent: f64::from(follow::serving(self)) / 100.0,
         }
     }
 }
@@ -127,6 +130,9 @@ pub struct Rollouts {
     closed: AtomicBool,
     metrics: Metrics,
     entries: Mutex<BTreeMap<String, Entry>>,
+    /// In a fleet: the share of each guard's alpha this replica's own rollbacks test at
+    /// (`fleet::pooled::Split`); the fleet's judge decides everything else.
+    fleet: Option<f64>,
 }
 
 fn rfc3339(t: SystemTime) -> String {
@@ -143,7 +149,16 @@ impl Rollouts {
             closed: AtomicBool::new(false),
             metrics,
             entries: Mutex::new(BTreeMap::new()),
+            fleet: None,
         })
+    }
+
+    /// Makes these rollouts a fleet replica's: its own judge tests at `local_share` of each
+    /// alpha and only ever rolls back; the percents come from the shared record. Called before
+    /// the first reconcile.
+    pub fn in_fleet(mut self, local_share: f64) -> Self {
+        self.fleet = Some(local_share);
+        self
     }
 
     pub fn state_dir(&self) -> Option<&Path> {
@@ -175,9 +190,14 @@ impl Rollouts {
                 let snap = (e.cells.0.snapshot(), e.cells.1.snapshot());
                 let block = (snap.0.since(&e.seen.0), snap.1.since(&e.seen.1));
                 e.seen = snap;
-                e.progress.observe(&e.spec, elapsed, &block.0, &block.1);
-                e.readings = e.progress.readings(&e.spec);
-                if let Some((kind, reason)) = e.progress.verdict(&e.spec, &e.readings) {
+                let spec = follow::judging(&e.spec, self.fleet);
+                e.progress.observe(&spec, elapsed, &block.0, &block.1);
+                e.readings = e.progress.readings(&spec);
+                let verdict = e.progress.verdict(&spec, &e.readings);
+                // A fleet replica only rolls back on its own: the fleet's judge moves on.
+                let verdict =
+                    verdict.filter(|(k, _)| self.fleet.is_none() || *k == DecisionKind::Rollback);
+                if let Some((kind, reason)) = verdict {
                     self.decide(route, e, kind, "judge", reason, now);
                     changed = true;
                     continue;
@@ -276,14 +296,17 @@ impl Rollouts {
         } else {
             tracing::info!(route, id = %d.id, decision = kind.as_str(), trigger, state = %to.state, step = to.step, percent = to.percent, reason = %d.reason, "rollout decision");
         }
-        if let Some(store) = self.writable() {
+        // In a fleet, a decision is audited by its writer once it lands on the shared record
+        // (`audit_fleet`); only this replica's own rollback is its own at once.
+        let audited = self.fleet.is_none() || kind == DecisionKind::Rollback;
+        if let Some(store) = self.writable().filter(|_| audited) {
             if let Err(err) = store.audit(&d) {
                 tracing::error!(route, error = %err, "cannot append to the rollout audit log");
                 e.problem = Some(err.to_string());
             }
         }
         e.gauges.decisions[kind as usize].increment(1);
-        e.gauges.show(Some(to.state), e.progress.percent(&e.spec));
+        e.gauges.show(Some(to.state), follow::serving(e));
         e.history.push_back(d);
         while e.history.len() > HISTORY {
             e.history.pop_front();

@@ -128,6 +128,8 @@ impl Rollouts {
             note: None,
             problem: None,
             gauges: Gauges::new(&self.metrics, route),
+            // Until the shared record is read, a fleet replica serves no canary.
+            followed: self.fleet.map(|_| super::follow::Followed::default()),
             spec,
         };
         let loaded = match &self.store {
@@ -170,7 +172,7 @@ impl Rollouts {
             Some((kind, reason)) => self.decide(route, &mut e, kind, trigger, reason, now),
             None => e
                 .gauges
-                .show(Some(e.progress.phase), e.progress.percent(&e.spec)),
+                .show(Some(e.progress.phase), super::follow::serving(&e)),
         }
         e
     }

@@ -30,7 +30,7 @@ impl Rollouts {
                     "state": p.phase,
                     "step": p.step,
                     "steps": s.steps.iter().map(|w| pct(*w)).collect::<Vec<_>>(),
-                    "percent": pct(p.percent(s)),
+                    "percent": pct(super::follow::serving(e)),
                     "after": match s.after { After::Hold => "hold", After::Promote => "promote" },
                     "soak_seconds": s.soak.as_secs_f64(),
                     "soaked_seconds": p.soaked.as_secs_f64(),
@@ -61,7 +61,7 @@ impl Rollouts {
             "canary": e.spec.canary,
             "state": e.progress.phase,
             "step": e.progress.step,
-            "percent": pct(e.progress.percent(&e.spec)),
+            "percent": pct(super::follow::serving(e)),
         }))
     }
 }

@@ -25,7 +25,7 @@ pub(super) fn adjust(entries: &BTreeMap<String, Entry>, table: &mut RoutingTable
         let Some(canary) = route.cohort_index(spec.canary.as_bytes()) else {
             continue;
         };
-        let percent = e.progress.percent(&e.spec).min(BUCKETS - spec.others);
+        let percent = super::follow::serving(e).min(BUCKETS - spec.others);
         let judged = e.progress.phase.judged();
         let mut weights = Vec::with_capacity(route.cohorts.len());
         let mut route_changed = false;

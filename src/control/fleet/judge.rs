@@ -1,0 +1,165 @@
+//! The fleet's judge over one route's current step: every replica's reports pooled, fed
+//! block by block to the same `Progress` a single replica's judge runs, at the judge's share
+//! of alpha, soaking only while every live replica confirms the step; and its progress
+//! saved under `judge.<route>` so that a successor goes on with the same soak and the same
+//! e-processes.
+//!
+//! Owns: the pooled progress of the step being judged. Must not touch: the record (the
+//! caller writes the verdict through `Fleet::write`), the local rollouts, the request path.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use super::pooled::{Pool, Report, Split, StepKey};
+use super::record::Record;
+use crate::control::rollout::guard::Reading;
+use crate::control::rollout::state::SavedTally;
+use crate::control::rollout::{DecisionKind, Progress};
+use crate::routing::table::rollout::RolloutSpec;
+
+/// The judge's progress in a step, as saved for a successor.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Saved {
+    pub step: StepKey,
+    pub epoch: u64,
+    pub soaked_ms: u64,
+    pub wealth: BTreeMap<String, f64>,
+    pub canary: SavedTally,
+    pub baseline: SavedTally,
+}
+
+/// One step under judgement.
+pub struct Judging {
+    pub progress: Progress,
+    pool: Pool,
+    last: Instant,
+    pub readings: Vec<Reading>,
+    /// Whether every live replica served the step at the last look.
+    pub confirmed: bool,
+}
+
+/// What a look at the step found.
+pub enum Verdict {
+    Wait,
+    Rollback(String),
+    /// The step passed: ask the record to move on.
+    Passed(String),
+}
+
+/// The spec the judge tests with: the replica's guards, at the judge's share of alpha, over
+/// the steps the record's plan fixed.
+pub fn spec_for(local: &RolloutSpec, r: &Record) -> RolloutSpec {
+    RolloutSpec {
+        alpha: Split::EVEN.judge_alpha(local.alpha),
+        steps: r.plan.steps.clone(),
+        ..local.clone()
+    }
+}
+
+pub fn step_key(r: &Record) -> StepKey {
+    StepKey {
+        id: r.plan.id.clone(),
+        step: r.step,
+        step_version: r.step_version,
+    }
+}
+
+impl Judging {
+    /// The step's judgement, continued from `saved` when that is this step's.
+    pub fn new(r: &Record, saved: Option<Saved>, now: Instant) -> Self {
+        let key = step_key(r);
+        let fresh = Progress {
+            phase: r.phase,
+            step: r.step,
+            ..Progress::start()
+        };
+        let progress = saved
+            .filter(|s| s.step == key)
+            .and_then(|s| {
+                Some(Progress {
+                    soaked: Duration::from_millis(s.soaked_ms),
+                    canary: s.canary.restore("canary").ok()?,
+                    baseline: s.baseline.restore("baseline").ok()?,
+                    wealth: s
+                        .wealth
+                        .into_iter()
+                        .filter(|(_, w)| w.is_finite())
+                        .collect(),
+                    ..fresh.clone()
+                })
+            })
+            .unwrap_or(fresh);
+        let fed = (progress.canary.clone(), progress.baseline.clone());
+        Judging {
+            progress,
+            pool: Pool::resume(key, fed),
+            last: now,
+            readings: Vec::new(),
+            confirmed: false,
+        }
+    }
+
+    pub fn key(&self) -> &StepKey {
+        self.pool.step()
+    }
+
+    pub fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
+    /// One look: the reports in, the new answers fed, the soak moved on while every live
+    /// replica (`live`) serves the step (`applied`: replica -> the record version it serves).
+    pub fn look<'a>(
+        &mut self,
+        spec: &RolloutSpec,
+        r: &Record,
+        reports: impl Iterator<Item = &'a Report>,
+        live: &BTreeSet<String>,
+        applied: &BTreeMap<String, u64>,
+        (now, now_ms): (Instant, u64),
+    ) -> Verdict {
+        for rep in reports {
+            if let Err(e) = self.pool.offer(rep) {
+                tracing::trace!(replica = %rep.replica, error = %e, "fleet: report not pooled");
+            }
+        }
+        let block = self.pool.block();
+        self.confirmed = now_ms >= r.effective_at_ms
+            && !live.is_empty()
+            && live
+                .iter()
+                .all(|rep| applied.get(rep).is_some_and(|v| *v >= r.step_version));
+        let elapsed = if self.confirmed {
+            now.saturating_duration_since(self.last)
+        } else {
+            Duration::ZERO
+        };
+        self.last = now;
+        self.progress.phase = r.phase;
+        self.progress.observe(spec, elapsed, &block.0, &block.1);
+        self.readings = self.progress.readings(spec);
+        match self.progress.verdict(spec, &self.readings) {
+            Some((DecisionKind::Rollback, reason)) => Verdict::Rollback(reason),
+            Some((_, reason)) if self.confirmed => Verdict::Passed(reason),
+            _ => Verdict::Wait,
+        }
+    }
+
+    pub fn saved(&self, epoch: u64) -> Saved {
+        Saved {
+            step: self.key().clone(),
+            epoch,
+            soaked_ms: u64::try_from(self.progress.soaked.as_millis()).unwrap_or(u64::MAX),
+            wealth: self
+                .progress
+                .wealth
+                .iter()
+                .map(|(k, w)| (k.clone(), if w.is_finite() { *w } else { 0.0 }))
+                .collect(),
+            canary: (&self.progress.canary).into(),
+            baseline: (&self.progress.baseline).into(),
+        }
+    }
+}

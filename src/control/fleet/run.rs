@@ -1,0 +1,454 @@
+//! The fleet task of one replica: it watches the bucket and applies each route's record
+//! through the door at its effective time; every heartbeat it says which versions it serves,
+//! publishes its step's counts, writes its own rollbacks, starts a new rollout id, renews or
+//! takes the judge's lease, and, as the judge, pools the reports and writes the verdicts.
+//! Without contact for `stale_after` it sets every canary to 0%, and on contact it rejoins
+//! the record as it stands.
+//!
+//! Owns: the cadence and the caches of what was read. Must not touch: the request path
+//! (the table changes only through `Rollouts::apply`), the record's rules (`record`), the
+//! local judge's (the rollout judge task keeps ticking in a fleet too).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+
+use super::engine::{Change as KvChange, Changes, EngineError, Revision};
+use super::judge::{Judging, Verdict};
+use super::keys::{self, Key};
+use super::lease::{wall_ms, Lease};
+use super::pooled::{Report, StepKey};
+use super::record::{self, Change, Op, Plan, Record, Refused};
+use super::shared::{decision, Event, Evidence, Fleet, WriteError};
+use crate::control::rollout::follow::{Follow, Local, Shared};
+use crate::control::rollout::judge::Judged;
+use crate::control::rollout::Phase;
+
+#[path = "run_view.rs"]
+mod view;
+
+/// A replica's heartbeat.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Beat {
+    pub replica: String,
+    pub incarnation: u64,
+    pub at_ms: u64,
+    pub judge: bool,
+    /// Route -> the record version it serves.
+    pub applied: BTreeMap<String, u64>,
+}
+
+struct Task<J> {
+    fleet: Arc<Fleet>,
+    on: Arc<J>,
+    lease: Lease,
+    revs: HashMap<String, Revision>,
+    records: BTreeMap<String, Record>,
+    corrupt: BTreeSet<String>,
+    beats: BTreeMap<String, Beat>,
+    reports: BTreeMap<(String, String), Report>,
+    /// Route -> the record version last put in force here.
+    applied: BTreeMap<String, u64>,
+    judging: BTreeMap<String, Judging>,
+    /// (epoch, expires_at_ms) while this replica judges.
+    holding: Option<(u64, u64)>,
+    judge_holder: Option<String>,
+    seq: u64,
+    last_contact: Instant,
+    connected: bool,
+    stale: bool,
+    /// Ids whose record holds another, logged once each.
+    behind: BTreeSet<String>,
+}
+
+/// Runs the fleet task until `abort`.
+pub async fn run<J: Judged>(fleet: Arc<Fleet>, on: Arc<J>, abort: CancellationToken) {
+    let lease = Lease::new(
+        Arc::clone(&fleet.engine),
+        keys::LEASE,
+        fleet.me.clone(),
+        fleet.spec.lease,
+    );
+    let mut t = Task {
+        fleet,
+        on,
+        lease,
+        revs: HashMap::new(),
+        records: BTreeMap::new(),
+        corrupt: BTreeSet::new(),
+        beats: BTreeMap::new(),
+        reports: BTreeMap::new(),
+        applied: BTreeMap::new(),
+        judging: BTreeMap::new(),
+        holding: None,
+        judge_holder: None,
+        seq: 0,
+        last_contact: Instant::now(),
+        connected: false,
+        stale: false,
+        behind: BTreeSet::new(),
+    };
+    let mut beat = tokio::time::interval(t.fleet.spec.heartbeat);
+    beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut watch: Option<Changes> = None;
+    loop {
+        let switch = t.next_switch();
+        tokio::select! {
+            biased;
+            _ = abort.cancelled() => break,
+            change = next(&mut watch) => match change {
+                Some(Ok(c)) => t.on_change(c),
+                Some(Err(e)) => {
+                    tracing::debug!(error = %e, "fleet: watch ended");
+                    watch = None;
+                }
+                None => watch = None,
+            },
+            _ = tokio::time::sleep(switch) => t.follow_all(),
+            _ = beat.tick() => {
+                // Engine calls are bounded but several may queue behind an absent engine:
+                // shutdown does not wait for them.
+                tokio::select! {
+                    biased;
+                    _ = abort.cancelled() => break,
+                    _ = async {
+                        if watch.is_none() && t.fleet.engine.connected() {
+                            watch = t.fleet.engine.watch("").await.ok();
+                        }
+                        t.tick().await;
+                    } => {}
+                }
+            }
+        }
+    }
+    t.fleet.metrics.judge.set(0.0);
+}
+
+async fn next(watch: &mut Option<Changes>) -> Option<Result<KvChange, EngineError>> {
+    match watch {
+        Some(w) => w.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+impl<J: Judged> Task<J> {
+    /// Until the next record change comes into force (a minute when none is pending).
+    fn next_switch(&self) -> Duration {
+        let now = wall_ms();
+        self.records
+            .iter()
+            .filter(|(route, r)| {
+                r.effective_at_ms > now || self.applied.get(*route) != Some(&r.version)
+            })
+            .map(|(_, r)| Duration::from_millis(r.effective_at_ms.saturating_sub(now)))
+            .min()
+            .unwrap_or(Duration::from_secs(60))
+    }
+
+    fn on_change(&mut self, c: KvChange) {
+        self.contact();
+        match keys::parse(&c.key) {
+            Some(Key::Route(route)) => match c.value {
+                Some(bytes) => match record::decode(&bytes) {
+                    Ok(r) => {
+                        self.corrupt.remove(&route);
+                        self.records.insert(route.clone(), r);
+                        self.follow(&route);
+                    }
+                    Err(e) => {
+                        if self.corrupt.insert(route.clone()) {
+                            tracing::error!(route, error = %e, "fleet: the route's record cannot be read; its canary stays at 0% here until the key is deleted or rewritten");
+                        }
+                        self.records.remove(&route);
+                        self.unsync(&route);
+                    }
+                },
+                None => {
+                    self.records.remove(&route);
+                }
+            },
+            Some(Key::Beat(replica)) => match c.value.map(|b| serde_json::from_slice::<Beat>(&b)) {
+                Some(Ok(b)) => {
+                    self.beats.insert(replica, b);
+                }
+                _ => {
+                    self.beats.remove(&replica);
+                }
+            },
+            Some(Key::Report { route, replica }) => match c.value.map(|b| Report::decode(&b)) {
+                Some(Ok(r)) => {
+                    self.reports.insert((route, replica), r);
+                }
+                _ => {
+                    self.reports.remove(&(route, replica));
+                }
+            },
+            _ => {}
+        }
+    }
+
+    fn contact(&mut self) {
+        self.last_contact = Instant::now();
+        if !self.connected {
+            self.connected = true;
+            self.fleet.metrics.connected.set(1.0);
+            self.fleet.metrics.count(Event::Connected);
+            tracing::info!(replica = %self.fleet.spec.replica, "fleet: in contact");
+        }
+        if self.stale {
+            self.stale = false;
+            self.fleet.metrics.count(Event::Rejoined);
+            tracing::warn!(replica = %self.fleet.spec.replica, "fleet: contact is back; serving the shared record again");
+            if self.on.rollouts().set_stale(false) {
+                self.on.rollouts().apply(self.on.door(), "fleet");
+            }
+        }
+    }
+
+    fn lost_contact(&mut self) {
+        if self.connected {
+            self.connected = false;
+            self.fleet.metrics.connected.set(0.0);
+            self.fleet.metrics.count(Event::Disconnected);
+            tracing::warn!(replica = %self.fleet.spec.replica, stale_after = ?self.fleet.spec.stale_after, "fleet: no contact; holding the last plan, never advancing");
+        }
+        if !self.stale && self.last_contact.elapsed() >= self.fleet.spec.stale_after {
+            self.stale = true;
+            self.fleet.metrics.count(Event::Stale);
+            tracing::warn!(replica = %self.fleet.spec.replica, "fleet: no contact for stale_after; every canary at 0% here until contact returns");
+            if self.on.rollouts().set_stale(true) {
+                self.on.rollouts().apply(self.on.door(), "fleet");
+            }
+        }
+    }
+
+    fn follow_all(&mut self) {
+        let routes: Vec<String> = self.records.keys().cloned().collect();
+        for r in routes {
+            self.follow(&r);
+        }
+    }
+
+    /// Applies the route's record as it stands now.
+    fn follow(&mut self, route: &str) {
+        let Some(r) = self.records.get(route) else {
+            return;
+        };
+        let now = wall_ms();
+        let in_force = now >= r.effective_at_ms;
+        let shared = Shared {
+            id: &r.plan.id,
+            phase: r.phase,
+            step: r.step,
+            version: r.version,
+            step_version: r.step_version,
+            percent: r.percent_at(now),
+            in_force,
+        };
+        match self.on.rollouts().follow(route, &shared) {
+            Follow::Applied { changed } => {
+                if changed {
+                    self.on.rollouts().apply(self.on.door(), "fleet");
+                }
+                if in_force && self.applied.get(route) != Some(&r.version) {
+                    self.applied.insert(route.to_string(), r.version);
+                    let lag = now.saturating_sub(r.effective_at_ms) as f64 / 1000.0;
+                    self.fleet.metrics.apply_lag.record(lag);
+                    self.fleet.metrics.count(Event::Applied);
+                    tracing::info!(route, id = %r.plan.id, version = r.version, state = %r.phase, step = r.step, percent = f64::from(shared.percent) / 100.0, lag_ms = now.saturating_sub(r.effective_at_ms), "fleet: record applied");
+                }
+            }
+            Follow::OtherId => {
+                self.applied.remove(route);
+                self.on.rollouts().apply(self.on.door(), "fleet");
+            }
+            Follow::KeptRollback | Follow::Absent => {}
+        }
+    }
+
+    fn unsync(&mut self, route: &str) {
+        self.applied.remove(route);
+        let shared = Shared {
+            id: "",
+            phase: Phase::Halted,
+            step: 0,
+            version: 0,
+            step_version: 0,
+            percent: 0,
+            in_force: true,
+        };
+        if self.on.rollouts().follow(route, &shared) == Follow::OtherId {
+            self.on.rollouts().apply(self.on.door(), "fleet");
+        }
+    }
+
+    /// Writes `value` under a key only this replica writes.
+    async fn put(&mut self, key: String, value: Bytes) -> Result<(), EngineError> {
+        let engine = Arc::clone(&self.fleet.engine);
+        let first = match self.revs.get(&key) {
+            Some(rev) => engine.update(&key, value.clone(), *rev).await,
+            None => engine.create(&key, value.clone()).await,
+        };
+        let rev = match first {
+            Err(EngineError::Conflict { .. }) => match engine.get(&key).await? {
+                Some((_, rev)) => engine.update(&key, value, rev).await?,
+                None => engine.create(&key, value).await?,
+            },
+            other => other?,
+        };
+        self.revs.insert(key, rev);
+        Ok(())
+    }
+
+    async fn tick(&mut self) {
+        let locals = self.on.rollouts().locals();
+        let me = self.fleet.spec.replica.clone();
+        let beat = Beat {
+            replica: me.clone(),
+            incarnation: self.fleet.me.incarnation,
+            at_ms: wall_ms(),
+            judge: self.holding.is_some(),
+            applied: locals
+                .iter()
+                .filter_map(|l| {
+                    let f = l.followed.as_ref()?;
+                    (f.version > 0 && !f.stale && self.applied.get(&l.route) == Some(&f.version))
+                        .then(|| (l.route.clone(), f.version))
+                })
+                .collect(),
+        };
+        let bytes = Bytes::from(serde_json::to_vec(&beat).unwrap_or_default());
+        if self.put(keys::beat(&me), bytes).await.is_err() {
+            self.lost_contact();
+            self.holding_expired();
+            self.publish_view(&locals);
+            return;
+        }
+        self.contact();
+        self.beats.insert(me.clone(), beat);
+        for l in &locals {
+            self.for_local(l).await;
+        }
+        self.lease_round().await;
+        if let Some((epoch, _)) = self.holding {
+            for l in &locals {
+                self.judge(l, epoch).await;
+            }
+        }
+        self.publish_view(&locals);
+    }
+
+    /// What one local rollout asks of the fleet: a record read for the first time, a new
+    /// id started, its own rollback written, and its counts published.
+    async fn for_local(&mut self, l: &Local) {
+        let route = l.route.as_str();
+        if !self.records.contains_key(route) && !self.corrupt.contains(route) {
+            match self.fleet.read(route).await {
+                Ok(Some((r, _))) => {
+                    self.records.insert(route.to_string(), r);
+                    self.follow(route);
+                }
+                Ok(None) => self.start(l).await,
+                Err(e) => {
+                    tracing::warn!(route, error = %e, "fleet: cannot read the route's record")
+                }
+            }
+        }
+        let Some(r) = self.records.get(route) else {
+            return;
+        };
+        if r.plan.id != l.spec.id {
+            if r.past.contains(&l.spec.id) {
+                if self.behind.insert(l.spec.id.clone()) {
+                    tracing::warn!(route, id = %l.spec.id, fleet_id = %r.plan.id, "fleet: this replica's configuration is behind the fleet's record; its canary stays at 0% here until the configuration catches up");
+                }
+            } else {
+                self.start(l).await;
+            }
+            return;
+        }
+        if let (Some(reason), false) = (&l.own_rollback, r.phase == Phase::RolledBack) {
+            let op = Op {
+                change: Change::Rollback {
+                    id: l.spec.id.clone(),
+                },
+                by: self.fleet.spec.replica.clone(),
+                trigger: "replica".into(),
+                reason: reason.clone(),
+            };
+            self.fleet.metrics.count(Event::LocalRollback);
+            self.write(route, op, self.fleet.epoch(), None).await;
+            return;
+        }
+        let Some(f) = l
+            .followed
+            .as_ref()
+            .filter(|f| f.version > 0 && l.phase.judged())
+        else {
+            return;
+        };
+        self.seq += 1;
+        let report = Report::new(
+            &self.fleet.spec.replica,
+            self.fleet.me.incarnation,
+            self.seq,
+            StepKey {
+                id: l.spec.id.clone(),
+                step: f.step,
+                step_version: f.step_version,
+            },
+            (&l.counts.0, &l.counts.1),
+        );
+        let key = keys::report(route, &self.fleet.spec.replica);
+        let mine = (route.to_string(), self.fleet.spec.replica.clone());
+        if self.put(key, Bytes::from(report.encode())).await.is_ok() {
+            self.reports.insert(mine, report);
+        }
+    }
+
+    async fn start(&mut self, l: &Local) {
+        let plan = Plan::of(&l.spec, self.fleet.spec.switch_delay.as_millis() as u64);
+        let op = Op {
+            change: Change::Start(plan),
+            by: self.fleet.spec.replica.clone(),
+            trigger: "config".into(),
+            reason: "a new rollout id".into(),
+        };
+        self.write(&l.route, op, self.fleet.epoch(), None).await;
+    }
+
+    /// Writes `op`; what landed is cached, applied and audited here, its writer.
+    async fn write(&mut self, route: &str, op: Op, epoch: u64, ev: Option<Evidence>) -> bool {
+        let claim = op.change == Change::Claim;
+        match self.fleet.write(route, op, epoch).await {
+            Ok(r) => {
+                if !claim {
+                    if let Some(d) = decision(route, &r, ev) {
+                        tracing::info!(route, id = %r.plan.id, decision = d.decision.as_str(), version = r.version, epoch = r.epoch, "fleet: decision written");
+                        self.on.rollouts().audit_fleet(d);
+                    }
+                }
+                self.records.insert(route.to_string(), r);
+                self.follow(route);
+                true
+            }
+            Err(WriteError::Refused(
+                Refused::NotInForce { .. } | Refused::Unconfirmed(_) | Refused::SameId(_),
+            )) => false,
+            Err(e) => {
+                self.fleet.metrics.count(Event::WriteRefused);
+                tracing::info!(route, error = %e, "fleet: write not landed");
+                if let WriteError::Refused(_) = e {
+                    // Another writer moved the record on: read it again next tick.
+                    self.records.remove(route);
+                }
+                false
+            }
+        }
+    }
+}
