@@ -21,7 +21,7 @@ use support::fleet::{
     band, bp, fixed_keys, in_canary, ms, now_ms, now_us, switches, Fleet, Keys, RecordWatch,
     Sample, Sampler, Seen, Timeline,
 };
-use support::fleet::{phase, replica_yaml, Replica, Upstream};
+use support::fleet::{phase, replica_yaml, Replica, Timings, Upstream};
 
 /// Runs `f`, failing the test if it takes longer than `limit`.
 async fn bounded<F: Future<Output = ()>>(limit: Duration, f: F) {
@@ -466,7 +466,18 @@ async fn killing_the_judge_hands_over_within_the_lease_at_the_same_step() {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         };
-        let view = fleet.replicas[judge].fleet().await;
+        // Some way into the step's soak, so that a new judge that went on with it would
+        // show it.
+        let soaked = |view: &Value| view["routes"]["agent"]["pooled"]["soaked_seconds"].as_f64();
+        let view = loop {
+            let view = fleet.replicas[judge].fleet().await;
+            assert_eq!(view["routes"]["agent"]["record"]["step"], 1, "{view:#}");
+            if soaked(&view).is_some_and(|s| s >= 2.0) {
+                break view;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        let soaked_before = soaked(&view).unwrap();
         let holder = view["judge"]["holder"].clone();
         let epoch = view["judge"]["epoch"].as_u64().unwrap_or(0);
         for (i, r) in fleet.replicas.iter().enumerate() {
@@ -506,15 +517,31 @@ async fn killing_the_judge_hands_over_within_the_lease_at_the_same_step() {
             let j = r.fleet().await["judge"].clone();
             assert_ne!(j["holder"], holder, "{}: {j:#}", r.id);
         }
+        // The new judge goes on with the step's soak (saved under `judge.<route>`).
+        let soaked_after = loop {
+            let view = fleet.replicas[successor].fleet().await;
+            if let Some(s) = soaked(&view) {
+                break s;
+            }
+            assert!(killed.elapsed() < lease + Duration::from_secs(5), "the new judge shows no pooled step: {view:#}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        eprintln!(
+            "soak: {soaked_before:.2} s when the judge was killed, {soaked_after:.2} s as the new judge first shows it"
+        );
+        assert!(
+            soaked_after + 1.0 >= soaked_before,
+            "the new judge started the step's soak over: {soaked_before} s, then {soaked_after} s"
+        );
 
         // The new judge goes on with the rollout.
         let next = watch
             .until("the next step", Duration::from_secs(30), |s| s.step() >= 2)
             .await;
         eprintln!(
-            "step 2 written {} ms after the kill (soak 5 s from step 1's start at {})",
+            "step 2 seen {} ms after the kill, {} ms after the takeover (soak 5 s)",
             next.observed_ms as i64 - killed_ms as i64,
-            before["effective_at_ms"]
+            next.observed_ms as i64 - killed_ms as i64 - took.as_millis() as i64
         );
         fleet
             .until_synced("the survivors at step 2", Duration::from_secs(10), |r| r["step"] == 2)
@@ -537,7 +564,13 @@ async fn killing_the_judge_hands_over_within_the_lease_at_the_same_step() {
 async fn one_nats_node_down_changes_nothing_and_all_down_holds_then_zero_then_resumes() {
     let rollout = "{id: nd-v1, canary: canary, steps: [10, 40, 100], soak: 2s, min_samples: 20, \
                    guards: [{metric: error_rate, margin: 5}]}";
-    let Some(mut fleet) = Fleet::start("down", 3, rollout, 0.0, 0.0).await else {
+    // stale_after above the 4 to 9 s a NATS stream takes to replace a crashed leader, so
+    // that losing one node of three never looks like losing the fleet.
+    let timings = Timings {
+        stale_after: Duration::from_secs(10),
+        ..Timings::default()
+    };
+    let Some(mut fleet) = Fleet::start_with("down", 3, rollout, (0.0, 0.0), timings).await else {
         return;
     };
     bounded(Duration::from_secs(180), async {
@@ -561,18 +594,31 @@ async fn one_nats_node_down_changes_nothing_and_all_down_holds_then_zero_then_re
         let stable_only = |s: &Sample| !s.canary;
         let bucket = "KV_cohort_down";
 
-        // One node down, a follower of the bucket's stream, then its leader: nothing changes.
-        let leader = fleet.cluster.stream_leader(bucket).await;
-        eprintln!("the bucket's stream leader: {leader:?}");
-        let follower = (0..3).find(|i| Some(*i) != leader).unwrap();
-        for (what, victim) in [("a follower", Some(follower)), ("the leader", leader)] {
-            let Some(victim) = victim else {
-                eprintln!("no stream leader known: {what} not killed");
-                continue;
+        // One node down, a follower of the bucket's stream, then its leader: nothing changes
+        // (stale_after is longer than the stream's new leader takes to be elected).
+        for what in ["a follower", "the leader"] {
+            let leader = fleet.cluster.stream_leader(bucket).await;
+            let victim = match (what, leader) {
+                ("a follower", _) => (0..3).find(|i| Some(*i) != leader).unwrap(),
+                (_, Some(l)) => l,
+                (_, None) => {
+                    eprintln!("no stream leader known: {what} not killed");
+                    continue;
+                }
             };
             let from = now_us();
             fleet.cluster.kill(victim);
-            tokio::time::sleep(fleet.timings.stale_after + Duration::from_secs(4)).await;
+            // Each replica's cohort_fleet_connected meanwhile: the moments it read 0.
+            let deadline = Instant::now() + Duration::from_secs(12);
+            let mut dropped: Vec<Vec<u64>> = vec![Vec::new(); 3];
+            while Instant::now() < deadline {
+                for (i, r) in fleet.replicas.iter().enumerate() {
+                    if gauge(&r.scrape().await, "cohort_fleet_connected") != Some(1.0) {
+                        dropped[i].push((now_us() - from) / 1000);
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
             let to = now_us();
             let during: Vec<_> = sampler
                 .snapshot()
@@ -581,12 +627,18 @@ async fn one_nats_node_down_changes_nothing_and_all_down_holds_then_zero_then_re
                 .collect();
             let wrong: Vec<_> = during.iter().filter(|s| !at_40(s)).collect();
             let zero_at = wrong.iter().map(|s| s.sent_us).min();
+            let zero_to = wrong.iter().map(|s| s.recv_us).max();
             eprintln!(
-                "node n{victim} ({what}) down for {}: {} answers, {} not at 40% (the first sent {} after the kill)",
+                "node n{victim} ({what}, leader {leader:?}) down for {}: {} answers, {} not at 40% (sent from {} to {} after the kill); \
+                 cohort_fleet_connected read 0 at (ms after the kill) r1 {:?} r2 {:?} r3 {:?}",
                 ms((to - from) as i64),
                 during.len(),
                 wrong.len(),
-                zero_at.map_or("-".into(), |t| ms((t - from) as i64))
+                zero_at.map_or("-".into(), |t| ms((t - from) as i64)),
+                zero_to.map_or("-".into(), |t| ms((t - from) as i64)),
+                dropped[0],
+                dropped[1],
+                dropped[2]
             );
             assert!(during.len() > 100, "too few answers to tell");
             assert!(wrong.is_empty(), "{what} down changed the routing: {:?}", &wrong[..wrong.len().min(10)]);

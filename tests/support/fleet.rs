@@ -461,11 +461,22 @@ impl Fleet {
         stable_errors: f64,
         canary_errors: f64,
     ) -> Option<Fleet> {
+        let errors = (stable_errors, canary_errors);
+        Self::start_with(name, n, rollout, errors, Timings::default()).await
+    }
+
+    /// As [`Fleet::start`], with these timings and (stable, canary) error rates.
+    pub async fn start_with(
+        name: &str,
+        n: usize,
+        rollout: &str,
+        (stable_errors, canary_errors): (f64, f64),
+        timings: Timings,
+    ) -> Option<Fleet> {
         let cluster = Cluster::start(3).await?;
         let stable = Upstream::start("stable", stable_errors).await;
         let canary = Upstream::start("canary", canary_errors).await;
         let dir = tempfile::tempdir().unwrap();
-        let timings = Timings::default();
         let mut fleet = Fleet {
             cluster,
             stable,
@@ -743,6 +754,8 @@ impl Sampler {
 pub struct Seen {
     pub observed_ms: u64,
     pub record: Value,
+    /// The share the view showed when asked at or after `effective_at_ms`, if it was.
+    pub in_force_bp: Option<u32>,
 }
 
 impl Seen {
@@ -752,8 +765,13 @@ impl Seen {
     pub fn effective_ms(&self) -> u64 {
         self.record["effective_at_ms"].as_u64().unwrap_or(0)
     }
+    /// The share this version puts in force at `effective_at_ms`: as read once in force,
+    /// else as its last decision says (a claim keeps the decision before it), else as
+    /// shown.
     pub fn bp(&self) -> u32 {
-        bp(self.record["percent"].as_f64().unwrap_or(0.0))
+        self.in_force_bp
+            .or_else(|| target_bp(&self.record))
+            .unwrap_or_else(|| bp(self.record["percent"].as_f64().unwrap_or(0.0)))
     }
     pub fn step(&self) -> u64 {
         self.record["step"].as_u64().unwrap_or(0)
@@ -761,6 +779,18 @@ impl Seen {
     pub fn phase(&self) -> &str {
         phase(&self.record)
     }
+}
+
+/// The share the record's latest decision (in its history) moved to, in basis points.
+pub fn target_bp(record: &Value) -> Option<u32> {
+    let version = record["version"].as_u64()?;
+    record["history"]
+        .as_array()?
+        .iter()
+        .filter(|d| d["version"].as_u64().is_some_and(|v| v <= version))
+        .max_by_key(|d| d["version"].as_u64())
+        .and_then(|d| d["to"]["percent"].as_f64())
+        .map(bp)
 }
 
 /// A record's phase (`ramping`, `paused`, `rolled_back`, ...), whether the view calls it
@@ -792,6 +822,7 @@ impl RecordWatch {
                     let Some(addr) = *admin.lock().unwrap() else {
                         continue;
                     };
+                    let asked_ms = now_ms();
                     let Some((200, body)) = admin_get(&client, addr, "/rollouts").await else {
                         continue;
                     };
@@ -801,15 +832,23 @@ impl RecordWatch {
                     let Some(version) = record["version"].as_u64() else {
                         continue;
                     };
+                    // The view's percent is the one in force when it is read.
+                    let in_force = record["effective_at_ms"]
+                        .as_u64()
+                        .filter(|e| *e <= asked_ms)
+                        .and_then(|_| record["percent"].as_f64())
+                        .map(bp);
                     let mut seen = v.lock().unwrap();
                     match seen.last_mut() {
                         Some(l) if l.version() > version => {}
-                        // The view's percent is the one in force when it is read: keep
-                        // the version's latest reading (observed when first seen).
-                        Some(l) if l.version() == version => l.record = record,
+                        Some(l) if l.version() == version => {
+                            l.record = record;
+                            l.in_force_bp = l.in_force_bp.or(in_force);
+                        }
                         _ => seen.push(Seen {
                             observed_ms,
                             record,
+                            in_force_bp: in_force,
                         }),
                     }
                 }
