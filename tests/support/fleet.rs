@@ -568,7 +568,10 @@ impl Fleet {
                 let in_force = record["effective_at_ms"]
                     .as_u64()
                     .is_some_and(|e| e <= now_ms());
-                if !(applied && in_force && pred(record)) {
+                // In contact, not stale, and serving the record's share.
+                let live = all["fleet"]["connected"] == true && all["fleet"]["stale"] != true;
+                let serving = all["rollouts"][0]["percent"] == record["percent"];
+                if !(applied && in_force && live && serving && pred(record)) {
                     break;
                 }
                 records.push(record.clone());
@@ -581,7 +584,10 @@ impl Fleet {
                 let mut states = String::new();
                 for r in self.replicas.iter().filter(|r| r.running()) {
                     let f = r.try_rollouts().await.unwrap_or_default();
-                    states.push_str(&format!("{}: {:#}\n", r.id, f["fleet"]));
+                    states.push_str(&format!(
+                        "{}: serving {}% ({}); {:#}\n",
+                        r.id, f["rollouts"][0]["percent"], f["rollouts"][0]["state"], f["fleet"]
+                    ));
                 }
                 panic!("{what}: not reached within {limit:?}\n{states}");
             }
@@ -754,7 +760,8 @@ impl Sampler {
 pub struct Seen {
     pub observed_ms: u64,
     pub record: Value,
-    /// The share the view showed when asked at or after `effective_at_ms`, if it was.
+    /// The share the view showed when asked a second or more after `effective_at_ms` (the
+    /// view is refreshed every heartbeat), if it was.
     pub in_force_bp: Option<u32>,
 }
 
@@ -765,12 +772,12 @@ impl Seen {
     pub fn effective_ms(&self) -> u64 {
         self.record["effective_at_ms"].as_u64().unwrap_or(0)
     }
-    /// The share this version puts in force at `effective_at_ms`: as read once in force,
-    /// else as its last decision says (a claim keeps the decision before it), else as
-    /// shown.
+    /// The share this version puts in force at `effective_at_ms`: as its last decision
+    /// says (a claim keeps the decision before it), else as read well after it was in
+    /// force, else as shown.
     pub fn bp(&self) -> u32 {
-        self.in_force_bp
-            .or_else(|| target_bp(&self.record))
+        target_bp(&self.record)
+            .or(self.in_force_bp)
             .unwrap_or_else(|| bp(self.record["percent"].as_f64().unwrap_or(0.0)))
     }
     pub fn step(&self) -> u64 {
@@ -835,7 +842,7 @@ impl RecordWatch {
                     // The view's percent is the one in force when it is read.
                     let in_force = record["effective_at_ms"]
                         .as_u64()
-                        .filter(|e| *e <= asked_ms)
+                        .filter(|e| e + 1000 <= asked_ms)
                         .and_then(|_| record["percent"].as_f64())
                         .map(bp);
                     let mut seen = v.lock().unwrap();
