@@ -380,6 +380,19 @@ impl Replica {
         ask(&self.client, addr, key, Duration::from_secs(5)).await
     }
 
+    /// The client port of the NATS server the replica last connected to, from its log
+    /// (`async_nats` logs `connected successfully server=PORT`).
+    pub fn nats_port(&self) -> Option<u16> {
+        let text = std::fs::read_to_string(&self.log).ok()?;
+        let line = text
+            .lines()
+            .rev()
+            .find(|l| l.contains("connected successfully"))?;
+        let rest = &line[line.find("server=")? + "server=".len()..];
+        let port: String = rest.chars().take_while(|c| c.is_ascii_digit()).collect();
+        port.parse().ok()
+    }
+
     /// The last `lines` lines of the replica's log.
     pub fn log_tail(&self, lines: usize) -> String {
         tail(&self.log, lines)
