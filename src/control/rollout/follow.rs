@@ -209,3 +209,7 @@ impl Rollouts {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "follow_tests.rs"]
+mod tests;
