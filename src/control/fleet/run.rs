@@ -267,6 +267,7 @@ impl<J: Judged> Task<J> {
             step_version: r.step_version,
             percent: r.percent_at(now),
             in_force,
+            step_from_ms: r.effective_at_ms,
         };
         match self.on.rollouts().follow(route, &shared) {
             Follow::Applied { changed } => {
@@ -304,6 +305,7 @@ impl<J: Judged> Task<J> {
             step_version: 0,
             percent: 0,
             in_force: true,
+            step_from_ms: 0,
         };
         if self.on.rollouts().follow(route, &shared) == Follow::OtherId {
             self.on.rollouts().apply(self.on.door(), "fleet");

@@ -57,6 +57,7 @@ fn shared(step: usize, version: u64, step_version: u64, percent: u32) -> Shared<
         step_version,
         percent,
         in_force: true,
+        step_from_ms: u64::MAX,
     }
 }
 
@@ -162,4 +163,32 @@ fn a_replica_judges_at_its_share_of_alpha() {
     let spec = Arc::clone(&rig.rollouts.locals()[0].spec);
     assert_eq!(judging(&spec, None).alpha, spec.alpha);
     assert_eq!(judging(&spec, Some(0.025)).alpha, spec.alpha * 0.025);
+}
+
+#[test]
+fn a_replica_judges_locally_only_in_a_step_it_saw_begin() {
+    let mut rig = rig();
+    let judges = |rig: &Rig| rig.rollouts.locals()[0].followed.clone().unwrap().judges;
+    // A step in force before this process opened: judged by the others and the pool only.
+    let before = Shared {
+        step_from_ms: 1,
+        ..shared(1, 3, 3, 2500)
+    };
+    rig.rollouts.follow("agent", &before);
+    assert!(!judges(&rig));
+    assert!(!Rollouts::judges_locally(
+        rig.rollouts.lock().get("agent").unwrap()
+    ));
+    // The next step it saw begin.
+    let next = Shared {
+        step_from_ms: 2,
+        ..shared(2, 5, 5, 5000)
+    };
+    rig.rollouts.follow("agent", &next);
+    assert!(judges(&rig));
+    // A step that began after it opened, seen first: its own too.
+    let mut fresh = self::rig();
+    fresh.rollouts.follow("agent", &shared(0, 1, 1, 500));
+    assert!(judges(&fresh));
+    let _ = rig.canary();
 }
