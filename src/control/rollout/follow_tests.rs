@@ -187,7 +187,7 @@ fn a_replica_judges_locally_only_in_a_step_it_saw_begin() {
     rig.rollouts.follow("agent", &next);
     assert!(judges(&rig));
     // A step that began after it opened, seen first: its own too.
-    let mut fresh = self::rig();
+    let fresh = self::rig();
     fresh.rollouts.follow("agent", &shared(0, 1, 1, 500));
     assert!(judges(&fresh));
     let _ = rig.canary();
