@@ -278,13 +278,19 @@ impl<J: Judged> Task<J> {
                     self.applied.insert(route.to_string(), r.version);
                     // The lag of a decision this task saw happen: not of a claim (no new
                     // percent), nor of a record read at start or on rejoining.
-                    let decided = r.history.last().is_some_and(|e| e.version == r.version);
-                    if decided && r.effective_at_ms >= self.since_ms {
-                        let lag = now.saturating_sub(r.effective_at_ms) as f64 / 1000.0;
-                        self.fleet.metrics.apply_lag.record(lag);
+                    // From when the change could be served: its effective time, or its
+                    // write for a change that schedules nothing (a pause).
+                    let due = r
+                        .history
+                        .last()
+                        .filter(|e| e.version == r.version)
+                        .map(|e| e.at_unix_ms.max(r.effective_at_ms));
+                    let lag_ms = due.map(|d| now.saturating_sub(d));
+                    if let Some(lag) = lag_ms.filter(|_| due >= Some(self.since_ms)) {
+                        self.fleet.metrics.apply_lag.record(lag as f64 / 1000.0);
                     }
                     self.fleet.metrics.count(Event::Applied);
-                    tracing::info!(route, id = %r.plan.id, version = r.version, state = %r.phase, step = r.step, percent = f64::from(shared.percent) / 100.0, lag_ms = now.saturating_sub(r.effective_at_ms), "fleet: record applied");
+                    tracing::info!(route, id = %r.plan.id, version = r.version, state = %r.phase, step = r.step, percent = f64::from(shared.percent) / 100.0, lag_ms, "fleet: record applied");
                 }
             }
             Follow::OtherId => {
