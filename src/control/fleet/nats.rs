@@ -175,14 +175,24 @@ impl NatsEngine {
 fn update_error(key: &str, e: kv::UpdateError) -> EngineError {
     match e.kind() {
         kv::UpdateErrorKind::WrongLastRevision => EngineError::Conflict { key: key.into() },
+        _ if lost_race(&e) => EngineError::Conflict { key: key.into() },
         kv::UpdateErrorKind::InvalidKey => EngineError::other(format!("{key}: {e}")),
         _ => EngineError::unavailable(format!("{key}: {e}")),
     }
 }
 
+/// JetStream refused the write for the subject's last sequence (error 10071): another writer
+/// got there first. The client reports it as such only on some paths: `create` that races
+/// another `create` reads the key back to tell, and the read may come from a copy that has
+/// not yet received the winner's write (a direct get), so the refusal arrives wrapped.
+fn lost_race(e: &dyn std::error::Error) -> bool {
+    e.to_string().contains("wrong last sequence")
+}
+
 fn create_error(key: &str, e: kv::CreateError) -> EngineError {
     match e.kind() {
         kv::CreateErrorKind::AlreadyExists => EngineError::Conflict { key: key.into() },
+        _ if lost_race(&e) => EngineError::Conflict { key: key.into() },
         kv::CreateErrorKind::InvalidKey => EngineError::other(format!("{key}: {e}")),
         _ => EngineError::unavailable(format!("{key}: {e}")),
     }

@@ -68,6 +68,9 @@ pub struct Fleet {
     pub agents: Vec<(Agent, Agent)>,
     /// How alpha is shared with local rollbacks; without, the judge alone, at the whole alpha.
     pub split: Option<Split>,
+    /// The local e-processes a step may see, as `fleet.max_replicas` (its default, 20, as
+    /// the proxy runs).
+    pub max_replicas: usize,
 }
 
 /// How a simulated fleet rollout ended.
@@ -101,7 +104,7 @@ pub fn run(
 ) -> Ending {
     let (judge_spec, local_spec) = match fleet.split {
         Some(s) => {
-            let (j, l) = s.specs(spec, fleet.agents.len());
+            let (j, l) = s.specs(spec, fleet.max_replicas);
             (j, Some(l))
         }
         None => (spec.clone(), None),
@@ -220,6 +223,7 @@ fn alike(agent: Agent) -> Fleet {
         per_tick: 100,
         agents: vec![(agent, agent); 3],
         split: Some(Split::EVEN),
+        max_replicas: 20,
     }
 }
 
@@ -329,6 +333,7 @@ fn three_replicas_pooled_catch_a_one_point_regression_with_a_third_of_the_sample
         per_tick: 100,
         agents: vec![(good, bad); 3],
         split: None,
+        max_replicas: 20,
     };
     let single = per_replica_to_catch(&spec, None, &good, &bad, sims, 5);
     let pooled = per_replica_to_catch(&spec, Some(&fleet), &good, &bad, sims, 6);
@@ -341,6 +346,15 @@ fn three_replicas_pooled_catch_a_one_point_regression_with_a_third_of_the_sample
     }
     let (started, evidence) = (ratio(&pooled.0, &single.0), ratio(&pooled.1, &single.1));
     let (split_started, split_evidence) = (ratio(&split.0, &single.0), ratio(&split.1, &single.1));
+    // Each replica gets 100 requests a second, 60 of them canary: the time to the decision.
+    let secs = |v: &(Vec<u64>, Vec<u64>)| median(&v.0) as f64 / 60.0;
+    println!(
+        "judge's decision time, 1% -> 2% errors at 60%, 100 requests/s per replica (median): \
+         one replica {:.0} s, three pooled {:.0} s, three pooled with local rollbacks {:.0} s",
+        secs(&single),
+        secs(&pooled),
+        secs(&split)
+    );
     println!(
         "1% -> 2% errors at 60%, canary samples per replica to the rollback, median of {sims} \
          (started; in the judge's evidence): one replica {} ({}); three pooled {} ({}), \

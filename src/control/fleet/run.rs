@@ -59,6 +59,9 @@ struct Task<J> {
     holding: Option<(u64, u64)>,
     judge_holder: Option<String>,
     seq: u64,
+    /// Wall ms since which this task has watched without a gap: changes in force before it
+    /// were read, not seen happen.
+    since_ms: u64,
     last_contact: Instant,
     connected: bool,
     stale: bool,
@@ -88,6 +91,7 @@ pub async fn run<J: Judged>(fleet: Arc<Fleet>, on: Arc<J>, abort: CancellationTo
         holding: None,
         judge_holder: None,
         seq: 0,
+        since_ms: u64::MAX,
         last_contact: Instant::now(),
         connected: false,
         stale: false,
@@ -105,9 +109,9 @@ pub async fn run<J: Judged>(fleet: Arc<Fleet>, on: Arc<J>, abort: CancellationTo
                 Some(Ok(c)) => t.on_change(c),
                 Some(Err(e)) => {
                     tracing::debug!(error = %e, "fleet: watch ended");
-                    watch = None;
+                    (watch, t.since_ms) = (None, u64::MAX);
                 }
-                None => watch = None,
+                None => (watch, t.since_ms) = (None, u64::MAX),
             },
             _ = tokio::time::sleep(switch) => t.follow_all(),
             _ = beat.tick() => {
@@ -119,6 +123,9 @@ pub async fn run<J: Judged>(fleet: Arc<Fleet>, on: Arc<J>, abort: CancellationTo
                     _ = async {
                         if watch.is_none() && t.fleet.engine.connected() {
                             watch = t.fleet.engine.watch("").await.ok();
+                            if watch.is_some() {
+                                t.since_ms = wall_ms();
+                            }
                         }
                         t.tick().await;
                     } => {}
@@ -157,7 +164,7 @@ impl<J: Judged> Task<J> {
                 Some(bytes) => match record::decode(&bytes) {
                     Ok(r) => {
                         self.corrupt.remove(&route);
-                        self.records.insert(route.clone(), r);
+                        self.learn(&route, r);
                         self.follow(&route);
                     }
                     Err(e) => {
@@ -190,6 +197,17 @@ impl<J: Judged> Task<J> {
             },
             _ => {}
         }
+    }
+
+    /// Keeps the copy further along of what was cached and what was read: a read may come
+    /// from a copy of the bucket that lags (a direct get), or cross a watch delivery, and
+    /// what this replica serves must never go back a step.
+    fn learn(&mut self, route: &str, r: Record) {
+        let next = match self.records.remove(route) {
+            Some(old) => record::merge(old, r),
+            None => r,
+        };
+        self.records.insert(route.to_string(), next);
     }
 
     fn contact(&mut self) {
@@ -249,6 +267,7 @@ impl<J: Judged> Task<J> {
             step_version: r.step_version,
             percent: r.percent_at(now),
             in_force,
+            step_from_ms: r.effective_at_ms,
         };
         match self.on.rollouts().follow(route, &shared) {
             Follow::Applied { changed } => {
@@ -257,10 +276,21 @@ impl<J: Judged> Task<J> {
                 }
                 if in_force && self.applied.get(route) != Some(&r.version) {
                     self.applied.insert(route.to_string(), r.version);
-                    let lag = now.saturating_sub(r.effective_at_ms) as f64 / 1000.0;
-                    self.fleet.metrics.apply_lag.record(lag);
+                    // The lag of a decision this task saw happen: not of a claim (no new
+                    // percent), nor of a record read at start or on rejoining.
+                    // From when the change could be served: its effective time, or its
+                    // write for a change that schedules nothing (a pause).
+                    let due = r
+                        .history
+                        .last()
+                        .filter(|e| e.version == r.version)
+                        .map(|e| e.at_unix_ms.max(r.effective_at_ms));
+                    let lag_ms = due.map(|d| now.saturating_sub(d));
+                    if let Some(lag) = lag_ms.filter(|_| due >= Some(self.since_ms)) {
+                        self.fleet.metrics.apply_lag.record(lag as f64 / 1000.0);
+                    }
                     self.fleet.metrics.count(Event::Applied);
-                    tracing::info!(route, id = %r.plan.id, version = r.version, state = %r.phase, step = r.step, percent = f64::from(shared.percent) / 100.0, lag_ms = now.saturating_sub(r.effective_at_ms), "fleet: record applied");
+                    tracing::info!(route, id = %r.plan.id, version = r.version, state = %r.phase, step = r.step, percent = f64::from(shared.percent) / 100.0, lag_ms, "fleet: record applied");
                 }
             }
             Follow::OtherId => {
@@ -281,6 +311,7 @@ impl<J: Judged> Task<J> {
             step_version: 0,
             percent: 0,
             in_force: true,
+            step_from_ms: 0,
         };
         if self.on.rollouts().follow(route, &shared) == Follow::OtherId {
             self.on.rollouts().apply(self.on.door(), "fleet");
@@ -350,7 +381,7 @@ impl<J: Judged> Task<J> {
         if !self.records.contains_key(route) && !self.corrupt.contains(route) {
             match self.fleet.read(route).await {
                 Ok(Some((r, _))) => {
-                    self.records.insert(route.to_string(), r);
+                    self.learn(route, r);
                     self.follow(route);
                 }
                 Ok(None) => self.start(l).await,
@@ -433,7 +464,7 @@ impl<J: Judged> Task<J> {
                         self.on.rollouts().audit_fleet(d);
                     }
                 }
-                self.records.insert(route.to_string(), r);
+                self.learn(route, r);
                 self.follow(route);
                 true
             }

@@ -30,6 +30,8 @@ pub struct Shared<'a> {
     pub percent: u32,
     /// Whether the record's latest change is in force yet (its effective time has come).
     pub in_force: bool,
+    /// Unix ms from which the step is in force.
+    pub step_from_ms: u64,
 }
 
 /// What the fleet has put in force on one entry.
@@ -43,6 +45,10 @@ pub struct Followed {
     pub step_version: u64,
     /// No contact for `stale_after`: the canary at 0% until contact returns.
     pub stale: bool,
+    /// Whether this replica's own judge may roll back in this step: only when it saw the
+    /// step begin, so that a step's local e-processes are the replicas serving at its start
+    /// (at most `max_replicas`), whatever restarts follow.
+    pub judges: bool,
 }
 
 /// How a record met an entry.
@@ -126,7 +132,8 @@ impl Rollouts {
                 });
             }
         } else {
-            if (f.step, f.step_version) != (s.step, s.step_version) {
+            let new_step = (f.step, f.step_version) != (s.step, s.step_version);
+            if new_step {
                 // A new step's evidence, from requests that start from now on.
                 e.progress = Progress {
                     phase: s.phase,
@@ -145,6 +152,11 @@ impl Rollouts {
                 step: s.step,
                 step_version: s.step_version,
                 stale: f.stale,
+                judges: if new_step {
+                    f.version > 0 || s.step_from_ms >= self.opened_ms
+                } else {
+                    f.judges
+                },
             });
         }
         e.gauges.show(Some(e.progress.phase), serving(e));
@@ -168,6 +180,12 @@ impl Rollouts {
             }
         }
         changed
+    }
+
+    /// Whether `e`'s own judge may roll back now: always alone; in a fleet, in a step it saw
+    /// begin.
+    pub(super) fn judges_locally(e: &Entry) -> bool {
+        e.followed.as_ref().is_none_or(|f| f.judges)
     }
 
     /// Every live rollout, as the fleet task reports and acts on it.
@@ -209,3 +227,7 @@ impl Rollouts {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "follow_tests.rs"]
+mod tests;

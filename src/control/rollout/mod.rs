@@ -130,6 +130,9 @@ pub struct Rollouts {
     closed: AtomicBool,
     metrics: Metrics,
     entries: Mutex<BTreeMap<String, Entry>>,
+    /// Wall ms when this process opened its rollouts: a fleet step in force before it began
+    /// without this replica's judge (see `follow::Followed::judges`).
+    opened_ms: u64,
     /// In a fleet: the share of each guard's alpha this replica's own rollbacks test at
     /// (`fleet::pooled::Split`); the fleet's judge decides everything else.
     fleet: Option<f64>,
@@ -149,6 +152,9 @@ impl Rollouts {
             closed: AtomicBool::new(false),
             metrics,
             entries: Mutex::new(BTreeMap::new()),
+            opened_ms: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
             fleet: None,
         })
     }
@@ -195,8 +201,10 @@ impl Rollouts {
                 e.readings = e.progress.readings(&spec);
                 let verdict = e.progress.verdict(&spec, &e.readings);
                 // A fleet replica only rolls back on its own: the fleet's judge moves on.
-                let verdict =
-                    verdict.filter(|(k, _)| self.fleet.is_none() || *k == DecisionKind::Rollback);
+                let verdict = verdict.filter(|(k, _)| {
+                    self.fleet.is_none()
+                        || (*k == DecisionKind::Rollback && Rollouts::judges_locally(e))
+                });
                 if let Some((kind, reason)) = verdict {
                     self.decide(route, e, kind, "judge", reason, now);
                     changed = true;

@@ -294,7 +294,7 @@ impl RoutingTable {
         let mut out = Vec::new();
         for (i, route) in self.routes.iter().enumerate() {
             for c in &route.cohorts {
-                if c.weight == 0 {
+                if c.configured == 0 {
                     out.push(format!(
                         "route {:?}: cohort {:?} is at 0% and receives no keyed traffic",
                         route.name, c.name
