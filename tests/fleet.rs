@@ -255,9 +255,17 @@ fn check_switches(
     widest
 }
 
+/// Each fleet test runs three proxies and three NATS servers against timings of a few hundred
+/// milliseconds: two at once on two cores would measure the machine, not the fleet.
+async fn one_at_a_time() -> tokio::sync::MutexGuard<'static, ()> {
+    static ONE: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    ONE.lock().await
+}
+
 /// The harness itself, on one proxy without a fleet (no NATS needed): the mock upstreams name
 /// themselves, and the sampler's answers are the contract's assignment at the rollout's
 /// percent, which is what the fleet tests compare every answer with.
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_harness_reads_a_single_proxy_s_routing_as_the_contract_says() {
     bounded(Duration::from_secs(60), async {
@@ -303,6 +311,7 @@ async fn the_harness_reads_a_single_proxy_s_routing_as_the_contract_says() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_aa_canary_walks_every_step_on_three_replicas_and_they_agree() {
+    let _one = one_at_a_time().await;
     let rollout = "{id: aa-v1, canary: canary, steps: [10, 50, 100], soak: 2s, min_samples: 30, \
                    after: promote, guards: [{metric: error_rate, margin: 5}]}";
     let Some(fleet) = Fleet::start("aa", 3, rollout, 0.0, 0.0).await else {
@@ -384,6 +393,7 @@ fn canary_before(samples: &[Sample], r: usize, at_ms: u64) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_canary_is_rolled_back_on_all_three_within_two_seconds() {
+    let _one = one_at_a_time().await;
     let rollout = "{id: rb-v1, canary: canary, steps: [50, 100], soak: 1h, min_samples: 50, \
                    guards: [{metric: error_rate}]}";
     let Some(mut fleet) = Fleet::start("rb", 3, rollout, 0.05, 0.12).await else {
@@ -503,6 +513,7 @@ async fn a_failing_canary_is_rolled_back_on_all_three_within_two_seconds() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_the_judge_hands_over_within_the_lease_at_the_same_step() {
+    let _one = one_at_a_time().await;
     let rollout =
         "{id: jd-v1, canary: canary, steps: [10, 30, 60, 100], soak: 5s, min_samples: 20, \
                    guards: [{metric: error_rate, margin: 5}]}";
@@ -647,6 +658,7 @@ async fn killing_the_judge_hands_over_within_the_lease_at_the_same_step() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_nats_node_down_changes_nothing_and_all_down_holds_then_zero_then_resumes() {
+    let _one = one_at_a_time().await;
     let rollout = "{id: nd-v1, canary: canary, steps: [10, 40, 100], soak: 2s, min_samples: 20, \
                    guards: [{metric: error_rate, margin: 5}]}";
     // stale_after above the 4 to 9 s a NATS stream takes to replace a crashed leader, so
@@ -843,6 +855,7 @@ async fn one_nats_node_down_changes_nothing_and_all_down_holds_then_zero_then_re
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_replica_serves_the_shared_step_not_its_stale_file() {
+    let _one = one_at_a_time().await;
     let rollout =
         "{id: rs-v1, canary: canary, steps: [10, 30, 60, 100], soak: 3s, min_samples: 20, \
                    guards: [{metric: error_rate, margin: 5}]}";
@@ -928,6 +941,7 @@ async fn a_restarted_replica_serves_the_shared_step_not_its_stale_file() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_step_switches_together_on_three_replicas_with_one_nats_node_down() {
+    let _one = one_at_a_time().await;
     let rollout = "{id: od-v1, canary: canary, steps: [10, 50, 100], soak: 3s, min_samples: 20, \
                    after: promote, guards: [{metric: error_rate, margin: 5}]}";
     let timings = Timings {

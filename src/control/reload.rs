@@ -89,8 +89,11 @@ fn edit_error(loaded: &config::Loaded, e: rollout::EditRefused) -> ConfigError {
 pub fn check(path: &Path, metrics: &Metrics) -> Result<(RoutingTable, Preflight), ConfigError> {
     let loaded = config::load(path)?;
     let table = table::from_loaded(&loaded, metrics, None, 1)?;
-    fleet::from_loaded(&loaded)?;
-    let state = rollout::preflight(&table).map_err(|e| state_dir_error(&loaded, e))?;
+    let fleet = fleet::from_loaded(&loaded)?;
+    let mut state = rollout::preflight(&table).map_err(|e| state_dir_error(&loaded, e))?;
+    state
+        .warnings
+        .extend(fleet.iter().flat_map(|f| f.warnings()));
     rollout::check_saved(&table).map_err(|e| edit_error(&loaded, e))?;
     Ok((table, state))
 }
@@ -112,7 +115,8 @@ impl Control {
         rollouts
             .reconcile_checked(&mut table, Now::real(), "startup")
             .map_err(|e| edit_error(&loaded, e))?;
-        for w in table.warnings() {
+        let fleet_warnings = fleet.iter().flat_map(|f| f.warnings());
+        for w in table.warnings().into_iter().chain(fleet_warnings) {
             tracing::warn!(warning = %w, "configuration warning");
         }
         table.publish_gauges();

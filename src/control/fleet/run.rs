@@ -59,6 +59,10 @@ struct Task<J> {
     holding: Option<(u64, u64)>,
     judge_holder: Option<String>,
     seq: u64,
+    /// The `at_ms` of the last heartbeat this replica wrote, and of its own last one the
+    /// watch delivered back: when the second falls behind, the watch has gone quiet.
+    beat_written_ms: u64,
+    beat_seen_ms: u64,
     /// Wall ms since which this task has watched without a gap: changes in force before it
     /// were read, not seen happen.
     since_ms: u64,
@@ -91,6 +95,8 @@ pub async fn run<J: Judged>(fleet: Arc<Fleet>, on: Arc<J>, abort: CancellationTo
         holding: None,
         judge_holder: None,
         seq: 0,
+        beat_written_ms: 0,
+        beat_seen_ms: 0,
         since_ms: u64::MAX,
         last_contact: Instant::now(),
         connected: false,
@@ -125,9 +131,15 @@ pub async fn run<J: Judged>(fleet: Arc<Fleet>, on: Arc<J>, abort: CancellationTo
                             watch = t.fleet.engine.watch("").await.ok();
                             if watch.is_some() {
                                 t.since_ms = wall_ms();
+                                // A new watch gets two heartbeats to bring this replica's
+                                // own back before it is called quiet.
+                                t.beat_seen_ms = t.beat_written_ms;
                             }
                         }
-                        t.tick().await;
+                        if t.tick().await {
+                            tracing::warn!(replica = %t.fleet.spec.replica, "fleet: the watch has gone quiet; watching again");
+                            (watch, t.since_ms) = (None, u64::MAX);
+                        }
                     } => {}
                 }
             }
@@ -181,6 +193,11 @@ impl<J: Judged> Task<J> {
             },
             Some(Key::Beat(replica)) => match c.value.map(|b| serde_json::from_slice::<Beat>(&b)) {
                 Some(Ok(b)) => {
+                    if b.replica == self.fleet.spec.replica
+                        && b.incarnation == self.fleet.me.incarnation
+                    {
+                        self.beat_seen_ms = self.beat_seen_ms.max(b.at_ms);
+                    }
                     self.beats.insert(replica, b);
                 }
                 _ => {
@@ -336,7 +353,16 @@ impl<J: Judged> Task<J> {
         Ok(())
     }
 
-    async fn tick(&mut self) {
+    /// Whether the watch delivers: it has brought back this replica's own heartbeat of at
+    /// most two heartbeats before the last one written (or nothing was written yet).
+    fn watch_fresh(&self) -> bool {
+        let beat = self.fleet.spec.heartbeat.as_millis() as u64;
+        self.beat_written_ms == 0
+            || self.beat_seen_ms.saturating_add(2 * beat) >= self.beat_written_ms
+    }
+
+    /// One heartbeat; whether the watch has gone quiet and must be made again.
+    async fn tick(&mut self) -> bool {
         let locals = self.on.rollouts().locals();
         let me = self.fleet.spec.replica.clone();
         let beat = Beat {
@@ -358,37 +384,52 @@ impl<J: Judged> Task<J> {
             self.lost_contact();
             self.holding_expired();
             self.publish_view(&locals);
-            return;
+            return false;
         }
         self.contact();
+        // Checked before this beat counts as written: the watch had a heartbeat to bring the
+        // previous one back.
+        let fresh = self.watch_fresh();
+        self.beat_written_ms = beat.at_ms;
         self.beats.insert(me.clone(), beat);
         for l in &locals {
             self.for_local(l).await;
         }
         self.lease_round().await;
-        if let Some((epoch, _)) = self.holding {
+        // A judge that cannot trust its watch cannot tell a live replica from a dead one (it
+        // would think itself alone): it decides nothing until the watch delivers again.
+        if let (Some((epoch, _)), true) = (self.holding, fresh) {
             for l in &locals {
                 self.judge(l, epoch).await;
             }
         }
         self.publish_view(&locals);
+        !fresh
     }
 
     /// What one local rollout asks of the fleet: a record read for the first time, a new
     /// id started, its own rollback written, and its counts published.
     async fn for_local(&mut self, l: &Local) {
         let route = l.route.as_str();
-        if !self.records.contains_key(route) && !self.corrupt.contains(route) {
-            match self.fleet.read(route).await {
-                Ok(Some((r, _))) => {
-                    self.learn(route, r);
-                    self.follow(route);
-                }
-                Ok(None) => self.start(l).await,
-                Err(e) => {
-                    tracing::warn!(route, error = %e, "fleet: cannot read the route's record")
-                }
+        // Read every heartbeat, beside the watch: a watch whose server died can go quiet
+        // for seconds without an error, and a replica must not miss a step for that long.
+        match self.fleet.read(route).await {
+            Ok(Some((r, _))) => {
+                self.corrupt.remove(route);
+                self.learn(route, r);
+                self.follow(route);
             }
+            Ok(None) if !self.records.contains_key(route) => self.start(l).await,
+            // Deleted meanwhile (the watch says so), or a copy that lags: the cache stands.
+            Ok(None) => {}
+            Err(WriteError::Corrupt { reason, .. }) => {
+                if self.corrupt.insert(route.to_string()) {
+                    tracing::error!(route, error = %reason, "fleet: the route's record cannot be read; its canary stays at 0% here until the key is deleted or rewritten");
+                }
+                self.records.remove(route);
+                self.unsync(route);
+            }
+            Err(e) => tracing::debug!(route, error = %e, "fleet: cannot read the route's record"),
         }
         let Some(r) = self.records.get(route) else {
             return;

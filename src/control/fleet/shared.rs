@@ -88,7 +88,7 @@ impl FleetMetrics {
         FleetMetrics {
             connected: m.gauge(
                 CONNECTED,
-                "1 while this replica reaches the fleet's NATS servers, else 0.",
+                "1 while this replica's heartbeats land in the fleet's bucket, else 0.",
                 &[],
             ),
             judge: m.gauge(

@@ -72,7 +72,25 @@ impl FleetSpec {
     pub fn bucket(&self) -> String {
         format!("cohort_{}", self.name)
     }
+
+    /// What is valid but likely to hurt: a `stale_after` that a NATS stream's leader
+    /// failover (6 to 8 s measured when the dead node led the stream) can outlast, so that
+    /// one node's death sets every canary to 0% on every replica.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.replicas > 1 && self.stale_after < FAILOVER_FLOOR {
+            out.push(format!(
+                "fleet.stale_after ({:?}) is under {}s: a NATS stream can take 6 to 8 s to replace a dead leader, and a replica out of contact that long sets every canary to 0%",
+                self.stale_after,
+                FAILOVER_FLOOR.as_secs()
+            ));
+        }
+        out
+    }
 }
+
+/// The shortest `stale_after` that outlasts a JetStream leader election with room to spare.
+pub const FAILOVER_FLOOR: Duration = Duration::from_secs(10);
 
 /// Everything a [`FleetSpec`] is built from.
 pub struct FleetInput<'a> {

@@ -98,6 +98,25 @@ fn a_good_section_with_everything_set() {
 }
 
 #[test]
+fn a_stale_after_that_a_leader_failover_outlasts_is_warned_of_on_a_replicated_bucket() {
+    let servers = "  servers: [\"nats://n:4222\"]\n  name: prod\n";
+    let short = accept(&format!(
+        "{servers}  replicas: 3\n  lease: 3s\n  stale_after: 5s\n"
+    ));
+    let w = short.warnings();
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert!(
+        w[0].starts_with("fleet.stale_after (5s) is under 10s"),
+        "{w:?}"
+    );
+    // One copy has no failover to outlast; the default outlasts it.
+    let single = accept(&format!("{servers}  lease: 3s\n  stale_after: 5s\n"));
+    assert_eq!(single.warnings(), Vec::<String>::new());
+    let default = accept(&format!("{servers}  replicas: 3\n"));
+    assert_eq!(default.warnings(), Vec::<String>::new());
+}
+
+#[test]
 fn without_a_section_nothing_is_built() {
     let loaded = parse(Path::new("cohort.yaml"), MINIMAL.to_string()).unwrap();
     assert!(from_loaded(&loaded).unwrap().is_none());
