@@ -12,7 +12,7 @@
 //! | `tls.rs` | a test CA, certificates, TLS clients |
 //! | `sim.rs` | the simulated agent backend of the rollout tests |
 //! | `nats.rs` | a NATS JetStream cluster on loopback, for the fleet tests |
-//! | `fleet.rs` | several `cohort run` replicas on one NATS cluster: their configs, processes, admin reads, client-side sampling and the shared record over time |
+//! | `fleet/` | several `cohort run` replicas on one NATS cluster: their configs and processes (`replica.rs`), admin reads, client-side sampling and the shared record over time (`observe.rs`) |
 //!
 //! This file keeps what they all share: the step timeout, header values as text, and the
 //! contract's assignment formula. Tests reach everything but `process`, `tls`, `sim`, `nats` and `fleet`

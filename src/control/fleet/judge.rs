@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use super::pooled::{Pool, Report, Split, StepKey};
+use super::pooled::{Pool, Report, SavedPool, Split, StepKey};
 use super::record::Record;
 use crate::control::rollout::guard::Reading;
 use crate::control::rollout::state::SavedTally;
@@ -28,6 +28,10 @@ pub struct Saved {
     pub wealth: BTreeMap<String, f64>,
     pub canary: SavedTally,
     pub baseline: SavedTally,
+    /// The pool behind `canary` and `baseline`, source by source. A saved state without it
+    /// (or one whose sum is not theirs) is not resumed: the step's judgement starts over.
+    #[serde(default)]
+    pub pool: SavedPool,
 }
 
 /// One step under judgement.
@@ -75,26 +79,33 @@ impl Judging {
             step: r.step,
             ..Progress::start()
         };
-        let progress = saved
-            .filter(|s| s.step == key)
-            .and_then(|s| {
-                Some(Progress {
-                    soaked: Duration::from_millis(s.soaked_ms),
-                    canary: s.canary.restore("canary").ok()?,
-                    baseline: s.baseline.restore("baseline").ok()?,
-                    wealth: s
-                        .wealth
-                        .into_iter()
-                        .filter(|(_, w)| w.is_finite())
-                        .collect(),
-                    ..fresh.clone()
-                })
-            })
-            .unwrap_or(fresh);
-        let fed = (progress.canary.clone(), progress.baseline.clone());
+        let saved = saved.filter(|s| s.step == key);
+        let had = saved.is_some();
+        let resumed = saved.and_then(|s| {
+            let progress = Progress {
+                soaked: Duration::from_millis(s.soaked_ms),
+                canary: s.canary.restore("canary").ok()?,
+                baseline: s.baseline.restore("baseline").ok()?,
+                wealth: s
+                    .wealth
+                    .into_iter()
+                    .filter(|(_, w)| w.is_finite())
+                    .collect(),
+                ..fresh.clone()
+            };
+            let pool = Pool::restore(key.clone(), &s.pool).ok()?;
+            // The progress must have been fed exactly the pool's counts, or a block would
+            // feed some answers twice or none at all.
+            (pool.totals() == &(progress.canary.clone(), progress.baseline.clone()))
+                .then_some((progress, pool))
+        });
+        if had && resumed.is_none() {
+            tracing::warn!(rollout = %key.id, step = key.step, "fleet: the former judge's progress in this step does not hold together; the step is judged from its start");
+        }
+        let (progress, pool) = resumed.unwrap_or_else(|| (fresh, Pool::new(key)));
         Judging {
             progress,
-            pool: Pool::resume(key, fed),
+            pool,
             last: now,
             readings: Vec::new(),
             confirmed: false,
@@ -160,6 +171,7 @@ impl Judging {
                 .collect(),
             canary: (&self.progress.canary).into(),
             baseline: (&self.progress.baseline).into(),
+            pool: self.pool.save(),
         }
     }
 }

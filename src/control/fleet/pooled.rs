@@ -15,12 +15,17 @@
 //! is chosen by when it died, not by what it answered. The e-processes stay valid since
 //! their guarantee holds block by block, whatever each block's size (see `rollout::stats`).
 //!
+//! A judge that takes over resumes the pool source by source ([`SavedPool`]), not from the
+//! sum alone: its own copy of the reports may lag its predecessor's, and a sum it has not
+//! caught up with would give a block that no recording can make. Each source's next report
+//! is then a delta from the counts the predecessor fed, and an older one adds nothing.
+//!
 //! Local rollbacks. See [`Split`] and the README's "Fleets".
 //!
 //! Owns: the report's form, the pool, the thresholds. Must not touch: the engine (reports
 //! arrive and leave as values), the tests themselves (`rollout::stats`, `rollout::guard`).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
@@ -106,6 +111,8 @@ pub enum Rejected {
     Impossible(String),
     #[error("more than {MAX_SOURCES} replica incarnations in one step")]
     TooManySources,
+    #[error("report of an incarnation its replica has since replaced")]
+    Retired,
 }
 
 struct Latest {
@@ -117,6 +124,9 @@ struct Latest {
 pub struct Pool {
     step: StepKey,
     latest: BTreeMap<(String, u64), Latest>,
+    /// Incarnations whose counts a predecessor judge fed and that are in `base` alone.
+    retired: BTreeSet<(String, u64)>,
+    base: (Tally, Tally),
     totals: (Tally, Tally),
     /// The totals at the last block.
     fed: (Tally, Tally),
@@ -131,17 +141,10 @@ impl Pool {
         Pool {
             step,
             latest: BTreeMap::new(),
+            retired: BTreeSet::new(),
+            base: Default::default(),
             totals: Default::default(),
             fed: Default::default(),
-        }
-    }
-
-    /// A pool whose judge has already been fed `fed` of the step (a judge that takes over
-    /// from another's saved progress): its first block is what the reports hold beyond it.
-    pub fn resume(step: StepKey, fed: (Tally, Tally)) -> Self {
-        Pool {
-            fed,
-            ..Pool::new(step)
         }
     }
 
@@ -161,6 +164,9 @@ impl Pool {
                 .map_err(Rejected::Impossible)?,
         );
         let key = (r.replica.clone(), r.incarnation);
+        if self.retired.contains(&key) {
+            return Err(Rejected::Retired);
+        }
         let zero = (Tally::default(), Tally::default());
         let old = match self.latest.get(&key) {
             Some(l) if r.seq <= l.seq => {
@@ -170,7 +176,9 @@ impl Pool {
                 })
             }
             Some(l) => &l.counts,
-            None if self.latest.len() >= MAX_SOURCES => return Err(Rejected::TooManySources),
+            None if self.latest.len() + self.retired.len() >= MAX_SOURCES => {
+                return Err(Rejected::TooManySources)
+            }
             None => &zero,
         };
         // Cumulative counters only grow; one that shrank is not the same incarnation's.
@@ -206,6 +214,96 @@ impl Pool {
             .iter()
             .map(|((r, i), l)| (r.as_str(), *i, &l.counts))
     }
+
+    /// What a successor judge needs to go on from here (see the module's doc). Every
+    /// replica's newest incarnation is kept whole; older ones are summed, since their
+    /// replica's report key now holds the newer one's counts and they report no more.
+    pub fn save(&self) -> SavedPool {
+        let mut newest: BTreeMap<&str, u64> = BTreeMap::new();
+        for (r, i) in self.latest.keys() {
+            let n = newest.entry(r.as_str()).or_insert(*i);
+            *n = (*n).max(*i);
+        }
+        let mut out = SavedPool {
+            retired: self.retired.iter().cloned().collect(),
+            ..SavedPool::default()
+        };
+        let mut base = self.base.clone();
+        for ((r, i), l) in &self.latest {
+            if newest.get(r.as_str()) == Some(i) {
+                out.sources.push(SavedSource {
+                    replica: r.clone(),
+                    incarnation: *i,
+                    seq: l.seq,
+                    canary: (&l.counts.0).into(),
+                    baseline: (&l.counts.1).into(),
+                });
+            } else {
+                out.retired.push((r.clone(), *i));
+                base = (base.0.plus(&l.counts.0), base.1.plus(&l.counts.1));
+            }
+        }
+        out.base = ((&base.0).into(), (&base.1).into());
+        out
+    }
+
+    /// The pool `saved` describes, for `step`, every count in it already fed.
+    pub fn restore(step: StepKey, saved: &SavedPool) -> Result<Pool, Rejected> {
+        let restore = |c: &SavedTally, b: &SavedTally| -> Result<(Tally, Tally), Rejected> {
+            Ok((
+                c.restore("canary").map_err(Rejected::Impossible)?,
+                b.restore("baseline").map_err(Rejected::Impossible)?,
+            ))
+        };
+        if saved.sources.len() + saved.retired.len() > MAX_SOURCES {
+            return Err(Rejected::TooManySources);
+        }
+        let base = restore(&saved.base.0, &saved.base.1)?;
+        let mut pool = Pool {
+            retired: saved.retired.iter().cloned().collect(),
+            totals: base.clone(),
+            base,
+            ..Pool::new(step)
+        };
+        for s in &saved.sources {
+            let counts = restore(&s.canary, &s.baseline)?;
+            pool.totals = (pool.totals.0.plus(&counts.0), pool.totals.1.plus(&counts.1));
+            let key = (s.replica.clone(), s.incarnation);
+            pool.latest.insert(key, Latest { seq: s.seq, counts });
+        }
+        pool.fed = pool.totals.clone();
+        Ok(pool)
+    }
+}
+
+/// A [`Pool`] as saved under `judge.<route>`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SavedPool {
+    pub sources: Vec<SavedSource>,
+    /// Incarnations summed into `base`, whose reports count no more.
+    pub retired: Vec<(String, u64)>,
+    pub base: (SavedTally, SavedTally),
+}
+
+impl Default for SavedPool {
+    fn default() -> Self {
+        let zero = SavedTally::from(&Tally::default());
+        SavedPool {
+            sources: Vec::new(),
+            retired: Vec::new(),
+            base: (zero.clone(), zero),
+        }
+    }
+}
+
+/// One incarnation's latest report, as its judge last pooled it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SavedSource {
+    pub replica: String,
+    pub incarnation: u64,
+    pub seq: u64,
+    pub canary: SavedTally,
+    pub baseline: SavedTally,
 }
 
 /// How a rollout's alpha is shared: `judge` of it to the pooled judge, the rest to the

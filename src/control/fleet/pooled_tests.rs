@@ -66,6 +66,48 @@ fn the_pool_sums_each_incarnations_latest_report_and_blocks_are_its_increments()
 }
 
 #[test]
+fn a_successor_judge_whose_copy_of_the_reports_lags_feeds_only_answers_not_yet_fed() {
+    let mut p = Pool::new(key(1));
+    p.offer(&report("r1", 1, 1, (10, 1), (100, 2))).unwrap();
+    p.offer(&report("r2", 1, 4, (5, 0), (50, 1))).unwrap();
+    p.offer(&report("r2", 2, 1, (3, 0), (20, 0))).unwrap();
+    p.offer(&report("r1", 1, 2, (12, 1), (130, 2))).unwrap();
+    p.block();
+    let saved: SavedPool = serde_json::from_slice(&serde_json::to_vec(&p.save()).unwrap()).unwrap();
+    // r2's first incarnation, replaced by its second, is kept as a sum.
+    assert_eq!(saved.retired, vec![("r2".to_string(), 1)]);
+    assert_eq!(saved.sources.len(), 2);
+    let mut q = Pool::restore(key(1), &saved).unwrap();
+    assert_eq!(q.totals(), p.totals());
+    assert_eq!(q.block(), (Tally::default(), Tally::default()));
+    // The successor still holds older reports than its predecessor pooled: they add nothing
+    // (a sum it had not caught up with gave a block of latency without requests).
+    assert_eq!(
+        q.offer(&report("r1", 1, 1, (10, 1), (100, 2))),
+        Err(Rejected::Stale { seq: 1, latest: 2 })
+    );
+    assert_eq!(
+        q.offer(&report("r2", 1, 4, (5, 0), (50, 1))),
+        Err(Rejected::Retired)
+    );
+    assert_eq!(q.block(), (Tally::default(), Tally::default()));
+    // Newer reports are deltas from what was fed; a new replica adds from zero.
+    q.offer(&report("r1", 1, 3, (15, 1), (140, 2))).unwrap();
+    q.offer(&report("r3", 1, 1, (2, 1), (9, 0))).unwrap();
+    assert_eq!(q.block(), (tally(5, 1), tally(19, 0)));
+    assert_eq!(q.totals(), &(tally(25, 2), tally(219, 3)));
+    // A successor of the successor agrees too.
+    let r = Pool::restore(key(1), &q.save()).unwrap();
+    assert_eq!(r.totals(), q.totals());
+    let mut bad = q.save();
+    bad.sources[0].canary.errors = 1_000;
+    assert!(matches!(
+        Pool::restore(key(1), &bad),
+        Err(Rejected::Impossible(_))
+    ));
+}
+
+#[test]
 fn the_judge_over_pooled_blocks_reads_what_it_would_over_one_replica_with_all_the_traffic() {
     use crate::control::rollout::Progress;
     use std::time::Duration;

@@ -63,6 +63,9 @@ struct Task<J> {
     /// watch delivered back: when the second falls behind, the watch has gone quiet.
     beat_written_ms: u64,
     beat_seen_ms: u64,
+    /// Whether the current watch has brought back one of this replica's heartbeats: one
+    /// that never did is made again without a warning each time (NATS still electing).
+    watch_delivered: bool,
     /// Wall ms since which this task has watched without a gap: changes in force before it
     /// were read, not seen happen.
     since_ms: u64,
@@ -97,6 +100,7 @@ pub async fn run<J: Judged>(fleet: Arc<Fleet>, on: Arc<J>, abort: CancellationTo
         seq: 0,
         beat_written_ms: 0,
         beat_seen_ms: 0,
+        watch_delivered: false,
         since_ms: u64::MAX,
         last_contact: Instant::now(),
         connected: false,
@@ -134,10 +138,15 @@ pub async fn run<J: Judged>(fleet: Arc<Fleet>, on: Arc<J>, abort: CancellationTo
                                 // A new watch gets two heartbeats to bring this replica's
                                 // own back before it is called quiet.
                                 t.beat_seen_ms = t.beat_written_ms;
+                                t.watch_delivered = false;
                             }
                         }
                         if t.tick().await {
-                            tracing::warn!(replica = %t.fleet.spec.replica, "fleet: the watch has gone quiet; watching again");
+                            if std::mem::take(&mut t.watch_delivered) {
+                                tracing::warn!(replica = %t.fleet.spec.replica, "fleet: the watch has gone quiet; watching again");
+                            } else {
+                                tracing::debug!(replica = %t.fleet.spec.replica, "fleet: the new watch has delivered nothing yet; watching again");
+                            }
                             (watch, t.since_ms) = (None, u64::MAX);
                         }
                     } => {}
@@ -197,6 +206,7 @@ impl<J: Judged> Task<J> {
                         && b.incarnation == self.fleet.me.incarnation
                     {
                         self.beat_seen_ms = self.beat_seen_ms.max(b.at_ms);
+                        self.watch_delivered = true;
                     }
                     self.beats.insert(replica, b);
                 }
