@@ -355,6 +355,73 @@ async fn a_slower_canary_is_caught_by_the_latency_guard() {
     rig.stop().await;
 }
 
+fn tokens(output_tokens: u64) -> Behaviour {
+    Behaviour {
+        output_tokens,
+        ..Behaviour::default()
+    }
+}
+
+const TOKENS_ROLLOUT: &str =
+    "{id: v2, canary: canary, steps: [50, 100], soak: 20s, min_samples: 50, \
+     guards: [{metric: error_rate, margin: 5}, {metric: output_tokens, relative_margin: 0.15}]}";
+
+#[tokio::test]
+async fn a_canary_that_doubles_its_output_tokens_is_rolled_back_on_the_output_tokens_guard() {
+    let s = setup(tokens(160), tokens(320), TOKENS_ROLLOUT).await;
+    let mut rig = Rig::start(&s.path).await;
+    let r = rig.run_while("ramping", 60, 60).await;
+    assert_eq!(r["state"], "rolled_back", "{r:#}");
+    let guards = r["history"][1]["guards"].as_array().unwrap().clone();
+    let g = guards
+        .iter()
+        .find(|g| g["guard"] == "output_tokens p50")
+        .unwrap();
+    assert_eq!(g["status"], "fail", "{g:#}");
+    // The medians, in tokens (each within a bin of 6 to 12%).
+    let (c, b) = (
+        g["canary"].as_f64().unwrap(),
+        g["baseline"].as_f64().unwrap(),
+    );
+    assert!((280.0..=330.0).contains(&c), "{g:#}");
+    assert!((140.0..=165.0).contains(&b), "{g:#}");
+    assert!(c > g["limit"].as_f64().unwrap(), "{g:#}");
+    let scrape = rig.scrape().await;
+    let canary = [("route", "agent"), ("cohort", "canary")];
+    assert!(
+        scrape.metric(
+            "cohort_usage_answers_total",
+            &[canary[0], canary[1], ("usage", "reported")]
+        ) > 0.0
+    );
+    assert_eq!(
+        scrape.metric(
+            "cohort_usage_answers_total",
+            &[canary[0], canary[1], ("usage", "missing")]
+        ),
+        0.0
+    );
+    rig.stop().await;
+}
+
+#[tokio::test]
+async fn a_canary_with_as_many_output_tokens_passes_the_output_tokens_guard() {
+    let s = setup(tokens(160), tokens(160), TOKENS_ROLLOUT).await;
+    let mut rig = Rig::start(&s.path).await;
+    let r = rig.run_while("ramping", 60, 60).await;
+    assert_eq!(r["state"], "held", "{r:#}");
+    assert_eq!(decisions(&r), ["start", "advance", "hold"]);
+    let g = r["history"][1]["guards"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|g| g["guard"] == "output_tokens p50")
+        .unwrap()
+        .clone();
+    assert_eq!(g["status"], "pass", "{g:#}");
+    rig.stop().await;
+}
+
 #[tokio::test]
 async fn a_restart_mid_step_resumes_the_step_its_soak_and_its_samples() {
     let s = healthy(

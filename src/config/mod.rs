@@ -17,8 +17,8 @@ use std::path::{Path, PathBuf};
 pub use fleet::{RawFleet, RawFleetTls};
 pub use raw::{
     RawAdmin, RawAuthority, RawCertificate, RawConfig, RawKeySource, RawLimits, RawListener,
-    RawListenerTls, RawMatch, RawProtocol, RawReload, RawRoute, RawSplit, RawUnderscores,
-    RawUpstream, RawUpstreamTls,
+    RawListenerTls, RawMatch, RawPrice, RawProtocol, RawReload, RawRoute, RawSplit, RawUnderscores,
+    RawUpstream, RawUpstreamTls, RawUsage,
 };
 pub use rollout::{RawAfter, RawGuard, RawGuardMetric, RawRollout};
 

@@ -244,6 +244,35 @@ pub struct RawUpstream {
     /// The authority the upstream sees (Host, or :authority on HTTP/2): `client` or `endpoint`.
     #[serde(default)]
     pub authority: RawAuthority,
+    /// What this upstream's tokens cost, per million, for the cost metrics and guards.
+    pub price: Option<RawPrice>,
+}
+
+/// Token prices per million tokens, in one currency of the operator's choice (cohort only
+/// multiplies). Cached input defaults to the input price.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPrice {
+    pub input_per_million: f64,
+    pub output_per_million: f64,
+    pub cached_input_per_million: Option<f64>,
+}
+
+/// Where a route's answers report their token usage.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RawUsage {
+    /// Every dialect below, told apart by content type and body shape.
+    #[default]
+    Auto,
+    /// OpenAI Chat Completions and Responses bodies and streams.
+    Openai,
+    /// Anthropic Messages bodies and streams.
+    Anthropic,
+    /// Only cohort's own `x-agent-usage` header or trailer.
+    Header,
+    /// No scanning.
+    Off,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
@@ -288,6 +317,9 @@ pub struct RawRoute {
     pub override_secret_file: Option<PathBuf>,
     /// Progressive delivery of one of the split's cohorts.
     pub rollout: Option<RawRollout>,
+    /// Where answers report token usage: `auto`, `openai`, `anthropic`, `header` or `off`.
+    #[serde(default)]
+    pub usage: RawUsage,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]

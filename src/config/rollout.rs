@@ -57,7 +57,8 @@ pub struct RawGuard {
     pub margin: Option<f64>,
     /// How much worse, relative to the baseline, the canary may be (0.1 = 10%).
     pub relative_margin: Option<f64>,
-    /// Latency guards: the quantile compared (0.5 to 0.999).
+    /// Latency, ttfb, ttft, inter_token, output_tokens and cost guards: the quantile compared
+    /// (0.5 to 0.999).
     pub quantile: Option<f64>,
     /// Outcome guards: the outcome value counted.
     pub outcome: Option<String>,
@@ -71,6 +72,14 @@ pub enum RawGuardMetric {
     ResolutionRate,
     Latency,
     Ttfb,
+    /// Streamed answers: time to the first event.
+    Ttft,
+    /// Streamed answers: the mean gap between events, per answer.
+    InterToken,
+    /// Output tokens per answer (from its usage).
+    OutputTokens,
+    /// Cost per answer (usage times the upstream's price).
+    Cost,
 }
 
 fn default_steps() -> Vec<f64> {

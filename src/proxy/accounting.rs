@@ -1,5 +1,6 @@
 //! Per-request accounting that ends with the exchange: in-flight gauges, time to first byte,
-//! duration, abandonment, the gRPC verdict, and the samples a rollout's guards read.
+//! duration, abandonment, the gRPC verdict, a streamed answer's first token and the gaps
+//! between its events, its token usage and cost, and the samples a rollout's guards read.
 //!
 //! Owns: what is recorded exactly once per request, however it ends (body done, error, or
 //! the client going away). Must not touch: routing, header rewriting, the response body's
@@ -11,6 +12,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::routing::table::CohortTarget;
+use crate::samples::Answer;
 use crate::telemetry::{Abandoned, OutcomeSlot};
 use crate::upstream::InFlight;
 
@@ -28,8 +30,23 @@ pub struct Accounting {
     cut: bool,
     outcome: Option<OutcomeSlot>,
     ttfb: Option<Duration>,
+    /// A streamed answer's events so far: when the first and the last arrived, and how many.
+    events: Option<(Instant, Instant, u32)>,
+    /// Whether the answer is a stream of events, whose first token is awaited.
+    streamed: bool,
+    /// Whether the route reads usage (so an answer without it counts as missing).
+    reads_usage: bool,
+    usage: Option<Tokens>,
     /// Where the exchange stands, which decides what the drop records.
     stage: Stage,
+}
+
+/// One answer's token counts, normalised: `input` includes `cached`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tokens {
+    pub input: u64,
+    pub output: u64,
+    pub cached: u64,
 }
 
 /// How far an exchange got before its [`Accounting`] dropped.
@@ -73,6 +90,10 @@ impl Accounting {
             cut: false,
             outcome: None,
             ttfb: None,
+            events: None,
+            streamed: false,
+            reads_usage: false,
+            usage: None,
             stage: Stage::Waiting,
         }
     }
@@ -131,6 +152,87 @@ impl Accounting {
         &self.cohort
     }
 
+    /// The answer's body will be read for usage; `streamed` when it is a stream of events.
+    pub(super) fn reading(&mut self, streamed: bool) {
+        self.reads_usage = true;
+        self.streamed = streamed;
+    }
+
+    /// `n` events of a streamed answer began in the frame that just arrived: the first is
+    /// its first token, and each one after it ends a gap (events that came in one frame
+    /// arrived together, so their gaps are zero).
+    pub(super) fn events(&mut self, n: u32) {
+        if n == 0 {
+            return;
+        }
+        let now = Instant::now();
+        let m = &self.cohort.metrics;
+        let (first, last, count) = match self.events {
+            None => {
+                m.ttft.record(now.duration_since(self.start).as_secs_f64());
+                (now, now, 0)
+            }
+            Some((first, last, count)) => {
+                m.inter_token.record(now.duration_since(last).as_secs_f64());
+                (first, now, count + 1)
+            }
+        };
+        for _ in 1..n {
+            m.inter_token.record(0.0);
+        }
+        self.events = Some((first, last, count.saturating_add(n)));
+    }
+
+    /// A stream whose usage is not read, timed all the same.
+    pub(super) fn streaming_events(&mut self) {
+        self.streamed = true;
+    }
+
+    pub(super) fn usage(&mut self, tokens: Tokens) {
+        self.usage = Some(tokens);
+    }
+
+    /// The body's usage, where the agent's own header or trailer gave none.
+    pub(super) fn usage_unless_told(&mut self, tokens: Tokens) {
+        self.usage.get_or_insert(tokens);
+    }
+
+    /// What the guards read of the stream: the first token, and the mean gap between events.
+    fn stream_answer(&self) -> (Option<Duration>, Option<Duration>) {
+        match self.events {
+            None => (None, None),
+            Some((first, last, n)) => {
+                let ttft = first.duration_since(self.start);
+                let gap = (n > 1).then(|| last.duration_since(first) / (n - 1));
+                (Some(ttft), gap)
+            }
+        }
+    }
+
+    /// Counts the answer's usage (a successful, complete one) and returns what the guards
+    /// read of it: output tokens and cost in millionths.
+    fn count_usage(&self) -> Option<(u64, Option<u64>)> {
+        let m = &self.cohort.metrics;
+        if !self.reads_usage {
+            return None;
+        }
+        let Some(t) = self.usage else {
+            m.usage_missing.increment(1);
+            return None;
+        };
+        m.usage_reported.increment(1);
+        m.tokens[0].increment(t.input);
+        m.tokens[1].increment(t.output);
+        m.tokens[2].increment(t.cached);
+        m.output_tokens.record(t.output as f64);
+        let cost = self.cohort.price.map(|p| {
+            let micros = p.micros(t.input, t.output, t.cached);
+            m.cost.record(micros as f64 / 1e6);
+            micros
+        });
+        Some((t.output, cost))
+    }
+
     pub(super) fn first_byte(&mut self) {
         if !self.ttfb_done {
             self.ttfb_done = true;
@@ -169,14 +271,32 @@ impl Drop for Accounting {
                 let duration = self.start.elapsed();
                 m.duration.record(duration.as_secs_f64());
                 let (mut ttfb, mut duration) = (self.ttfb, duration);
+                let (mut ttft, mut gap) = self.stream_answer();
+                let complete =
+                    self.stage == Stage::Finished && !self.cut && (200..300).contains(&self.status);
+                let usage = if complete { self.count_usage() } else { None };
                 if self.stage == Stage::Answered {
                     m.abandoned[Abandoned::DuringBody as usize].increment(1);
                     // The client waited at least this long and saw no end: for the latency
-                    // guards, slower than any threshold.
+                    // guards, slower than any threshold; and so for the token guards, if
+                    // it was waiting on a stream.
                     (ttfb, duration) = (ttfb.or(Some(Duration::MAX)), Duration::MAX);
+                    if self.streamed {
+                        ttft = ttft.or(Some(Duration::MAX));
+                        gap = self.events.map(|_| Duration::MAX);
+                    }
                 }
                 if let Some(cells) = guard {
-                    cells.record(self.status, self.cut, self.outcome, ttfb, duration);
+                    cells.record(&Answer {
+                        status: self.status,
+                        cut: self.cut,
+                        outcome: self.outcome,
+                        ttfb,
+                        duration,
+                        ttft,
+                        gap,
+                        usage,
+                    });
                 }
             }
         }

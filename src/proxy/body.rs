@@ -2,7 +2,8 @@
 //! a short local body (404, 502, 504, the refusals).
 //!
 //! Owns: passing the upstream's frames through with the idle timeout between them, and
-//! telling the request's [`Accounting`] what they show. Must not touch: routing or header
+//! telling the request's [`Accounting`] what they show (through the [`UsageReader`] for
+//! tokens and events). Must not touch: routing or header
 //! rewriting.
 
 use std::pin::Pin;
@@ -15,6 +16,7 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 
 use super::accounting::Accounting;
+use super::usage::UsageReader;
 use crate::failure;
 use crate::upstream::body::{BoxError, IdleTimer, Stall};
 
@@ -31,16 +33,25 @@ pub struct ObservedBody {
     idle: IdleTimer,
     acct: Accounting,
     failed: bool,
+    /// Absent for answers that are not read (errors, or a route with usage off that is not
+    /// a stream).
+    usage: Option<UsageReader>,
 }
 
 impl ObservedBody {
-    pub fn new(inner: Incoming, mut acct: Accounting, idle_for: Duration) -> Self {
+    pub fn new(
+        inner: Incoming,
+        mut acct: Accounting,
+        idle_for: Duration,
+        usage: Option<UsageReader>,
+    ) -> Self {
         acct.streaming();
         ObservedBody {
             inner,
             idle: IdleTimer::new(idle_for),
             acct,
             failed: false,
+            usage,
         }
     }
 }
@@ -59,10 +70,16 @@ impl Body for ObservedBody {
         }
         match ready!(this.idle.poll_frame(&mut this.inner, cx)) {
             Some(Ok(frame)) => {
-                if frame.data_ref().is_some_and(|d| !d.is_empty()) {
+                if let Some(d) = frame.data_ref().filter(|d| !d.is_empty()) {
                     this.acct.first_byte();
+                    if let Some(u) = this.usage.as_mut() {
+                        u.data(d, &mut this.acct);
+                    }
                 } else if let Some(t) = frame.trailers_ref() {
                     this.acct.trailers(t);
+                    if let Some(u) = this.usage.as_mut() {
+                        u.trailers(t, &mut this.acct);
+                    }
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
@@ -83,6 +100,9 @@ impl Body for ObservedBody {
             None => {
                 // A body with no bytes still has a first byte time: its end.
                 this.acct.first_byte();
+                if let Some(mut u) = this.usage.take() {
+                    u.end(&mut this.acct);
+                }
                 this.acct.finished();
                 Poll::Ready(None)
             }

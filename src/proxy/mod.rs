@@ -10,6 +10,7 @@
 mod accounting;
 mod body;
 mod headers;
+mod usage;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -266,7 +267,12 @@ impl Proxy {
                 tunnel: Some(Box::new(tunnel)),
             };
         }
-        let body = ObservedBody::new(rbody, acct, upstream.spec.idle_timeout);
+        // Only a successful answer has usage or tokens to time; an error's body is its own.
+        let usage = rparts
+            .status
+            .is_success()
+            .then(|| usage::UsageReader::new(target.usage, &rparts.headers, &mut acct));
+        let body = ObservedBody::new(rbody, acct, upstream.spec.idle_timeout, usage);
         Response::from_parts(rparts, ProxyBody::Upstream { body }).into()
     }
 }

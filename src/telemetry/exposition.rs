@@ -26,18 +26,25 @@ pub struct Exposition {
     help: RwLock<HashMap<String, SharedString>>,
     /// Each histogram's cumulative buckets, fed from its atomic sample bucket by `drain`.
     distributions: Mutex<HashMap<Key, Buckets>>,
-    /// An empty histogram with every histogram's bucket bounds.
+    /// An empty histogram with the default bucket bounds, and with those of the families
+    /// that count other things than seconds.
     empty: Buckets,
+    empty_for: HashMap<&'static str, Buckets>,
 }
 
 impl Exposition {
-    /// `None` when `bounds` is empty.
-    pub fn new(bounds: &[f64]) -> Option<Self> {
+    /// `None` when any bucket list is empty.
+    pub fn new(bounds: &[f64], families: &[(&'static str, &[f64])]) -> Option<Self> {
+        let empty_for = families
+            .iter()
+            .map(|(name, b)| Some((*name, Buckets::new(b)?)))
+            .collect::<Option<_>>()?;
         Some(Exposition {
             registry: Registry::atomic(),
             help: RwLock::new(HashMap::new()),
             distributions: Mutex::new(HashMap::new()),
             empty: Buckets::new(bounds)?,
+            empty_for,
         })
     }
 
@@ -55,9 +62,10 @@ impl Exposition {
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         self.registry.visit_histograms(|key, samples| {
-            let dist = dists
-                .entry(key.clone())
-                .or_insert_with(|| self.empty.clone());
+            let dist = dists.entry(key.clone()).or_insert_with(|| {
+                let own = self.empty_for.get(key.name());
+                own.unwrap_or(&self.empty).clone()
+            });
             samples.clear_with(|s| dist.record_many(s));
         });
     }

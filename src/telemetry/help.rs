@@ -5,13 +5,43 @@
 use metrics::Unit;
 
 use super::{
-    ABANDONED, CONNECTIONS_REFUSED, DURATION, GENERATION, INTERNAL, IN_FLIGHT, OPEN_CONNECTIONS,
-    OUTCOMES, OVERRIDE_REJECTED, PARKED_CONNECTIONS, REJECTED, RELOADS, REQUESTS, SPLIT, TTFB,
-    UNROUTED, UPSTREAM_FAILURES,
+    ABANDONED, CONNECTIONS_REFUSED, COST, DURATION, GENERATION, INTERNAL, INTER_TOKEN, IN_FLIGHT,
+    OPEN_CONNECTIONS, OUTCOMES, OUTPUT_TOKENS, OVERRIDE_REJECTED, PARKED_CONNECTIONS, REJECTED,
+    RELOADS, REQUESTS, SPLIT, TOKENS, TTFB, TTFT, UNROUTED, UPSTREAM_FAILURES, USAGE_ANSWERS,
 };
 
 /// Name, unit and help of each metric, described once when the registry is made.
-pub(super) const HELP: [(&str, Unit, &str); 17] = [
+pub(super) const HELP: [(&str, Unit, &str); 23] = [
+        (
+            TOKENS,
+            Unit::Count,
+            "Tokens the answers reported, by route, cohort and kind (input counts cached input too).",
+        ),
+        (
+            USAGE_ANSWERS,
+            Unit::Count,
+            "Successful answers with and without readable token usage, by route and cohort.",
+        ),
+        (
+            OUTPUT_TOKENS,
+            Unit::Count,
+            "Output tokens per answer that reported usage.",
+        ),
+        (
+            COST,
+            Unit::Count,
+            "Cost per answer, in the currency of the upstream's configured prices (the sum is the total cost).",
+        ),
+        (
+            TTFT,
+            Unit::Seconds,
+            "Time from the request to the first event of a streamed (SSE) answer.",
+        ),
+        (
+            INTER_TOKEN,
+            Unit::Seconds,
+            "Gaps between consecutive events of a streamed (SSE) answer.",
+        ),
         (
             REJECTED,
             Unit::Count,

@@ -34,6 +34,30 @@ pub const OPEN_CONNECTIONS: &str = "cohort_open_connections";
 pub const PARKED_CONNECTIONS: &str = "cohort_parked_connections";
 pub const ABANDONED: &str = "cohort_abandoned_requests_total";
 pub const INTERNAL: &str = "cohort_internal_errors_total";
+pub const TOKENS: &str = "cohort_tokens_total";
+pub const USAGE_ANSWERS: &str = "cohort_usage_answers_total";
+pub const OUTPUT_TOKENS: &str = "cohort_answer_output_tokens";
+pub const COST: &str = "cohort_answer_cost";
+pub const TTFT: &str = "cohort_time_to_first_token_seconds";
+pub const INTER_TOKEN: &str = "cohort_inter_token_seconds";
+
+/// The `kind` labels of `cohort_tokens_total`, in [`CohortMetrics::tokens`]' order.
+pub const TOKEN_KINDS: [&str; 3] = ["input", "output", "cached_input"];
+
+/// Output tokens per answer: a one-line reply to a long report.
+pub const OUTPUT_TOKEN_BUCKETS: &[f64] = &[
+    16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 2048.0, 4096.0, 8192.0, 16384.0, 32768.0,
+];
+
+/// Cost per answer, in the prices' currency: a cached snippet to a long reasoning turn.
+pub const COST_BUCKETS: &[f64] = &[
+    0.00001, 0.00005, 0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0,
+];
+
+/// Gaps between streamed events: a fast model's token to a stall.
+pub const INTER_TOKEN_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
 
 /// Agent latencies run from a cached answer (milliseconds) to a long tool-using turn (minutes).
 pub const LATENCY_BUCKETS: &[f64] = &[
@@ -96,6 +120,15 @@ pub struct CohortMetrics {
     pub outcome_other: Counter,
     pub in_flight: Gauge,
     pub split: Gauge,
+    /// Aligned with [`TOKEN_KINDS`].
+    pub tokens: [Counter; 3],
+    /// Answers whose usage was read, and those without (where the route reads usage).
+    pub usage_reported: Counter,
+    pub usage_missing: Counter,
+    pub output_tokens: Histogram,
+    pub cost: Histogram,
+    pub ttft: Histogram,
+    pub inter_token: Histogram,
 }
 
 /// Which outcome counter a backend's verdict lands in.
@@ -140,11 +173,18 @@ impl Default for Metrics {
 impl Metrics {
     pub fn new() -> Self {
         // Only an empty bucket list is refused, and this one is a non-empty constant.
-        let recorder = Exposition::new(LATENCY_BUCKETS).expect("LATENCY_BUCKETS is not empty");
+        let families: [(&'static str, &[f64]); 3] = [
+            (OUTPUT_TOKENS, OUTPUT_TOKEN_BUCKETS),
+            (COST, COST_BUCKETS),
+            (INTER_TOKEN, INTER_TOKEN_BUCKETS),
+        ];
+        // Only an empty bucket list is refused, and these are non-empty constants.
+        let recorder =
+            Exposition::new(LATENCY_BUCKETS, &families).expect("bucket lists are not empty");
         for (name, unit, text) in help::HELP {
             let text = SharedString::const_str(text);
             match name {
-                DURATION | TTFB => {
+                DURATION | TTFB | OUTPUT_TOKENS | COST | TTFT | INTER_TOKEN => {
                     recorder.describe_histogram(KeyName::from_const_str(name), Some(unit), text)
                 }
                 IN_FLIGHT | SPLIT | GENERATION | OPEN_CONNECTIONS | PARKED_CONNECTIONS => {
@@ -215,6 +255,10 @@ impl Metrics {
             self.recorder
                 .register_counter(&Key::from_parts(name, labels), &METADATA)
         };
+        let histogram = |name: &'static str| {
+            self.recorder
+                .register_histogram(&Key::from_parts(name, base()), &METADATA)
+        };
         CohortMetrics {
             requests: STATUS_CLASSES
                 .map(|c| counter(REQUESTS, with("status_class", c.to_string()))),
@@ -241,6 +285,13 @@ impl Metrics {
             split: self
                 .recorder
                 .register_gauge(&Key::from_parts(SPLIT, base()), &METADATA),
+            tokens: TOKEN_KINDS.map(|k| counter(TOKENS, with("kind", k.to_string()))),
+            usage_reported: counter(USAGE_ANSWERS, with("usage", "reported".to_string())),
+            usage_missing: counter(USAGE_ANSWERS, with("usage", "missing".to_string())),
+            output_tokens: histogram(OUTPUT_TOKENS),
+            cost: histogram(COST),
+            ttft: histogram(TTFT),
+            inter_token: histogram(INTER_TOKEN),
         }
     }
 

@@ -22,6 +22,9 @@ pub struct Behaviour {
     pub latency: Duration,
     /// Share of successful replies that end `escalated` (the rest `resolved`).
     pub escalated: f64,
+    /// When set, successful replies are OpenAI chat completions (JSON) whose usage reports
+    /// about this many output tokens (uniform within 25% either side).
+    pub output_tokens: u64,
 }
 
 pub struct SimBackend {
@@ -84,8 +87,21 @@ async fn reply(b: Behaviour) -> Response<Full<Bytes>> {
     } else {
         (StatusCode::OK, "resolved")
     };
-    let mut r = Response::new(Full::new(Bytes::from_static(b"{\"reply\":\"ok\"}")));
+    let body = if b.output_tokens > 0 && status == StatusCode::OK {
+        let spread = b.output_tokens / 4;
+        let output = fastrand::u64(b.output_tokens - spread..=b.output_tokens + spread);
+        Bytes::from(format!(
+            "{{\"object\":\"chat.completion\",\"choices\":[{{\"index\":0,\"message\":{{\"role\":\"assistant\",\"content\":\"ok\"}}}}],\
+             \"usage\":{{\"prompt_tokens\":120,\"completion_tokens\":{output},\"total_tokens\":{}}}}}",
+            120 + output
+        ))
+    } else {
+        Bytes::from_static(b"{\"reply\":\"ok\"}")
+    };
+    let mut r = Response::new(Full::new(body));
     *r.status_mut() = status;
+    r.headers_mut()
+        .insert("content-type", "application/json".parse().unwrap());
     r.headers_mut()
         .insert("x-agent-outcome", outcome.parse().unwrap());
     r

@@ -34,8 +34,9 @@ use crate::control::rollout::stats::log_threshold;
 use crate::routing::table::rollout::RolloutSpec;
 use crate::samples::Tally;
 
-/// The largest report [`Report::decode`] reads: two full sparse tallies are about 12 KB.
-pub const MAX_REPORT_BYTES: usize = 32 * 1024;
+/// The largest report [`Report::decode`] reads: two full sparse tallies (six histograms
+/// each, every bin at its largest count) are about 80 KB; real ones a few KB.
+pub const MAX_REPORT_BYTES: usize = 128 * 1024;
 
 /// The most (replica, incarnation) pairs one step's pool keeps (a fleet of 20 replicas
 /// restarting every minute for three days).

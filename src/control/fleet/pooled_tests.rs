@@ -148,8 +148,17 @@ fn reports_are_json_of_bounded_size() {
         ..Tally::default()
     };
     full.outcomes.iter_mut().for_each(|c| *c = u64::MAX / 64);
-    full.latency.iter_mut().for_each(|c| *c = u64::MAX / 1024);
-    full.ttfb.iter_mut().for_each(|c| *c = u64::MAX / 1024);
+    full.with_usage = u64::MAX / 2;
+    for h in [
+        &mut full.latency,
+        &mut full.ttfb,
+        &mut full.ttft,
+        &mut full.inter_token,
+        &mut full.output_tokens,
+        &mut full.cost,
+    ] {
+        h.iter_mut().for_each(|c| *c = u64::MAX / 1024);
+    }
     let r = Report::new(&"h".repeat(253), u64::MAX, u64::MAX, key(1), (&full, &full));
     let bytes = r.encode();
     assert!(bytes.len() <= MAX_REPORT_BYTES, "{} bytes", bytes.len());

@@ -29,7 +29,8 @@ pub enum Status {
 pub struct Reading {
     pub guard: String,
     pub status: Status,
-    /// A rate (0 to 1) for rate guards; the quantile in seconds for latency guards.
+    /// A rate (0 to 1) for rate guards; the quantile for the others: in seconds (latency,
+    /// ttfb, ttft, inter_token), tokens (output_tokens) or the price's currency (cost).
     pub canary: f64,
     pub baseline: f64,
     /// The worst canary value the margin allows against this baseline.
@@ -61,6 +62,10 @@ fn bins(t: &Tally, source: Latency) -> &[u64] {
     match source {
         Latency::Duration => &t.latency,
         Latency::Ttfb => &t.ttfb,
+        Latency::Ttft => &t.ttft,
+        Latency::InterToken => &t.inter_token,
+        Latency::OutputTokens => &t.output_tokens,
+        Latency::Cost => &t.cost,
     }
 }
 
@@ -146,8 +151,9 @@ impl Guard {
                 relative_margin,
             } => {
                 let (cb, bb) = (bins(canary, *source), bins(baseline, *source));
-                let cq = stats::quantile(cb, *quantile).unwrap_or(0.0);
-                let bq = stats::quantile(bb, *quantile).unwrap_or(0.0);
+                let scale = source.scale();
+                let cq = stats::quantile(cb, *quantile).unwrap_or(0.0) * scale;
+                let bq = stats::quantile(bb, *quantile).unwrap_or(0.0) * scale;
                 let slower = stats::slower_share(cb, bb);
                 (
                     cq,

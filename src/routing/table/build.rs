@@ -94,6 +94,8 @@ pub enum Invalid {
     Rollout { reason: String },
     #[error("a rollout keeps its state in the top-level `state_dir`, which is not set")]
     NoStateDir,
+    #[error("{value} is not a price per million tokens from 0 to {max}")]
+    BadPrice { value: f64, max: f64 },
 }
 
 pub(super) fn err(path: impl Into<String>, kind: Invalid) -> TableError {
@@ -273,7 +275,7 @@ impl TryFrom<TableInput<'_>> for RoutingTable {
             routes.push(super::route::build_route(
                 &path,
                 r,
-                &upstreams,
+                (&upstreams, &raw.upstreams),
                 input.metrics,
                 input.base_dir,
                 &mut tls_files,

@@ -19,6 +19,8 @@ mod route;
 mod secure;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod usage_tests;
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
@@ -139,6 +141,44 @@ pub struct CohortTarget {
     /// Where the request path records samples for a rollout's guards: set on the canary and
     /// the baseline of a route whose rollout is being judged, absent otherwise.
     pub guard: Option<Arc<crate::samples::Cells>>,
+    /// Where the route's answers report token usage.
+    pub usage: UsageSource,
+    /// What the upstream's tokens cost, when its config says.
+    pub price: Option<Price>,
+}
+
+/// Where a route's answers report their token usage (`usage:` in the config).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UsageSource {
+    /// OpenAI's and Anthropic's bodies and streams, and cohort's own header.
+    Auto,
+    OpenAi,
+    Anthropic,
+    /// Only the `x-agent-usage` header or trailer.
+    Header,
+    Off,
+}
+
+/// Token prices, per million tokens, in the operator's currency.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Price {
+    pub input: f64,
+    pub output: f64,
+    pub cached_input: f64,
+}
+
+impl Price {
+    /// The cost of one answer in millionths of the currency: a price per million tokens is
+    /// the price of one token in millionths. `cached` is part of `input`.
+    #[inline]
+    pub fn micros(&self, input: u64, output: u64, cached: u64) -> u64 {
+        let cached = cached.min(input);
+        let cost = (input - cached) as f64 * self.input
+            + cached as f64 * self.cached_input
+            + output as f64 * self.output;
+        // A float past u64 saturates; prices are checked finite and bounded when loaded.
+        cost.round() as u64
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -178,10 +178,16 @@ pub fn build(
 
 fn guard(g: &RawGuard, outcomes: &[String]) -> Result<Guard, SpecError> {
     use RawGuardMetric as M;
-    let latency = matches!(g.metric, M::Latency | M::Ttfb);
+    let latency = matches!(
+        g.metric,
+        M::Latency | M::Ttfb | M::Ttft | M::InterToken | M::OutputTokens | M::Cost
+    );
     let outcome_guard = matches!(g.metric, M::EscalationRate | M::ResolutionRate);
     if g.quantile.is_some() && !latency {
-        return fail("quantile", "only latency and ttfb guards take a quantile");
+        return fail(
+            "quantile",
+            "only latency, ttfb, ttft, inter_token, output_tokens and cost guards take a quantile",
+        );
     }
     if g.outcome.is_some() && !outcome_guard {
         return fail(
@@ -209,7 +215,7 @@ fn guard(g: &RawGuard, outcomes: &[String]) -> Result<Guard, SpecError> {
         if g.margin.is_some() {
             return fail(
                 "margin",
-                "latency guards take relative_margin (0.1 = 10% slower)",
+                "latency, token and cost guards take relative_margin (0.1 = 10% more)",
             );
         }
         let quantile = g.quantile.unwrap_or(0.5);
@@ -219,10 +225,13 @@ fn guard(g: &RawGuard, outcomes: &[String]) -> Result<Guard, SpecError> {
                 format!("{quantile} is not a quantile from 0.5 to 0.999"),
             );
         }
-        let (source, metric) = if g.metric == M::Ttfb {
-            (Latency::Ttfb, "ttfb")
-        } else {
-            (Latency::Duration, "latency")
+        let (source, metric) = match g.metric {
+            M::Ttfb => (Latency::Ttfb, "ttfb"),
+            M::Ttft => (Latency::Ttft, "ttft"),
+            M::InterToken => (Latency::InterToken, "inter_token"),
+            M::OutputTokens => (Latency::OutputTokens, "output_tokens"),
+            M::Cost => (Latency::Cost, "cost"),
+            _ => (Latency::Duration, "latency"),
         };
         let relative_margin = g.relative_margin.unwrap_or(0.1);
         let name = format!("{metric} p{}", quantile * 100.0);
@@ -322,6 +331,22 @@ pub enum Rate {
 pub enum Latency {
     Duration,
     Ttfb,
+    Ttft,
+    InterToken,
+    OutputTokens,
+    Cost,
+}
+
+impl Latency {
+    /// What a quantile read from the bins (their edges are in seconds) is in this source's
+    /// unit: seconds; tokens (one per microsecond of the bins); the currency (its millionths
+    /// per microsecond).
+    pub fn scale(self) -> f64 {
+        match self {
+            Latency::OutputTokens => 1e6,
+            _ => 1.0,
+        }
+    }
 }
 
 /// Which direction of a rate is a regression.

@@ -11,8 +11,8 @@ use super::build::{
     DEFAULT_OUTCOME_HEADER,
 };
 use super::edge::read_secret;
-use super::{CohortTarget, Fallback, HostMatch, Route, RouteMatch};
-use crate::config::{RawKeySource, RawRoute};
+use super::{CohortTarget, Fallback, HostMatch, Price, Route, RouteMatch, UsageSource};
+use crate::config::{RawKeySource, RawPrice, RawRoute, RawUpstream, RawUsage};
 use crate::failure;
 use crate::routing::bands::{self, Bands, BUCKETS};
 use crate::routing::key::KeySource;
@@ -127,7 +127,10 @@ fn key_source(path: &str, k: &RawKeySource) -> Result<KeySource, TableError> {
 pub(super) fn build_route(
     path: &str,
     r: &RawRoute,
-    upstreams: &BTreeMap<String, Arc<Upstream>>,
+    (upstreams, raw_upstreams): (
+        &BTreeMap<String, Arc<Upstream>>,
+        &BTreeMap<String, RawUpstream>,
+    ),
     metrics: &Metrics,
     base_dir: &std::path::Path,
     files: &mut super::secure::TlsFiles,
@@ -168,6 +171,13 @@ pub(super) fn build_route(
         None => DEFAULT_OUTCOMES.iter().map(|s| s.to_string()).collect(),
     };
 
+    let usage = match r.usage {
+        RawUsage::Auto => UsageSource::Auto,
+        RawUsage::Openai => UsageSource::OpenAi,
+        RawUsage::Anthropic => UsageSource::Anthropic,
+        RawUsage::Header => UsageSource::Header,
+        RawUsage::Off => UsageSource::Off,
+    };
     if r.split.is_empty() {
         return Err(err(format!("{path}.split"), Invalid::EmptySplit));
     }
@@ -221,6 +231,11 @@ pub(super) fn build_route(
             upstream: Arc::clone(upstream),
             metrics: metrics.cohort(&r.name, &s.cohort, &outcomes, &failure::Upstream::LABELS),
             guard: None,
+            usage,
+            price: match raw_upstreams.get(&s.upstream).and_then(|u| u.price) {
+                Some(p) => Some(price(&format!("upstreams.{}.price", s.upstream), p)?),
+                None => None,
+            },
         }));
     }
     if total != BUCKETS {
@@ -267,6 +282,7 @@ pub(super) fn build_route(
                 };
                 err(at, Invalid::Rollout { reason: e.message })
             })?;
+            needs_usage(&rp, &spec, usage, &cohorts)?;
             Some(Arc::new(spec))
         }
         None => None,
@@ -289,4 +305,71 @@ pub(super) fn build_route(
         override_rejected: metrics.override_rejected(&r.name, Rejection::LABELS),
         rollout,
     })
+}
+
+/// The most a million tokens may cost: well past any model's price, and small enough that no
+/// answer's cost overflows.
+const MAX_PRICE: f64 = 1_000_000.0;
+
+fn price(path: &str, p: RawPrice) -> Result<Price, TableError> {
+    let check = |field: &str, v: f64| {
+        if v.is_finite() && (0.0..=MAX_PRICE).contains(&v) {
+            Ok(v)
+        } else {
+            Err(err(
+                format!("{path}.{field}"),
+                Invalid::BadPrice {
+                    value: v,
+                    max: MAX_PRICE,
+                },
+            ))
+        }
+    };
+    let input = check("input_per_million", p.input_per_million)?;
+    Ok(Price {
+        input,
+        output: check("output_per_million", p.output_per_million)?,
+        cached_input: match p.cached_input_per_million {
+            Some(c) => check("cached_input_per_million", c)?,
+            None => input,
+        },
+    })
+}
+
+/// A guard on tokens or cost would wait forever on a route that reads no usage, and a cost
+/// guard on a cohort whose upstream has no price: refused when loaded instead.
+fn needs_usage(
+    path: &str,
+    spec: &super::rollout::RolloutSpec,
+    usage: UsageSource,
+    cohorts: &[Arc<CohortTarget>],
+) -> Result<(), TableError> {
+    use super::rollout::{GuardKind, Latency};
+    for (j, g) in spec.guards.iter().enumerate() {
+        let GuardKind::Latency { source, .. } = g.kind else {
+            continue;
+        };
+        let at = format!("{path}.guards[{j}].metric");
+        let reason = match source {
+            Latency::OutputTokens | Latency::Cost if usage == UsageSource::Off => {
+                format!("a {} guard needs the route's usage, which is `off`", g.name)
+            }
+            Latency::Cost => {
+                let unpriced = cohorts
+                    .iter()
+                    .filter(|c| c.name == spec.canary || c.name == spec.baseline)
+                    .find(|c| c.price.is_none());
+                match unpriced {
+                    Some(c) => format!(
+                        "a cost guard needs a price on upstream {:?} (cohort {:?}): set upstreams.{}.price",
+                        c.upstream.spec.name, c.name, c.upstream.spec.name
+                    ),
+                    None => continue,
+                }
+            }
+            _ => continue,
+        };
+        return Err(err(at, Invalid::Rollout { reason }));
+    }
+    Ok(())
 }

@@ -79,6 +79,21 @@ pub struct SavedTally {
     pub outcomes: Vec<(usize, u64)>,
     pub latency: Vec<(usize, u64)>,
     pub ttfb: Vec<(usize, u64)>,
+    // Added with token usage (issue 17): a state file from before has none of them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ttft: Vec<(usize, u64)>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub inter_token: Vec<(usize, u64)>,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub with_usage: u64,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub output_tokens: Vec<(usize, u64)>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cost: Vec<(usize, u64)>,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 fn sparse(v: &[u64]) -> Vec<(usize, u64)> {
@@ -107,6 +122,11 @@ impl From<&Tally> for SavedTally {
             outcomes: sparse(&t.outcomes),
             latency: sparse(&t.latency),
             ttfb: sparse(&t.ttfb),
+            ttft: sparse(&t.ttft),
+            inter_token: sparse(&t.inter_token),
+            with_usage: t.with_usage,
+            output_tokens: sparse(&t.output_tokens),
+            cost: sparse(&t.cost),
         }
     }
 }
@@ -136,6 +156,11 @@ impl SavedTally {
             outcomes: dense(&self.outcomes, OUTCOME_SLOTS, "outcome")?,
             latency: dense(&self.latency, BINS, "latency bin")?,
             ttfb: dense(&self.ttfb, BINS, "ttfb bin")?,
+            ttft: dense(&self.ttft, BINS, "ttft bin")?,
+            inter_token: dense(&self.inter_token, BINS, "inter_token bin")?,
+            with_usage: self.with_usage,
+            output_tokens: dense(&self.output_tokens, BINS, "output_tokens bin")?,
+            cost: dense(&self.cost, BINS, "cost bin")?,
         })
     }
 }
