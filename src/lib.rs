@@ -36,3 +36,4 @@ pub(crate) mod samples;
 pub mod telemetry;
 pub(crate) mod tls;
 pub(crate) mod upstream;
+pub mod usage;

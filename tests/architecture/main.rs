@@ -32,7 +32,7 @@ const LAYERS: &[&[&str]] = &[
     &["routing"],
     &["upstream"],
     &["config"],
-    &["samples", "lifecycle", "failure", "tls"],
+    &["samples", "lifecycle", "failure", "tls", "usage"],
     &["telemetry"],
 ];
 

@@ -1,0 +1,518 @@
+//! A streaming JSON tokenizer in fixed space that picks the usage counts out of one document:
+//! it follows the key path down to [`PATH_DEPTH`] levels, checks the document's structure, and
+//! keeps the integers found at known paths.
+//!
+//! Owns the document grammar and the table of usage paths. It must not keep any of the bytes
+//! it is fed (a key of up to [`MAX_KEY`] bytes is copied to be compared, nothing else) nor grow:
+//! nesting is a counter and a bit per level, so a hostile document costs time, never memory.
+//!
+//! Strings are checked for their escapes but not for control characters or UTF-8: neither can
+//! make a key match, and skipping them lets `memchr` jump over long text.
+
+use memchr::memchr2;
+
+/// Levels of keys followed: `response.usage.input_tokens_details.cached_tokens` is the longest
+/// path read.
+pub(super) const PATH_DEPTH: usize = 4;
+/// Deeper documents are not read at all: a bound a real answer never comes near.
+pub(super) const MAX_DEPTH: u8 = 64;
+/// Keys longer than this are none of ours (the longest, `cache_creation_input_tokens`, is 27).
+pub(super) const MAX_KEY: usize = 40;
+
+/// The counts a document can carry, before normalisation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Field {
+    /// `prompt_tokens` or `input_tokens`.
+    Input,
+    /// `completion_tokens` or `output_tokens`.
+    Output,
+    /// OpenAI's `*_tokens_details.cached_tokens`, already part of `Input`.
+    Cached,
+    /// Anthropic's `cache_read_input_tokens`, not part of its `input_tokens`.
+    CacheRead,
+    /// Anthropic's `cache_creation_input_tokens`, not part of its `input_tokens`.
+    CacheCreation,
+}
+
+const FIELDS: usize = 5;
+
+/// The last value seen of each field.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(super) struct Counts {
+    values: [u64; FIELDS],
+    seen: u8,
+}
+
+impl Counts {
+    pub(super) fn get(&self, f: Field) -> Option<u64> {
+        let i = f as usize;
+        (self.seen & (1 << i) != 0).then_some(self.values[i])
+    }
+
+    fn set(&mut self, f: Field, v: u64) {
+        let i = f as usize;
+        self.values[i] = v;
+        self.seen |= 1 << i;
+    }
+
+    /// `later`'s values replace these where it has one.
+    pub(super) fn merge(&mut self, later: &Counts) {
+        for i in 0..FIELDS {
+            if later.seen & (1 << i) != 0 {
+                self.values[i] = later.values[i];
+            }
+        }
+        self.seen |= later.seen;
+    }
+}
+
+/// The keys that matter; everything else, and every array level, is `Other`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Key {
+    Other,
+    Usage,
+    Response,
+    Message,
+    PromptTokens,
+    CompletionTokens,
+    PromptTokensDetails,
+    InputTokens,
+    OutputTokens,
+    InputTokensDetails,
+    CachedTokens,
+    CacheRead,
+    CacheCreation,
+}
+
+fn key(name: &[u8]) -> Key {
+    match name {
+        b"usage" => Key::Usage,
+        b"response" => Key::Response,
+        b"message" => Key::Message,
+        b"prompt_tokens" => Key::PromptTokens,
+        b"completion_tokens" => Key::CompletionTokens,
+        b"prompt_tokens_details" => Key::PromptTokensDetails,
+        b"input_tokens" => Key::InputTokens,
+        b"output_tokens" => Key::OutputTokens,
+        b"input_tokens_details" => Key::InputTokensDetails,
+        b"cached_tokens" => Key::CachedTokens,
+        b"cache_read_input_tokens" => Key::CacheRead,
+        b"cache_creation_input_tokens" => Key::CacheCreation,
+        _ => Key::Other,
+    }
+}
+
+/// The field a number at `path` fills, if the dialects that define both the path's prefix and
+/// its key include an enabled one. `usage.input_tokens` is both OpenAI's (Responses) and
+/// Anthropic's; `response.usage` is OpenAI's stream, `message.usage` Anthropic's.
+fn field(path: &[Key], openai: bool, anthropic: bool) -> Option<Field> {
+    use Key::*;
+    let (rest, p_openai, p_anthropic) = match path {
+        [Usage, rest @ ..] => (rest, true, true),
+        [Response, Usage, rest @ ..] => (rest, true, false),
+        [Message, Usage, rest @ ..] => (rest, false, true),
+        _ => return None,
+    };
+    let (f, k_openai, k_anthropic) = match rest {
+        [PromptTokens] => (Field::Input, true, false),
+        [CompletionTokens] => (Field::Output, true, false),
+        [PromptTokensDetails | InputTokensDetails, CachedTokens] => (Field::Cached, true, false),
+        [InputTokens] => (Field::Input, true, true),
+        [OutputTokens] => (Field::Output, true, true),
+        [CacheRead] => (Field::CacheRead, false, true),
+        [CacheCreation] => (Field::CacheCreation, false, true),
+        _ => return None,
+    };
+    let on = (openai && p_openai && k_openai) || (anthropic && p_anthropic && k_anthropic);
+    on.then_some(f)
+}
+
+/// Where in a number the tokenizer is (RFC 8259's grammar).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Num {
+    Minus,
+    Zero,
+    Int,
+    Dot,
+    Frac,
+    E,
+    ESign,
+    Exp,
+}
+
+impl Num {
+    /// Whether the number may end here.
+    fn complete(self) -> bool {
+        matches!(self, Num::Zero | Num::Int | Num::Frac | Num::Exp)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// A value is due: at the top, after `:` or after `,` in an array.
+    Value,
+    /// After `[`: a value or `]`.
+    ArrayFirst,
+    /// After `{`: a key or `}`.
+    ObjectFirst,
+    /// After `,` in an object: a key.
+    Key,
+    Colon,
+    /// After a value inside a container: `,` or its close.
+    After,
+    Str {
+        key: bool,
+    },
+    Escape {
+        key: bool,
+    },
+    Unicode {
+        key: bool,
+        left: u8,
+    },
+    Num(Num),
+    /// Inside `true`, `false` or `null`: which one, and how many bytes are matched.
+    Literal {
+        which: u8,
+        at: u8,
+    },
+    /// The top-level value is complete; only whitespace may follow.
+    Done,
+    /// Not a document we read: invalid, or too deep.
+    Broken,
+}
+
+const LITERALS: [&[u8]; 3] = [b"true", b"false", b"null"];
+
+/// One JSON document being read.
+pub(super) struct Doc {
+    state: State,
+    depth: u8,
+    /// Bit `d` is set when the container at depth `d + 1` is an object.
+    objects: u64,
+    path: [Key; PATH_DEPTH],
+    name: [u8; MAX_KEY],
+    /// Bytes of the key being read; past `MAX_KEY` (or on an escape) it is no key of ours.
+    name_len: u8,
+    number: u64,
+    /// False once the number is negative, fractional, exponential or overflowed.
+    number_ok: bool,
+    openai: bool,
+    anthropic: bool,
+    /// What this document has said so far; worth keeping only if it ends well.
+    pub(super) found: Counts,
+}
+
+fn is_space(b: u8) -> bool {
+    matches!(b, b' ' | b'\t' | b'\n' | b'\r')
+}
+
+impl Doc {
+    pub(super) fn new(openai: bool, anthropic: bool) -> Doc {
+        Doc {
+            state: State::Value,
+            depth: 0,
+            objects: 0,
+            path: [Key::Other; PATH_DEPTH],
+            name: [0; MAX_KEY],
+            name_len: 0,
+            number: 0,
+            number_ok: false,
+            openai,
+            anthropic,
+            found: Counts::default(),
+        }
+    }
+
+    /// Starts a new document.
+    pub(super) fn reset(&mut self) {
+        *self = Doc::new(self.openai, self.anthropic);
+    }
+
+    /// Marks the document unreadable.
+    pub(super) fn spoil(&mut self) {
+        self.state = State::Broken;
+    }
+
+    /// The input ended: whether it held exactly one complete document.
+    pub(super) fn end(&mut self) -> bool {
+        if let State::Num(n) = self.state {
+            if n.complete() && self.depth == 0 {
+                self.end_number();
+            }
+        }
+        self.state == State::Done
+    }
+
+    pub(super) fn feed(&mut self, input: &[u8]) {
+        let mut i = 0;
+        while i < input.len() {
+            match self.state {
+                State::Broken => return,
+                State::Str { key: false } => {
+                    // Value strings are the bulk of a body and none of ours: jump over them.
+                    match memchr2(b'"', b'\\', &input[i..]) {
+                        None => return,
+                        Some(k) => {
+                            i += k + 1;
+                            if input[i - 1] == b'"' {
+                                self.value_end();
+                            } else {
+                                self.state = State::Escape { key: false };
+                            }
+                        }
+                    }
+                }
+                State::Str { key: true } => i += self.key_bytes(&input[i..]),
+                State::Num(Num::Int) => {
+                    i += self.digits(&input[i..]);
+                    if i < input.len() && self.step(input[i]) {
+                        i += 1;
+                    }
+                }
+                _ => {
+                    if self.step(input[i]) {
+                        i += 1;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Reads key bytes up to the closing quote or an escape; returns how many were consumed.
+    fn key_bytes(&mut self, input: &[u8]) -> usize {
+        for (k, &b) in input.iter().enumerate() {
+            match b {
+                b'"' => {
+                    self.key_end();
+                    return k + 1;
+                }
+                b'\\' => {
+                    self.name_len = MAX_KEY as u8 + 1;
+                    self.state = State::Escape { key: true };
+                    return k + 1;
+                }
+                _ => {
+                    let n = self.name_len as usize;
+                    if n < MAX_KEY {
+                        self.name[n] = b;
+                    }
+                    if n <= MAX_KEY {
+                        self.name_len += 1;
+                    }
+                }
+            }
+        }
+        input.len()
+    }
+
+    /// Reads the digits of an integer part; returns how many were consumed.
+    fn digits(&mut self, input: &[u8]) -> usize {
+        for (k, &b) in input.iter().enumerate() {
+            if !b.is_ascii_digit() {
+                return k;
+            }
+            match self
+                .number
+                .checked_mul(10)
+                .and_then(|n| n.checked_add(u64::from(b - b'0')))
+            {
+                Some(n) => self.number = n,
+                None => self.number_ok = false,
+            }
+        }
+        input.len()
+    }
+
+    /// Takes one byte in any state but the string and digit runs; false when the byte ended a
+    /// number and must be read again in the state after it.
+    fn step(&mut self, b: u8) -> bool {
+        match self.state {
+            State::Value | State::ArrayFirst => self.value_start(b),
+            State::ObjectFirst | State::Key => match b {
+                b'"' => {
+                    self.name_len = 0;
+                    self.state = State::Str { key: true };
+                }
+                b'}' if self.state == State::ObjectFirst => self.close(),
+                _ if is_space(b) => {}
+                _ => self.state = State::Broken,
+            },
+            State::Colon => match b {
+                b':' => self.state = State::Value,
+                _ if is_space(b) => {}
+                _ => self.state = State::Broken,
+            },
+            State::After => {
+                let object = self.in_object();
+                match b {
+                    b',' => self.state = if object { State::Key } else { State::Value },
+                    b'}' if object => self.close(),
+                    b']' if !object => self.close(),
+                    _ if is_space(b) => {}
+                    _ => self.state = State::Broken,
+                }
+            }
+            State::Done => {
+                if !is_space(b) {
+                    self.state = State::Broken;
+                }
+            }
+            State::Escape { key } => match b {
+                b'u' => self.state = State::Unicode { key, left: 4 },
+                b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => {
+                    self.state = State::Str { key }
+                }
+                _ => self.state = State::Broken,
+            },
+            State::Unicode { key, left } => {
+                self.state = match (b.is_ascii_hexdigit(), left) {
+                    (false, _) => State::Broken,
+                    (true, 1) => State::Str { key },
+                    (true, _) => State::Unicode {
+                        key,
+                        left: left - 1,
+                    },
+                }
+            }
+            State::Num(n) => return self.number_byte(n, b),
+            State::Literal { which, at } => {
+                let word = LITERALS[which as usize];
+                if word.get(at as usize) != Some(&b) {
+                    self.state = State::Broken;
+                } else if at as usize + 1 == word.len() {
+                    // true, false and null are never counts.
+                    self.value_end();
+                } else {
+                    self.state = State::Literal { which, at: at + 1 };
+                }
+            }
+            State::Str { .. } | State::Broken => {}
+        }
+        true
+    }
+
+    fn value_start(&mut self, b: u8) {
+        self.state = match b {
+            b'{' => return self.open(true),
+            b'[' => return self.open(false),
+            b'"' => State::Str { key: false },
+            b'-' => {
+                self.number_ok = false;
+                State::Num(Num::Minus)
+            }
+            b'0'..=b'9' => {
+                self.number = u64::from(b - b'0');
+                self.number_ok = true;
+                State::Num(if b == b'0' { Num::Zero } else { Num::Int })
+            }
+            b't' => State::Literal { which: 0, at: 1 },
+            b'f' => State::Literal { which: 1, at: 1 },
+            b'n' => State::Literal { which: 2, at: 1 },
+            b']' if self.state == State::ArrayFirst => return self.close(),
+            _ if is_space(b) => self.state,
+            _ => State::Broken,
+        }
+    }
+
+    fn number_byte(&mut self, n: Num, b: u8) -> bool {
+        let digit = b.is_ascii_digit();
+        let next = match (n, b) {
+            (Num::Minus, b'0') => Num::Zero,
+            (Num::Minus, _) if digit => Num::Int,
+            (Num::Int, _) if digit => {
+                self.digits(&[b]);
+                Num::Int
+            }
+            (Num::Zero | Num::Int, b'.') => Num::Dot,
+            (Num::Dot | Num::Frac, _) if digit => Num::Frac,
+            (Num::Zero | Num::Int | Num::Frac, b'e' | b'E') => Num::E,
+            (Num::E, b'+' | b'-') => Num::ESign,
+            (Num::E | Num::ESign | Num::Exp, _) if digit => Num::Exp,
+            _ if n.complete() && !(n == Num::Zero && digit) => {
+                self.end_number();
+                return false;
+            }
+            _ => {
+                self.state = State::Broken;
+                return true;
+            }
+        };
+        if next != Num::Int {
+            // A sign, a fraction or an exponent: a valid number, but not a count.
+            self.number_ok = false;
+        }
+        self.state = State::Num(next);
+        true
+    }
+
+    fn end_number(&mut self) {
+        if self.number_ok {
+            if let Some(f) = self.field_here() {
+                self.found.set(f, self.number);
+            }
+        }
+        self.value_end();
+    }
+
+    fn field_here(&self) -> Option<Field> {
+        let d = self.depth as usize;
+        if d == 0 || d > PATH_DEPTH || !self.in_object() {
+            return None;
+        }
+        field(&self.path[..d], self.openai, self.anthropic)
+    }
+
+    fn in_object(&self) -> bool {
+        self.depth > 0 && self.objects & (1 << (self.depth - 1)) != 0
+    }
+
+    fn open(&mut self, object: bool) {
+        if self.depth >= MAX_DEPTH {
+            self.state = State::Broken;
+            return;
+        }
+        let bit = 1u64 << self.depth;
+        if object {
+            self.objects |= bit;
+        } else {
+            self.objects &= !bit;
+        }
+        if let Some(k) = self.path.get_mut(self.depth as usize) {
+            *k = Key::Other;
+        }
+        self.depth += 1;
+        self.state = if object {
+            State::ObjectFirst
+        } else {
+            State::ArrayFirst
+        };
+    }
+
+    fn close(&mut self) {
+        self.depth = self.depth.saturating_sub(1);
+        self.value_end();
+    }
+
+    fn key_end(&mut self) {
+        let n = self.name_len as usize;
+        let slot = (self.depth as usize)
+            .checked_sub(1)
+            .and_then(|d| self.path.get_mut(d));
+        if let Some(slot) = slot {
+            *slot = match self.name.get(..n) {
+                Some(name) => key(name),
+                None => Key::Other,
+            };
+        }
+        self.state = State::Colon;
+    }
+
+    fn value_end(&mut self) {
+        self.state = if self.depth == 0 {
+            State::Done
+        } else {
+            State::After
+        };
+    }
+}
