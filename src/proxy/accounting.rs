@@ -227,8 +227,10 @@ impl Accounting {
         m.output_tokens.record(t.output as f64);
         let cost = self.cohort.price.map(|p| {
             let micros = p.micros(t.input, t.output, t.cached);
-            m.cost.record(micros as f64 / 1e6);
-            micros
+            m.cost.record(micros / 1e6);
+            // Whole millionths for the guards' bins; prices are bounded when loaded, and
+            // a float past u64 saturates.
+            micros.round() as u64
         });
         Some((t.output, cost))
     }

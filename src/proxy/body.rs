@@ -77,9 +77,12 @@ impl Body for ObservedBody {
                     }
                 } else if let Some(t) = frame.trailers_ref() {
                     this.acct.trailers(t);
-                    if let Some(u) = this.usage.as_mut() {
+                    if let Some(mut u) = this.usage.take() {
                         u.trailers(t, &mut this.acct);
+                        u.end(&mut this.acct);
                     }
+                    // Trailers end a body: the client may not poll again before dropping it.
+                    this.acct.finished();
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
@@ -120,9 +123,13 @@ impl Body for ObservedBody {
 
 impl Drop for ObservedBody {
     fn drop(&mut self) {
-        // A body hyper never polls because it is empty (HEAD, 204, 304) was still delivered.
-        if self.inner.is_end_stream() {
+        // A body hyper never polls because it is empty (HEAD, 204, 304) was still delivered;
+        // and one whose length said it was complete is not polled for its end either.
+        if self.inner.is_end_stream() && !self.failed {
             self.acct.first_byte();
+            if let Some(mut u) = self.usage.take() {
+                u.end(&mut self.acct);
+            }
             self.acct.finished();
         }
     }

@@ -171,13 +171,11 @@ impl Price {
     /// The cost of one answer in millionths of the currency: a price per million tokens is
     /// the price of one token in millionths. `cached` is part of `input`.
     #[inline]
-    pub fn micros(&self, input: u64, output: u64, cached: u64) -> u64 {
+    pub fn micros(&self, input: u64, output: u64, cached: u64) -> f64 {
         let cached = cached.min(input);
-        let cost = (input - cached) as f64 * self.input
+        (input - cached) as f64 * self.input
             + cached as f64 * self.cached_input
-            + output as f64 * self.output;
-        // A float past u64 saturates; prices are checked finite and bounded when loaded.
-        cost.round() as u64
+            + output as f64 * self.output
     }
 }
 

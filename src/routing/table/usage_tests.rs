@@ -45,14 +45,14 @@ fn a_price_is_per_million_tokens_and_cached_input_defaults_to_the_input_price() 
     assert_eq!(stable, Some(p));
     assert_eq!(t.routes[0].cohorts[1].price, None);
     // 600 uncached and 400 cached input at 2.5, 200 output at 10, in millionths.
-    assert_eq!(p.micros(1000, 200, 400), 4500);
+    assert_eq!(p.micros(1000, 200, 400), 4500.0);
     let cheap = Price {
         cached_input: 0.25,
         ..p
     };
-    assert_eq!(cheap.micros(1000, 200, 400), 600 * 5 / 2 + 100 + 2000);
+    assert_eq!(cheap.micros(1000, 200, 400), 1500.0 + 100.0 + 2000.0);
     // Cached input past the input is the input, not a negative count.
-    assert_eq!(p.micros(10, 0, 99), 25);
+    assert_eq!(p.micros(10, 0, 99), 25.0);
 }
 
 #[test]

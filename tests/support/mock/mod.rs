@@ -66,6 +66,37 @@ pub enum Respond {
     /// Accepts a WebSocket upgrade and sends 16 KiB binary messages as fast as the client
     /// takes them, until the connection fails.
     WebSocketFlood,
+    /// A body sent as exactly these frames (each its own write), with this content type,
+    /// `gap` between frames, and then these trailers (announced in `trailer`).
+    Frames(Arc<Frames>),
+}
+
+/// What [`Respond::Frames`] sends.
+#[derive(Debug, Clone, Default)]
+pub struct Frames {
+    pub content_type: &'static str,
+    pub frames: Vec<Bytes>,
+    pub gap: std::time::Duration,
+    pub trailers: Vec<(&'static str, String)>,
+}
+
+impl Frames {
+    /// `body` cut at `cuts` (byte offsets, increasing).
+    pub fn cut(content_type: &'static str, body: &[u8], cuts: &[usize]) -> Frames {
+        let mut frames = Vec::new();
+        let mut from = 0;
+        for &c in cuts.iter().chain(std::iter::once(&body.len())) {
+            if c > from {
+                frames.push(Bytes::copy_from_slice(&body[from..c]));
+                from = c;
+            }
+        }
+        Frames {
+            content_type,
+            frames,
+            ..Frames::default()
+        }
+    }
 }
 
 /// The gRPC message `Respond::Grpc` answers with: a 5-byte frame header, then `reply`.

@@ -5,6 +5,7 @@
 //! (the parent module).
 
 use std::convert::Infallible;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use cohort::demo::ChannelBody;
@@ -112,6 +113,38 @@ pub(super) async fn mock_reply(state: &MockState, req: Request<Incoming>) -> Res
             let json =
                 serde_json::json!({"upstream": state.name, "x_cohort": seen.all("x-cohort")});
             Response::new(full(json.to_string()))
+        }
+        Respond::Frames(f) => {
+            let (tx, body) = ChannelBody::new(4);
+            let f2 = Arc::clone(f);
+            tokio::spawn(async move {
+                for (i, b) in f2.frames.iter().enumerate() {
+                    if i > 0 && !f2.gap.is_zero() {
+                        tokio::time::sleep(f2.gap).await;
+                    }
+                    if tx.send(Frame::data(b.clone())).await.is_err() {
+                        return;
+                    }
+                }
+                if !f2.trailers.is_empty() {
+                    let mut t = HeaderMap::new();
+                    for (k, v) in &f2.trailers {
+                        t.insert(*k, HeaderValue::from_str(v).unwrap());
+                    }
+                    let _ = tx.send(Frame::trailers(t)).await;
+                }
+            });
+            let mut r = Response::new(body.boxed());
+            r.headers_mut()
+                .insert("content-type", HeaderValue::from_static(f.content_type));
+            let announced: Vec<&str> = f.trailers.iter().map(|(k, _)| *k).collect();
+            if !announced.is_empty() {
+                r.headers_mut().insert(
+                    "trailer",
+                    HeaderValue::from_str(&announced.join(", ")).unwrap(),
+                );
+            }
+            r
         }
         Respond::Grpc => grpc_reply(&seen),
         Respond::WebSocket => websocket_reply(&seen, upgrade, false),
