@@ -7,6 +7,7 @@ mod support;
 
 use std::sync::Arc;
 
+use support::bodies::{chat_stream, ANTHROPIC_STREAM, CHAT_JSON};
 use support::{Config, Frames, MockUpstream, Respond, Route, TestProxy};
 
 const ROUTE: (&str, &str) = ("route", "agent");
@@ -38,23 +39,6 @@ fn tokens(kind: &'static str) -> [(&'static str, &'static str); 3] {
 
 fn answers(usage: &'static str) -> [(&'static str, &'static str); 3] {
     [ROUTE, COHORT, ("usage", usage)]
-}
-
-const CHAT_JSON: &str = r#"{"id":"chatcmpl-1","object":"chat.completion","created":1,"model":"gpt-x","choices":[{"index":0,"message":{"role":"assistant","content":"Your order ships today. {\"usage\": 9}"},"finish_reason":"stop"}],"usage":{"prompt_tokens":812,"completion_tokens":164,"total_tokens":976,"prompt_tokens_details":{"cached_tokens":256}}}"#;
-
-/// An OpenAI chat stream of `n` content chunks, with usage at the end, then `[DONE]`.
-fn chat_stream(n: usize) -> String {
-    let mut s = String::from(
-        "data: {\"id\":\"c\",\"object\":\"chat.completion.chunk\",\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\"}}],\"usage\":null}\n\n",
-    );
-    for i in 0..n {
-        s.push_str(&format!(
-            "data: {{\"id\":\"c\",\"object\":\"chat.completion.chunk\",\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"tok{i} \"}}}}],\"usage\":null}}\n\n"
-        ));
-    }
-    s.push_str("data: {\"id\":\"c\",\"object\":\"chat.completion.chunk\",\"choices\":[],\"usage\":{\"prompt_tokens\":40,\"completion_tokens\":17,\"total_tokens\":57}}\n\n");
-    s.push_str("data: [DONE]\n\n");
-    s
 }
 
 #[tokio::test]
@@ -159,23 +143,6 @@ async fn an_openai_stream_cut_anywhere_gives_the_same_usage_first_token_and_gaps
     }
     assert_eq!(n, 5.0);
 }
-
-const ANTHROPIC_STREAM: &str = "event: message_start\n\
-data: {\"type\":\"message_start\",\"message\":{\"id\":\"msg_1\",\"type\":\"message\",\"role\":\"assistant\",\"content\":[],\"model\":\"claude-x\",\"usage\":{\"input_tokens\":25,\"cache_creation_input_tokens\":5,\"cache_read_input_tokens\":10,\"output_tokens\":1}}}\n\n\
-event: content_block_start\n\
-data: {\"type\":\"content_block_start\",\"index\":0,\"content_block\":{\"type\":\"text\",\"text\":\"\"}}\n\n\
-event: ping\n\
-data: {\"type\": \"ping\"}\n\n\
-event: content_block_delta\n\
-data: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"Hello\"}}\n\n\
-event: content_block_delta\n\
-data: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\" there\"}}\n\n\
-event: content_block_stop\n\
-data: {\"type\":\"content_block_stop\",\"index\":0}\n\n\
-event: message_delta\n\
-data: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\",\"stop_sequence\":null},\"usage\":{\"output_tokens\":15}}\n\n\
-event: message_stop\n\
-data: {\"type\":\"message_stop\"}\n\n";
 
 #[tokio::test]
 async fn an_anthropic_stream_counts_its_cache_in_the_input_and_its_last_cumulative_output() {

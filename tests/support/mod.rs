@@ -23,6 +23,7 @@
 
 #![allow(dead_code)]
 
+pub mod bodies;
 pub mod client;
 pub mod config;
 pub mod fleet;
