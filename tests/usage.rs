@@ -7,6 +7,7 @@ mod support;
 
 use std::sync::Arc;
 
+use serde_json::Value;
 use support::bodies::{chat_stream, ANTHROPIC_STREAM, CHAT_JSON};
 use support::{Config, Frames, MockUpstream, Respond, Route, TestProxy};
 
@@ -264,4 +265,81 @@ async fn usage_off_reads_no_usage_but_still_times_a_stream() {
         s.metric("cohort_usage_answers_total", &answers("missing")),
         0.0
     );
+}
+
+/// `body` cut into its SSE events, one frame each, `gap` apart.
+fn event_frames(body: &str, gap: std::time::Duration) -> Frames {
+    let cuts: Vec<usize> = body.match_indices("\n\n").map(|(i, _)| i + 2).collect();
+    Frames {
+        gap,
+        ..Frames::cut("text/event-stream", body.as_bytes(), &cuts)
+    }
+}
+
+#[tokio::test]
+async fn the_token_guards_read_each_answer_s_mean_gap_and_first_token() {
+    use std::time::Duration;
+    let body = chat_stream(4);
+    let stable = MockUpstream::with(
+        "stable",
+        Respond::Frames(Arc::new(event_frames(&body, Duration::from_millis(10)))),
+    )
+    .await;
+    let canary = MockUpstream::with(
+        "canary",
+        Respond::Frames(Arc::new(event_frames(&body, Duration::from_millis(40)))),
+    )
+    .await;
+    let rollout = "rollout: {id: t1, canary: canary, steps: [50, 100], soak: 1h, min_samples: 8, \
+                   guards: [{metric: inter_token}, {metric: ttft}]}";
+    let yaml = Config::new()
+        .top("state_dir: state")
+        .upstream("stable", stable.addr)
+        .upstream("canary", canary.addr)
+        .route(
+            Route::new("agent")
+                .key("header: x-user-id")
+                .set(rollout)
+                .split(&[("stable", "stable", "50"), ("canary", "canary", "50")]),
+        )
+        .yaml();
+    let p = TestProxy::start(&yaml).await;
+    let mut set = tokio::task::JoinSet::new();
+    for u in 0..60 {
+        let (client, req) = (
+            p.client.clone(),
+            support::get(p.public, "/", &[("x-user-id", &format!("u{u}"))]),
+        );
+        set.spawn(async move { support::fetch(&client, req).await.body.len() });
+    }
+    while let Some(n) = set.join_next().await {
+        assert_eq!(n.unwrap(), body.len());
+    }
+    // The judge reads the cells once a second.
+    let mut reading = Value::Null;
+    for _ in 0..50 {
+        let r = p.admin("GET", "/rollouts").await.json();
+        let guards = r["rollouts"][0]["guards"].clone();
+        if guards[0]["canary_samples"].as_u64() >= Some(8)
+            && guards[0]["baseline_samples"].as_u64() >= Some(8)
+        {
+            reading = guards;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let gap = &reading[0];
+    assert_eq!(gap["guard"], "inter_token p50", "{reading:#}");
+    // Each answer's mean gap: the agent's pause between events (or more, on a busy machine),
+    // never less; bins are at most 12.5% wide.
+    let (c, b) = (
+        gap["canary"].as_f64().unwrap(),
+        gap["baseline"].as_f64().unwrap(),
+    );
+    assert!((0.035..0.5).contains(&c), "{gap:#}");
+    assert!((0.0087..0.5).contains(&b), "{gap:#}");
+    assert!(c > b, "{gap:#}");
+    let ttft = &reading[1];
+    assert_eq!(ttft["guard"], "ttft p50", "{reading:#}");
+    assert!(ttft["canary_samples"].as_u64() >= Some(8), "{reading:#}");
 }

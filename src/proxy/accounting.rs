@@ -174,7 +174,7 @@ impl Accounting {
             }
             Some((first, last, count)) => {
                 m.inter_token.record(now.duration_since(last).as_secs_f64());
-                (first, now, count + 1)
+                (first, now, count)
             }
         };
         for _ in 1..n {
