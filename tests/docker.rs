@@ -573,6 +573,12 @@ fn contract_metrics() -> BTreeSet<String> {
         UNROUTED,
         RELOADS,
         GENERATION,
+        TOKENS,
+        USAGE_ANSWERS,
+        OUTPUT_TOKENS,
+        COST,
+        TTFT,
+        INTER_TOKEN,
         cohort::control::rollout::STEP_PERCENT,
         cohort::control::rollout::STATE,
         cohort::control::rollout::DECISIONS,
@@ -617,13 +623,23 @@ fn rules_use_only_contract_metrics_and_cover_the_issue() {
         "p99",
         "resolution",
         "escalation",
+        "tokens:rate",
+        "output_tokens_per_answer",
+        "cost:rate",
+        "cost_per_answer",
+        "usage_coverage",
     ] {
         assert!(
             records.iter().any(|r| r.contains(part)),
             "no recording rule for {part}"
         );
     }
-    for quantity in ["request_duration_seconds", "time_to_first_byte_seconds"] {
+    for quantity in [
+        "request_duration_seconds",
+        "time_to_first_byte_seconds",
+        "time_to_first_token_seconds",
+        "inter_token_seconds",
+    ] {
         for q in ["p50", "p95", "p99"] {
             assert!(
                 records
@@ -637,6 +653,11 @@ fn rules_use_only_contract_metrics_and_cover_the_issue() {
         "CohortCanaryErrorRatioAboveStable",
         "CohortCanaryLatencyAboveStable",
         "CohortCanaryEscalationsAboveStable",
+        "CohortCanaryTTFTAboveStable",
+        "CohortCanaryInterTokenAboveStable",
+        "CohortCanaryOutputTokensAboveStable",
+        "CohortCanaryCostPerAnswerAboveStable",
+        "CohortUsageMissing",
     ] {
         assert!(alerts.contains(alert), "{alert}");
     }
@@ -740,6 +761,12 @@ fn the_dashboard_compares_cohorts_on_contract_metrics() {
         cohort::telemetry::SPLIT,
         cohort::telemetry::RELOADS,
         cohort::telemetry::GENERATION,
+        cohort::telemetry::TOKENS,
+        cohort::telemetry::USAGE_ANSWERS,
+        cohort::telemetry::OUTPUT_TOKENS,
+        cohort::telemetry::COST,
+        cohort::telemetry::TTFT,
+        cohort::telemetry::INTER_TOKEN,
         cohort::control::rollout::STEP_PERCENT,
         cohort::control::rollout::STATE,
         cohort::control::rollout::DECISIONS,
@@ -774,6 +801,13 @@ fn the_dashboard_compares_cohorts_on_contract_metrics() {
         "rollout state",
         "rollout step percent",
         "rollout decisions",
+        "output tokens per answer",
+        "cost per 1,000 answers",
+        "spend per hour",
+        "tokens per second",
+        "usage coverage",
+        "time to first token",
+        "inter-token",
     ] {
         assert!(titles.contains(topic), "no panel about {topic}:\n{titles}");
     }
