@@ -44,15 +44,6 @@ async fn knobs_make_the_agent_fail_escalate_and_wait() {
     escalating.escalation_rate = Some(1.0);
     escalating.latency = Duration::from_millis(200);
     let p = demo_proxy(escalating, failing).await;
-    let user_in = |cohort: &str| {
-        (1..)
-            .map(|i| format!("user-{i}"))
-            .find(|k| {
-                let split = [("stable", 8000), ("canary", 2000)];
-                contract_cohort("support-agent", k.as_bytes(), &split) == cohort
-            })
-            .unwrap()
-    };
     let (canary_user, stable_user) = (user_in("canary"), user_in("stable"));
     let r = p.get("/v1/chat", &[("x-user-id", &canary_user)]).await;
     assert_eq!(r.status, 500);

@@ -22,61 +22,26 @@ const MAX_BODY: usize = 1 << 20;
 const CACHE_MIN: u64 = 1024;
 const CACHE_BLOCK: u64 = 64;
 
-/// The reply's word pieces, cycled through: each is one streamed token, as a real model
-/// streams them (a leading space belongs to the word after it).
-const PIECES: &[&str] = &[
-    "Thanks",
-    " for",
-    " reaching",
-    " out",
-    ".",
-    " I",
-    " have",
-    " reset",
-    " your",
-    " password",
-    ";",
-    " check",
-    " your",
-    " inbox",
-    " for",
-    " a",
-    " link",
-    " that",
-    " expires",
-    " in",
-    " one",
-    " hour",
-    ".",
-    " If",
-    " it",
-    " does",
-    " not",
-    " arrive",
-    ",",
-    " look",
-    " in",
-    " the",
-    " spam",
-    " folder",
-    " or",
-    " ask",
-    " me",
-    " to",
-    " send",
-    " it",
-    " again",
-    ".",
-    " Is",
-    " there",
-    " anything",
-    " else",
-    " I",
-    " can",
-    " help",
-    " with",
-    "?",
-];
+/// The reply's text, cycled through as word pieces (see [`pieces`]).
+const REPLY: &str =
+    "Thanks for reaching out. I have reset your password; check your inbox for a link \
+    that expires in one hour. If it does not arrive, look in the spam folder or ask me to send \
+    it again. Is there anything else I can help with?";
+
+/// `REPLY` cut before each space and punctuation mark: each piece is one streamed token, as a
+/// real model streams them (a leading space belongs to the word after it).
+fn pieces() -> Vec<&'static str> {
+    let mut out = Vec::new();
+    let mut from = 0;
+    for (i, c) in REPLY.char_indices().skip(1) {
+        if c == ' ' || c.is_ascii_punctuation() {
+            out.push(&REPLY[from..i]);
+            from = i;
+        }
+    }
+    out.push(&REPLY[from..]);
+    out
+}
 
 /// What the mock reads of a chat completion request.
 #[derive(Debug, Clone, PartialEq)]
@@ -198,8 +163,10 @@ pub fn compose(spec: &AgentSpec, req: &ChatRequest, body: &[u8], created: u64) -
         id: format!("chatcmpl-{id}"),
         created,
         model: req.model.clone(),
-        pieces: (0..completion as usize)
-            .map(|i| PIECES[i % PIECES.len()])
+        pieces: pieces()
+            .into_iter()
+            .cycle()
+            .take(completion as usize)
             .collect(),
         usage: Usage {
             prompt_tokens: prompt,

@@ -222,3 +222,11 @@ fn the_stream_has_one_chunk_per_token_then_usage_then_done() {
         }
     }
 }
+
+#[test]
+fn pieces_are_the_reply_cut_before_words_and_punctuation() {
+    let p = pieces();
+    assert_eq!(p.concat(), REPLY);
+    assert_eq!(&p[..6], ["Thanks", " for", " reaching", " out", ".", " I"]);
+    assert!(p.iter().all(|w| !w.is_empty() && w.len() < 12), "{p:?}");
+}

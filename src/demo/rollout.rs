@@ -95,7 +95,7 @@ fn progress(statistic: Option<f64>, threshold: Option<f64>) -> String {
 }
 
 fn position(p: Option<&Value>) -> String {
-    match p {
+    match p.filter(|p| !p.is_null()) {
         Some(p) => format!(
             "{} step {} at {}%",
             text(p, "state"),
@@ -119,9 +119,46 @@ fn decision(d: &Value) -> String {
     )
 }
 
-fn rollouts(report: &Value) -> &[Value] {
-    report
-        .get("rollouts")
+/// Where a rollout stands, read once for both ways of drawing it.
+struct At<'a> {
+    id: &'a str,
+    canary: &'a str,
+    route: &'a str,
+    state: &'a str,
+    /// Counted from 1, as a person counts steps (the JSON counts from 0).
+    step: u64,
+    steps: usize,
+    percent: f64,
+    soaked: f64,
+    soak: f64,
+    canary_samples: f64,
+    baseline_samples: f64,
+    min_samples: f64,
+}
+
+impl<'a> At<'a> {
+    fn of(r: &'a Value) -> Self {
+        let samples = r.get("samples").unwrap_or(&Value::Null);
+        At {
+            id: text(r, "id"),
+            canary: text(r, "canary"),
+            route: text(r, "route"),
+            state: text(r, "state"),
+            step: r.get("step").and_then(Value::as_u64).map_or(0, |s| s + 1),
+            steps: list(r, "steps").len(),
+            percent: num(r, "percent").unwrap_or(0.0),
+            soaked: num(r, "soaked_seconds").unwrap_or(0.0),
+            soak: num(r, "soak_seconds").unwrap_or(0.0),
+            canary_samples: num(samples, "canary").unwrap_or(0.0),
+            baseline_samples: num(samples, "baseline").unwrap_or(0.0),
+            min_samples: num(r, "min_samples").unwrap_or(0.0),
+        }
+    }
+}
+
+/// The array at `key`, or none.
+fn list<'a>(v: &'a Value, key: &str) -> &'a [Value] {
+    v.get(key)
         .and_then(Value::as_array)
         .map_or(&[], Vec::as_slice)
 }
@@ -132,32 +169,21 @@ pub fn render(report: Option<&Value>) -> Vec<String> {
         return vec!["rollout: the admin's /rollouts does not answer".into()];
     };
     let mut lines = Vec::new();
-    for r in rollouts(report) {
-        let steps = r.get("steps").and_then(Value::as_array).map_or(0, Vec::len);
+    for r in list(report, "rollouts") {
+        let at = At::of(r);
         lines.push(format!(
-            "rollout {} of {} on route {}: {}, step {}/{steps} at {}%, soaked {:.0}s of {:.0}s",
-            text(r, "id"),
-            text(r, "canary"),
-            text(r, "route"),
-            text(r, "state"),
-            r.get("step").and_then(Value::as_u64).map_or(0, |s| s + 1),
-            num(r, "percent").unwrap_or(0.0),
-            num(r, "soaked_seconds").unwrap_or(0.0),
-            num(r, "soak_seconds").unwrap_or(0.0),
+            "rollout {} of {} on route {}: {}, step {}/{} at {}%, soaked {:.0}s of {:.0}s",
+            at.id, at.canary, at.route, at.state, at.step, at.steps, at.percent, at.soaked, at.soak
         ));
-        let samples = r.get("samples").unwrap_or(&Value::Null);
         lines.push(format!(
             "samples: canary {} / baseline {} (each needs {})",
-            num(samples, "canary").unwrap_or(0.0),
-            num(samples, "baseline").unwrap_or(0.0),
-            num(r, "min_samples").unwrap_or(0.0),
+            at.canary_samples, at.baseline_samples, at.min_samples
         ));
-        let guards = r.get("guards").and_then(Value::as_array);
         lines.push(format!(
             "  {:<16} {:>9} {:>9} {:>9}  {:<8}  ln e-value / threshold",
             "guard", "canary", "baseline", "limit", "status"
         ));
-        for g in guards.into_iter().flatten() {
+        for g in list(r, "guards") {
             let name = text(g, "guard");
             let mut l = format!(
                 "  {name:<16} {:>9} {:>9} {:>9}  {:<8}  {}",
@@ -175,8 +201,7 @@ pub fn render(report: Option<&Value>) -> Vec<String> {
         if let Some(problem) = r.get("problem").and_then(Value::as_str) {
             lines.push(format!("problem: {problem}"));
         }
-        let history = r.get("history").and_then(Value::as_array);
-        let history = history.map_or(&[][..], Vec::as_slice);
+        let history = list(r, "history");
         lines.push(format!("decisions ({}):", history.len()));
         let from = history.len().saturating_sub(HISTORY_SHOWN);
         lines.extend(history[from..].iter().map(|d| format!("  {}", decision(d))));
@@ -194,27 +219,14 @@ pub fn plain(
     printed: &mut HashSet<String>,
 ) -> Vec<String> {
     let mut lines = Vec::new();
-    for r in report.map(rollouts).unwrap_or_default() {
-        let samples = r.get("samples").unwrap_or(&Value::Null);
+    for r in report.map_or(&[][..], |r| list(r, "rollouts")) {
+        let at = At::of(r);
         let mut l = format!(
             "[{}s] rollout={} route={} state={} step={} percent={} soaked={:.0}s/{:.0}s canary_samples={} baseline_samples={}",
             elapsed.as_secs(),
-            text(r, "id"),
-            text(r, "route"),
-            text(r, "state"),
-            r.get("step").and_then(Value::as_u64).map_or(0, |s| s + 1),
-            num(r, "percent").unwrap_or(0.0),
-            num(r, "soaked_seconds").unwrap_or(0.0),
-            num(r, "soak_seconds").unwrap_or(0.0),
-            num(samples, "canary").unwrap_or(0.0),
-            num(samples, "baseline").unwrap_or(0.0),
+            at.id, at.route, at.state, at.step, at.percent, at.soaked, at.soak, at.canary_samples, at.baseline_samples
         );
-        for g in r
-            .get("guards")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-        {
+        for g in list(r, "guards") {
             let _ = write!(
                 l,
                 " guard[{}]={}:{:.2}/{:.2}",
@@ -225,12 +237,7 @@ pub fn plain(
             );
         }
         lines.push(l);
-        for d in r
-            .get("history")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-        {
+        for d in list(r, "history") {
             let key = format!(
                 "{}|{}|{}",
                 text(r, "route"),

@@ -134,6 +134,21 @@ fn cohort_name(rows: &[Row], r: &Row) -> String {
     }
 }
 
+/// A row's token columns, each with its key in the plain lines.
+fn token_cells(r: &Row) -> [(&'static str, String); 9] {
+    [
+        ("ttft_p50", ms(r.ttft_p50)),
+        ("ttft_p99", ms(r.ttft_p99)),
+        ("itl_p99", ms(r.inter_token_p99)),
+        ("out_tokens", num(r.output_tokens)),
+        ("cost_per_1k", money(r.cost_per_1k)),
+        ("in_tok_per_s", num(rate(r, "input"))),
+        ("out_tok_per_s", num(rate(r, "output"))),
+        ("cached", pct(cached_pct(r))),
+        ("no_usage", pct(r.usage_missing_pct)),
+    ]
+}
+
 /// The token table, one line per cohort under its own header: time to first token,
 /// inter-token gaps, output tokens and cost per answer, token rates and missing usage.
 pub fn tokens(rows: &[Row]) -> Vec<String> {
@@ -151,18 +166,9 @@ pub fn tokens(rows: &[Row]) -> Vec<String> {
     ];
     let mut cells: Vec<Vec<String>> = vec![head.iter().map(|s| s.to_string()).collect()];
     for r in rows {
-        cells.push(vec![
-            cohort_name(rows, r),
-            ms(r.ttft_p50),
-            ms(r.ttft_p99),
-            ms(r.inter_token_p99),
-            num(r.output_tokens),
-            money(r.cost_per_1k),
-            num(rate(r, "input")),
-            num(rate(r, "output")),
-            pct(cached_pct(r)),
-            pct(r.usage_missing_pct),
-        ]);
+        let mut row = vec![cohort_name(rows, r)];
+        row.extend(token_cells(r).into_iter().map(|(_, v)| v));
+        cells.push(row);
     }
     aligned(&cells)
 }
@@ -189,19 +195,9 @@ pub fn plain(elapsed: Duration, rows: &[Row]) -> Vec<String> {
                 let _ = write!(line, " {o}={}", pct(r.outcome(o)));
             }
             let _ = write!(line, " other={}", pct(other(r)));
-            let _ = write!(
-                line,
-                " ttft_p50={} ttft_p99={} itl_p99={} out_tokens={} cost_per_1k={} in_tok_per_s={} out_tok_per_s={} cached={} no_usage={}",
-                ms(r.ttft_p50),
-                ms(r.ttft_p99),
-                ms(r.inter_token_p99),
-                num(r.output_tokens),
-                money(r.cost_per_1k),
-                num(rate(r, "input")),
-                num(rate(r, "output")),
-                pct(cached_pct(r)),
-                pct(r.usage_missing_pct),
-            );
+            for (key, value) in token_cells(r) {
+                let _ = write!(line, " {key}={value}");
+            }
             line
         })
         .collect()
