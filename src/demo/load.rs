@@ -173,7 +173,7 @@ fn system_prompt() -> String {
 
 /// An OpenAI chat completion request: one to three user turns, a long system prompt in a
 /// quarter of them, streamed (with usage) about half the time.
-pub fn chat_body(stream: bool) -> String {
+fn chat_body(stream: bool) -> String {
     let mut messages = Vec::new();
     if fastrand::u8(..4) == 0 {
         messages.push(serde_json::json!({"role": "system", "content": system_prompt()}));

@@ -362,6 +362,11 @@ pub(super) async fn serve(spec: &AgentSpec, req: Request<Incoming>) -> Response<
     let outcome = spec.outcome();
     let reply = compose(spec, &chat, &body, now_unix());
     if !chat.stream {
+        // A model answers whole only once it has generated every token: as long as the
+        // stream would take. Answering at once would make a step's first finished samples
+        // all non-streamed, and a latency guard compare those with the other cohort's streams.
+        let tokens = u32::try_from(reply.pieces.len().saturating_sub(1)).unwrap_or(u32::MAX);
+        tokio::time::sleep(spec.first_token_delay + spec.token_delay.saturating_mul(tokens)).await;
         return spec.respond(StatusCode::OK, outcome, reply.json());
     }
     let (tx, body) = ChannelBody::new(4);
