@@ -508,3 +508,39 @@ async fn demo_rollout_rolls_a_bad_canary_back() {
     .await;
     assert!(printed.contains("rollout=demo-rollout"), "{printed}");
 }
+
+/// `--canary-first-token-ms` holds the first streamed event back after the head (a floor on
+/// time to first token), and `--canary-verbosity` multiplies the completion tokens.
+#[tokio::test]
+async fn first_token_delay_and_verbosity_reach_the_answer() {
+    use http_body_util::BodyExt;
+    let mut plain = AgentSpec::canary();
+    plain.token_delay = Duration::from_millis(1);
+    let slow = agent(plain.clone().talking(Some(2.0), Some(300))).await;
+    let plain = agent(plain).await;
+    let client = h1_client();
+    let path = "/v1/chat/completions";
+    let body = chat(true, "hello");
+    let started = tokio::time::Instant::now();
+    let resp = send(&client, request("POST", slow, path, &[], body.clone())).await;
+    let head = started.elapsed();
+    let mut body_in = resp.into_body();
+    let first = within("the first event", body_in.frame()).await;
+    assert!(first.is_some_and(|f| f.is_ok()));
+    assert!(
+        started.elapsed() >= Duration::from_millis(300)
+            && started.elapsed() - head >= Duration::from_millis(250),
+        "the first event waits after the head: head {head:?}, first {:?}",
+        started.elapsed()
+    );
+    let tokens = |reply: Reply| {
+        let text = reply.text();
+        let events: Vec<&str> = text.split_terminator("\n\n").collect();
+        let usage = events[events.len() - 2];
+        let v: serde_json::Value = serde_json::from_str(&usage["data: ".len()..]).unwrap();
+        v["usage"]["completion_tokens"].as_u64().unwrap()
+    };
+    let wordy = tokens(fetch(&client, request("POST", slow, path, &[], body.clone())).await);
+    let usual = tokens(fetch(&client, request("POST", plain, path, &[], body)).await);
+    assert_eq!(wordy, 2 * usual, "the same request, twice the tokens");
+}
