@@ -215,7 +215,14 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             keys,
         } => assign(&config, &route, &keys),
         Command::Demo { config, args } => {
-            let (path, _keep) = demo_config(config)?;
+            let (path, _keep) = match (config, args.rollout) {
+                (None, true) => {
+                    let (path, dir) = cohort::demo::rollout_config()
+                        .context("cannot write the demo's rollout config")?;
+                    (path, Some(dir))
+                }
+                (config, _) => demo_config(config)?,
+            };
             let rt = runtime()?;
             let served = rt.block_on(cohort::demo::run(&path, &args));
             rt.shutdown_timeout(cohort::app::ABORT_GRACE);

@@ -1,5 +1,7 @@
 //! The mock agent: JSON replies and SSE token streams carrying an `x-agent-outcome` header,
-//! with knobs that make it misbehave (errors, latency, escalations) for a demo of a bad canary.
+//! with knobs that make it misbehave (errors, latency, escalations, verbosity, a slow first
+//! token) for a demo of a bad canary. `POST .../chat/completions` speaks OpenAI's protocol
+//! (`openai`); every other path answers the demo's own small JSON or SSE.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -56,10 +58,16 @@ pub struct AgentSpec {
     /// When set, the share of turns (0..=1) that end `escalated`; the rest split between
     /// resolved and abandoned in the proportions of `outcomes`.
     pub escalation_rate: Option<f64>,
+    /// Completion tokens of an OpenAI reply, drawn per request in this range (inclusive).
+    pub completion_tokens: (u32, u32),
+    /// Multiplies the completion tokens drawn (1.4: 40% more tokens).
+    pub verbosity: f64,
+    /// Extra wait after the response head before the first streamed event.
+    pub first_token_delay: Duration,
 }
 
 impl AgentSpec {
-    fn new(name: &str, outcomes: [u32; 3], token_ms: u64) -> Self {
+    fn new(name: &str, outcomes: [u32; 3], token_ms: u64, tokens: (u32, u32)) -> Self {
         AgentSpec {
             name: name.into(),
             outcomes,
@@ -67,17 +75,32 @@ impl AgentSpec {
             error_rate: 0.0,
             latency: Duration::ZERO,
             escalation_rate: None,
+            completion_tokens: tokens,
+            verbosity: 1.0,
+            first_token_delay: Duration::ZERO,
         }
     }
     pub fn stable() -> Self {
-        Self::new("stable", [78, 17, 5], 40)
+        Self::new("stable", [78, 17, 5], 40, (120, 260))
     }
     pub fn canary() -> Self {
-        Self::new("canary", [84, 12, 4], 30)
+        Self::new("canary", [84, 12, 4], 30, (110, 250))
     }
     /// A well-behaved agent called `name` (the stable profile).
     pub fn named(name: &str) -> Self {
-        Self::new(name, [78, 17, 5], 40)
+        Self::new(name, [78, 17, 5], 40, (120, 260))
+    }
+
+    /// This profile with the OpenAI path's knobs applied: `verbosity` multiplies the
+    /// completion tokens, `first_token_ms` delays the first streamed event.
+    pub fn talking(mut self, verbosity: Option<f64>, first_token_ms: Option<u64>) -> Self {
+        if let Some(v) = verbosity {
+            self.verbosity = v;
+        }
+        if let Some(ms) = first_token_ms {
+            self.first_token_delay = Duration::from_millis(ms);
+        }
+        self
     }
 
     /// This profile with the misbehaviour knobs applied.
@@ -97,7 +120,7 @@ impl AgentSpec {
         self
     }
 
-    fn outcome(&self) -> &'static str {
+    pub(super) fn outcome(&self) -> &'static str {
         let [r, e, a] = self.outcomes;
         if let Some(rate) = self.escalation_rate {
             if fastrand::f64() < rate {
@@ -120,7 +143,47 @@ impl AgentSpec {
         }
     }
 
-    fn think_time(&self) -> Duration {
+    /// Whether this reply fails (the error-rate knob).
+    pub(super) fn fails(&self) -> bool {
+        self.error_rate > 0.0 && fastrand::f64() < self.error_rate
+    }
+
+    /// A response with the agent's headers (`x-agent`, `x-agent-outcome`) around `body`.
+    pub(super) fn head<B>(
+        &self,
+        status: StatusCode,
+        outcome: &'static str,
+        body: B,
+    ) -> Response<B> {
+        let mut resp = Response::new(body);
+        *resp.status_mut() = status;
+        let h = resp.headers_mut();
+        h.insert("x-agent-outcome", HeaderValue::from_static(outcome));
+        h.insert(
+            "x-agent",
+            HeaderValue::from_str(&self.name).unwrap_or(HeaderValue::from_static("agent")),
+        );
+        resp
+    }
+
+    /// A whole `application/json` answer.
+    pub(super) fn respond(
+        &self,
+        status: StatusCode,
+        outcome: &'static str,
+        json: String,
+    ) -> Response<ChannelBody> {
+        let (tx, body) = ChannelBody::new(1);
+        let _ = tx.try_send(Frame::data(Bytes::from(json)));
+        let mut resp = self.head(status, outcome, body);
+        resp.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        resp
+    }
+
+    pub(super) fn think_time(&self) -> Duration {
         if self.latency.is_zero() {
             return Duration::ZERO;
         }
@@ -184,11 +247,14 @@ async fn agent_reply(spec: &AgentSpec, req: Request<Incoming>) -> Response<Chann
         let _ = tx.try_send(Frame::data(Bytes::from_static(b"ok\n")));
         return Response::new(body);
     }
+    if req.method() == http::Method::POST && req.uri().path().ends_with("/chat/completions") {
+        return super::openai::serve(spec, req).await;
+    }
     let think = spec.think_time();
     if !think.is_zero() {
         tokio::time::sleep(think).await;
     }
-    let failed = spec.error_rate > 0.0 && fastrand::f64() < spec.error_rate;
+    let failed = spec.fails();
     let outcome = if failed { "error" } else { spec.outcome() };
     let wants_stream = req.uri().path().ends_with("/stream")
         || req
@@ -202,13 +268,13 @@ async fn agent_reply(spec: &AgentSpec, req: Request<Incoming>) -> Response<Chann
         .unwrap_or("-")
         .to_string();
     let (tx, body) = ChannelBody::new(4);
-    let mut resp = Response::new(body);
+    let status = if failed {
+        StatusCode::INTERNAL_SERVER_ERROR
+    } else {
+        StatusCode::OK
+    };
+    let mut resp = spec.head(status, outcome, body);
     let h = resp.headers_mut();
-    h.insert("x-agent-outcome", HeaderValue::from_static(outcome));
-    h.insert(
-        "x-agent",
-        HeaderValue::from_str(&spec.name).unwrap_or(HeaderValue::from_static("agent")),
-    );
     if wants_stream && !failed {
         h.insert(
             header::CONTENT_TYPE,
@@ -216,7 +282,11 @@ async fn agent_reply(spec: &AgentSpec, req: Request<Incoming>) -> Response<Chann
         );
         h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
         let (delay, name) = (spec.token_delay, spec.name.clone());
+        let first = spec.first_token_delay;
         tokio::spawn(async move {
+            if !first.is_zero() {
+                tokio::time::sleep(first).await;
+            }
             for t in TOKENS {
                 let ev = format!("data: {{\"agent\":\"{name}\",\"token\":\"{t}\"}}\n\n");
                 if tx.send(Frame::data(Bytes::from(ev))).await.is_err() {
@@ -245,11 +315,6 @@ async fn agent_reply(spec: &AgentSpec, req: Request<Incoming>) -> Response<Chann
         };
         let _ = tx.try_send(Frame::data(Bytes::from(format!("{json}\n"))));
     }
-    *resp.status_mut() = if failed {
-        StatusCode::INTERNAL_SERVER_ERROR
-    } else {
-        StatusCode::OK
-    };
     resp
 }
 

@@ -25,6 +25,16 @@ fn parse_rps(s: &str) -> Result<f64, String> {
     }
 }
 
+/// A multiplier of completion tokens, such as `1.4`, above 0 and at most 10.
+fn parse_verbosity(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(v) if v > 0.0 && v <= 10.0 => Ok(v),
+        _ => Err(format!(
+            "{s:?} is not a multiplier above 0 and at most 10, such as 1.4"
+        )),
+    }
+}
+
 /// How the demo's canary misbehaves, and the demo's own load.
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct DemoArgs {
@@ -50,19 +60,47 @@ pub struct DemoArgs {
     /// Delay between the canary's streamed tokens, in ms (default 30; stable's is 40).
     #[arg(long, value_name = "MS")]
     pub canary_token_ms: Option<u64>,
+    /// Multiplies the canary's completion tokens (1.4: 40% more tokens; default 1.0).
+    #[arg(long, value_name = "X", value_parser = parse_verbosity)]
+    pub canary_verbosity: Option<f64>,
+    /// Extra delay after the canary's response head before its first streamed event, in ms
+    /// (a slower time to first token).
+    #[arg(long, value_name = "MS")]
+    pub canary_first_token_ms: Option<u64>,
     /// Show the live table even without --load (for traffic you send yourself).
     #[arg(long)]
     pub table: bool,
+    /// Run a rollout of the canary on screen (config/demo-rollout.yaml), with load at 200
+    /// req/s unless --load says otherwise.
+    #[arg(long)]
+    pub rollout: bool,
+    /// Delay between streamed tokens of both agents, in ms: for tests that need streams short.
+    #[arg(long, value_name = "MS", hide = true)]
+    pub agents_token_ms: Option<u64>,
 }
+
+/// The demo's load with `--rollout` and no `--load`.
+const ROLLOUT_RPS: f64 = 200.0;
 
 impl DemoArgs {
     pub(super) fn canary(&self) -> AgentSpec {
-        AgentSpec::canary().tuned(
-            self.canary_errors.unwrap_or(0.0),
-            self.canary_latency_ms.unwrap_or(0),
-            self.canary_escalations,
-            self.canary_token_ms,
-        )
+        AgentSpec::canary()
+            .tuned(
+                self.canary_errors.unwrap_or(0.0),
+                self.canary_latency_ms.unwrap_or(0),
+                self.canary_escalations,
+                self.canary_token_ms.or(self.agents_token_ms),
+            )
+            .talking(self.canary_verbosity, self.canary_first_token_ms)
+    }
+
+    pub(super) fn stable(&self) -> AgentSpec {
+        AgentSpec::stable().tuned(0.0, 0, None, self.agents_token_ms)
+    }
+
+    /// The demo's own load, in requests per second, if any.
+    pub(super) fn load_rps(&self) -> Option<f64> {
+        self.load.or(self.rollout.then_some(ROLLOUT_RPS))
     }
 }
 
@@ -89,6 +127,12 @@ pub struct AgentArgs {
     /// Delay between streamed tokens, in ms.
     #[arg(long, value_name = "MS")]
     pub token_ms: Option<u64>,
+    /// Multiplies the completion tokens of OpenAI replies (1.4: 40% more; default 1.0).
+    #[arg(long, value_name = "X", value_parser = parse_verbosity)]
+    pub verbosity: Option<f64>,
+    /// Extra delay after the response head before the first streamed event, in ms.
+    #[arg(long, value_name = "MS")]
+    pub first_token_ms: Option<u64>,
 }
 
 impl AgentArgs {
@@ -98,12 +142,14 @@ impl AgentArgs {
         } else {
             AgentSpec::named(&self.name)
         };
-        profile.tuned(
-            self.error_rate,
-            self.latency_ms,
-            self.escalation_rate,
-            self.token_ms,
-        )
+        profile
+            .tuned(
+                self.error_rate,
+                self.latency_ms,
+                self.escalation_rate,
+                self.token_ms,
+            )
+            .talking(self.verbosity, self.first_token_ms)
     }
 }
 
@@ -113,8 +159,8 @@ pub struct LoadArgs {
     /// The proxy's public address, as `http://host:port`.
     #[arg(long, default_value = "http://127.0.0.1:8080")]
     pub target: String,
-    /// Path of the JSON requests; a quarter go to `PATH/stream` (an SSE stream).
-    #[arg(long, default_value = "/v1/chat")]
+    /// Path of the OpenAI-style chat completions (about half ask for a stream).
+    #[arg(long, default_value = "/v1/chat/completions")]
     pub path: String,
     #[arg(long, value_name = "RPS", value_parser = parse_rps, default_value = "10")]
     pub rps: f64,
@@ -163,5 +209,40 @@ mod tests {
             (plain.error_rate, plain.latency, plain.escalation_rate),
             (0.0, Duration::ZERO, None)
         );
+        assert_eq!(
+            (plain.verbosity, plain.first_token_delay),
+            (1.0, Duration::ZERO)
+        );
+    }
+
+    #[test]
+    fn talking_knobs_and_the_rollouts_load() {
+        let args = DemoArgs {
+            canary_verbosity: Some(1.4),
+            canary_first_token_ms: Some(250),
+            ..DemoArgs::default()
+        };
+        let c = args.canary();
+        assert_eq!(
+            (c.verbosity, c.first_token_delay),
+            (1.4, Duration::from_millis(250))
+        );
+        assert_eq!(
+            args.stable().verbosity,
+            1.0,
+            "the stable agent keeps its profile"
+        );
+        assert!(parse_verbosity("0").is_err() && parse_verbosity("11").is_err());
+        assert_eq!(args.load_rps(), None);
+        let rollout = DemoArgs {
+            rollout: true,
+            ..DemoArgs::default()
+        };
+        assert_eq!(rollout.load_rps(), Some(ROLLOUT_RPS));
+        let given = DemoArgs {
+            load: Some(30.0),
+            ..rollout
+        };
+        assert_eq!(given.load_rps(), Some(30.0));
     }
 }

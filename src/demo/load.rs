@@ -1,6 +1,7 @@
 //! The demo's load generator: a steady request rate from random users against a proxy (or any
-//! URL), tallying what comes back by the `x-cohort` response header; and the tiny HTTP probe
-//! behind `cohort healthcheck`.
+//! URL), as OpenAI-style chat completions (about half of them streamed, with usage), tallying
+//! what comes back by the `x-cohort` response header; and the tiny HTTP probe behind `cohort
+//! healthcheck`.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -26,7 +27,7 @@ pub const ROUTE: &str = "load";
 pub struct LoadSpec {
     /// `http://host:port`, where the requests go.
     pub base: String,
-    /// The path of a JSON request; a quarter of the requests go to `{path}/stream` instead.
+    /// Where the chat completions go (`/v1/chat/completions`).
     pub path: String,
     /// Requests per second.
     pub rps: f64,
@@ -153,20 +154,56 @@ async fn drive(spec: LoadSpec, tally: Arc<Tally>) {
     tally.finished.store(true, Ordering::Release);
 }
 
+/// What users ask, from a line to a paragraph.
+const QUESTIONS: &[&str] = &[
+    "I forgot my password",
+    "How do I change the email address on my account?",
+    "My invoice for last month shows the same charge twice. Can you refund one of them and tell me why it happened?",
+    "I am moving to another country next month. Will my subscription keep working there, do prices change, and do I need to update my billing address before or after the move?",
+    "The app logs me out every few minutes on my phone, but not on my laptop. I have reinstalled it twice, cleared the cache, and checked that the clock is right. What else can I try before I give up on it?",
+];
+
+/// A support agent's instructions, long enough (about 1,100 tokens) for a provider to cache.
+fn system_prompt() -> String {
+    "You are the support agent of an online service. Answer briefly and politely, ask for \
+     the account's email address before changing anything, never reveal another user's data, \
+     and hand the conversation to a human when the user asks for one. "
+        .repeat(20)
+}
+
+/// An OpenAI chat completion request: one to three user turns, a long system prompt in a
+/// quarter of them, streamed (with usage) about half the time.
+fn chat_body(stream: bool) -> String {
+    let mut messages = Vec::new();
+    if fastrand::u8(..4) == 0 {
+        messages.push(serde_json::json!({"role": "system", "content": system_prompt()}));
+    }
+    for turn in 0..fastrand::usize(1..=3) {
+        if turn > 0 {
+            messages.push(
+                serde_json::json!({"role": "assistant", "content": "Could you tell me more?"}),
+            );
+        }
+        let q = QUESTIONS[fastrand::usize(..QUESTIONS.len())];
+        let order = fastrand::u32(1000..100_000);
+        messages
+            .push(serde_json::json!({"role": "user", "content": format!("{q} (order {order})")}));
+    }
+    let mut body =
+        serde_json::json!({"model": "gpt-4o-mini", "messages": messages, "stream": stream});
+    if stream {
+        body["stream_options"] = serde_json::json!({"include_usage": true});
+    }
+    body.to_string()
+}
+
 async fn one(client: &LoadClient, spec: &LoadSpec, tally: &Tally) {
     let user = fastrand::u32(1..=spec.users.max(1));
-    let stream = fastrand::u8(..4) == 0;
-    let path = if stream {
-        format!("{}/stream", spec.path)
-    } else {
-        spec.path.clone()
-    };
-    let Ok(req) = Request::post(format!("{}{path}", spec.base))
+    let stream = fastrand::bool();
+    let Ok(req) = Request::post(format!("{}{}", spec.base, spec.path))
         .header("x-user-id", format!("user-{user}"))
         .header("content-type", "application/json")
-        .body(Full::new(Bytes::from_static(
-            b"{\"message\":\"I forgot my password\"}",
-        )))
+        .body(Full::new(Bytes::from(chat_body(stream))))
     else {
         tally.failed.fetch_add(1, Ordering::Relaxed);
         return;

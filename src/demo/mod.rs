@@ -3,19 +3,23 @@
 //! container setup reuses: `cohort demo-agent` (one mock agent) and `cohort demo-load` (the
 //! load generator against any proxy).
 //!
-//! Owns: the mock agent (`agent`), the load generator (`load`, which also re-exports
-//! `control::healthcheck::probe`, the health probe production runs), the live
-//! table (`table`) and the demo's printed guide. Must not touch: the proxy's own modules
+//! Owns: the mock agent (`agent`, speaking OpenAI's chat completions through `openai`), the
+//! load generator (`load`, which also re-exports `control::healthcheck::probe`, the health
+//! probe production runs), the live table (`table`), the rollout's screen (`rollout`) and the
+//! demo's printed guide. Must not touch: the proxy's own modules
 //! beyond starting it through `app` and reading its metrics.
 
 pub mod agent;
 mod args;
 pub mod load;
+pub mod openai;
+pub mod rollout;
 pub mod table;
 
+use std::collections::HashSet;
 use std::io::{IsTerminal, Write};
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -30,6 +34,30 @@ use table::{Snapshot, Window};
 /// The demo configuration, built in so `cohort demo` works from any directory.
 pub const DEMO_YAML: &str = include_str!("../../config/demo.yaml");
 
+/// `cohort demo --rollout`'s configuration: demo.yaml with a rollout of the canary.
+pub const DEMO_ROLLOUT_YAML: &str = include_str!("../../config/demo-rollout.yaml");
+
+/// `config/demo-rollout.yaml` (its built-in copy when that file is absent) written with its
+/// `state_dir` in a fresh temporary directory, so that each `cohort demo --rollout` starts
+/// the rollout over instead of resuming the last run's (a rollback is final for its id).
+pub fn rollout_config() -> std::io::Result<(PathBuf, tempfile::TempDir)> {
+    let text = std::fs::read_to_string("config/demo-rollout.yaml")
+        .unwrap_or_else(|_| DEMO_ROLLOUT_YAML.to_string());
+    let dir = tempfile::tempdir()?;
+    let state = serde_json::Value::from(dir.path().join("state").display().to_string());
+    let yaml: String = text
+        .lines()
+        .map(|l| match l.starts_with("state_dir:") {
+            // A JSON string is a YAML double-quoted scalar.
+            true => format!("state_dir: {state}\n"),
+            false => format!("{l}\n"),
+        })
+        .collect();
+    let path = dir.path().join("demo-rollout.yaml");
+    std::fs::write(&path, yaml)?;
+    Ok((path, dir))
+}
+
 /// The table compares cohorts over this much recent time.
 const WINDOW: Duration = Duration::from_secs(10);
 
@@ -43,7 +71,7 @@ fn endpoint_addr(endpoint: &str) -> Option<SocketAddr> {
 /// then the proxy, until SIGTERM, SIGINT or SIGHUP; with `--load` or `--table`, the load and the table.
 pub async fn run(config: &Path, args: &DemoArgs) -> Result<(), DemoError> {
     let loaded = crate::config::load(config)?;
-    for (name, spec) in [("stable", AgentSpec::stable()), ("canary", args.canary())] {
+    for (name, spec) in [("stable", args.stable()), ("canary", args.canary())] {
         let Some(up) = loaded.raw.upstreams.get(name) else {
             return Err(DemoError::Missing(name));
         };
@@ -59,19 +87,23 @@ pub async fn run(config: &Path, args: &DemoArgs) -> Result<(), DemoError> {
     let running = crate::app::start(config).await?;
     print_guide(&running);
     let public = running.listeners.first().map(|(_, a)| *a);
-    let tally = match (args.load, public) {
+    let rps = args.load_rps();
+    let tally = match (rps, public) {
         (Some(rps), Some(public)) => Some(load::spawn(LoadSpec {
             base: format!("http://{public}"),
-            path: "/v1/chat".into(),
+            path: "/v1/chat/completions".into(),
             rps,
             requests: args.requests,
             users: args.users,
         })),
         _ => None,
     };
-    if args.load.is_some() || args.table {
+    if rps.is_some() || args.table {
         let control = Arc::clone(&running.control);
-        let title = match args.load {
+        let rollouts = args
+            .rollout
+            .then(|| rollout::Source::new(format!("http://{}/rollouts", running.admin_address)));
+        let title = match rps {
             Some(rps) => format!(
                 "cohort demo: {rps} req/s from random users; last {}s",
                 WINDOW.as_secs()
@@ -91,6 +123,7 @@ pub async fn run(config: &Path, args: &DemoArgs) -> Result<(), DemoError> {
             title,
             Duration::from_secs(1),
             tally,
+            rollouts,
         ));
     }
     // Closing the demo's terminal ends it, ports and all.
@@ -125,6 +158,7 @@ pub async fn run_load(args: &LoadArgs) {
         title,
         Duration::from_secs(every),
         Some(Arc::clone(&tally)),
+        None,
     ));
     let finished = async {
         while !tally.finished.load(Ordering::Acquire) {
@@ -144,9 +178,15 @@ pub async fn run_load(args: &LoadArgs) {
 }
 
 /// Every `every`, reads counts from `source` and prints the table (on a terminal, redrawn in
-/// place) or plain lines; once a bounded load is done, its exact totals.
-async fn report<F>(source: F, title: String, every: Duration, tally: Option<Arc<Tally>>)
-where
+/// place) or plain lines, and below it the rollout read from `rollouts`; once a bounded load
+/// is done, its exact totals.
+async fn report<F>(
+    source: F,
+    title: String,
+    every: Duration,
+    tally: Option<Arc<Tally>>,
+    rollouts: Option<rollout::Source>,
+) where
     F: Fn() -> (Snapshot, Vec<(String, String)>) + Send + 'static,
 {
     let tty = std::io::stdout().is_terminal();
@@ -154,8 +194,13 @@ where
     let mut window = Window::new(WINDOW);
     let mut tick = tokio::time::interval(every);
     let (mut drawn, mut totals_printed) = (0, false);
+    let mut decisions_printed = HashSet::new();
     loop {
         tick.tick().await;
+        let report = match &rollouts {
+            Some(r) => Some(r.fetch().await),
+            None => None,
+        };
         let (snap, order) = source();
         let rows = window.push(Instant::now(), snap, &order);
         let finished = tally
@@ -164,6 +209,12 @@ where
         let mut out = std::io::stdout().lock();
         if tty {
             let mut lines = table::render(&title, &rows);
+            lines.push(String::new());
+            lines.extend(table::tokens(&rows));
+            if let Some(report) = &report {
+                lines.push(String::new());
+                lines.extend(rollout::render(report.as_ref()));
+            }
             if let Some(t) = finished {
                 lines.push("load finished:".into());
                 lines.extend(t.totals());
@@ -173,6 +224,12 @@ where
         } else {
             for l in table::plain(started.elapsed(), &rows) {
                 let _ = writeln!(out, "{l}");
+            }
+            if let Some(report) = &report {
+                let elapsed = started.elapsed();
+                for l in rollout::plain(elapsed, report.as_ref(), &mut decisions_printed) {
+                    let _ = writeln!(out, "{l}");
+                }
             }
             if let (Some(t), false) = (finished, totals_printed) {
                 let _ = writeln!(out, "load finished");
@@ -219,6 +276,8 @@ fn print_guide(running: &crate::app::Running) {
          \x20 curl -si http://{public}/v1/chat -H 'x-user-id: alice'          # sticky: alice always gets the same cohort\n\
          \x20 curl -si http://{public}/v1/chat -H 'x-user-id: user-3'\n\
          \x20 curl -sN http://{public}/v1/chat/stream -H 'x-user-id: bob'     # an SSE token stream\n\
+         \x20 curl -sN http://{public}/v1/chat/completions -H 'x-user-id: carol' \\\n\
+         \x20     -d '{{\"model\":\"gpt-4o-mini\",\"stream\":true,\"stream_options\":{{\"include_usage\":true}},\"messages\":[{{\"role\":\"user\",\"content\":\"hi\"}}]}}'\n\
          \x20 curl -si http://{public}/v1/chat -H 'x-cohort-override: canary' # forced cohort (trusted peers only)\n\
          \x20 cargo run --release -- assign --config config/demo.yaml --route support-agent alice bob\n\
          \x20 curl -s http://{admin}/routes\n\

@@ -14,8 +14,8 @@ mod tests;
 use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
 
-pub use draw::{plain, redraw, render};
-pub use scrape::{Counts, Hist, Snapshot};
+pub use draw::{plain, redraw, render, tokens};
+pub use scrape::{Counts, Hist, Mean, Snapshot};
 
 /// One cohort over the window.
 #[derive(Debug, Clone, PartialEq)]
@@ -32,6 +32,32 @@ pub struct Row {
     pub ttfb_p99: Option<f64>,
     /// Share of the window's outcomes, in percent, by outcome.
     pub outcomes: BTreeMap<String, f64>,
+    pub ttft_p50: Option<f64>,
+    pub ttft_p99: Option<f64>,
+    pub inter_token_p99: Option<f64>,
+    /// Mean output tokens per answer over the window.
+    pub output_tokens: Option<f64>,
+    /// Cost of 1,000 answers at the window's mean, in the price's currency.
+    pub cost_per_1k: Option<f64>,
+    /// Tokens per second over the window, by kind (`input`, `output`, `cached_input`).
+    pub token_rates: BTreeMap<String, f64>,
+    /// Share of the window's answers that reported no usage, in percent.
+    pub usage_missing_pct: Option<f64>,
+}
+
+/// `new - old` for each key of `new`.
+fn grown(
+    new: &BTreeMap<String, f64>,
+    old: Option<&BTreeMap<String, f64>>,
+) -> BTreeMap<String, f64> {
+    new.iter()
+        .map(|(k, v)| {
+            (
+                k.clone(),
+                v - old.and_then(|o| o.get(k)).copied().unwrap_or(0.0),
+            )
+        })
+        .collect()
 }
 
 impl Row {
@@ -42,15 +68,14 @@ impl Row {
             new.duration.since(old.map(|o| &o.duration)),
             new.ttfb.since(old.map(|o| &o.ttfb)),
         );
-        let outcomes: BTreeMap<String, f64> = new
-            .outcomes
-            .iter()
-            .map(|(k, v)| {
-                let before = old.and_then(|o| o.outcomes.get(k)).copied().unwrap_or(0.0);
-                (k.clone(), v - before)
-            })
-            .collect();
+        let outcomes = grown(&new.outcomes, old.map(|o| &o.outcomes));
         let seen: f64 = outcomes.values().sum();
+        let (ttft, inter_token) = (
+            new.ttft.since(old.map(|o| &o.ttft)),
+            new.inter_token.since(old.map(|o| &o.inter_token)),
+        );
+        let usage = grown(&new.usage, old.map(|o| &o.usage));
+        let answers: f64 = usage.values().sum();
         Row {
             route: key.0.clone(),
             cohort: key.1.clone(),
@@ -67,6 +92,18 @@ impl Row {
                 .filter(|_| seen > 0.0)
                 .map(|(k, v)| (k, 100.0 * v / seen))
                 .collect(),
+            ttft_p50: ttft.quantile(0.5),
+            ttft_p99: ttft.quantile(0.99),
+            inter_token_p99: inter_token.quantile(0.99),
+            output_tokens: new.output_tokens.since(old.map(|o| &o.output_tokens)),
+            cost_per_1k: new.cost.since(old.map(|o| &o.cost)).map(|c| 1000.0 * c),
+            token_rates: grown(&new.tokens, old.map(|o| &o.tokens))
+                .into_iter()
+                .filter(|_| secs > 0.0)
+                .map(|(k, v)| (k, v / secs))
+                .collect(),
+            usage_missing_pct: (answers > 0.0)
+                .then(|| 100.0 * usage.get("missing").copied().unwrap_or(0.0) / answers),
         }
     }
 

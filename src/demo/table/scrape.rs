@@ -2,11 +2,73 @@
 //! cumulative histograms they keep.
 //!
 //! Owns: the parsing of the cohort families and the histogram arithmetic. Must not touch:
-//! windows or drawing; only `telemetry`'s names and buckets of the crate.
+//! windows or drawing; only `telemetry`'s names and buckets of the crate (and the token
+//! families' names below, until `telemetry` defines them).
 
 use std::collections::BTreeMap;
 
 use crate::telemetry::{self, LATENCY_BUCKETS};
+
+/// The token families of the proxy's scrape (labels `route`, `cohort` on all). Absent from a
+/// proxy that does not read usage yet: their columns then show `-`.
+pub const TTFT: &str = "cohort_time_to_first_token_seconds";
+/// Every gap between two consecutive SSE events of an answer.
+pub const INTER_TOKEN: &str = "cohort_inter_token_seconds";
+pub const OUTPUT_TOKENS: &str = "cohort_answer_output_tokens";
+/// Cost per answer, in the price's currency.
+pub const COST: &str = "cohort_answer_cost";
+/// Counter by `kind`: `input`, `output`, `cached_input`.
+pub const TOKENS: &str = "cohort_tokens_total";
+/// Counter by `usage`: `reported`, `missing`.
+pub const USAGE_ANSWERS: &str = "cohort_usage_answers_total";
+
+/// The histograms read bucket by bucket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Series {
+    Duration,
+    Ttfb,
+    Ttft,
+    InterToken,
+}
+
+impl Series {
+    fn of_bucket(name: &str) -> Option<Series> {
+        let base = name.strip_suffix("_bucket")?;
+        [
+            (telemetry::DURATION, Series::Duration),
+            (telemetry::TTFB, Series::Ttfb),
+            (TTFT, Series::Ttft),
+            (INTER_TOKEN, Series::InterToken),
+        ]
+        .into_iter()
+        .find_map(|(n, s)| (n == base).then_some(s))
+    }
+
+    fn of(self, c: &mut Counts) -> &mut Hist {
+        match self {
+            Series::Duration => &mut c.duration,
+            Series::Ttfb => &mut c.ttfb,
+            Series::Ttft => &mut c.ttft,
+            Series::InterToken => &mut c.inter_token,
+        }
+    }
+}
+
+/// A histogram read by its `_sum` and `_count` alone, for its mean.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Mean {
+    pub sum: f64,
+    pub count: f64,
+}
+
+impl Mean {
+    /// The mean of the observations between `older` and `self`; `None` without any.
+    pub fn since(&self, older: Option<&Mean>) -> Option<f64> {
+        let o = older.copied().unwrap_or_default();
+        let n = self.count - o.count;
+        (n > 0.0).then(|| (self.sum - o.sum) / n)
+    }
+}
 
 /// A cumulative histogram: `(upper bound, observations at or below it)`, ending with +Inf.
 #[derive(Debug, Clone, PartialEq)]
@@ -87,6 +149,14 @@ pub struct Counts {
     pub outcomes: BTreeMap<String, f64>,
     /// The configured percent, when known.
     pub split: Option<f64>,
+    pub ttft: Hist,
+    pub inter_token: Hist,
+    pub output_tokens: Mean,
+    pub cost: Mean,
+    /// Tokens by kind (`input`, `output`, `cached_input`).
+    pub tokens: BTreeMap<String, f64>,
+    /// Answers by whether they reported usage (`reported`, `missing`).
+    pub usage: BTreeMap<String, f64>,
 }
 
 /// Counts by (route, cohort) at one moment.
@@ -99,7 +169,7 @@ impl Snapshot {
     /// Reads the cohort families of a Prometheus text scrape.
     pub fn from_scrape(text: &str) -> Self {
         let mut snap = Snapshot::default();
-        let mut hists: BTreeMap<(String, String, bool), Vec<(f64, f64)>> = BTreeMap::new();
+        let mut hists: BTreeMap<(String, String, Series), Vec<(f64, f64)>> = BTreeMap::new();
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             let Some((name, labels, value)) = parse_line(line) else {
                 continue;
@@ -124,30 +194,59 @@ impl Snapshot {
                         .or_default() += value;
                 }
                 telemetry::SPLIT => snap.cohorts.entry(key).or_default().split = Some(value),
+                TOKENS | USAGE_ANSWERS => {
+                    let c = snap.cohorts.entry(key).or_default();
+                    let (map, by) = match name {
+                        TOKENS => (&mut c.tokens, "kind"),
+                        _ => (&mut c.usage, "usage"),
+                    };
+                    *map.entry(label(by).unwrap_or_default()).or_default() += value;
+                }
                 _ => {
-                    let ttfb = name == format!("{}_bucket", telemetry::TTFB);
-                    if !ttfb && name != format!("{}_bucket", telemetry::DURATION) {
+                    if let Some(mean) = mean_part(name) {
+                        let c = snap.cohorts.entry(key).or_default();
+                        let m = if mean.0 == OUTPUT_TOKENS {
+                            &mut c.output_tokens
+                        } else {
+                            &mut c.cost
+                        };
+                        *(if mean.1 { &mut m.sum } else { &mut m.count }) += value;
                         continue;
                     }
+                    let Some(series) = Series::of_bucket(name) else {
+                        continue;
+                    };
                     let le = match label("le").as_deref() {
                         Some("+Inf") => f64::INFINITY,
                         Some(v) => v.parse().unwrap_or(f64::NAN),
                         None => continue,
                     };
                     hists
-                        .entry((route, cohort, ttfb))
+                        .entry((route, cohort, series))
                         .or_default()
                         .push((le, value));
                 }
             }
         }
-        for ((route, cohort, ttfb), mut buckets) in hists {
+        for ((route, cohort, series), mut buckets) in hists {
             buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
             let c = snap.cohorts.entry((route, cohort)).or_default();
-            *(if ttfb { &mut c.ttfb } else { &mut c.duration }) = Hist { buckets };
+            *series.of(c) = Hist { buckets };
         }
         snap
     }
+}
+
+/// `(family, is_sum)` for the `_sum` or `_count` of a histogram read for its mean.
+fn mean_part(name: &str) -> Option<(&'static str, bool)> {
+    [OUTPUT_TOKENS, COST].into_iter().find_map(|family| {
+        let rest = name.strip_prefix(family)?;
+        match rest {
+            "_sum" => Some((family, true)),
+            "_count" => Some((family, false)),
+            _ => None,
+        }
+    })
 }
 
 type Labels = Vec<(String, String)>;
