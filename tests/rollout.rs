@@ -378,13 +378,13 @@ async fn a_canary_that_doubles_its_output_tokens_is_rolled_back_on_the_output_to
         .find(|g| g["guard"] == "output_tokens p50")
         .unwrap();
     assert_eq!(g["status"], "fail", "{g:#}");
-    // The medians, in tokens (each within a bin of 6 to 12%).
+    // The medians, in tokens (read within a bin at most 12.5% wide).
     let (c, b) = (
         g["canary"].as_f64().unwrap(),
         g["baseline"].as_f64().unwrap(),
     );
-    assert!((280.0..=330.0).contains(&c), "{g:#}");
-    assert!((140.0..=165.0).contains(&b), "{g:#}");
+    assert!((280.0..=360.0).contains(&c), "{g:#}");
+    assert!((140.0..=180.0).contains(&b), "{g:#}");
     assert!(c > g["limit"].as_f64().unwrap(), "{g:#}");
     let scrape = rig.scrape().await;
     let canary = [("route", "agent"), ("cohort", "canary")];
