@@ -18,6 +18,8 @@ pub(super) const PATH_DEPTH: usize = 4;
 pub(super) const MAX_DEPTH: u8 = 64;
 /// Keys longer than this are none of ours (the longest, `cache_creation_input_tokens`, is 27).
 pub(super) const MAX_KEY: usize = 40;
+/// `name_len` of a key that is none of ours whatever its bytes.
+const OVERLONG: u8 = MAX_KEY as u8 + 1;
 
 /// The counts a document can carry, before normalisation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -160,9 +162,12 @@ enum State {
     Colon,
     /// After a value inside a container: `,` or its close.
     After,
+    /// In a string skipped to its end; `key` when it is a key.
     Str {
         key: bool,
     },
+    /// In a key that is copied to be compared.
+    Name,
     Escape {
         key: bool,
     },
@@ -249,21 +254,21 @@ impl Doc {
         while i < input.len() {
             match self.state {
                 State::Broken => return,
-                State::Str { key: false } => {
-                    // Value strings are the bulk of a body and none of ours: jump over them.
-                    match memchr2(b'"', b'\\', &input[i..]) {
-                        None => return,
-                        Some(k) => {
-                            i += k + 1;
-                            if input[i - 1] == b'"' {
-                                self.value_end();
-                            } else {
-                                self.state = State::Escape { key: false };
-                            }
-                        }
+                State::Str { key } => {
+                    // Strings are the bulk of a body and, but for a few keys, none of ours.
+                    let Some(k) = memchr2(b'"', b'\\', &input[i..]) else {
+                        return;
+                    };
+                    i += k + 1;
+                    if input[i - 1] == b'\\' {
+                        self.state = State::Escape { key };
+                    } else if key {
+                        self.key_end();
+                    } else {
+                        self.value_end();
                     }
                 }
-                State::Str { key: true } => i += self.key_bytes(&input[i..]),
+                State::Name => i += self.name_bytes(&input[i..]),
                 State::Num(Num::Int) => {
                     i += self.digits(&input[i..]);
                     if i < input.len() && self.step(input[i]) {
@@ -279,31 +284,37 @@ impl Doc {
         }
     }
 
-    /// Reads key bytes up to the closing quote or an escape; returns how many were consumed.
-    fn key_bytes(&mut self, input: &[u8]) -> usize {
-        for (k, &b) in input.iter().enumerate() {
-            match b {
-                b'"' => {
-                    self.key_end();
-                    return k + 1;
-                }
-                b'\\' => {
-                    self.name_len = MAX_KEY as u8 + 1;
-                    self.state = State::Escape { key: true };
-                    return k + 1;
-                }
-                _ => {
-                    let n = self.name_len as usize;
-                    if n < MAX_KEY {
-                        self.name[n] = b;
-                    }
-                    if n <= MAX_KEY {
-                        self.name_len += 1;
-                    }
-                }
+    /// Copies a key's bytes up to its closing quote; returns how many were consumed. An
+    /// escape makes it no key of ours, so the rest is skipped as any string is.
+    fn name_bytes(&mut self, input: &[u8]) -> usize {
+        let end = input.iter().position(|&b| b == b'"' || b == b'\\');
+        let part = &input[..end.unwrap_or(input.len())];
+        let n = self.name_len as usize;
+        match self.name.get_mut(n..n + part.len()) {
+            Some(room) => {
+                room.copy_from_slice(part);
+                self.name_len += part.len() as u8;
+            }
+            None => self.name_len = OVERLONG,
+        }
+        match end.map(|k| input[k]) {
+            None => return input.len(),
+            Some(b'"') => self.key_end(),
+            Some(_) => {
+                self.name_len = OVERLONG;
+                self.state = State::Escape { key: true };
             }
         }
-        input.len()
+        part.len() + 1
+    }
+
+    /// Whether the key about to be read can be on a usage path: the top level's keys, and
+    /// those under a top-level key that starts one.
+    fn key_matters(&self) -> bool {
+        let d = self.depth as usize;
+        d == 1
+            || (d <= PATH_DEPTH
+                && matches!(self.path[0], Key::Usage | Key::Response | Key::Message))
     }
 
     /// Reads the digits of an integer part; returns how many were consumed.
@@ -331,8 +342,13 @@ impl Doc {
             State::Value | State::ArrayFirst => self.value_start(b),
             State::ObjectFirst | State::Key => match b {
                 b'"' => {
-                    self.name_len = 0;
-                    self.state = State::Str { key: true };
+                    self.state = if self.key_matters() {
+                        self.name_len = 0;
+                        State::Name
+                    } else {
+                        self.name_len = OVERLONG;
+                        State::Str { key: true }
+                    };
                 }
                 b'}' if self.state == State::ObjectFirst => self.close(),
                 _ if is_space(b) => {}
@@ -387,7 +403,7 @@ impl Doc {
                     self.state = State::Literal { which, at: at + 1 };
                 }
             }
-            State::Str { .. } | State::Broken => {}
+            State::Str { .. } | State::Name | State::Broken => {}
         }
         true
     }
