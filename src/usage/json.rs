@@ -2,7 +2,7 @@
 //! it follows the key path down to [`PATH_DEPTH`] levels, checks the document's structure, and
 //! keeps the integers found at known paths.
 //!
-//! Owns the document grammar and the table of usage paths. It must not keep any of the bytes
+//! Owns the document grammar; the table of usage paths is `paths.rs`. It must not keep any of the bytes
 //! it is fed (a key of up to [`MAX_KEY`] bytes is copied to be compared, nothing else) nor grow:
 //! nesting is a counter and a bit per level, so a hostile document costs time, never memory.
 //!
@@ -10,6 +10,8 @@
 //! make a key match, and skipping them lets `memchr` jump over long text.
 
 use memchr::memchr2;
+
+use super::paths::{field, key, Counts, Field, Key};
 
 /// Levels of keys followed: `response.usage.input_tokens_details.cached_tokens` is the longest
 /// path read.
@@ -20,114 +22,6 @@ pub(super) const MAX_DEPTH: u8 = 64;
 pub(super) const MAX_KEY: usize = 40;
 /// `name_len` of a key that is none of ours whatever its bytes.
 const OVERLONG: u8 = MAX_KEY as u8 + 1;
-
-/// The counts a document can carry, before normalisation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Field {
-    /// `prompt_tokens` or `input_tokens`.
-    Input,
-    /// `completion_tokens` or `output_tokens`.
-    Output,
-    /// OpenAI's `*_tokens_details.cached_tokens`, already part of `Input`.
-    Cached,
-    /// Anthropic's `cache_read_input_tokens`, not part of its `input_tokens`.
-    CacheRead,
-    /// Anthropic's `cache_creation_input_tokens`, not part of its `input_tokens`.
-    CacheCreation,
-}
-
-const FIELDS: usize = 5;
-
-/// The last value seen of each field.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub(super) struct Counts {
-    values: [u64; FIELDS],
-    seen: u8,
-}
-
-impl Counts {
-    pub(super) fn get(&self, f: Field) -> Option<u64> {
-        let i = f as usize;
-        (self.seen & (1 << i) != 0).then_some(self.values[i])
-    }
-
-    fn set(&mut self, f: Field, v: u64) {
-        let i = f as usize;
-        self.values[i] = v;
-        self.seen |= 1 << i;
-    }
-
-    /// `later`'s values replace these where it has one.
-    pub(super) fn merge(&mut self, later: &Counts) {
-        for i in 0..FIELDS {
-            if later.seen & (1 << i) != 0 {
-                self.values[i] = later.values[i];
-            }
-        }
-        self.seen |= later.seen;
-    }
-}
-
-/// The keys that matter; everything else, and every array level, is `Other`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Key {
-    Other,
-    Usage,
-    Response,
-    Message,
-    PromptTokens,
-    CompletionTokens,
-    PromptTokensDetails,
-    InputTokens,
-    OutputTokens,
-    InputTokensDetails,
-    CachedTokens,
-    CacheRead,
-    CacheCreation,
-}
-
-fn key(name: &[u8]) -> Key {
-    match name {
-        b"usage" => Key::Usage,
-        b"response" => Key::Response,
-        b"message" => Key::Message,
-        b"prompt_tokens" => Key::PromptTokens,
-        b"completion_tokens" => Key::CompletionTokens,
-        b"prompt_tokens_details" => Key::PromptTokensDetails,
-        b"input_tokens" => Key::InputTokens,
-        b"output_tokens" => Key::OutputTokens,
-        b"input_tokens_details" => Key::InputTokensDetails,
-        b"cached_tokens" => Key::CachedTokens,
-        b"cache_read_input_tokens" => Key::CacheRead,
-        b"cache_creation_input_tokens" => Key::CacheCreation,
-        _ => Key::Other,
-    }
-}
-
-/// The field a number at `path` fills, if the dialects that define both the path's prefix and
-/// its key include an enabled one. `usage.input_tokens` is both OpenAI's (Responses) and
-/// Anthropic's; `response.usage` is OpenAI's stream, `message.usage` Anthropic's.
-fn field(path: &[Key], openai: bool, anthropic: bool) -> Option<Field> {
-    use Key::*;
-    let (rest, p_openai, p_anthropic) = match path {
-        [Usage, rest @ ..] => (rest, true, true),
-        [Response, Usage, rest @ ..] => (rest, true, false),
-        [Message, Usage, rest @ ..] => (rest, false, true),
-        _ => return None,
-    };
-    let (f, k_openai, k_anthropic) = match rest {
-        [PromptTokens] => (Field::Input, true, false),
-        [CompletionTokens] => (Field::Output, true, false),
-        [PromptTokensDetails | InputTokensDetails, CachedTokens] => (Field::Cached, true, false),
-        [InputTokens] => (Field::Input, true, true),
-        [OutputTokens] => (Field::Output, true, true),
-        [CacheRead] => (Field::CacheRead, false, true),
-        [CacheCreation] => (Field::CacheCreation, false, true),
-        _ => return None,
-    };
-    let on = (openai && p_openai && k_openai) || (anthropic && p_anthropic && k_anthropic);
-    on.then_some(f)
-}
 
 /// Where in a number the tokenizer is (RFC 8259's grammar).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
