@@ -1,6 +1,6 @@
 //! Randomised inputs (proptest) for everything that reads text cohort did not write: config
-//! loading, cohort key extraction, path normalisation, the request-head checks, and override
-//! verification. Nothing may panic on any input; where there is a simple rule to hold the
+//! loading, cohort key extraction, path normalisation, the request-head checks, override
+//! verification, and usage scanning of response bodies. Nothing may panic on any input; where there is a simple rule to hold the
 //! answer to, it is checked too.
 //!
 //! `cargo test` runs proptest's default number of cases; `PROPTEST_CASES=200000 cargo test
@@ -14,6 +14,7 @@ use cohort::edge::hygiene;
 use cohort::routing::key::{cookie_value, extract_key, query_value, KeySource};
 use cohort::routing::signed::{self, Rejection};
 use cohort::routing::table::{Policy, Underscores};
+use cohort::usage::{self, Dialects, Framing, Scanner, Usage};
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Uri, Version};
 use proptest::collection::vec;
 use proptest::prelude::*;
@@ -519,5 +520,178 @@ proptest! {
         }
         prop_assume!(w != v);
         prop_assert!(signed::verify(SECRET, &w, 0).is_err(), "{:?}", String::from_utf8_lossy(&w));
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Usage scanning
+// ---------------------------------------------------------------------------------------------
+
+const FRAMINGS: [Framing; 3] = [Framing::Sse, Framing::Json, Framing::None];
+
+fn dialects(bits: u8) -> Dialects {
+    Dialects {
+        openai: bits & 1 != 0,
+        anthropic: bits & 2 != 0,
+        header: bits & 4 != 0,
+    }
+}
+
+/// Feeds `body` cut at `cuts` (positions taken modulo its length); the usage and event count.
+fn scan_cut(framing: Framing, d: Dialects, body: &[u8], cuts: &[usize]) -> (Option<Usage>, u32) {
+    let mut at: Vec<usize> = cuts.iter().map(|c| c % (body.len() + 1)).collect();
+    at.sort_unstable();
+    let mut s = Scanner::new(framing, d);
+    let mut events = 0;
+    let mut from = 0;
+    for to in at.into_iter().chain([body.len()]) {
+        events += s.feed(&body[from..to]);
+        from = to;
+    }
+    (s.finish(), events)
+}
+
+/// A value written where a count goes: a count, or something that must be ignored.
+fn count_text() -> impl Strategy<Value = (String, Option<u64>)> {
+    prop_oneof![
+        any::<u64>().prop_map(|n| (n.to_string(), Some(n))),
+        (0u64..100_000).prop_map(|n| (n.to_string(), Some(n))),
+        Just(("99999999999999999999999".to_string(), None)),
+        Just(("18446744073709551616".to_string(), None)),
+        (1u64..1000).prop_map(|n| (format!("-{n}"), None)),
+        (0u64..1000).prop_map(|n| (format!("{n}.5"), None)),
+        (0u64..1000).prop_map(|n| (format!("{n}e2"), None)),
+        Just(("null".to_string(), None)),
+    ]
+}
+
+/// `{"usage":{...}}` objects, one per list, with OpenAI Chat keys; what last-wins gives.
+fn repeated_usage() -> impl Strategy<Value = (String, Option<Usage>)> {
+    vec(vec((any::<bool>(), count_text()), 0..4), 1..4).prop_map(|objects| {
+        let (mut input, mut output) = (None, None);
+        let mut parts = Vec::new();
+        for pairs in objects {
+            let fields: Vec<String> = pairs
+                .into_iter()
+                .map(|(is_input, (text, value))| {
+                    let slot = if is_input { &mut input } else { &mut output };
+                    if value.is_some() {
+                        *slot = value;
+                    }
+                    let name = if is_input {
+                        "prompt_tokens"
+                    } else {
+                        "completion_tokens"
+                    };
+                    format!("\"{name}\": {text}")
+                })
+                .collect();
+            parts.push(format!("\"usage\":{{{}}}", fields.join(",")));
+        }
+        let want = (input.is_some() || output.is_some()).then(|| Usage {
+            input: input.unwrap_or(0),
+            output: output.unwrap_or(0),
+            cached_input: 0,
+        });
+        (
+            format!("{{\"id\":\"chatcmpl-1\",{}}}", parts.join(",")),
+            want,
+        )
+    })
+}
+
+proptest! {
+    #[test]
+    fn scanning_never_panics_and_cuts_do_not_matter(
+        body in prop_oneof![
+            vec(any::<u8>(), 0..400),
+            vec(prop_oneof![
+                Just(b"data:".to_vec()), Just(b"\r\n".to_vec()), Just(b"\n\n".to_vec()),
+                Just(b"{\"usage\":{".to_vec()), Just(b"\"input_tokens\":12,".to_vec()),
+                Just(b"\"output_tokens\":7}".to_vec()), Just(b"}".to_vec()), Just(b"[".to_vec()),
+                Just(b"\"\\u00".to_vec()), Just(b"\\\"".to_vec()), vec(any::<u8>(), 0..8),
+            ], 0..40).prop_map(|parts| parts.concat()),
+        ],
+        framing in 0usize..3,
+        bits in 0u8..8,
+        cuts in vec(any::<usize>(), 0..6),
+    ) {
+        let (framing, d) = (FRAMINGS[framing], dialects(bits));
+        let whole = scan_cut(framing, d, &body, &[]);
+        prop_assert_eq!(scan_cut(framing, d, &body, &cuts), whole);
+        let data_lines = body.windows(4).filter(|w| w == b"data").count();
+        prop_assert!(whole.1 as usize <= data_lines);
+        if framing != Framing::Sse {
+            prop_assert_eq!(whole.1, 0);
+        }
+        let _ = usage::parse_usage_header(&body);
+    }
+
+    #[test]
+    fn the_last_usable_value_wins((body, want) in repeated_usage(), cuts in vec(any::<usize>(), 0..4)) {
+        prop_assert_eq!(scan_cut(Framing::Json, Dialects::AUTO, body.as_bytes(), &cuts).0, want);
+        let sse = format!("data: {body}\n\ndata: [DONE]\n\n");
+        prop_assert_eq!(scan_cut(Framing::Sse, Dialects::AUTO, sse.as_bytes(), &cuts), (want, 2));
+    }
+
+    #[test]
+    fn truncated_json_bodies_give_nothing((body, _) in repeated_usage(), cut in any::<usize>()) {
+        let cut = cut % body.len();
+        prop_assert_eq!(scan_cut(Framing::Json, Dialects::AUTO, &body.as_bytes()[..cut], &[]).0, None);
+        // An SSE event cut short is never dispatched.
+        let sse = format!("data: {}", &body[..cut]);
+        prop_assert_eq!(scan_cut(Framing::Sse, Dialects::AUTO, sse.as_bytes(), &[]).0, None);
+    }
+
+    #[test]
+    fn what_is_not_json_gives_nothing(
+        prefix in "[A-Za-z<#'\\]}:,]\\PC{0,40}",
+        (body, _) in repeated_usage(),
+    ) {
+        let text = format!("{prefix}{body}");
+        prop_assert_eq!(scan_cut(Framing::Json, Dialects::AUTO, text.as_bytes(), &[]).0, None);
+        let sse = format!("data: {}\n\n", text.replace(['\r', '\n'], " "));
+        prop_assert_eq!(scan_cut(Framing::Sse, Dialects::AUTO, sse.as_bytes(), &[]).0, None);
+    }
+
+    #[test]
+    fn deep_nesting_gives_nothing(opens in vec(prop_oneof![Just(b'['), Just(b'{')], 65..4_000)) {
+        // Keys where objects want them, so only the depth is wrong (a hundred thousand levels
+        // are a plain test below: proptest makes such vectors slowly).
+        let mut body = Vec::with_capacity(opens.len() * 6);
+        for &b in &opens {
+            body.push(b);
+            if b == b'{' {
+                body.extend_from_slice(b"\"usage\":");
+            }
+        }
+        prop_assert_eq!(scan_cut(Framing::Json, Dialects::AUTO, &body, &[]).0, None);
+        let mut sse = b"data: ".to_vec();
+        sse.extend_from_slice(&body);
+        sse.extend_from_slice(b"\n\n");
+        prop_assert_eq!(scan_cut(Framing::Sse, Dialects::AUTO, &sse, &[]), (None, 1));
+    }
+}
+
+#[test]
+fn huge_counts_are_ignored() {
+    let body = br#"{"usage":{"prompt_tokens":99999999999999999999999,"completion_tokens":5}}"#;
+    let want = Some(Usage {
+        input: 0,
+        output: 5,
+        cached_input: 0,
+    });
+    assert_eq!(scan_cut(Framing::Json, Dialects::AUTO, body, &[]).0, want);
+    let body = br#"{"usage":{"prompt_tokens":99999999999999999999999}}"#;
+    assert_eq!(scan_cut(Framing::Json, Dialects::AUTO, body, &[]).0, None);
+}
+
+#[test]
+fn a_hundred_thousand_opens_give_nothing() {
+    for open in [b"[", b"{"] {
+        let body = open.repeat(100_000);
+        for framing in FRAMINGS {
+            assert_eq!(scan_cut(framing, Dialects::AUTO, &body, &[]).0, None);
+        }
     }
 }

@@ -2,7 +2,7 @@
 //! it follows the key path down to [`PATH_DEPTH`] levels, checks the document's structure, and
 //! keeps the integers found at known paths.
 //!
-//! Owns the document grammar and the table of usage paths. It must not keep any of the bytes
+//! Owns the document grammar; the table of usage paths is `paths.rs`. It must not keep any of the bytes
 //! it is fed (a key of up to [`MAX_KEY`] bytes is copied to be compared, nothing else) nor grow:
 //! nesting is a counter and a bit per level, so a hostile document costs time, never memory.
 //!
@@ -11,6 +11,8 @@
 
 use memchr::memchr2;
 
+use super::paths::{field, key, Counts, Field, Key};
+
 /// Levels of keys followed: `response.usage.input_tokens_details.cached_tokens` is the longest
 /// path read.
 pub(super) const PATH_DEPTH: usize = 4;
@@ -18,114 +20,8 @@ pub(super) const PATH_DEPTH: usize = 4;
 pub(super) const MAX_DEPTH: u8 = 64;
 /// Keys longer than this are none of ours (the longest, `cache_creation_input_tokens`, is 27).
 pub(super) const MAX_KEY: usize = 40;
-
-/// The counts a document can carry, before normalisation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Field {
-    /// `prompt_tokens` or `input_tokens`.
-    Input,
-    /// `completion_tokens` or `output_tokens`.
-    Output,
-    /// OpenAI's `*_tokens_details.cached_tokens`, already part of `Input`.
-    Cached,
-    /// Anthropic's `cache_read_input_tokens`, not part of its `input_tokens`.
-    CacheRead,
-    /// Anthropic's `cache_creation_input_tokens`, not part of its `input_tokens`.
-    CacheCreation,
-}
-
-const FIELDS: usize = 5;
-
-/// The last value seen of each field.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub(super) struct Counts {
-    values: [u64; FIELDS],
-    seen: u8,
-}
-
-impl Counts {
-    pub(super) fn get(&self, f: Field) -> Option<u64> {
-        let i = f as usize;
-        (self.seen & (1 << i) != 0).then_some(self.values[i])
-    }
-
-    fn set(&mut self, f: Field, v: u64) {
-        let i = f as usize;
-        self.values[i] = v;
-        self.seen |= 1 << i;
-    }
-
-    /// `later`'s values replace these where it has one.
-    pub(super) fn merge(&mut self, later: &Counts) {
-        for i in 0..FIELDS {
-            if later.seen & (1 << i) != 0 {
-                self.values[i] = later.values[i];
-            }
-        }
-        self.seen |= later.seen;
-    }
-}
-
-/// The keys that matter; everything else, and every array level, is `Other`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Key {
-    Other,
-    Usage,
-    Response,
-    Message,
-    PromptTokens,
-    CompletionTokens,
-    PromptTokensDetails,
-    InputTokens,
-    OutputTokens,
-    InputTokensDetails,
-    CachedTokens,
-    CacheRead,
-    CacheCreation,
-}
-
-fn key(name: &[u8]) -> Key {
-    match name {
-        b"usage" => Key::Usage,
-        b"response" => Key::Response,
-        b"message" => Key::Message,
-        b"prompt_tokens" => Key::PromptTokens,
-        b"completion_tokens" => Key::CompletionTokens,
-        b"prompt_tokens_details" => Key::PromptTokensDetails,
-        b"input_tokens" => Key::InputTokens,
-        b"output_tokens" => Key::OutputTokens,
-        b"input_tokens_details" => Key::InputTokensDetails,
-        b"cached_tokens" => Key::CachedTokens,
-        b"cache_read_input_tokens" => Key::CacheRead,
-        b"cache_creation_input_tokens" => Key::CacheCreation,
-        _ => Key::Other,
-    }
-}
-
-/// The field a number at `path` fills, if the dialects that define both the path's prefix and
-/// its key include an enabled one. `usage.input_tokens` is both OpenAI's (Responses) and
-/// Anthropic's; `response.usage` is OpenAI's stream, `message.usage` Anthropic's.
-fn field(path: &[Key], openai: bool, anthropic: bool) -> Option<Field> {
-    use Key::*;
-    let (rest, p_openai, p_anthropic) = match path {
-        [Usage, rest @ ..] => (rest, true, true),
-        [Response, Usage, rest @ ..] => (rest, true, false),
-        [Message, Usage, rest @ ..] => (rest, false, true),
-        _ => return None,
-    };
-    let (f, k_openai, k_anthropic) = match rest {
-        [PromptTokens] => (Field::Input, true, false),
-        [CompletionTokens] => (Field::Output, true, false),
-        [PromptTokensDetails | InputTokensDetails, CachedTokens] => (Field::Cached, true, false),
-        [InputTokens] => (Field::Input, true, true),
-        [OutputTokens] => (Field::Output, true, true),
-        [CacheRead] => (Field::CacheRead, false, true),
-        [CacheCreation] => (Field::CacheCreation, false, true),
-        _ => return None,
-    };
-    let on = (openai && p_openai && k_openai) || (anthropic && p_anthropic && k_anthropic);
-    on.then_some(f)
-}
+/// `name_len` of a key that is none of ours whatever its bytes.
+const OVERLONG: u8 = MAX_KEY as u8 + 1;
 
 /// Where in a number the tokenizer is (RFC 8259's grammar).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -160,9 +56,12 @@ enum State {
     Colon,
     /// After a value inside a container: `,` or its close.
     After,
+    /// In a string skipped to its end; `key` when it is a key.
     Str {
         key: bool,
     },
+    /// In a key that is copied to be compared.
+    Name,
     Escape {
         key: bool,
     },
@@ -249,21 +148,21 @@ impl Doc {
         while i < input.len() {
             match self.state {
                 State::Broken => return,
-                State::Str { key: false } => {
-                    // Value strings are the bulk of a body and none of ours: jump over them.
-                    match memchr2(b'"', b'\\', &input[i..]) {
-                        None => return,
-                        Some(k) => {
-                            i += k + 1;
-                            if input[i - 1] == b'"' {
-                                self.value_end();
-                            } else {
-                                self.state = State::Escape { key: false };
-                            }
-                        }
+                State::Str { key } => {
+                    // Strings are the bulk of a body and, but for a few keys, none of ours.
+                    let Some(k) = memchr2(b'"', b'\\', &input[i..]) else {
+                        return;
+                    };
+                    i += k + 1;
+                    if input[i - 1] == b'\\' {
+                        self.state = State::Escape { key };
+                    } else if key {
+                        self.key_end();
+                    } else {
+                        self.value_end();
                     }
                 }
-                State::Str { key: true } => i += self.key_bytes(&input[i..]),
+                State::Name => i += self.name_bytes(&input[i..]),
                 State::Num(Num::Int) => {
                     i += self.digits(&input[i..]);
                     if i < input.len() && self.step(input[i]) {
@@ -279,31 +178,37 @@ impl Doc {
         }
     }
 
-    /// Reads key bytes up to the closing quote or an escape; returns how many were consumed.
-    fn key_bytes(&mut self, input: &[u8]) -> usize {
-        for (k, &b) in input.iter().enumerate() {
-            match b {
-                b'"' => {
-                    self.key_end();
-                    return k + 1;
-                }
-                b'\\' => {
-                    self.name_len = MAX_KEY as u8 + 1;
-                    self.state = State::Escape { key: true };
-                    return k + 1;
-                }
-                _ => {
-                    let n = self.name_len as usize;
-                    if n < MAX_KEY {
-                        self.name[n] = b;
-                    }
-                    if n <= MAX_KEY {
-                        self.name_len += 1;
-                    }
-                }
+    /// Copies a key's bytes up to its closing quote; returns how many were consumed. An
+    /// escape makes it no key of ours, so the rest is skipped as any string is.
+    fn name_bytes(&mut self, input: &[u8]) -> usize {
+        let end = input.iter().position(|&b| b == b'"' || b == b'\\');
+        let part = &input[..end.unwrap_or(input.len())];
+        let n = self.name_len as usize;
+        match self.name.get_mut(n..n + part.len()) {
+            Some(room) => {
+                room.copy_from_slice(part);
+                self.name_len += part.len() as u8;
+            }
+            None => self.name_len = OVERLONG,
+        }
+        match end.map(|k| input[k]) {
+            None => return input.len(),
+            Some(b'"') => self.key_end(),
+            Some(_) => {
+                self.name_len = OVERLONG;
+                self.state = State::Escape { key: true };
             }
         }
-        input.len()
+        part.len() + 1
+    }
+
+    /// Whether the key about to be read can be on a usage path: the top level's keys, and
+    /// those under a top-level key that starts one.
+    fn key_matters(&self) -> bool {
+        let d = self.depth as usize;
+        d == 1
+            || (d <= PATH_DEPTH
+                && matches!(self.path[0], Key::Usage | Key::Response | Key::Message))
     }
 
     /// Reads the digits of an integer part; returns how many were consumed.
@@ -331,8 +236,13 @@ impl Doc {
             State::Value | State::ArrayFirst => self.value_start(b),
             State::ObjectFirst | State::Key => match b {
                 b'"' => {
-                    self.name_len = 0;
-                    self.state = State::Str { key: true };
+                    self.state = if self.key_matters() {
+                        self.name_len = 0;
+                        State::Name
+                    } else {
+                        self.name_len = OVERLONG;
+                        State::Str { key: true }
+                    };
                 }
                 b'}' if self.state == State::ObjectFirst => self.close(),
                 _ if is_space(b) => {}
@@ -387,7 +297,7 @@ impl Doc {
                     self.state = State::Literal { which, at: at + 1 };
                 }
             }
-            State::Str { .. } | State::Broken => {}
+            State::Str { .. } | State::Name | State::Broken => {}
         }
         true
     }

@@ -12,6 +12,7 @@
 
 mod header;
 mod json;
+mod paths;
 mod sse;
 
 #[cfg(test)]
@@ -19,7 +20,8 @@ mod tests;
 
 pub use header::{parse_usage_header, USAGE_HEADER};
 
-use json::{Counts, Doc, Field};
+use json::Doc;
+use paths::{Counts, Field};
 
 /// Which dialects a route reads (from its config; `auto` = all of them).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

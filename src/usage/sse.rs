@@ -19,9 +19,13 @@ pub(super) trait Sink {
 }
 
 const DATA: &[u8] = b"data";
+/// The spec drops one byte order mark at the start of the stream.
+const BOM: &[u8] = b"\xEF\xBB\xBF";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Line {
+    /// At the start of the stream, this many bytes of a byte order mark matched.
+    Bom(u8),
     /// At the start of a line, this many bytes of `data` matched.
     Name(u8),
     /// A comment or a field other than `data`: skipped to its end.
@@ -44,7 +48,7 @@ pub(super) struct Lines {
 impl Lines {
     pub(super) fn new() -> Lines {
         Lines {
-            line: Line::Name(0),
+            line: Line::Bom(0),
             after_cr: false,
             in_event: false,
         }
@@ -79,6 +83,19 @@ impl Lines {
                 continue;
             }
             self.after_cr = false;
+            if let Line::Bom(n) = self.line {
+                let n = n as usize;
+                if b == BOM[n] {
+                    self.line = if n + 1 == BOM.len() {
+                        Line::Name(0)
+                    } else {
+                        Line::Bom(n as u8 + 1)
+                    };
+                    continue;
+                }
+                // No mark: the byte starts the first line (a part of one starts no field).
+                self.line = if n == 0 { Line::Name(0) } else { Line::Skip };
+            }
             match self.line {
                 Line::Name(n) => {
                     let n = n as usize;
@@ -97,7 +114,7 @@ impl Lines {
                         sink.data(&chunk[i - 1..i]);
                     }
                 }
-                Line::Skip | Line::Value => {}
+                Line::Bom(_) | Line::Skip | Line::Value => {}
             }
         }
         started
@@ -115,7 +132,7 @@ impl Lines {
     fn end_line(&mut self, sink: &mut impl Sink) -> u32 {
         let line = std::mem::replace(&mut self.line, Line::Name(0));
         match line {
-            Line::Name(0) => {
+            Line::Name(0) | Line::Bom(0) => {
                 if std::mem::take(&mut self.in_event) {
                     sink.dispatch();
                 }

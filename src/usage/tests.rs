@@ -288,6 +288,20 @@ fn sse_lines_and_fields() {
     // Field names are exact: `Data:` and `datum:` are other fields; `data` alone is data.
     let stream = format!("Data: {chunk}\ndatum: {chunk}\n\ndata\n\n");
     assert_eq!(whole(Framing::Sse, &stream), (None, 1));
+    // One byte order mark at the start is dropped; a partial one is a line of its own.
+    let stream = format!("\u{feff}data: {chunk}\n\n");
+    assert_eq!(whole(Framing::Sse, &stream), (usage(3, 4, 0), 1));
+    let stream = format!("\u{feff}\u{feff}data: {chunk}\n\n");
+    assert_eq!(whole(Framing::Sse, &stream), (None, 0));
+    let stream = [
+        b"\xEF\xBB",
+        format!("data: {chunk}\n\ndata: {chunk}\n\n").as_bytes(),
+    ]
+    .concat();
+    assert_eq!(
+        scan(Framing::Sse, Dialects::AUTO, &[&stream]),
+        (usage(3, 4, 0), 1)
+    );
     // Blank lines without data dispatch nothing.
     assert_eq!(whole(Framing::Sse, "\n\n\r\n: x\n\n"), (None, 0));
 }
@@ -345,7 +359,7 @@ fn split_points_do_not_matter() {
         assert!(whole(framing, body).0.is_some());
         same_at_every_split(framing, body, false);
     }
-    let short = "data:{\"usage\":\r\ndata: {\"input_tokens\":12,\"output_tokens\":3e0,\"output_tokens\":34}}\r\n\r\ndata: [DONE]\r\r";
+    let short = "\u{feff}data:{\"usage\":\r\ndata: {\"input_tokens\":12,\"output_tokens\":3e0,\"output_tokens\":34}}\r\n\r\ndata: [DONE]\r\r";
     assert_eq!(whole(Framing::Sse, short), (usage(12, 34, 0), 2));
     same_at_every_split(Framing::Sse, short, true);
     let short = r#"{"usage":{"prompt_tokens":12,"completion_tokens":34}, "s":"\\\"\u00e9"}"#;
