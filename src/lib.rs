@@ -19,8 +19,8 @@
 //! - [`demo`]: the demo's agents, load and live table.
 //!
 //! Layers, highest first: wiring (`app`, and `demo` above it), `control`, `edge`, `proxy`,
-//! `routing`, `upstream`, `config`, the leaves (`samples`, `lifecycle`, `failure`, `tls`), and
-//! `telemetry`. A module names only its own layer and those below it, and no two modules name
+//! `routing`, `upstream`, `config`, the leaves (`samples`, `lifecycle`, `failure`, `tls`,
+//! `usage`), and `telemetry`. A module names only its own layer and those below it, and no two modules name
 //! each other; `tests/architecture` checks both.
 
 pub mod app;
