@@ -14,6 +14,7 @@ mod args;
 pub mod load;
 pub mod openai;
 pub mod rollout;
+mod spec;
 pub mod table;
 
 use std::collections::HashSet;

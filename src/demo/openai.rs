@@ -3,7 +3,7 @@
 //! `chat.completion` JSON or as a `chat.completion.chunk` SSE stream, one event per frame.
 //!
 //! Owns: the protocol's JSON shapes and the token arithmetic. Must not touch: the agent's
-//! knobs (read from [`AgentSpec`]) or its connection handling (`agent`).
+//! knobs (read from [`AgentSpec`], `spec`) or its connection handling (`agent`).
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -14,7 +14,7 @@ use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use serde::{Deserialize, Serialize};
 
-use super::agent::{AgentSpec, ChannelBody};
+use super::spec::{AgentSpec, ChannelBody};
 
 /// A chat request is a few messages: anything larger is not what the demo sends.
 const MAX_BODY: usize = 1 << 20;
