@@ -1,6 +1,7 @@
 //! The `cohort` command: wiring only. Parses arguments, sets up logging, and calls the library.
 
 use std::alloc::{GlobalAlloc, Layout};
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -140,7 +141,9 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log_format);
+    // The demo's live table owns the terminal: its log lines print above it (`demo::logs`).
+    let tabled = matches!(cli.command, Command::Demo { .. } | Command::DemoLoad(_));
+    init_logging(cli.log_format, tabled && std::io::stdout().is_terminal());
     // Parked connections free their buffers; mimalloc hands the pages back only when told.
     // Forced: unforced, it keeps pages freed within its purge delay, and when parks come in one
     // burst no later collection comes to purge them (10,000 idle connections then kept 20.9
@@ -158,13 +161,23 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_logging(format: LogFormat) {
+fn init_logging(format: LogFormat, held: bool) {
+    if held {
+        init_logging_to(format, cohort::demo::logs::Logs);
+    } else {
+        init_logging_to(format, std::io::stderr);
+    }
+}
+
+fn init_logging_to<W>(format: LogFormat, writer: W)
+where
+    W: for<'a> tracing_subscriber::fmt::MakeWriter<'a> + Send + Sync + 'static,
+{
     let filter =
         tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-    use std::io::IsTerminal;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(writer)
         .with_ansi(std::io::stderr().is_terminal());
     match format {
         LogFormat::Text => builder.init(),

@@ -12,6 +12,7 @@
 pub mod agent;
 mod args;
 pub mod load;
+pub mod logs;
 pub mod openai;
 pub mod rollout;
 mod spec;
@@ -129,6 +130,7 @@ pub async fn run(config: &Path, args: &DemoArgs) -> Result<(), DemoError> {
     }
     // Closing the demo's terminal ends it, ports and all.
     crate::app::wait_for_signals(&running, crate::app::Hangup::Stop).await;
+    logs::release();
     running.shutdown().await;
     Ok(())
 }
@@ -171,6 +173,7 @@ pub async fn run_load(args: &LoadArgs) {
         _ = stop_signal() => {}
     }
     reporter.abort();
+    logs::release();
     if !std::io::stdout().is_terminal() || !tally.finished.load(Ordering::Acquire) {
         for l in tally.totals() {
             println!("{l}");
@@ -191,6 +194,9 @@ async fn report<F>(
     F: Fn() -> (Snapshot, Vec<(String, String)>) + Send + 'static,
 {
     let tty = std::io::stdout().is_terminal();
+    if tty {
+        logs::hold();
+    }
     let started = Instant::now();
     let mut window = Window::new(WINDOW);
     let mut tick = tokio::time::interval(every);
@@ -209,6 +215,16 @@ async fn report<F>(
             .filter(|t| t.finished.load(Ordering::Acquire));
         let mut out = std::io::stdout().lock();
         if tty {
+            // Held log lines go above the table: up over the old table, clear it, print them,
+            // then the table again below them.
+            let held = logs::take();
+            if !held.is_empty() {
+                if drawn > 0 {
+                    let _ = write!(out, "\x1b[{drawn}A\x1b[J");
+                }
+                let _ = out.write_all(&held);
+                drawn = 0;
+            }
             let mut lines = table::render(&title, &rows);
             lines.push(String::new());
             lines.extend(table::tokens(&rows));
