@@ -43,7 +43,8 @@ fn tokens(u: Usage) -> Tokens {
 pub struct UsageReader {
     /// Absent for a body neither streamed nor read for usage.
     scanner: Option<Scanner>,
-    dialects: Dialects,
+    /// Whether a trailer may carry cohort's own usage header.
+    header: bool,
 }
 
 impl UsageReader {
@@ -74,7 +75,7 @@ impl UsageReader {
         // Event timing is wanted of every stream; usage only where the route reads it.
         UsageReader {
             scanner: (streamed || in_body).then(|| Scanner::new(framing, dialects)),
-            dialects,
+            header: dialects.header,
         }
     }
 
@@ -86,7 +87,7 @@ impl UsageReader {
     }
 
     pub fn trailers(&mut self, trailers: &HeaderMap, acct: &mut Accounting) {
-        if !self.dialects.header {
+        if !self.header {
             return;
         }
         if let Some(u) = trailers

@@ -6,7 +6,11 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::support::fleet::{band, ms, switches, Fleet, Sample, Seen, Timeline};
+use std::sync::Arc;
+
+use crate::support::fleet::{
+    band, fixed_keys, ms, switches, Fleet, Keys, RecordWatch, Sample, Sampler, Seen, Timeline,
+};
 
 /// Runs `f`, failing the test if it takes longer than `limit`.
 pub async fn bounded<F: Future<Output = ()>>(limit: Duration, f: F) {
@@ -249,4 +253,22 @@ pub fn check_switches(
 pub async fn one_at_a_time() -> tokio::sync::MutexGuard<'static, ()> {
     static ONE: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
     ONE.lock().await
+}
+
+/// How most tests watch a fleet: 200 fixed users cycled by `workers` clients, one request
+/// each `gap`, spread over the replicas, and every replica's record.
+pub fn watched(
+    fleet: &Fleet,
+    workers: usize,
+    gap: Duration,
+) -> (Arc<Vec<String>>, RecordWatch, Sampler) {
+    let keys = Arc::new(fixed_keys(200));
+    let watch = RecordWatch::start(&fleet.admin_addrs());
+    let sampler = Sampler::start(
+        &fleet.public_addrs(),
+        Keys::Cycle(Arc::clone(&keys)),
+        workers,
+        gap,
+    );
+    (keys, watch, sampler)
 }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::support::fleet::{
-    fixed_keys, in_canary, ms, now_ms, now_us, Fleet, Keys, RecordWatch, Sample, Sampler, Timeline,
+    fixed_keys, in_canary, ms, now_ms, now_us, Fleet, Keys, Sample, Sampler, Timeline,
 };
 use crate::support::fleet::{phase, Timings};
 
@@ -222,14 +222,7 @@ async fn a_step_switches_together_on_three_replicas_with_one_nats_node_down() {
         return;
     };
     bounded(Duration::from_secs(120), async {
-        let keys = Arc::new(fixed_keys(200));
-        let watch = RecordWatch::start(&fleet.admin_addrs());
-        let sampler = Sampler::start(
-            &fleet.public_addrs(),
-            Keys::Cycle(Arc::clone(&keys)),
-            2,
-            Duration::from_millis(2),
-        );
+        let (keys, watch, sampler) = watched(&fleet, 2, Duration::from_millis(2));
         fleet
             .until_synced("every replica at the first step", Duration::from_secs(20), |r| {
                 r["step"] == 0

@@ -1,13 +1,10 @@
 //! A fleet losing members: the judge killed (a successor at the same step), and a replica
 //! restarted (the shared step over its stale file).
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::support::fleet::phase;
-use crate::support::fleet::{
-    bp, fixed_keys, in_canary, ms, now_ms, now_us, Fleet, Keys, RecordWatch, Sampler, Timeline,
-};
+use crate::support::fleet::{bp, in_canary, ms, now_ms, now_us, Fleet, Timeline};
 use serde_json::Value;
 
 use super::common::*;
@@ -22,14 +19,7 @@ async fn killing_the_judge_hands_over_within_the_lease_at_the_same_step() {
         return;
     };
     bounded(Duration::from_secs(120), async {
-        let keys = Arc::new(fixed_keys(200));
-        let watch = RecordWatch::start(&fleet.admin_addrs());
-        let sampler = Sampler::start(
-            &fleet.public_addrs(),
-            Keys::Cycle(Arc::clone(&keys)),
-            1,
-            Duration::from_millis(5),
-        );
+        let (_keys, watch, sampler) = watched(&fleet, 1, Duration::from_millis(5));
         // Just after the second step took effect everywhere: its soak has barely begun.
         let records = fleet
             .until_synced("every replica at step 1", Duration::from_secs(60), |r| r["step"] == 1)
@@ -167,14 +157,7 @@ async fn a_restarted_replica_serves_the_shared_step_not_its_stale_file() {
         return;
     };
     bounded(Duration::from_secs(120), async {
-        let keys = Arc::new(fixed_keys(200));
-        let watch = RecordWatch::start(&fleet.admin_addrs());
-        let sampler = Sampler::start(
-            &fleet.public_addrs(),
-            Keys::Cycle(Arc::clone(&keys)),
-            2,
-            Duration::from_millis(3),
-        );
+        let (_keys, watch, sampler) = watched(&fleet, 2, Duration::from_millis(3));
         let records = fleet
             .until_synced("every replica at step 1", Duration::from_secs(60), |r| r["step"] == 1)
             .await;

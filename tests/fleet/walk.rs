@@ -68,14 +68,7 @@ async fn an_aa_canary_walks_every_step_on_three_replicas_and_they_agree() {
         return;
     };
     bounded(Duration::from_secs(120), async {
-        let keys = Arc::new(fixed_keys(200));
-        let watch = RecordWatch::start(&fleet.admin_addrs());
-        let sampler = Sampler::start(
-            &fleet.public_addrs(),
-            Keys::Cycle(Arc::clone(&keys)),
-            2,
-            Duration::from_millis(2),
-        );
+        let (keys, watch, sampler) = watched(&fleet, 2, Duration::from_millis(2));
         // Every replica starts unsynced (canary 0%) until it has read the record: judge
         // agreement from the moment all three have.
         fleet
