@@ -330,14 +330,16 @@ async fn the_token_guards_read_each_answer_s_mean_gap_and_first_token() {
     }
     let gap = &reading[0];
     assert_eq!(gap["guard"], "inter_token p50", "{reading:#}");
-    // Each answer's mean gap: the agent's pause between events (or more, on a busy machine),
-    // never less; bins are at most 12.5% wide.
+    // Each answer's mean gap: about the agent's pause between events. It can read less: the
+    // mean is (last - first) / gaps as the proxy sees them, and on a busy machine the first
+    // event may arrive late and the rest catch up (a run read 8.3 ms for a 10 ms pause). Only
+    // an order of magnitude is asserted, and the ordering.
     let (c, b) = (
         gap["canary"].as_f64().unwrap(),
         gap["baseline"].as_f64().unwrap(),
     );
-    assert!((0.035..0.5).contains(&c), "{gap:#}");
-    assert!((0.0087..0.5).contains(&b), "{gap:#}");
+    assert!((0.02..0.5).contains(&c), "{gap:#}");
+    assert!((0.005..0.5).contains(&b), "{gap:#}");
     assert!(c > b, "{gap:#}");
     let ttft = &reading[1];
     assert_eq!(ttft["guard"], "ttft p50", "{reading:#}");
