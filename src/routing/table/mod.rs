@@ -12,6 +12,7 @@ mod edge;
 mod index;
 #[cfg(test)]
 mod index_tests;
+mod pin;
 pub(crate) mod rollout;
 #[cfg(test)]
 mod rollout_tests;
@@ -33,6 +34,7 @@ use metrics::Counter;
 
 pub use build::{basis_points, show_percent, Invalid, TableError, TableInput, DEFAULT_OUTCOMES};
 pub use edge::{Policy, Underscores};
+pub use pin::{PinCarrier, PinSpec};
 
 use crate::routing::bands::{self, Bands};
 use crate::routing::key::KeySource;
@@ -124,6 +126,8 @@ pub struct Route {
     /// The route's rollout, as configured; its state lives in `rollout::Rollouts`, which sets
     /// the cohorts' effective weights.
     pub rollout: Option<Arc<rollout::RolloutSpec>>,
+    /// Conversation pinning, when the route enables it.
+    pub pin: Option<Arc<PinSpec>>,
 }
 
 #[derive(Clone)]
