@@ -13,6 +13,8 @@ mod index;
 #[cfg(test)]
 mod index_tests;
 mod pin;
+#[cfg(test)]
+mod pin_tests;
 pub(crate) mod rollout;
 #[cfg(test)]
 mod rollout_tests;
