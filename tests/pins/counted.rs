@@ -1,0 +1,199 @@
+//! Refused pins, each kind sent a known number of times, counted on `/metrics` with exact
+//! values while every such request takes its normal cohort with a 200; the header pin never
+//! reaches the upstream; an override beats a pin; and a secret rotation by reload.
+
+use crate::common::*;
+use crate::support::{fetch, get, Config, MockUpstream, Route, TestProxy};
+
+/// Stable 100, canary 0 (so a canary pin is inactive), header pins, and the override header
+/// for trusted loopback clients.
+async fn setup(secret: &str) -> (TestProxy, MockUpstream, MockUpstream) {
+    let (stable, canary) = (
+        MockUpstream::json("stable").await,
+        MockUpstream::json("canary").await,
+    );
+    let yaml = Config::new()
+        .top("reload: {watch: false, poll_interval: 1h}")
+        .top("trusted_cidrs: [\"127.0.0.1/32\"]")
+        .upstream("stable", stable.addr)
+        .upstream("canary", canary.addr)
+        .route(
+            Route::new("agent")
+                .key("header: x-user-id")
+                .set("override_header: x-cohort-override")
+                .set("pin:")
+                .set(&format!("  secret_file: {secret}"))
+                .set(&format!("  header: {HEADER}"))
+                .set("  idle_ttl: 10m")
+                .set("  max_ttl: 1h")
+                .split(&[("stable", "stable", "100"), ("canary", "canary", "0")]),
+        )
+        .yaml();
+    (TestProxy::start(&yaml).await, stable, canary)
+}
+
+#[tokio::test]
+async fn refused_pins_are_counted_exactly_and_take_the_normal_cohort() {
+    let dir = tempfile::tempdir().unwrap();
+    let (proxy, stable, canary) = setup(&write_secret(dir.path(), &[SECRET])).await;
+    let t = now();
+    let other_secret = cohort::routing::pin::mint(
+        b"not-the-route-secret-0123456789",
+        &cohort::routing::pin::Pin {
+            route: "agent",
+            cohort: "stable",
+            rollout: "",
+            issued: t,
+            expires: t + 600,
+        },
+    );
+    let cases: Vec<(&str, String, usize)> = vec![
+        ("malformed", "garbage".into(), 2),
+        ("malformed", "v1~agent~stable~~1~2".into(), 1),
+        ("forged", other_secret, 3),
+        ("forged", mint("agent", "canary", "", t, t + 600).replacen("canary", "stable", 1), 1),
+        ("expired", mint("agent", "stable", "", t - 700, t - 100), 1),
+        // Within its idle expiry but past its first issue plus max_ttl (1h).
+        ("expired", mint("agent", "stable", "", t - 3601, t + 300), 1),
+        ("foreign", mint("other", "stable", "", t, t + 600), 1),
+        ("foreign", mint("agent", "stable", "old-rollout", t, t + 600), 2),
+        ("inactive", mint("agent", "canary", "", t, t + 600), 2),
+        ("inactive", mint("agent", "retired", "", t, t + 600), 1),
+    ];
+    let mut sent = 0;
+    for (reason, value, times) in &cases {
+        for _ in 0..*times {
+            let reply = proxy
+                .get("/v1/chat", &[("x-user-id", "user-3"), (HEADER, value)])
+                .await;
+            // Refused silently: the normal cohort (user-3 would be canary at 5%; here
+            // stable has every bucket), and a fresh pin for it.
+            assert_eq!(reply.status, 200, "{reason}");
+            assert_eq!(reply.header("x-cohort"), Some("stable"), "{reason}");
+            let fresh = reply.header(HEADER).expect("a fresh pin");
+            let got = cohort::routing::pin::verify(&[SECRET], fresh.as_bytes(), now()).unwrap();
+            assert_eq!((got.cohort, got.route, got.rollout), ("stable", "agent", ""));
+            assert!(got.issued >= t && got.expires == got.issued + 600, "{got:?}");
+            sent += 1;
+        }
+    }
+    // An empty header is no pin at all.
+    let reply = proxy
+        .get("/v1/chat", &[("x-user-id", "user-3"), (HEADER, "")])
+        .await;
+    assert_eq!(reply.header("x-cohort"), Some("stable"));
+    // A valid pin is honoured and comes back with its first issue time.
+    let valid = mint("agent", "stable", "", t - 60, t + 60);
+    let reply = proxy
+        .get("/v1/chat", &[("x-user-id", "user-3"), (HEADER, &valid)])
+        .await;
+    let again = cohort::routing::pin::verify(&[SECRET], reply.header(HEADER).unwrap().as_bytes(), now())
+        .unwrap();
+    assert_eq!(again.issued, t - 60);
+    assert!(again.expires >= t + 600, "the idle expiry slid: {again:?}");
+
+    // The header pin is the proxy's: no upstream saw it.
+    assert_eq!(canary.request_count(), 0);
+    assert_eq!(stable.request_count(), sent + 2);
+    for seen in stable.requests() {
+        assert_eq!(seen.header(HEADER), None, "pin forwarded");
+    }
+
+    let scrape = proxy.scrape().await;
+    scrape.assert_well_formed();
+    let metric = |name: &str, k: &str, v: &str| scrape.metric(name, &[("route", "agent"), (k, v)]);
+    for reason in ["malformed", "forged", "expired", "foreign", "inactive"] {
+        let expected: usize = cases.iter().filter(|c| c.0 == reason).map(|c| c.2).sum();
+        assert_eq!(
+            metric("cohort_pin_rejected_total", "reason", reason),
+            expected as f64,
+            "{reason}"
+        );
+    }
+    assert_eq!(metric("cohort_pinned_requests_total", "cohort", "stable"), 1.0);
+    assert_eq!(metric("cohort_pinned_requests_total", "cohort", "canary"), 0.0);
+    assert_eq!(metric("cohort_pins_issued_total", "cohort", "stable"), (sent + 1) as f64);
+    assert_eq!(metric("cohort_pins_issued_total", "cohort", "canary"), 0.0);
+    // Refused pins are no override rejections.
+    for s in scrape.series("cohort_override_rejected_total") {
+        assert_eq!(s.value, 0.0, "{s:?}");
+    }
+}
+
+#[tokio::test]
+async fn an_override_beats_a_pin_and_leaves_it_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let (proxy, _stable, canary) = setup(&write_secret(dir.path(), &[SECRET])).await;
+    let t = now();
+    let pin = mint("agent", "stable", "", t, t + 600);
+    let reply = proxy
+        .get(
+            "/v1/chat",
+            &[
+                ("x-user-id", "user-1"),
+                (HEADER, &pin),
+                ("x-cohort-override", "canary"),
+            ],
+        )
+        .await;
+    assert_eq!(reply.header("x-cohort"), Some("canary"));
+    // A tester's forced cohort does not stick to the conversation.
+    assert_eq!(reply.header(HEADER), None);
+    let seen = canary.only_request();
+    assert_eq!(seen.header(HEADER), None);
+    assert_eq!(seen.header("x-cohort-override"), None);
+    let scrape = proxy.scrape().await;
+    for name in ["cohort_pinned_requests_total", "cohort_pins_issued_total", "cohort_pin_rejected_total"] {
+        for s in scrape.series(name) {
+            assert_eq!(s.value, 0.0, "{s:?}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_rotated_secret_file_honours_old_pins_until_the_old_line_goes() {
+    const NEW: &str = "the-next-pin-secret-0123456789abcdef";
+    let dir = tempfile::tempdir().unwrap();
+    let secret = write_secret(dir.path(), &[SECRET]);
+    let (proxy, _stable, _canary) = setup(&secret).await;
+    let t = now();
+    let old_pin = mint("agent", "stable", "", t, t + 600);
+    let send = |pin: String| {
+        let proxy = &proxy;
+        async move {
+            let reply = fetch(
+                &proxy.client,
+                get(proxy.public, "/", &[("x-user-id", "user-1"), (HEADER, &pin)]),
+            )
+            .await;
+            reply.header(HEADER).unwrap().to_string()
+        }
+    };
+    // The new secret on top: it signs, the old one still verifies.
+    write_secret(dir.path(), &[NEW, SECRET]);
+    assert!(matches!(
+        proxy.running.reload("test").await,
+        cohort::control::reload::Outcome::Applied { .. }
+    ));
+    let reissued = send(old_pin.clone()).await;
+    assert!(cohort::routing::pin::verify(&[NEW], reissued.as_bytes(), now()).is_ok());
+    assert_eq!(
+        cohort::routing::pin::verify(&[SECRET], reissued.as_bytes(), now()),
+        Err(cohort::routing::pin::Rejection::Forged)
+    );
+    proxy
+        .expect_metric("cohort_pinned_requests_total", &[("route", "agent"), ("cohort", "stable")], 1.0)
+        .await;
+    // The old line dropped: its pins are forged, the new secret's are honoured.
+    write_secret(dir.path(), &[NEW]);
+    assert!(matches!(
+        proxy.running.reload("test").await,
+        cohort::control::reload::Outcome::Applied { .. }
+    ));
+    send(old_pin).await;
+    send(reissued).await;
+    let scrape = proxy.scrape().await;
+    let labels = |k, v| [("route", "agent"), (k, v)];
+    assert_eq!(scrape.metric("cohort_pin_rejected_total", &labels("reason", "forged")), 1.0);
+    assert_eq!(scrape.metric("cohort_pinned_requests_total", &labels("cohort", "stable")), 2.0);
+}
