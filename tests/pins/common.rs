@@ -138,7 +138,10 @@ impl Conversation {
 
     /// One turn through the proxy at `addr`; keeps the pin the response carries.
     pub async fn turn(&mut self, client: &H1Client, addr: SocketAddr) -> Turn {
-        let cookie = self.pin.as_ref().map(|p| format!("theme=dark; {COOKIE}={p}"));
+        let cookie = self
+            .pin
+            .as_ref()
+            .map(|p| format!("theme=dark; {COOKIE}={p}"));
         let mut headers = vec![("x-user-id", self.key.as_str())];
         match (self.carrier, &self.pin, &cookie) {
             (Carrier::Cookie, Some(_), Some(c)) => headers.push(("cookie", c)),

@@ -51,12 +51,20 @@ async fn refused_pins_are_counted_exactly_and_take_the_normal_cohort() {
         ("malformed", "garbage".into(), 2),
         ("malformed", "v1~agent~stable~~1~2".into(), 1),
         ("forged", other_secret, 3),
-        ("forged", mint("agent", "canary", "", t, t + 600).replacen("canary", "stable", 1), 1),
+        (
+            "forged",
+            mint("agent", "canary", "", t, t + 600).replacen("canary", "stable", 1),
+            1,
+        ),
         ("expired", mint("agent", "stable", "", t - 700, t - 100), 1),
         // Within its idle expiry but past its first issue plus max_ttl (1h).
         ("expired", mint("agent", "stable", "", t - 3601, t + 300), 1),
         ("foreign", mint("other", "stable", "", t, t + 600), 1),
-        ("foreign", mint("agent", "stable", "old-rollout", t, t + 600), 2),
+        (
+            "foreign",
+            mint("agent", "stable", "old-rollout", t, t + 600),
+            2,
+        ),
         ("inactive", mint("agent", "canary", "", t, t + 600), 2),
         ("inactive", mint("agent", "retired", "", t, t + 600), 1),
     ];
@@ -72,8 +80,14 @@ async fn refused_pins_are_counted_exactly_and_take_the_normal_cohort() {
             assert_eq!(reply.header("x-cohort"), Some("stable"), "{reason}");
             let fresh = reply.header(HEADER).expect("a fresh pin");
             let got = cohort::routing::pin::verify(&[SECRET], fresh.as_bytes(), now()).unwrap();
-            assert_eq!((got.cohort, got.route, got.rollout), ("stable", "agent", ""));
-            assert!(got.issued >= t && got.expires == got.issued + 600, "{got:?}");
+            assert_eq!(
+                (got.cohort, got.route, got.rollout),
+                ("stable", "agent", "")
+            );
+            assert!(
+                got.issued >= t && got.expires == got.issued + 600,
+                "{got:?}"
+            );
             sent += 1;
         }
     }
@@ -87,8 +101,9 @@ async fn refused_pins_are_counted_exactly_and_take_the_normal_cohort() {
     let reply = proxy
         .get("/v1/chat", &[("x-user-id", "user-3"), (HEADER, &valid)])
         .await;
-    let again = cohort::routing::pin::verify(&[SECRET], reply.header(HEADER).unwrap().as_bytes(), now())
-        .unwrap();
+    let again =
+        cohort::routing::pin::verify(&[SECRET], reply.header(HEADER).unwrap().as_bytes(), now())
+            .unwrap();
     assert_eq!(again.issued, t - 60);
     assert!(again.expires >= t + 600, "the idle expiry slid: {again:?}");
 
@@ -110,9 +125,18 @@ async fn refused_pins_are_counted_exactly_and_take_the_normal_cohort() {
             "{reason}"
         );
     }
-    assert_eq!(metric("cohort_pinned_requests_total", "cohort", "stable"), 1.0);
-    assert_eq!(metric("cohort_pinned_requests_total", "cohort", "canary"), 0.0);
-    assert_eq!(metric("cohort_pins_issued_total", "cohort", "stable"), (sent + 1) as f64);
+    assert_eq!(
+        metric("cohort_pinned_requests_total", "cohort", "stable"),
+        1.0
+    );
+    assert_eq!(
+        metric("cohort_pinned_requests_total", "cohort", "canary"),
+        0.0
+    );
+    assert_eq!(
+        metric("cohort_pins_issued_total", "cohort", "stable"),
+        (sent + 1) as f64
+    );
     assert_eq!(metric("cohort_pins_issued_total", "cohort", "canary"), 0.0);
     // Refused pins are no override rejections.
     for s in scrape.series("cohort_override_rejected_total") {
@@ -143,7 +167,11 @@ async fn an_override_beats_a_pin_and_leaves_it_alone() {
     assert_eq!(seen.header(HEADER), None);
     assert_eq!(seen.header("x-cohort-override"), None);
     let scrape = proxy.scrape().await;
-    for name in ["cohort_pinned_requests_total", "cohort_pins_issued_total", "cohort_pin_rejected_total"] {
+    for name in [
+        "cohort_pinned_requests_total",
+        "cohort_pins_issued_total",
+        "cohort_pin_rejected_total",
+    ] {
         for s in scrape.series(name) {
             assert_eq!(s.value, 0.0, "{s:?}");
         }
@@ -163,7 +191,11 @@ async fn a_rotated_secret_file_honours_old_pins_until_the_old_line_goes() {
         async move {
             let reply = fetch(
                 &proxy.client,
-                get(proxy.public, "/", &[("x-user-id", "user-1"), (HEADER, &pin)]),
+                get(
+                    proxy.public,
+                    "/",
+                    &[("x-user-id", "user-1"), (HEADER, &pin)],
+                ),
             )
             .await;
             reply.header(HEADER).unwrap().to_string()
@@ -182,7 +214,11 @@ async fn a_rotated_secret_file_honours_old_pins_until_the_old_line_goes() {
         Err(cohort::routing::pin::Rejection::Forged)
     );
     proxy
-        .expect_metric("cohort_pinned_requests_total", &[("route", "agent"), ("cohort", "stable")], 1.0)
+        .expect_metric(
+            "cohort_pinned_requests_total",
+            &[("route", "agent"), ("cohort", "stable")],
+            1.0,
+        )
         .await;
     // The old line dropped: its pins are forged, the new secret's are honoured.
     write_secret(dir.path(), &[NEW]);
@@ -194,6 +230,12 @@ async fn a_rotated_secret_file_honours_old_pins_until_the_old_line_goes() {
     send(reissued).await;
     let scrape = proxy.scrape().await;
     let labels = |k, v| [("route", "agent"), (k, v)];
-    assert_eq!(scrape.metric("cohort_pin_rejected_total", &labels("reason", "forged")), 1.0);
-    assert_eq!(scrape.metric("cohort_pinned_requests_total", &labels("cohort", "stable")), 2.0);
+    assert_eq!(
+        scrape.metric("cohort_pin_rejected_total", &labels("reason", "forged")),
+        1.0
+    );
+    assert_eq!(
+        scrape.metric("cohort_pinned_requests_total", &labels("cohort", "stable")),
+        2.0
+    );
 }

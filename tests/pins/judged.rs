@@ -25,11 +25,17 @@ async fn expect_samples(proxy: &TestProxy, canary: u64, baseline: u64) {
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
         let r = rollout(proxy).await;
-        let got = (r["samples"]["canary"].as_u64(), r["samples"]["baseline"].as_u64());
+        let got = (
+            r["samples"]["canary"].as_u64(),
+            r["samples"]["baseline"].as_u64(),
+        );
         if got == (Some(canary), Some(baseline)) {
             return;
         }
-        assert!(tokio::time::Instant::now() < deadline, "samples {got:?}: {r:#}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "samples {got:?}: {r:#}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -51,7 +57,11 @@ async fn pinned_turns_are_the_serving_cohorts_samples_and_a_rollback_overrides_p
         .yaml();
     let proxy = TestProxy::start(&yaml).await;
     let r = rollout(&proxy).await;
-    assert_eq!((&r["state"], &r["step"]), (&"ramping".into(), &0.into()), "{r:#}");
+    assert_eq!(
+        (&r["state"], &r["step"]),
+        (&"ramping".into(), &0.into()),
+        "{r:#}"
+    );
 
     // Keys whose band at 10% is the baseline's, each holding a canary pin of this rollout.
     let keys: Vec<String> = (0..)
@@ -65,7 +75,11 @@ async fn pinned_turns_are_the_serving_cohorts_samples_and_a_rollback_overrides_p
         let mut c = Conversation::new(key.clone(), Carrier::Header);
         c.pin = Some(mint("agent", "canary", "v2", t, t + 600));
         for _ in 0..2 {
-            assert_eq!(c.turn(&proxy.client, proxy.public).await.cohort, "canary", "{key}");
+            assert_eq!(
+                c.turn(&proxy.client, proxy.public).await.cohort,
+                "canary",
+                "{key}"
+            );
         }
         conversations.push(c);
     }
@@ -94,9 +108,21 @@ async fn pinned_turns_are_the_serving_cohorts_samples_and_a_rollback_overrides_p
     }
     let scrape = proxy.scrape().await;
     let metric = |name: &str, k: &str, v: &str| scrape.metric(name, &[("route", "agent"), (k, v)]);
-    assert_eq!(metric("cohort_pin_rejected_total", "reason", "foreign"), 10.0);
-    assert_eq!(metric("cohort_pin_rejected_total", "reason", "inactive"), 30.0);
-    assert_eq!(metric("cohort_pinned_requests_total", "cohort", "canary"), 60.0);
+    assert_eq!(
+        metric("cohort_pin_rejected_total", "reason", "foreign"),
+        10.0
+    );
+    assert_eq!(
+        metric("cohort_pin_rejected_total", "reason", "inactive"),
+        30.0
+    );
+    assert_eq!(
+        metric("cohort_pinned_requests_total", "cohort", "canary"),
+        60.0
+    );
     // The second turn after the rollback rode the fresh stable pin.
-    assert_eq!(metric("cohort_pinned_requests_total", "cohort", "stable"), 30.0);
+    assert_eq!(
+        metric("cohort_pinned_requests_total", "cohort", "stable"),
+        30.0
+    );
 }

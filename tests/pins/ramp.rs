@@ -60,14 +60,21 @@ async fn with_pins_no_conversation_changes_cohort_during_the_ramp() {
         on_canary += usize::from(first.cohort == "canary");
         let issued = first.pin.as_deref().unwrap().split('~').nth(4).unwrap();
         for (s, turn) in t.iter().enumerate() {
-            assert_eq!(turn.cohort, first.cohort, "{} changed cohort at step {s}", c.key);
+            assert_eq!(
+                turn.cohort, first.cohort,
+                "{} changed cohort at step {s}",
+                c.key
+            );
             let pin = turn.pin.as_deref().expect("every response carries the pin");
             assert_eq!(pinned_cohort(pin), turn.cohort);
             // Re-issues keep the conversation's first issue time.
             assert_eq!(pin.split('~').nth(4), Some(issued), "{pin}");
             assert_eq!(
                 turn.set_cookie.as_deref(),
-                Some(format!("{COOKIE}={pin}; Path=/; Max-Age=1800; HttpOnly; SameSite=Lax").as_str())
+                Some(
+                    format!("{COOKIE}={pin}; Path=/; Max-Age=1800; HttpOnly; SameSite=Lax")
+                        .as_str()
+                )
             );
         }
     }
@@ -87,8 +94,14 @@ async fn with_pins_no_conversation_changes_cohort_during_the_ramp() {
     let later_turns = (STEPS.len() - 1) as f64;
     let canary_pinned = on_canary as f64 * later_turns;
     let stable_pinned = (CONVERSATIONS - on_canary) as f64 * later_turns;
-    assert_eq!(count("cohort_pinned_requests_total", "cohort", "canary"), canary_pinned);
-    assert_eq!(count("cohort_pinned_requests_total", "cohort", "stable"), stable_pinned);
+    assert_eq!(
+        count("cohort_pinned_requests_total", "cohort", "canary"),
+        canary_pinned
+    );
+    assert_eq!(
+        count("cohort_pinned_requests_total", "cohort", "stable"),
+        stable_pinned
+    );
     assert_eq!(
         count("cohort_pins_issued_total", "cohort", "canary"),
         (on_canary + late_canary) as f64
@@ -98,7 +111,11 @@ async fn with_pins_no_conversation_changes_cohort_during_the_ramp() {
         (2 * CONVERSATIONS - on_canary - late_canary) as f64
     );
     for reason in ["malformed", "forged", "expired", "foreign", "inactive"] {
-        assert_eq!(count("cohort_pin_rejected_total", "reason", reason), 0.0, "{reason}");
+        assert_eq!(
+            count("cohort_pin_rejected_total", "reason", reason),
+            0.0,
+            "{reason}"
+        );
     }
 }
 
@@ -108,7 +125,12 @@ async fn without_pins_exactly_the_expected_conversations_change_cohort() {
     let mut moved = BTreeSet::new();
     for (c, t) in conversations.iter().zip(&turns) {
         for (turn, percent) in t.iter().zip(STEPS) {
-            assert_eq!(turn.cohort, band(&c.key, percent), "{} at {percent}%", c.key);
+            assert_eq!(
+                turn.cohort,
+                band(&c.key, percent),
+                "{} at {percent}%",
+                c.key
+            );
             assert_eq!(turn.pin, None, "no pin without `pin:`");
         }
         if t.iter().any(|turn| turn.cohort != t[0].cohort) {

@@ -24,8 +24,18 @@ async fn two_processes_sharing_the_secret_honour_each_others_pins() {
     let secrets = tempfile::tempdir().unwrap();
     let secret = write_secret(secrets.path(), &[SECRET]);
     let pin = Some((secret.as_str(), Carrier::Header));
-    let a = Process::start("run", &config(stable.addr, canary.addr, "5", pin, &[]), None).await;
-    let b = Process::start("run", &config(stable.addr, canary.addr, "50", pin, &[]), None).await;
+    let a = Process::start(
+        "run",
+        &config(stable.addr, canary.addr, "5", pin, &[]),
+        None,
+    )
+    .await;
+    let b = Process::start(
+        "run",
+        &config(stable.addr, canary.addr, "50", pin, &[]),
+        None,
+    )
+    .await;
     let client = h1_client();
 
     // Started on A (5%), continued on B (50%), then on A again with B's pin.
@@ -36,7 +46,11 @@ async fn two_processes_sharing_the_secret_honour_each_others_pins() {
         let first = c.turn(&client, a.public).await.cohort;
         assert_eq!(first, band(key, 5), "{key}");
         assert_eq!(c.turn(&client, b.public).await.cohort, first, "{key} on B");
-        assert_eq!(c.turn(&client, a.public).await.cohort, first, "{key} back on A");
+        assert_eq!(
+            c.turn(&client, a.public).await.cohort,
+            first,
+            "{key} back on A"
+        );
         // Without the pin, B would have moved it.
         let mut fresh = Conversation::new(key.clone(), Carrier::Header);
         let unpinned = fresh.turn(&client, b.public).await.cohort;
