@@ -354,6 +354,9 @@ impl RoutingTable {
                     route.name, earlier.name
                 ));
             }
+            if let Some(w) = pin::shared_cookie(&self.routes[..i], route) {
+                out.push(w);
+            }
         }
         for name in self.upstreams.keys() {
             let used = self

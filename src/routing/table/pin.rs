@@ -134,3 +134,20 @@ pub(super) fn build_pin(
         counters: metrics.pins(route, cohorts, Rejection::LABELS),
     })
 }
+
+/// A warning when `route` keeps its pins in the same cookie as an earlier route: set with
+/// `Path=/`, one route's pin replaces the other's, and each reads the other's as foreign
+/// (harmless only when the two never share a host).
+pub(super) fn shared_cookie(earlier: &[super::Route], route: &super::Route) -> Option<String> {
+    let cookie = |r: &super::Route| match r.pin.as_ref().map(|p| &p.carrier) {
+        Some(PinCarrier::Cookie(c)) => Some(c.clone()),
+        _ => None,
+    };
+    let name = cookie(route)?;
+    let other = earlier.iter().find(|e| cookie(e).as_ref() == Some(&name))?;
+    Some(format!(
+        "routes {:?} and {:?} both keep their pins in cookie {name:?}: on one host each \
+         replaces the other's pin",
+        other.name, route.name
+    ))
+}

@@ -162,3 +162,29 @@ fn every_secret_line_is_long_enough() {
         &["cannot read"],
     );
 }
+
+#[test]
+fn two_routes_sharing_a_pin_cookie_are_warned_about() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = secret(dir.path(), &[GOOD]);
+    let second = |cookie: &str| {
+        format!(
+            "  - name: other\n    match:\n      path_prefix: /other\n    split:\n      \
+             - cohort: stable\n        upstream: stable\n        percent: 100\n    pin:\n      \
+             secret_file: {file}\n      cookie: {cookie}\n"
+        )
+    };
+    // The first route, moved after the second so its prefix does not shadow it.
+    let first = with_pin(&file, &["cookie: p"]);
+    let (head, agent) = first.split_once("  - name: agent\n").unwrap();
+    let text = |cookie: &str| format!("{head}{}  - name: agent\n{agent}", second(cookie));
+    let t = accept(&text("p"));
+    assert_eq!(
+        t.warnings(),
+        [
+            "routes \"other\" and \"agent\" both keep their pins in cookie \"p\": on one host \
+          each replaces the other's pin"
+        ]
+    );
+    assert!(accept(&text("q")).warnings().is_empty());
+}
