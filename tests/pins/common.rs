@@ -7,7 +7,9 @@ use std::path::Path;
 
 use cohort::routing::pin::{self, Pin};
 
-use crate::support::{fetch, get, yaml_path, Config, H1Client, Route, TestProxy};
+use crate::support::{
+    fetch, get, yaml_path, Config, H1Client, MockUpstream, Route, Scrape, TestProxy,
+};
 
 pub const SECRET: &str = "pins-test-secret-0123456789abcdef";
 pub const COOKIE: &str = "cohort_pin";
@@ -179,4 +181,38 @@ impl Conversation {
 /// The cohort a pin value names (its third `~` field).
 pub fn pinned_cohort(pin: &str) -> &str {
     pin.split('~').nth(2).unwrap()
+}
+
+/// The two mock upstreams, named after their cohorts, and a secret file in a directory of its
+/// own (its path as a YAML scalar).
+pub struct Backends {
+    pub stable: MockUpstream,
+    pub canary: MockUpstream,
+    pub secret: String,
+    _dir: tempfile::TempDir,
+}
+
+pub async fn backends() -> Backends {
+    let dir = tempfile::tempdir().unwrap();
+    Backends {
+        stable: MockUpstream::json("stable").await,
+        canary: MockUpstream::json("canary").await,
+        secret: write_secret(dir.path(), &[SECRET]),
+        _dir: dir,
+    }
+}
+
+/// Asserts route `agent`'s pin counters: `(metric, label value, count)`, the label being
+/// `reason` for `cohort_pin_rejected_total` and `cohort` for the others.
+#[track_caller]
+pub fn assert_counts(scrape: &Scrape, expected: &[(&str, &str, f64)]) {
+    for (name, value, count) in expected {
+        let label = if *name == "cohort_pin_rejected_total" {
+            "reason"
+        } else {
+            "cohort"
+        };
+        let got = scrape.metric(name, &[("route", "agent"), (label, value)]);
+        assert_eq!(got, *count, "{name}{{{label}={value:?}}}");
+    }
 }

@@ -116,28 +116,22 @@ async fn refused_pins_are_counted_exactly_and_take_the_normal_cohort() {
 
     let scrape = proxy.scrape().await;
     scrape.assert_well_formed();
-    let metric = |name: &str, k: &str, v: &str| scrape.metric(name, &[("route", "agent"), (k, v)]);
     for reason in ["malformed", "forged", "expired", "foreign", "inactive"] {
         let expected: usize = cases.iter().filter(|c| c.0 == reason).map(|c| c.2).sum();
-        assert_eq!(
-            metric("cohort_pin_rejected_total", "reason", reason),
-            expected as f64,
-            "{reason}"
+        assert_counts(
+            &scrape,
+            &[("cohort_pin_rejected_total", reason, expected as f64)],
         );
     }
-    assert_eq!(
-        metric("cohort_pinned_requests_total", "cohort", "stable"),
-        1.0
+    assert_counts(
+        &scrape,
+        &[
+            ("cohort_pinned_requests_total", "stable", 1.0),
+            ("cohort_pinned_requests_total", "canary", 0.0),
+            ("cohort_pins_issued_total", "stable", (sent + 1) as f64),
+            ("cohort_pins_issued_total", "canary", 0.0),
+        ],
     );
-    assert_eq!(
-        metric("cohort_pinned_requests_total", "cohort", "canary"),
-        0.0
-    );
-    assert_eq!(
-        metric("cohort_pins_issued_total", "cohort", "stable"),
-        (sent + 1) as f64
-    );
-    assert_eq!(metric("cohort_pins_issued_total", "cohort", "canary"), 0.0);
     // Refused pins are no override rejections.
     for s in scrape.series("cohort_override_rejected_total") {
         assert_eq!(s.value, 0.0, "{s:?}");

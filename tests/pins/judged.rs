@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::common::*;
-use crate::support::{fetch, request, within, Config, MockUpstream, TestProxy, WAIT};
+use crate::support::{fetch, request, within, Config, TestProxy, WAIT};
 
 const ROLLOUT: &str =
     "rollout: {id: v2, canary: canary, steps: [10, 50], soak: 1h, min_samples: 100000}";
@@ -42,18 +42,18 @@ async fn expect_samples(proxy: &TestProxy, canary: u64, baseline: u64) {
 
 #[tokio::test]
 async fn pinned_turns_are_the_serving_cohorts_samples_and_a_rollback_overrides_pins() {
-    let (stable, canary) = (
-        MockUpstream::json("stable").await,
-        MockUpstream::json("canary").await,
-    );
-    let secrets = tempfile::tempdir().unwrap();
-    let secret = write_secret(secrets.path(), &[SECRET]);
+    let b = backends().await;
+    let (stable, canary, secret) = (&b.stable, &b.canary, &b.secret);
     let yaml = Config::new()
         .top("reload: {watch: false, poll_interval: 1h}")
         .top("state_dir: state")
         .upstream("stable", stable.addr)
         .upstream("canary", canary.addr)
-        .route(route("10", Some((&secret, Carrier::Header)), &[ROLLOUT]))
+        .route(route(
+            "10",
+            Some((secret.as_str(), Carrier::Header)),
+            &[ROLLOUT],
+        ))
         .yaml();
     let proxy = TestProxy::start(&yaml).await;
     let r = rollout(&proxy).await;
@@ -106,23 +106,14 @@ async fn pinned_turns_are_the_serving_cohorts_samples_and_a_rollback_overrides_p
         assert_eq!(pinned_cohort(turn.pin.as_deref().unwrap()), "stable");
         assert_eq!(c.turn(&proxy.client, proxy.public).await.cohort, "stable");
     }
-    let scrape = proxy.scrape().await;
-    let metric = |name: &str, k: &str, v: &str| scrape.metric(name, &[("route", "agent"), (k, v)]);
-    assert_eq!(
-        metric("cohort_pin_rejected_total", "reason", "foreign"),
-        10.0
-    );
-    assert_eq!(
-        metric("cohort_pin_rejected_total", "reason", "inactive"),
-        30.0
-    );
-    assert_eq!(
-        metric("cohort_pinned_requests_total", "cohort", "canary"),
-        60.0
-    );
     // The second turn after the rollback rode the fresh stable pin.
-    assert_eq!(
-        metric("cohort_pinned_requests_total", "cohort", "stable"),
-        30.0
+    assert_counts(
+        &proxy.scrape().await,
+        &[
+            ("cohort_pin_rejected_total", "foreign", 10.0),
+            ("cohort_pin_rejected_total", "inactive", 30.0),
+            ("cohort_pinned_requests_total", "canary", 60.0),
+            ("cohort_pinned_requests_total", "stable", 30.0),
+        ],
     );
 }

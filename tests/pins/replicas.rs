@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 
 use crate::common::*;
 use crate::support::process::Process;
-use crate::support::{fetch, get, h1_client, MockUpstream, Scrape};
+use crate::support::{fetch, get, h1_client, Scrape};
 
 async fn pinned(client: &crate::support::H1Client, admin: SocketAddr, cohort: &str) -> f64 {
     let text = fetch(client, get(admin, "/metrics", &[])).await.text();
@@ -17,12 +17,8 @@ async fn pinned(client: &crate::support::H1Client, admin: SocketAddr, cohort: &s
 
 #[tokio::test]
 async fn two_processes_sharing_the_secret_honour_each_others_pins() {
-    let (stable, canary) = (
-        MockUpstream::json("stable").await,
-        MockUpstream::json("canary").await,
-    );
-    let secrets = tempfile::tempdir().unwrap();
-    let secret = write_secret(secrets.path(), &[SECRET]);
+    let b = backends().await;
+    let (stable, canary, secret) = (&b.stable, &b.canary, &b.secret);
     let pin = Some((secret.as_str(), Carrier::Header));
     let a = Process::start(
         "run",
