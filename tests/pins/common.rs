@@ -22,11 +22,12 @@ pub enum Carrier {
     Header,
 }
 
-/// Writes the secret file (with a trailing newline, as `echo` leaves it) into `dir`; its
-/// path as a YAML scalar.
+/// Writes the secret file (with a trailing newline, as `echo` leaves it) into `dir`, renamed
+/// into place so a watcher never reads half of it; its path as a YAML scalar.
 pub fn write_secret(dir: &Path, lines: &[&str]) -> String {
-    let path = dir.join("pin.key");
-    std::fs::write(&path, lines.join("\n") + "\n").unwrap();
+    let (path, tmp) = (dir.join("pin.key"), dir.join("pin.key.tmp"));
+    std::fs::write(&tmp, lines.join("\n") + "\n").unwrap();
+    std::fs::rename(&tmp, &path).unwrap();
     yaml_path(&path)
 }
 
