@@ -111,6 +111,11 @@ async fn refused_pins_are_counted_exactly_and_take_the_normal_cohort() {
         assert_eq!(seen.header(HEADER), None, "pin forwarded");
     }
 
+    let routes = proxy.admin("GET", "/routes").await.json();
+    assert_eq!(
+        routes["routes"][0]["pin"],
+        serde_json::json!({"header": HEADER, "idle_ttl_seconds": 600, "max_ttl_seconds": 3600, "secrets": 1})
+    );
     let scrape = proxy.scrape().await;
     scrape.assert_well_formed();
     for reason in ["malformed", "forged", "expired", "foreign", "inactive"] {

@@ -38,6 +38,23 @@ pub enum PinCarrier {
     Header(HeaderName),
 }
 
+impl PinSpec {
+    /// What `GET /routes` shows of it: where the pin travels, its lifetimes, and how many
+    /// secrets verify (never the secrets).
+    pub fn summary(&self) -> serde_json::Value {
+        let (kind, name) = match &self.carrier {
+            PinCarrier::Cookie(c) => ("cookie", c.as_str()),
+            PinCarrier::Header(h) => ("header", h.as_str()),
+        };
+        serde_json::json!({
+            kind: name,
+            "idle_ttl_seconds": self.idle_ttl,
+            "max_ttl_seconds": self.max_ttl,
+            "secrets": self.secrets.len(),
+        })
+    }
+}
+
 /// Cookie names are RFC 6265 tokens: visible ASCII without separators.
 fn cookie_name(path: &str, name: &str) -> Result<String, TableError> {
     let token = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
