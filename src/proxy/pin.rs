@@ -34,7 +34,9 @@ pub(super) fn stamp(
     let issued = match next {
         NextPin::Keep => return,
         NextPin::Fresh => {
-            spec.counters.issued[index].increment(1);
+            if let Some(c) = spec.counters.issued.get(index) {
+                c.increment(1);
+            }
             now
         }
         NextPin::Refresh { issued } => issued,

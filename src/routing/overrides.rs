@@ -28,8 +28,9 @@ pub struct Choice {
 /// The pin a response carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NextPin {
-    /// None: the route does not pin, or an override forced the cohort (a tester's forced
-    /// cohort must not stick to the conversation once the override is gone).
+    /// No pin on the response, so the client keeps whatever it holds: the route does not
+    /// pin, or an override forced the cohort (a tester's forced cohort must not stick to the
+    /// conversation once the override is gone).
     Keep,
     /// A new conversation's pin (or the replacement of a refused one), first issued now.
     Fresh,
@@ -69,7 +70,9 @@ pub fn choose_cohort(
         if let Some(value) = presented(spec, headers) {
             match pinned(route, spec, value, unix_now()) {
                 Ok((index, issued)) => {
-                    spec.counters.honoured[index].increment(1);
+                    if let Some(c) = spec.counters.honoured.get(index) {
+                        c.increment(1);
+                    }
                     return Choice {
                         index,
                         pin: NextPin::Refresh { issued },
