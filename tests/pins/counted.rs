@@ -103,10 +103,19 @@ async fn refused_pins_are_counted_exactly_and_take_the_normal_cohort() {
             .unwrap();
     assert_eq!(again.issued, t - 60);
     assert!(again.expires >= t + 600, "the idle expiry slid: {again:?}");
+    // Near the end of max_ttl (1h) the slide stops at the first issue plus max_ttl.
+    let old = mint("agent", "stable", "", t - 3500, t + 60);
+    let reply = proxy
+        .get("/v1/chat", &[("x-user-id", "user-3"), (HEADER, &old)])
+        .await;
+    let capped =
+        cohort::routing::pin::verify(&[SECRET], reply.header(HEADER).unwrap().as_bytes(), now())
+            .unwrap();
+    assert_eq!((capped.issued, capped.expires), (t - 3500, t + 100));
 
     // The header pin is the proxy's: no upstream saw it.
     assert_eq!(canary.request_count(), 0);
-    assert_eq!(stable.request_count(), sent + 2);
+    assert_eq!(stable.request_count(), sent + 3);
     for seen in stable.requests() {
         assert_eq!(seen.header(HEADER), None, "pin forwarded");
     }
@@ -128,7 +137,7 @@ async fn refused_pins_are_counted_exactly_and_take_the_normal_cohort() {
     assert_counts(
         &scrape,
         &[
-            ("cohort_pinned_requests_total", "stable", 1.0),
+            ("cohort_pinned_requests_total", "stable", 2.0),
             ("cohort_pinned_requests_total", "canary", 0.0),
             ("cohort_pins_issued_total", "stable", (sent + 1) as f64),
             ("cohort_pins_issued_total", "canary", 0.0),
