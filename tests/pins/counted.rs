@@ -29,6 +29,21 @@ async fn reload_secrets(proxy: &TestProxy) {
     }
 }
 
+/// One request of user-3 presenting `pin` (none when empty), which must be a 200 from the
+/// cohort the response's fresh pin names: that pin's (cohort, route, first issue, expiry), as
+/// the route's secret verifies it.
+async fn served(proxy: &TestProxy, pin: &str) -> (String, String, u64, u64) {
+    let reply = proxy
+        .get("/v1/chat", &[("x-user-id", "user-3"), (HEADER, pin)])
+        .await;
+    assert_eq!(reply.status, 200);
+    let value = reply.header(HEADER).expect("a pin on the response");
+    let got = cohort::routing::pin::verify(&[SECRET], value.as_bytes(), now()).unwrap();
+    assert_eq!(reply.header("x-cohort"), Some(got.cohort));
+    assert_eq!(got.rollout, "");
+    (got.cohort.into(), got.route.into(), got.issued, got.expires)
+}
+
 #[tokio::test]
 async fn refused_pins_are_counted_exactly_and_take_the_normal_cohort() {
     let dir = tempfile::tempdir().unwrap();
@@ -68,50 +83,32 @@ async fn refused_pins_are_counted_exactly_and_take_the_normal_cohort() {
     let mut sent = 0;
     for (reason, value, times) in &cases {
         for _ in 0..*times {
-            let reply = proxy
-                .get("/v1/chat", &[("x-user-id", "user-3"), (HEADER, value)])
-                .await;
             // Refused silently: the normal cohort (user-3 would be canary at 5%; here
             // stable has every bucket), and a fresh pin for it.
-            assert_eq!(reply.status, 200, "{reason}");
-            assert_eq!(reply.header("x-cohort"), Some("stable"), "{reason}");
-            let fresh = reply.header(HEADER).expect("a fresh pin");
-            let got = cohort::routing::pin::verify(&[SECRET], fresh.as_bytes(), now()).unwrap();
+            let got = served(&proxy, value).await;
             assert_eq!(
-                (got.cohort, got.route, got.rollout),
-                ("stable", "agent", "")
+                (got.0.as_str(), got.1.as_str()),
+                ("stable", "agent"),
+                "{reason}"
             );
-            assert!(
-                got.issued >= t && got.expires == got.issued + 600,
-                "{got:?}"
-            );
+            assert!(got.2 >= t && got.3 == got.2 + 600, "{reason}: {got:?}");
             sent += 1;
         }
     }
     // An empty header is no pin at all.
-    let reply = proxy
-        .get("/v1/chat", &[("x-user-id", "user-3"), (HEADER, "")])
-        .await;
-    assert_eq!(reply.header("x-cohort"), Some("stable"));
-    // A valid pin is honoured and comes back with its first issue time.
-    let valid = mint("agent", "stable", "", t - 60, t + 60);
-    let reply = proxy
-        .get("/v1/chat", &[("x-user-id", "user-3"), (HEADER, &valid)])
-        .await;
-    let again =
-        cohort::routing::pin::verify(&[SECRET], reply.header(HEADER).unwrap().as_bytes(), now())
-            .unwrap();
-    assert_eq!(again.issued, t - 60);
-    assert!(again.expires >= t + 600, "the idle expiry slid: {again:?}");
+    assert!(served(&proxy, "").await.2 >= t);
+    // A valid pin is honoured and comes back with its first issue time, its expiry slid.
+    let (_, _, issued, expires) =
+        served(&proxy, &mint("agent", "stable", "", t - 60, t + 60)).await;
+    assert_eq!(issued, t - 60);
+    assert!(
+        expires >= t + 600,
+        "the idle expiry did not slide: {expires}"
+    );
     // Near the end of max_ttl (1h) the slide stops at the first issue plus max_ttl.
-    let old = mint("agent", "stable", "", t - 3500, t + 60);
-    let reply = proxy
-        .get("/v1/chat", &[("x-user-id", "user-3"), (HEADER, &old)])
-        .await;
-    let capped =
-        cohort::routing::pin::verify(&[SECRET], reply.header(HEADER).unwrap().as_bytes(), now())
-            .unwrap();
-    assert_eq!((capped.issued, capped.expires), (t - 3500, t + 100));
+    let (_, _, issued, expires) =
+        served(&proxy, &mint("agent", "stable", "", t - 3500, t + 60)).await;
+    assert_eq!((issued, expires), (t - 3500, t + 100));
 
     // The header pin is the proxy's: no upstream saw it.
     assert_eq!(canary.request_count(), 0);
