@@ -82,3 +82,31 @@ fn the_routing_decision_allocates_nothing() {
         assert_eq!(client, "203.0.113.9".parse::<IpAddr>().unwrap());
     }
 }
+
+#[test]
+fn checking_a_conversation_pin_allocates_nothing() {
+    let secrets: [&[u8]; 2] = [
+        b"the-new-pin-secret-0123456789",
+        b"the-old-pin-secret-0123456789",
+    ];
+    let pin = cohort::routing::pin::Pin {
+        route: "agent",
+        cohort: "canary",
+        rollout: "v2",
+        issued: 1_000,
+        expires: 2_000,
+    };
+    // Signed with the older secret, so both are tried.
+    let value = cohort::routing::pin::mint(secrets[1], &pin);
+    let mut h = HeaderMap::new();
+    let cookie = format!("theme=dark; cohort_pin={value}");
+    h.insert("cookie", HeaderValue::from_str(&cookie).unwrap());
+    let before = allocations();
+    let found = cohort::routing::key::cookie_value(&h, "cohort_pin").unwrap();
+    let checked = cohort::routing::pin::verify(&secrets, found, 1_500);
+    let forged = cohort::routing::pin::verify(&secrets[..1], found, 1_500);
+    let made = allocations() - before;
+    assert_eq!(made, 0, "{made} allocations");
+    assert_eq!(checked, Ok(pin));
+    assert_eq!(forged, Err(cohort::routing::pin::Rejection::Forged));
+}

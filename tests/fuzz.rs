@@ -695,3 +695,57 @@ fn a_hundred_thousand_opens_give_nothing() {
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Conversation pins
+// ---------------------------------------------------------------------------------------------
+
+const PIN_SECRETS: [&[u8]; 2] = [
+    b"fuzz-pin-secret-new-0123456789",
+    b"fuzz-pin-secret-old-0123456789",
+];
+
+/// Values shaped like a pin (`v1~route~cohort~rollout~issued~expires~tag`) with fields off.
+fn near_pin() -> impl Strategy<Value = Vec<u8>> {
+    (
+        prop_oneof![Just("v1".to_string()), "\\PC{0,3}"],
+        vec(prop_oneof!["[a-z0-9.:_-]{0,10}", "\\PC{0,6}"], 3),
+        vec(prop_oneof!["[0-9]{0,22}", "\\PC{0,6}"], 2),
+        prop_oneof!["[A-Za-z0-9_-]{0,50}", "[ -~]{0,50}"],
+    )
+        .prop_map(|(v, names, times, tag)| {
+            format!("{v}~{}~{}~{tag}", names.join("~"), times.join("~")).into_bytes()
+        })
+}
+
+proptest! {
+    #[test]
+    fn pins_never_panic_or_accept_garbage(
+        value in prop_oneof![vec(any::<u8>(), 0..300), near_pin()],
+        now in any::<u64>(),
+    ) {
+        prop_assert!(cohort::routing::pin::verify(&PIN_SECRETS, &value, now).is_err());
+    }
+
+    #[test]
+    fn pins_round_trip_with_either_secret(
+        route in "[a-z][a-z0-9.:_-]{0,20}",
+        cohort in "[a-z][a-z0-9.:_-]{0,20}",
+        rollout in "[a-z0-9.:_-]{0,20}",
+        issued in any::<u64>(),
+        expires in any::<u64>(),
+        now in any::<u64>(),
+        which in 0usize..2,
+    ) {
+        use cohort::routing::pin::{mint, verify, Pin, Rejection};
+        let pin = Pin { route: &route, cohort: &cohort, rollout: &rollout, issued, expires };
+        let v = mint(PIN_SECRETS[which], &pin);
+        let got = verify(&PIN_SECRETS, v.as_bytes(), now);
+        if now < expires {
+            prop_assert_eq!(got, Ok(pin));
+        } else {
+            prop_assert_eq!(got, Err(Rejection::Expired));
+        }
+        prop_assert_eq!(verify(&PIN_SECRETS[1 - which..2 - which], v.as_bytes(), 0), Err(Rejection::Forged));
+    }
+}

@@ -8,6 +8,7 @@
 pub(crate) mod duration;
 mod fleet;
 pub(crate) mod locate;
+mod pin;
 mod raw;
 mod rollout;
 
@@ -15,6 +16,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 pub use fleet::{RawFleet, RawFleetTls};
+pub use pin::RawPin;
 pub use raw::{
     RawAdmin, RawAuthority, RawCertificate, RawConfig, RawKeySource, RawLimits, RawListener,
     RawListenerTls, RawMatch, RawPrice, RawProtocol, RawReload, RawRoute, RawSplit, RawUnderscores,

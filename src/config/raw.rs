@@ -320,6 +320,8 @@ pub struct RawRoute {
     /// Where answers report token usage: `auto`, `openai`, `anthropic`, `header` or `off`.
     #[serde(default)]
     pub usage: RawUsage,
+    /// Conversation pinning: a signed pin keeps a conversation on its cohort through a ramp.
+    pub pin: Option<super::pin::RawPin>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]

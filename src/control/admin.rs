@@ -226,6 +226,7 @@ impl Admin {
                         "buckets": [b.start, b.end],
                     })).collect::<Vec<_>>(),
                     "rollout": self.control.rollouts().summary(&r.name),
+                    "pin": r.pin.as_ref().map(|p| p.summary()),
                 })
             })
             .collect();

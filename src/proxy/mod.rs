@@ -10,6 +10,7 @@
 mod accounting;
 mod body;
 mod headers;
+mod pin;
 mod usage;
 
 use std::sync::Arc;
@@ -25,7 +26,7 @@ use tokio::time::Instant;
 
 use crate::failure::{self, Failure};
 use crate::routing::overrides;
-use crate::routing::table::RoutingTable;
+use crate::routing::table::{PinCarrier, RoutingTable};
 use crate::upstream;
 use crate::upstream::body::RequestBody;
 use headers::{
@@ -92,6 +93,11 @@ impl Proxy {
         Proxy { table, proto }
     }
 
+    /// Whether clients reach this proxy over TLS.
+    fn secure(&self) -> bool {
+        self.proto.as_bytes() == b"https"
+    }
+
     pub fn table(&self) -> &ArcSwap<RoutingTable> {
         &self.table
     }
@@ -106,7 +112,7 @@ impl Proxy {
         // What the exchange needs after its await is declared out here and set in the block;
         // the rest (the request's parts, its host, the routed path) ends with the block, so the
         // future keeps none of it across the await.
-        let (route, target, mut acct, mut slot, faults);
+        let (route, target, mut acct, mut slot, faults, choice);
         let exchange = {
             let routed_path = admitted.routed_path;
             let (mut parts, body) = req.into_parts();
@@ -136,8 +142,8 @@ impl Proxy {
                 join_cookie_crumbs(&mut parts.headers);
             }
             let client = table.client_ip(peer.addr.ip(), &parts.headers);
-            let index = overrides::choose_cohort(route, &table, &parts.headers, &parts.uri, client);
-            target = Arc::clone(&route.cohorts[index]);
+            choice = overrides::choose_cohort(route, &table, &parts.headers, &parts.uri, client);
+            target = Arc::clone(&route.cohorts[choice.index]);
             acct = Accounting::start(Arc::clone(&target), start);
 
             strip_hop_by_hop(&mut parts.headers);
@@ -148,6 +154,11 @@ impl Proxy {
                 parts.headers.insert(header::UPGRADE, protocol.clone());
             }
             if let Some(h) = &route.override_header {
+                parts.headers.remove(h);
+            }
+            // A header pin is the proxy's, like the override; a cookie pin stays in `Cookie`
+            // (README, "Conversation pinning").
+            if let Some(PinCarrier::Header(h)) = route.pin.as_ref().map(|p| &p.carrier) {
                 parts.headers.remove(h);
             }
             parts.headers.insert(&X_COHORT, target.header_value.clone());
@@ -245,6 +256,13 @@ impl Proxy {
         }
         let switched_to = rparts.headers.get(header::UPGRADE).cloned();
         strip_hop_by_hop(&mut rparts.headers);
+        pin::stamp(
+            &mut rparts.headers,
+            route,
+            choice.index,
+            choice.pin,
+            self.secure(),
+        );
         if route.response_cohort_header {
             rparts
                 .headers

@@ -10,7 +10,7 @@ use base64::Engine as _;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
-type HmacSha256 = Hmac<Sha256>;
+pub(crate) type HmacSha256 = Hmac<Sha256>;
 
 /// Shortest secret accepted: 128 bits.
 pub const MIN_SECRET_BYTES: usize = 16;
@@ -52,10 +52,15 @@ impl Rejection {
     }
 }
 
-fn mac(secret: &[u8], cohort: &str, expires: u64) -> HmacSha256 {
+/// An HMAC-SHA256 keyed with `secret`, for overrides here and for conversation pins.
+pub(crate) fn keyed(secret: &[u8]) -> HmacSha256 {
     // HMAC takes keys of any length, so this cannot fail.
-    let mut m = <HmacSha256 as Mac>::new_from_slice(secret)
-        .unwrap_or_else(|_| unreachable!("HMAC accepts any key length"));
+    <HmacSha256 as Mac>::new_from_slice(secret)
+        .unwrap_or_else(|_| unreachable!("HMAC accepts any key length"))
+}
+
+fn mac(secret: &[u8], cohort: &str, expires: u64) -> HmacSha256 {
+    let mut m = keyed(secret);
     m.update(cohort.as_bytes());
     m.update(b".");
     m.update(expires.to_string().as_bytes());

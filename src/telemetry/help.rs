@@ -9,9 +9,10 @@ use super::{
     OPEN_CONNECTIONS, OUTCOMES, OUTPUT_TOKENS, OVERRIDE_REJECTED, PARKED_CONNECTIONS, REJECTED,
     RELOADS, REQUESTS, SPLIT, TOKENS, TTFB, TTFT, UNROUTED, UPSTREAM_FAILURES, USAGE_ANSWERS,
 };
+use super::{PINNED, PINS_ISSUED, PIN_REJECTED};
 
 /// Name, unit and help of each metric, described once when the registry is made.
-pub(super) const HELP: [(&str, Unit, &str); 23] = [
+pub(super) const HELP: [(&str, Unit, &str); 26] = [
         (
             TOKENS,
             Unit::Count,
@@ -126,5 +127,20 @@ pub(super) const HELP: [(&str, Unit, &str); 23] = [
             GENERATION,
             Unit::Count,
             "Generation of the serving configuration; starts at 1.",
+        ),
+        (
+            PINNED,
+            Unit::Count,
+            "Requests a valid conversation pin sent to its cohort, by route and cohort.",
+        ),
+        (
+            PINS_ISSUED,
+            Unit::Count,
+            "Fresh conversation pins issued (not refreshes), by route and cohort.",
+        ),
+        (
+            PIN_REJECTED,
+            Unit::Count,
+            "Conversation pins ignored (the request took its normal cohort), by route and reason.",
         ),
     ];

@@ -7,6 +7,7 @@
 
 mod exposition;
 mod help;
+mod pins;
 mod retired;
 
 use std::sync::Arc;
@@ -15,6 +16,7 @@ use std::time::{Duration, Instant};
 use metrics::{Counter, Gauge, Histogram, Key, KeyName, Label, Metadata, Recorder, SharedString};
 
 use self::exposition::Exposition;
+pub use self::pins::PinCounters;
 use self::retired::Retirements;
 
 pub const REQUESTS: &str = "cohort_requests_total";
@@ -40,6 +42,9 @@ pub const OUTPUT_TOKENS: &str = "cohort_answer_output_tokens";
 pub const COST: &str = "cohort_answer_cost";
 pub const TTFT: &str = "cohort_time_to_first_token_seconds";
 pub const INTER_TOKEN: &str = "cohort_inter_token_seconds";
+pub const PINNED: &str = "cohort_pinned_requests_total";
+pub const PINS_ISSUED: &str = "cohort_pins_issued_total";
+pub const PIN_REJECTED: &str = "cohort_pin_rejected_total";
 
 /// The `kind` labels of `cohort_tokens_total`, in [`CohortMetrics::tokens`]' order.
 pub const TOKEN_KINDS: [&str; 3] = ["input", "output", "cached_input"];

@@ -12,6 +12,9 @@ mod edge;
 mod index;
 #[cfg(test)]
 mod index_tests;
+mod pin;
+#[cfg(test)]
+mod pin_tests;
 pub(crate) mod rollout;
 #[cfg(test)]
 mod rollout_tests;
@@ -33,6 +36,7 @@ use metrics::Counter;
 
 pub use build::{basis_points, show_percent, Invalid, TableError, TableInput, DEFAULT_OUTCOMES};
 pub use edge::{Policy, Underscores};
+pub use pin::{PinCarrier, PinSpec};
 
 use crate::routing::bands::{self, Bands};
 use crate::routing::key::KeySource;
@@ -124,6 +128,8 @@ pub struct Route {
     /// The route's rollout, as configured; its state lives in `rollout::Rollouts`, which sets
     /// the cohorts' effective weights.
     pub rollout: Option<Arc<rollout::RolloutSpec>>,
+    /// Conversation pinning, when the route enables it.
+    pub pin: Option<Arc<PinSpec>>,
 }
 
 #[derive(Clone)]
@@ -347,6 +353,9 @@ impl RoutingTable {
                     "route {:?} is shadowed by the earlier route {:?} and never matches",
                     route.name, earlier.name
                 ));
+            }
+            if let Some(w) = pin::shared_cookie(&self.routes[..i], route) {
+                out.push(w);
             }
         }
         for name in self.upstreams.keys() {

@@ -287,6 +287,16 @@ pub(super) fn build_route(
         }
         None => None,
     };
+    let pin = match &r.pin {
+        Some(raw) => {
+            let names: Vec<&str> = cohorts.iter().map(|c| c.name.as_str()).collect();
+            let on = (r.name.as_str(), names.as_slice(), override_header.as_ref());
+            let spec =
+                super::pin::build_pin(&format!("{path}.pin"), raw, on, metrics, base_dir, files)?;
+            Some(Arc::new(spec))
+        }
+        None => None,
+    };
     Ok(Route {
         name: r.name.clone(),
         matcher,
@@ -304,6 +314,7 @@ pub(super) fn build_route(
         override_secret,
         override_rejected: metrics.override_rejected(&r.name, Rejection::LABELS),
         rollout,
+        pin,
     })
 }
 

@@ -1092,8 +1092,8 @@ fn reference_config_loads_and_shows_every_option() {
 
     assert_eq!(t.listeners.len(), 3);
     assert!(t.listener_tls[2].is_some());
-    // Five TLS files, the admin token and the override secret.
-    assert_eq!(t.watched_files.len(), 7);
+    // Five TLS files, the admin token, the override secret and the pin secrets.
+    assert_eq!(t.watched_files.len(), 8);
     assert_eq!(t.trusted_cidrs.len(), 3);
     assert_eq!(t.upstreams.len(), 3);
     let small = &t.upstreams["agent-v42-small-model"].spec;
