@@ -136,8 +136,16 @@ impl Proxy {
                 join_cookie_crumbs(&mut parts.headers);
             }
             let client = table.client_ip(peer.addr.ip(), &parts.headers);
-            let index = overrides::choose_cohort(route, &table, &parts.headers, &parts.uri, client);
+            let (index, chosen) =
+                overrides::choose_cohort(route, &table, &parts.headers, &parts.uri, client);
             target = Arc::clone(&route.cohorts[index]);
+            // Only the band's choices are the split's: an override, a keyless fallback or a
+            // pin says nothing about whether the split holds.
+            if let (overrides::Chosen::Band(Some(unit)), Some(units), Some(cells)) =
+                (chosen, &route.units, &target.guard)
+            {
+                units.record(unit, cells);
+            }
             acct = Accounting::start(Arc::clone(&target), start);
 
             strip_hop_by_hop(&mut parts.headers);

@@ -14,23 +14,39 @@ use crate::routing::key::extract_key;
 use crate::routing::signed::{self, Rejection};
 use crate::routing::table::{Route, RoutingTable};
 
-/// The cohort index for this request. `client` is the resolved client address (see
-/// `RoutingTable::client_ip`).
+/// How a request's cohort was chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Chosen {
+    /// Forced by the override header.
+    Override,
+    /// The key's band; with the key's unit hash (`samples::unit_hash`) when the route counts
+    /// units for the sample ratio check.
+    Band(Option<u64>),
+    /// No key: the route's fallback.
+    Fallback,
+}
+
+/// The cohort index for this request, and how it was chosen. `client` is the resolved client
+/// address (see `RoutingTable::client_ip`).
 pub fn choose_cohort(
     route: &Route,
     table: &RoutingTable,
     headers: &HeaderMap,
     uri: &Uri,
     client: IpAddr,
-) -> usize {
+) -> (usize, Chosen) {
     if let Some(value) = route.override_header.as_ref().and_then(|h| headers.get(h)) {
         match forced(route, table, value.as_bytes(), client) {
-            Ok(i) => return i,
+            Ok(i) => return (i, Chosen::Override),
             Err(r) => route.override_rejected[r as usize].increment(1),
         }
     }
     let key = extract_key(&route.key_sources, headers, uri, client);
-    route.assign(key.as_deref())
+    let chosen = match &key {
+        Some(k) => Chosen::Band(route.units.as_ref().map(|_| crate::samples::unit_hash(k))),
+        None => Chosen::Fallback,
+    };
+    (route.assign(key.as_deref()), chosen)
 }
 
 fn forced(

@@ -48,6 +48,8 @@ pub struct Judging {
 pub enum Verdict {
     Wait,
     Rollback(String),
+    /// A sample ratio mismatch on the pooled units: ask the record to halt.
+    Halt(String),
     /// The step passed: ask the record to move on.
     Passed(String),
 }
@@ -153,6 +155,7 @@ impl Judging {
         self.readings = self.progress.readings(spec);
         match self.progress.verdict(spec, &self.readings) {
             Some((DecisionKind::Rollback, reason)) => Verdict::Rollback(reason),
+            Some((DecisionKind::Halt, reason)) => Verdict::Halt(reason),
             Some((_, reason)) if self.confirmed => Verdict::Passed(reason),
             _ => Verdict::Wait,
         }

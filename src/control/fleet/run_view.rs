@@ -146,6 +146,7 @@ impl<J: Judged> Task<J> {
                 reason,
                 Some(evidence()),
             ),
+            Verdict::Halt(reason) => (Some(Change::Halt), reason, Some(evidence())),
             Verdict::Passed(reason) => (
                 Some(Change::Advance {
                     from: r.step,

@@ -33,8 +33,9 @@ pub enum Phase {
     Promoted,
     /// The canary is at 0% until the rollout's id changes.
     RolledBack,
-    /// The state could not be trusted (a corrupt state file): the canary is at 0% until an
-    /// operator resumes, promotes or rolls back.
+    /// The state could not be trusted (a corrupt state file), or the split is broken (a
+    /// sample ratio mismatch): the canary is at 0% until an operator resumes (at the same
+    /// step), promotes or rolls back.
     Halted,
 }
 
@@ -87,7 +88,8 @@ pub enum DecisionKind {
     Rollback,
     Pause,
     Resume,
-    /// The saved state could not be trusted.
+    /// The saved state could not be trusted, or the step's units show a sample ratio
+    /// mismatch.
     Halt,
 }
 
@@ -228,6 +230,18 @@ impl Progress {
             .collect()
     }
 
+    /// The sample ratio check over the step's units so far; None where it does not apply
+    /// (see `srm::read`) or in a phase that is not judged.
+    pub fn srm(&self, spec: &RolloutSpec) -> Option<super::srm::Srm> {
+        if !self.phase.judged() {
+            return None;
+        }
+        let canary = f64::from(self.percent(spec));
+        let p = canary / f64::from(spec.promoted());
+        let units = (self.canary.units, self.baseline.units);
+        super::srm::read(units, p, spec.srm_alpha_per_step())
+    }
+
     /// The judge's decision on `readings`, with its reason: roll back on a failed guard; when
     /// ramping, move on once the step has soaked, both cohorts have `min_samples` requests
     /// and every guard has been judged and passes.
@@ -238,6 +252,10 @@ impl Progress {
     ) -> Option<(DecisionKind, String)> {
         if !self.phase.judged() {
             return None;
+        }
+        // Before the guards: a broken split makes their comparison meaningless.
+        if let Some(s) = self.srm(spec).filter(|s| s.mismatch) {
+            return Some((DecisionKind::Halt, super::srm::describe(&s)));
         }
         if let Some(r) = readings.iter().find(|r| r.status == Status::Fail) {
             return Some((
@@ -301,7 +319,14 @@ impl Progress {
             DecisionKind::Promote => self.phase = Phase::Promoted,
             DecisionKind::Rollback => self.phase = Phase::RolledBack,
             DecisionKind::Pause => self.phase = Phase::Paused,
-            DecisionKind::Resume if self.phase == Phase::Halted => *self = Progress::start(),
+            // Back at the step it halted at (a halt on an untrusted file is at the first),
+            // with its evidence from the start.
+            DecisionKind::Resume if self.phase == Phase::Halted => {
+                *self = Progress {
+                    step: self.step,
+                    ..Progress::start()
+                }
+            }
             DecisionKind::Resume => {
                 self.phase = Phase::Ramping;
                 return false;
@@ -309,6 +334,7 @@ impl Progress {
             DecisionKind::Halt => {
                 *self = Progress {
                     phase: Phase::Halted,
+                    step: self.step,
                     ..Progress::start()
                 }
             }

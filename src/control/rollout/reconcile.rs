@@ -131,6 +131,7 @@ impl Rollouts {
             // Until the shared record is read, a fleet replica serves no canary.
             followed: self.fleet.map(|_| super::follow::Followed::default()),
             spec,
+            slots: Default::default(),
         };
         let loaded = match &self.store {
             Some(store) => store.load(route, &e.spec.id, e.spec.steps.len()),

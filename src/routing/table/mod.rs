@@ -124,6 +124,9 @@ pub struct Route {
     /// The route's rollout, as configured; its state lives in `rollout::Rollouts`, which sets
     /// the cohorts' effective weights.
     pub rollout: Option<Arc<rollout::RolloutSpec>>,
+    /// Where the request path marks the keys it served from their band, for the sample ratio
+    /// check: set by `rollout::Rollouts` while the rollout is judged, with its step's epoch.
+    pub units: Option<crate::samples::Units>,
 }
 
 #[derive(Clone)]

@@ -304,6 +304,7 @@ pub(super) fn build_route(
         override_secret,
         override_rejected: metrics.override_rejected(&r.name, Rejection::LABELS),
         rollout,
+        units: None,
     })
 }
 
