@@ -15,7 +15,7 @@
 //! `stats` (the tests), `srm` (the sample ratio check), `guard` (a guard over tallies), `machine` (the pure state machine),
 //! `state` (files), `weights` (effective percents into a table, and through the door),
 //! `gauges` (metrics), `report` (JSON for the admin endpoints), `judge` (the task that ticks);
-//! test-only: `simulate` and `traffic` (Monte-Carlo checks).
+//! test-only: `simulate`, `traffic` and `srm_sim` (Monte-Carlo checks).
 
 mod edit;
 pub mod follow;
@@ -29,6 +29,8 @@ mod report;
 #[cfg(test)]
 pub(crate) mod simulate;
 pub(crate) mod srm;
+#[cfg(test)]
+mod srm_sim;
 pub mod state;
 pub(crate) mod stats;
 #[cfg(test)]
