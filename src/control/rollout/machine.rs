@@ -20,6 +20,10 @@ use crate::samples::Tally;
 /// About how many canary answers the recent rates are taken from.
 pub const RECENT: u64 = 500;
 
+/// The `wealth` entry that keeps the sample ratio check's ln e-value from before a restart
+/// within the step (no guard's key: those hold a space).
+const SRM_CARRIED: &str = "srm";
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Phase {
@@ -239,7 +243,19 @@ impl Progress {
         let canary = f64::from(self.percent(spec));
         let p = canary / f64::from(spec.promoted());
         let units = (self.canary.units, self.baseline.units);
-        super::srm::read(units, p, spec.srm_alpha_per_step())
+        let carried = self.wealth.get(SRM_CARRIED).copied().unwrap_or(0.0);
+        super::srm::read(units, p, spec.srm_alpha_per_step()).map(|s| s.carried(carried))
+    }
+
+    /// A new process resumes this step with empty unit slots: keys counted before would be
+    /// counted again. The check's e-value so far is kept aside and the units start over;
+    /// the product of the two stays a test supermartingale (see `srm`).
+    pub fn carry_units(&mut self, spec: &RolloutSpec) {
+        if let Some(s) = self.srm(spec) {
+            self.wealth.insert(SRM_CARRIED.to_string(), s.statistic.min(s.threshold));
+        }
+        self.canary.units = 0;
+        self.baseline.units = 0;
     }
 
     /// The judge's decision on `readings`, with its reason: roll back on a failed guard; when

@@ -140,7 +140,8 @@ impl Rollouts {
         let first = match loaded {
             // `load` has checked it against this rollout: the error arm is never taken.
             Ok(Some(saved)) if saved.id == e.spec.id => match saved.progress() {
-                Ok(p) => {
+                Ok(mut p) => {
+                    p.carry_units(&e.spec);
                     e.progress = p;
                     e.note = saved.note;
                     e.history = saved.history.into_iter().collect();

@@ -21,6 +21,14 @@
 //! thousands). By Ville's inequality it ever reaches `1 / alpha` with probability at most
 //! `alpha`, however often it is looked at: the judge may read it at every tick. It depends on
 //! the step's totals alone, so it needs no state beyond the counts.
+//!
+//! A restart within a step begins with empty slots, so the keys counted before would count
+//! again, each twice, in the same cohort: no longer independent units. The e-value reached
+//! so far is kept instead (`Progress::carry_units`), the units start over, and the reading
+//! is the product of the two: a test martingale stopped at the restart, times a new one
+//! begun there. (Approximately one: the users who return after the restart were partly
+//! counted before, so their cohorts are not quite independent of the first factor's
+//! imbalance.)
 
 use serde::Serialize;
 
@@ -112,6 +120,16 @@ pub fn read(units: (u64, u64), p: f64, alpha: f64) -> Option<Srm> {
     })
 }
 
+impl Srm {
+    /// This reading times an e-value `ln_before` from earlier in the step (before a restart
+    /// emptied the slots).
+    pub fn carried(mut self, ln_before: f64) -> Srm {
+        self.statistic += ln_before;
+        self.mismatch = self.statistic >= self.threshold;
+        self
+    }
+}
+
 /// The decision's reason, with the numbers.
 pub fn describe(s: &Srm) -> String {
     format!(
@@ -198,6 +216,29 @@ mod tests {
             let mean: f64 = (0..=n).map(|k| (ln_binom(k) + ln_e_value(k, n, p)).exp()).sum();
             assert!((mean - 1.0).abs() < 1e-9, "n {n}, p {p}: {mean}");
         }
+    }
+
+    #[test]
+    fn a_restart_keeps_the_e_value_and_counts_units_anew() {
+        use crate::control::rollout::machine::Progress;
+        use crate::control::rollout::simulate::spec_of;
+        let spec = spec_of(&[5.0, 50.0], 60, 10, 0.05, vec![]);
+        let mut p = Progress::start();
+        (p.canary.units, p.baseline.units) = (30, 70);
+        let before = p.srm(&spec).unwrap();
+        assert_eq!(before.expected_share, 0.05);
+        assert!((before.statistic - ln_e_value(30, 100, 0.05)).abs() < 1e-12);
+        assert!((before.threshold - (2_000f64).ln()).abs() < 1e-9);
+        assert!(before.mismatch, "{before:?}");
+        p.carry_units(&spec);
+        assert_eq!((p.canary.units, p.baseline.units), (0, 0));
+        // Kept at most at the threshold: a rollout saved just as it crossed halts at once.
+        let kept = p.srm(&spec).unwrap();
+        assert_eq!(kept.statistic, before.threshold);
+        (p.canary.units, p.baseline.units) = (3, 97);
+        let after = p.srm(&spec).unwrap();
+        let want = before.threshold + ln_e_value(3, 100, 0.05);
+        assert!((after.statistic - want).abs() < 1e-12, "{after:?}");
     }
 
     #[test]
