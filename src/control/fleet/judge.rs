@@ -178,3 +178,7 @@ impl Judging {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "judge_srm_tests.rs"]
+mod srm_tests;
