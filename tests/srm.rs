@@ -89,7 +89,10 @@ impl Rig {
             let req = get(self.public, "/", &headers);
             set.spawn(async move {
                 let _permit = gate.acquire().await.unwrap();
-                let cohort = fetch(&client, req).await.header("x-cohort").map(String::from);
+                let cohort = fetch(&client, req)
+                    .await
+                    .header("x-cohort")
+                    .map(String::from);
                 (j, cohort.unwrap_or_default())
             });
         }
@@ -167,22 +170,46 @@ async fn a_client_that_drops_the_key_for_half_the_canarys_users_halts_the_rollou
         }
         assert_eq!(r["state"], "ramping", "{r:#}");
     }
-    let Some((_, r)) = halted else {
+    let Some((batch, r)) = halted else {
         panic!("no halt: {:#}", rig.rollout().await)
     };
-    assert_eq!((&r["step"], &r["percent"]), (&0.into(), &0.0.into()), "{r:#}");
+    println!("halted after {} requests", (batch + 1) * 200);
+    assert_eq!(
+        (&r["step"], &r["percent"]),
+        (&0.into(), &0.0.into()),
+        "{r:#}"
+    );
     let d = r["history"].as_array().unwrap().last().unwrap().clone();
-    assert_eq!((&d["decision"], &d["trigger"]), (&"halt".into(), &"judge".into()));
+    assert_eq!(
+        (&d["decision"], &d["trigger"]),
+        (&"halt".into(), &"judge".into())
+    );
     let reason = d["reason"].as_str().unwrap();
-    assert!(reason.starts_with("sample ratio mismatch: canary "), "{reason}");
-    assert!(reason.contains("against 50.00% expected; ln e-value "), "{reason}");
+    println!("{reason}");
+    assert!(
+        reason.starts_with("sample ratio mismatch: canary "),
+        "{reason}"
+    );
+    assert!(
+        reason.contains("against 50.00% expected; ln e-value "),
+        "{reason}"
+    );
     assert_eq!(r["note"], d["reason"], "{r:#}");
     let audited = rig.audit();
     let last = audited.last().unwrap();
-    assert_eq!((&last["decision"], &last["reason"]), (&"halt".into(), &d["reason"]));
+    assert_eq!(
+        (&last["decision"], &last["reason"]),
+        (&"halt".into(), &d["reason"])
+    );
     let m = Scrape::parse(&rig.admin("GET", "/metrics").await.text());
-    assert_eq!(m.get("cohort_rollout_srm_halts_total", &[("route", "agent")]), Some(1.0));
-    assert_eq!(m.get("cohort_rollout_step_percent", &[("route", "agent")]), Some(0.0));
+    assert_eq!(
+        m.get("cohort_rollout_srm_halts_total", &[("route", "agent")]),
+        Some(1.0)
+    );
+    assert_eq!(
+        m.get("cohort_rollout_step_percent", &[("route", "agent")]),
+        Some(0.0)
+    );
 
     // Halted: the canary's own users go to stable now, and nothing more is judged.
     let canary_users: Vec<(u64, bool)> = (0..USERS)
@@ -198,8 +225,16 @@ async fn a_client_that_drops_the_key_for_half_the_canarys_users_halts_the_rollou
     let resumed = rig.admin("POST", "/rollouts/agent/resume").await;
     assert_eq!(resumed.status, 200, "{}", resumed.text());
     let r = rig.rollout().await;
-    assert_eq!((&r["state"], &r["step"], &r["percent"]), (&"ramping".into(), &0.into(), &50.0.into()), "{r:#}");
-    assert_eq!((&r["srm"]["canary_units"], &r["srm"]["baseline_units"]), (&0.into(), &0.into()), "{r:#}");
+    assert_eq!(
+        (&r["state"], &r["step"], &r["percent"]),
+        (&"ramping".into(), &0.into(), &50.0.into()),
+        "{r:#}"
+    );
+    assert_eq!(
+        (&r["srm"]["canary_units"], &r["srm"]["baseline_units"]),
+        (&0.into(), &0.into()),
+        "{r:#}"
+    );
     assert!(rig.send(&canary_users).await.iter().all(|c| c == "canary"));
     rig.running.shutdown().await;
 }
@@ -221,8 +256,15 @@ async fn the_same_traffic_with_every_key_kept_does_not_halt() {
     let srm = &r["srm"];
     assert_eq!(srm["mismatch"], false, "{r:#}");
     assert_eq!(srm["expected_share"], 0.5, "{r:#}");
-    assert!(srm["statistic"].as_f64() < srm["threshold"].as_f64(), "{r:#}");
-    assert_eq!(srm["threshold"].as_f64(), Some((1.0f64 / 0.001).ln()), "{r:#}");
+    assert!(
+        srm["statistic"].as_f64() < srm["threshold"].as_f64(),
+        "{r:#}"
+    );
+    assert_eq!(
+        srm["threshold"].as_f64(),
+        Some((1.0f64 / 0.001).ln()),
+        "{r:#}"
+    );
     // Units, not requests: one per distinct slot (two users on one slot count once, for
     // whichever came first).
     let mut slots: BTreeMap<u64, Vec<&str>> = BTreeMap::new();
@@ -231,13 +273,26 @@ async fn the_same_traffic_with_every_key_kept_does_not_halt() {
     }
     let units = srm["canary_units"].as_u64().unwrap() + srm["baseline_units"].as_u64().unwrap();
     assert_eq!(units, slots.len() as u64, "{r:#}");
-    let sure = slots.values().filter(|c| c.iter().all(|c| *c == "canary")).count() as u64;
-    let mixed = slots.values().filter(|c| c.contains(&"canary") && c.contains(&"stable")).count() as u64;
+    let sure = slots
+        .values()
+        .filter(|c| c.iter().all(|c| *c == "canary"))
+        .count() as u64;
+    let mixed = slots
+        .values()
+        .filter(|c| c.contains(&"canary") && c.contains(&"stable"))
+        .count() as u64;
     let canary = srm["canary_units"].as_u64().unwrap();
-    assert!((sure..=sure + mixed).contains(&canary), "{canary} canary units; {sure} sure, {mixed} mixed");
-    let requests = r["samples"]["canary"].as_u64().unwrap() + r["samples"]["baseline"].as_u64().unwrap();
+    assert!(
+        (sure..=sure + mixed).contains(&canary),
+        "{canary} canary units; {sure} sure, {mixed} mixed"
+    );
+    let requests =
+        r["samples"]["canary"].as_u64().unwrap() + r["samples"]["baseline"].as_u64().unwrap();
     assert_eq!(requests, all.len() as u64, "{r:#}");
     let m = Scrape::parse(&rig.admin("GET", "/metrics").await.text());
-    assert_eq!(m.get("cohort_rollout_srm_halts_total", &[("route", "agent")]), Some(0.0));
+    assert_eq!(
+        m.get("cohort_rollout_srm_halts_total", &[("route", "agent")]),
+        Some(0.0)
+    );
     rig.running.shutdown().await;
 }

@@ -64,7 +64,9 @@ fn pooled_units_off_the_split_halt_the_record_with_the_reason() {
         panic!("no halt")
     };
     assert!(
-        reason.starts_with("sample ratio mismatch: canary 40 of 800 units (5.00%) against 10.00% expected"),
+        reason.starts_with(
+            "sample ratio mismatch: canary 40 of 800 units (5.00%) against 10.00% expected"
+        ),
         "{reason}"
     );
     let op = Op {
@@ -74,7 +76,10 @@ fn pooled_units_off_the_split_halt_the_record_with_the_reason() {
         reason: reason.clone(),
     };
     let halted = propose(Some(&r), op, 1, 3_000).unwrap();
-    assert_eq!((halted.phase, halted.step, halted.percent), (Phase::Halted, 0, 0));
+    assert_eq!(
+        (halted.phase, halted.step, halted.percent),
+        (Phase::Halted, 0, 0)
+    );
     assert_eq!(halted.note.as_deref(), Some(reason.as_str()));
 }
 

@@ -252,7 +252,8 @@ impl Progress {
     /// the product of the two stays a test supermartingale (see `srm`).
     pub fn carry_units(&mut self, spec: &RolloutSpec) {
         if let Some(s) = self.srm(spec) {
-            self.wealth.insert(SRM_CARRIED.to_string(), s.statistic.min(s.threshold));
+            self.wealth
+                .insert(SRM_CARRIED.to_string(), s.statistic.min(s.threshold));
         }
         self.canary.units = 0;
         self.baseline.units = 0;

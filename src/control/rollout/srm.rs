@@ -153,7 +153,10 @@ mod tests {
         let (a, b) = (c * p, c * (1.0 - p));
         let rising = |x: f64, j: u64| (0..j).map(|i| (x + i as f64).ln()).sum::<f64>();
         let m = n - k;
-        rising(a, k) + rising(b, m) - rising(a + b, n) - k as f64 * p.ln() - m as f64 * (1.0 - p).ln()
+        rising(a, k) + rising(b, m)
+            - rising(a + b, n)
+            - k as f64 * p.ln()
+            - m as f64 * (1.0 - p).ln()
     }
 
     #[test]
@@ -169,7 +172,11 @@ mod tests {
             (101.0, 363.739_375_555_563_47),
         ];
         for (x, want) in cases {
-            assert!((ln_gamma(x) - want).abs() < 1e-10, "ln Γ({x}) = {}", ln_gamma(x));
+            assert!(
+                (ln_gamma(x) - want).abs() < 1e-10,
+                "ln Γ({x}) = {}",
+                ln_gamma(x)
+            );
         }
     }
 
@@ -187,9 +194,16 @@ mod tests {
         assert!((ln_bayes_factor(1, 2, 0.1, 10.0) - (10.0f64 / 11.0).ln()).abs() < 1e-12);
         // No units: no evidence.
         assert_eq!(ln_e_value(0, 0, 0.3), 0.0);
-        for (k, n, p, c) in [(40, 100, 0.25, 10.0), (5, 300, 0.05, 1_000.0), (700, 1_000, 0.5, 100.0)] {
+        for (k, n, p, c) in [
+            (40, 100, 0.25, 10.0),
+            (5, 300, 0.05, 1_000.0),
+            (700, 1_000, 0.5, 100.0),
+        ] {
             let (fast, slow) = (ln_bayes_factor(k, n, p, c), by_products(k, n, p, c));
-            assert!((fast - slow).abs() < 1e-8, "{k}/{n} at {p}, c {c}: {fast} vs {slow}");
+            assert!(
+                (fast - slow).abs() < 1e-8,
+                "{k}/{n} at {p}, c {c}: {fast} vs {slow}"
+            );
         }
     }
 
@@ -213,7 +227,9 @@ mod tests {
                     + k as f64 * p.ln()
                     + (n - k) as f64 * (1.0f64 - p).ln()
             };
-            let mean: f64 = (0..=n).map(|k| (ln_binom(k) + ln_e_value(k, n, p)).exp()).sum();
+            let mean: f64 = (0..=n)
+                .map(|k| (ln_binom(k) + ln_e_value(k, n, p)).exp())
+                .sum();
             assert!((mean - 1.0).abs() < 1e-9, "n {n}, p {p}: {mean}");
         }
     }

@@ -36,7 +36,9 @@ impl Population {
                 total
             })
             .collect();
-        let keys: Vec<Vec<u8>> = (0..users).map(|i| format!("user-{i}").into_bytes()).collect();
+        let keys: Vec<Vec<u8>> = (0..users)
+            .map(|i| format!("user-{i}").into_bytes())
+            .collect();
         Population {
             cumulative,
             units: keys.iter().map(|k| unit_hash(k)).collect(),
@@ -47,7 +49,9 @@ impl Population {
     fn pick(&self, rng: &mut Rng) -> usize {
         let total = self.cumulative.last().copied().unwrap_or(0.0);
         let x = rng.f64() * total;
-        self.cumulative.partition_point(|c| *c <= x).min(self.keys.len() - 1)
+        self.cumulative
+            .partition_point(|c| *c <= x)
+            .min(self.keys.len() - 1)
     }
 }
 
@@ -153,7 +157,10 @@ fn a_sound_split_counted_by_units_halts_at_most_alpha_of_the_time_and_by_request
     let (sims, alpha) = (300, 0.05);
     let by_units = count(sims, (Client::Sound, Counting::Units), alpha, 7);
     println!("sound split, units: {by_units} of {sims} rollouts halted at srm_alpha {alpha}");
-    assert!(by_units as f64 <= alpha * sims as f64, "{by_units} of {sims}");
+    assert!(
+        by_units as f64 <= alpha * sims as f64,
+        "{by_units} of {sims}"
+    );
     // The same traffic counted by request: heavy users make the canary's share swing far
     // more than a binomial's, and the check halts sound rollouts.
     let by_requests = count(60, (Client::Sound, Counting::Requests), alpha, 7);
@@ -167,5 +174,8 @@ fn a_client_that_drops_half_the_canarys_keys_is_halted_mostly_at_its_first_step(
     let steps = halted(20, (Client::DropsHalfTheCanary, Counting::Units), 0.001, 9);
     println!("half the canary's keys dropped: halted at steps {steps:?}");
     assert!(steps.iter().all(|s| s.is_some()), "{steps:?}");
-    assert!(steps.iter().filter(|s| **s == Some(0)).count() >= 15, "{steps:?}");
+    assert!(
+        steps.iter().filter(|s| **s == Some(0)).count() >= 15,
+        "{steps:?}"
+    );
 }
