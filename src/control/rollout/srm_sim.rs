@@ -98,7 +98,7 @@ fn halts(
             for _ in 0..per_tick {
                 let i = people.pick(rng);
                 let canary = buckets[i] >= 10_000 - percent;
-                if canary && client == Client::DropsHalfTheCanary && buckets[i] % 2 == 0 {
+                if canary && client == Client::DropsHalfTheCanary && buckets[i].is_multiple_of(2) {
                     continue;
                 }
                 let t = if canary { &mut c } else { &mut b };
