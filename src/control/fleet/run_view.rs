@@ -113,7 +113,7 @@ impl<J: Judged> Task<J> {
             .values()
             .filter_map(|b| Some((b.replica.clone(), *b.applied.get(route)?)))
             .collect();
-        let spec = judge::spec_for(&l.spec, &r);
+        let spec = judge::spec_for(&l.spec, &r, self.fleet.spec.max_replicas);
         let reports = self
             .reports
             .iter()
