@@ -1,5 +1,6 @@
 //! Which cohort a request goes to: a forced cohort from the route's `override_header` when it
-//! may be honoured, else the key's band, else the route's fallback.
+//! may be honoured, else the key's band, else the route's fallback; and which of these chose
+//! it ([`Chosen`]: only the band's choices count for the sample ratio check).
 //!
 //! Owns: the override rules (plain names from trusted clients; signed values from anyone) and
 //! their rejection counts. Must not touch: headers on the wire (the proxy always strips the

@@ -2,7 +2,8 @@
 //! block by block to the same `Progress` a single replica's judge runs, at the judge's share
 //! of alpha, soaking only while every live replica confirms the step; and its progress
 //! saved under `judge.<route>` so that a successor goes on with the same soak and the same
-//! e-processes.
+//! e-processes. The sample ratio check is the exception: it runs on each replica's own units
+//! (see [`Judging::look`]), not on the pool.
 //!
 //! Owns: the pooled progress of the step being judged. Must not touch: the record (the
 //! caller writes the verdict through `Fleet::write`), the local rollouts, the request path.
