@@ -236,6 +236,26 @@ async fn a_client_that_drops_the_key_for_half_the_canarys_users_halts_the_rollou
         "{r:#}"
     );
     assert!(rig.send(&canary_users).await.iter().all(|c| c == "canary"));
+    // Counted again under the resumed step's epoch, though the halted step counted some; with
+    // as many stable users beside them, the split holds.
+    let stable_users = (0..USERS).filter(|u| cohort_of(*u) == "stable").take(50);
+    let mixed: Vec<(u64, bool)> = canary_users
+        .iter()
+        .copied()
+        .chain(stable_users.map(|u| (u, true)))
+        .collect();
+    rig.send(&mixed).await;
+    rig.tick();
+    let r = rig.rollout().await;
+    assert_eq!(r["state"], "ramping", "{r:#}");
+    let distinct = mixed
+        .iter()
+        .map(|(u, _)| slot(*u))
+        .collect::<std::collections::BTreeSet<_>>()
+        .len() as u64;
+    let units =
+        r["srm"]["canary_units"].as_u64().unwrap() + r["srm"]["baseline_units"].as_u64().unwrap();
+    assert_eq!(units, distinct, "{r:#}");
     rig.running.shutdown().await;
 }
 
@@ -294,5 +314,38 @@ async fn the_same_traffic_with_every_key_kept_does_not_halt() {
         m.get("cohort_rollout_srm_halts_total", &[("route", "agent")]),
         Some(0.0)
     );
+    rig.running.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_user_counts_once_a_step_across_reloads() {
+    let mut rig = Rig::start().await;
+    let users: Vec<(u64, bool)> = (0..100).map(|u| (u, true)).collect();
+    let distinct = users
+        .iter()
+        .map(|(u, _)| slot(*u))
+        .collect::<std::collections::BTreeSet<_>>()
+        .len() as u64;
+    let units = |r: &Value| {
+        r["srm"]["canary_units"].as_u64().unwrap() + r["srm"]["baseline_units"].as_u64().unwrap()
+    };
+    rig.send(&users).await;
+    rig.tick();
+    assert_eq!(units(&rig.rollout().await), distinct);
+    // A reload builds a new table; the step, its cells and its epoch stay: the same users
+    // are no new units.
+    let path = rig.dir.path().join("cohort.yaml");
+    let edited = std::fs::read_to_string(&path).unwrap() + "# edited\n";
+    std::fs::write(&path, edited).unwrap();
+    let reloaded = rig.admin("POST", "/reload").await;
+    assert_eq!(reloaded.json()["result"], "applied", "{}", reloaded.text());
+    rig.send(&users).await;
+    rig.send(&users).await;
+    rig.tick();
+    let r = rig.rollout().await;
+    assert_eq!(units(&r), distinct, "{r:#}");
+    let requests =
+        r["samples"]["canary"].as_u64().unwrap() + r["samples"]["baseline"].as_u64().unwrap();
+    assert_eq!(requests, 300, "{r:#}");
     rig.running.shutdown().await;
 }
