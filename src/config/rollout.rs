@@ -38,6 +38,10 @@ pub struct RawRollout {
     pub alpha: f64,
     #[serde(default = "default_guards")]
     pub guards: Vec<RawGuard>,
+    /// The chance of halting on a sample ratio mismatch when the split is sound, over the
+    /// whole rollout; apart from `alpha`. 0 turns the check off.
+    #[serde(default = "default_srm_alpha")]
+    pub srm_alpha: f64,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
@@ -93,6 +97,9 @@ fn default_min_samples() -> u64 {
 }
 fn default_alpha() -> f64 {
     0.05
+}
+fn default_srm_alpha() -> f64 {
+    0.001
 }
 fn default_guards() -> Vec<RawGuard> {
     vec![RawGuard {

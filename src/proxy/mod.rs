@@ -144,6 +144,13 @@ impl Proxy {
             let client = table.client_ip(peer.addr.ip(), &parts.headers);
             choice = overrides::choose_cohort(route, &table, &parts.headers, &parts.uri, client);
             target = Arc::clone(&route.cohorts[choice.index]);
+            // Only the band's choices are the split's: an override, a keyless fallback or a
+            // pin says nothing about whether the split holds.
+            if let (overrides::Chosen::Band(Some(unit)), Some(units), Some(cells)) =
+                (choice.chosen, &route.units, &target.guard)
+            {
+                units.record(unit, cells);
+            }
             acct = Accounting::start(Arc::clone(&target), start);
 
             strip_hop_by_hop(&mut parts.headers);

@@ -1,6 +1,7 @@
 //! Which cohort a request goes to: a forced cohort from the route's `override_header` when it
 //! may be honoured, else the cohort of a valid conversation pin, else the key's band, else the
-//! route's fallback; and what the response must do about the pin.
+//! route's fallback; what the response must do about the pin; and which of these chose the
+//! cohort ([`Chosen`]: only the band's choices count for the sample ratio check).
 //!
 //! Owns: the override rules (plain names from trusted clients; signed values from anyone),
 //! the pin rules (same route, same rollout, cohort still serving, within `max_ttl`), and the
@@ -23,6 +24,21 @@ use crate::routing::table::{PinCarrier, PinSpec, Route, RoutingTable};
 pub struct Choice {
     pub index: usize,
     pub pin: NextPin,
+    pub chosen: Chosen,
+}
+
+/// How a request's cohort was chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Chosen {
+    /// Forced by the override header.
+    Override,
+    /// A conversation pin.
+    Pin,
+    /// The key's band; with the key's unit hash (`samples::unit_hash`) when the route counts
+    /// units for the sample ratio check.
+    Band(Option<u64>),
+    /// No key: the route's fallback.
+    Fallback,
 }
 
 /// The pin a response carries.
@@ -59,6 +75,7 @@ pub fn choose_cohort(
                 return Choice {
                     index,
                     pin: NextPin::Keep,
+                    chosen: Chosen::Override,
                 }
             }
             Err(r) => route.override_rejected[r as usize].increment(1),
@@ -76,6 +93,7 @@ pub fn choose_cohort(
                     return Choice {
                         index,
                         pin: NextPin::Refresh { issued },
+                        chosen: Chosen::Pin,
                     };
                 }
                 Err(r) => spec.counters.rejected[r as usize].increment(1),
@@ -83,9 +101,14 @@ pub fn choose_cohort(
         }
     }
     let key = extract_key(&route.key_sources, headers, uri, client);
+    let chosen = match &key {
+        Some(k) => Chosen::Band(route.units.as_ref().map(|_| crate::samples::unit_hash(k))),
+        None => Chosen::Fallback,
+    };
     Choice {
         index: route.assign(key.as_deref()),
         pin: next,
+        chosen,
     }
 }
 

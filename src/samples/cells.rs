@@ -3,7 +3,7 @@
 //! Owns: the atomic counters and the order they are written and read in. Must not touch:
 //! anything but `super`'s bins.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
 use std::time::Duration;
 
 use super::{bin_of, bin_of_count, outcome_index, Tally, BINS, OUTCOME_SLOTS};
@@ -23,6 +23,22 @@ pub struct Cells {
     inter_token: [AtomicU64; BINS],
     output_tokens: [AtomicU64; BINS],
     cost: [AtomicU64; BINS],
+    /// Distinct keys this cohort served from its band (see `super::units`), and the epoch
+    /// that marks this step's keys in the rollout's slots: new cells, a new epoch.
+    units: AtomicU64,
+    epoch: u16,
+}
+
+/// The last epoch handed out. 0 is never one: it is what fresh slots hold.
+static EPOCHS: AtomicU16 = AtomicU16::new(0);
+
+fn next_epoch() -> u16 {
+    loop {
+        let e = EPOCHS.fetch_add(1, Ordering::Relaxed).wrapping_add(1);
+        if e != 0 {
+            return e;
+        }
+    }
 }
 
 fn zeros<const N: usize>() -> [AtomicU64; N] {
@@ -43,6 +59,8 @@ impl Default for Cells {
             inter_token: zeros(),
             output_tokens: zeros(),
             cost: zeros(),
+            units: AtomicU64::new(0),
+            epoch: next_epoch(),
         }
     }
 }
@@ -126,6 +144,17 @@ impl Cells {
         add(&self.ttfb[BINS - 1]);
     }
 
+    /// Counts a unit new to the step (`super::Units::record`).
+    #[inline]
+    pub fn count_unit(&self) {
+        self.units.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The epoch of this step's marks in the rollout's slots.
+    pub fn epoch(&self) -> u16 {
+        self.epoch
+    }
+
     /// A copy of every counter, read parts before wholes (see [`Cells::record`]): a request
     /// recorded meanwhile may show in its wholes and not yet in its parts, never the reverse,
     /// and is complete in the next snapshot.
@@ -153,6 +182,7 @@ impl Cells {
             with_usage,
             output_tokens,
             cost,
+            units: self.units.load(Ordering::Relaxed),
         }
     }
 }

@@ -1,6 +1,7 @@
 //! Rollout evidence: the samples the request path records for a rollout's guards, per
 //! (route, cohort) atomic counters and fixed-size histograms ([`Cells`]): latency, first byte,
-//! first token, the gaps between tokens, output tokens and cost per answer; and the plain
+//! first token, the gaps between tokens, output tokens and cost per answer, and the distinct
+//! keys each cohort served (`units`, for the sample ratio check); and the plain
 //! copies ([`Tally`]) the judge (`control::rollout`) reads them into.
 //!
 //! A leaf, so that the table (which carries the cells to the request path), the request path
@@ -65,9 +66,11 @@ pub fn bin_floor(b: usize) -> f64 {
 
 mod cells;
 mod tally;
+mod units;
 
 pub use cells::{Answer, Cells};
 pub use tally::Tally;
+pub use units::{unit_hash, Seen, Units};
 
 #[cfg(test)]
 mod tests;

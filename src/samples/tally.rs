@@ -32,6 +32,8 @@ pub struct Tally {
     /// Their cost in millionths of the price's currency, per bin, where the upstream has a
     /// price.
     pub cost: Vec<u64>,
+    /// Distinct keys served from the cohort's band (the sample ratio check's units).
+    pub units: u64,
 }
 
 impl Default for Tally {
@@ -48,6 +50,7 @@ impl Default for Tally {
             with_usage: 0,
             output_tokens: vec![0; BINS],
             cost: vec![0; BINS],
+            units: 0,
         }
     }
 }
@@ -81,6 +84,7 @@ impl Tally {
             with_usage: f(self.with_usage, other.with_usage),
             output_tokens: each(&self.output_tokens, &other.output_tokens),
             cost: each(&self.cost, &other.cost),
+            units: f(self.units, other.units),
         }
     }
 

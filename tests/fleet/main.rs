@@ -11,7 +11,8 @@
 //! Without a `nats-server` these tests print SKIPPED and pass, unless COHORT_REQUIRE_NATS=1.
 //!
 //! The tests are split by what they put the fleet through: `walk` (steps and a rollback),
-//! `takeover` (a judge killed, a replica restarted) and `outage` (NATS nodes down); `common`
+//! `takeover` (a judge killed, a replica restarted), `outage` (NATS nodes down) and `srm` (a
+//! broken split halts the fleet); `common`
 //! holds the checks they share.
 
 #[path = "../support/mod.rs"]
@@ -19,5 +20,6 @@ mod support;
 
 mod common;
 mod outage;
+mod srm;
 mod takeover;
 mod walk;

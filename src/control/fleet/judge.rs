@@ -2,7 +2,8 @@
 //! block by block to the same `Progress` a single replica's judge runs, at the judge's share
 //! of alpha, soaking only while every live replica confirms the step; and its progress
 //! saved under `judge.<route>` so that a successor goes on with the same soak and the same
-//! e-processes.
+//! e-processes. The sample ratio check is the exception: it runs on each replica's own units
+//! (see [`Judging::look`]), not on the pool.
 //!
 //! Owns: the pooled progress of the step being judged. Must not touch: the record (the
 //! caller writes the verdict through `Fleet::write`), the local rollouts, the request path.
@@ -16,7 +17,7 @@ use super::pooled::{Pool, Report, SavedPool, Split, StepKey};
 use super::record::Record;
 use crate::control::rollout::guard::Reading;
 use crate::control::rollout::state::SavedTally;
-use crate::control::rollout::{DecisionKind, Progress};
+use crate::control::rollout::{srm, DecisionKind, Progress};
 use crate::routing::table::rollout::RolloutSpec;
 
 /// The judge's progress in a step, as saved for a successor.
@@ -48,16 +49,20 @@ pub struct Judging {
 pub enum Verdict {
     Wait,
     Rollback(String),
+    /// A sample ratio mismatch in one replica's units: ask the record to halt.
+    Halt(String),
     /// The step passed: ask the record to move on.
     Passed(String),
 }
 
 /// The spec the judge tests with: the replica's guards, at the judge's share of alpha, over
-/// the steps the record's plan fixed.
-pub fn spec_for(local: &RolloutSpec, r: &Record) -> RolloutSpec {
+/// the steps the record's plan fixed; and `srm_alpha` at one replica's share (of
+/// `max_replicas`), which each replica's units are tested at (see [`Judging::look`]).
+pub fn spec_for(local: &RolloutSpec, r: &Record, max_replicas: usize) -> RolloutSpec {
     RolloutSpec {
         alpha: Split::EVEN.judge_alpha(local.alpha),
         steps: r.plan.steps.clone(),
+        srm_alpha: local.srm_alpha * Split::EVEN.local_alpha(1.0, max_replicas),
         ..local.clone()
     }
 }
@@ -149,13 +154,38 @@ impl Judging {
         };
         self.last = now;
         self.progress.phase = r.phase;
-        self.progress.observe(spec, elapsed, &block.0, &block.1);
-        self.readings = self.progress.readings(spec);
-        match self.progress.verdict(spec, &self.readings) {
+        // The sample ratio check runs on each replica's units, not on their sum: a replica
+        // dedupes only what it sees, so a key whose requests reach three replicas is three
+        // units of the sum, in one cohort, and the sum spreads wider than independent units
+        // (by up to the replicas a key reaches). Each replica that saw the step begin is one
+        // exact test at `spec.srm_alpha`, its share, as the local rollbacks are.
+        let pooled = RolloutSpec {
+            srm_alpha: 0.0,
+            ..spec.clone()
+        };
+        self.progress.observe(&pooled, elapsed, &block.0, &block.1);
+        self.readings = self.progress.readings(&pooled);
+        if let Some(reason) = self.mismatch(spec) {
+            return Verdict::Halt(reason);
+        }
+        match self.progress.verdict(&pooled, &self.readings) {
             Some((DecisionKind::Rollback, reason)) => Verdict::Rollback(reason),
             Some((_, reason)) if self.confirmed => Verdict::Passed(reason),
             _ => Verdict::Wait,
         }
+    }
+
+    /// The first replica whose own units show a sample ratio mismatch, as the reason.
+    fn mismatch(&self, spec: &RolloutSpec) -> Option<String> {
+        self.pool.judging_sources().find_map(|(replica, (c, b))| {
+            let own = Progress {
+                canary: c.clone(),
+                baseline: b.clone(),
+                ..self.progress.clone()
+            };
+            let s = own.srm(spec).filter(|s| s.mismatch)?;
+            Some(format!("{} at replica {replica}", srm::describe(&s)))
+        })
     }
 
     pub fn saved(&self, epoch: u64) -> Saved {
@@ -175,3 +205,7 @@ impl Judging {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "judge_srm_tests.rs"]
+mod srm_tests;

@@ -63,6 +63,11 @@ pub struct Report {
     pub step: StepKey,
     pub canary: SavedTally,
     pub baseline: SavedTally,
+    /// Whether this incarnation saw the step begin (`follow::Followed::judges`): its units
+    /// are then every key it served in the step, each once, which the judge's sample ratio
+    /// check tests on their own (see `judge`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub judges: bool,
 }
 
 impl Report {
@@ -80,7 +85,14 @@ impl Report {
             step,
             canary: counts.0.into(),
             baseline: counts.1.into(),
+            judges: false,
         }
+    }
+
+    /// This report, from an incarnation that saw its step begin (or not).
+    pub fn judging(mut self, judges: bool) -> Self {
+        self.judges = judges;
+        self
     }
 
     pub fn encode(&self) -> Vec<u8> {
@@ -119,6 +131,9 @@ pub enum Rejected {
 struct Latest {
     seq: u64,
     counts: (Tally, Tally),
+    /// As its latest report said ([`Report::judges`]); unknown (false) once restored, until
+    /// its next report.
+    judges: bool,
 }
 
 /// One step's pooled evidence, as the judge sees it.
@@ -190,7 +205,15 @@ impl Pool {
             self.totals.0.plus(&counts.0.since(&old.0)),
             self.totals.1.plus(&counts.1.since(&old.1)),
         );
-        self.latest.insert(key, Latest { seq: r.seq, counts });
+        let judges = r.judges;
+        self.latest.insert(
+            key,
+            Latest {
+                seq: r.seq,
+                counts,
+                judges,
+            },
+        );
         Ok(())
     }
 
@@ -214,6 +237,14 @@ impl Pool {
         self.latest
             .iter()
             .map(|((r, i), l)| (r.as_str(), *i, &l.counts))
+    }
+
+    /// The latest counts of each incarnation that saw the step begin, by replica.
+    pub fn judging_sources(&self) -> impl Iterator<Item = (&str, &(Tally, Tally))> {
+        self.latest
+            .iter()
+            .filter(|(_, l)| l.judges)
+            .map(|((r, _), l)| (r.as_str(), &l.counts))
     }
 
     /// What a successor judge needs to go on from here (see the module's doc). Every
@@ -270,7 +301,12 @@ impl Pool {
             let counts = restore(&s.canary, &s.baseline)?;
             pool.totals = (pool.totals.0.plus(&counts.0), pool.totals.1.plus(&counts.1));
             let key = (s.replica.clone(), s.incarnation);
-            pool.latest.insert(key, Latest { seq: s.seq, counts });
+            let latest = Latest {
+                seq: s.seq,
+                counts,
+                judges: false,
+            };
+            pool.latest.insert(key, latest);
         }
         pool.fed = pool.totals.clone();
         Ok(pool)

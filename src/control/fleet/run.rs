@@ -485,7 +485,8 @@ impl<J: Judged> Task<J> {
                 step_version: f.step_version,
             },
             (&l.counts.0, &l.counts.1),
-        );
+        )
+        .judging(f.judges);
         let key = keys::report(route, &self.fleet.spec.replica);
         let mine = (route.to_string(), self.fleet.spec.replica.clone());
         if self.put(key, Bytes::from(report.encode())).await.is_ok() {

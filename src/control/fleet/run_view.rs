@@ -113,7 +113,7 @@ impl<J: Judged> Task<J> {
             .values()
             .filter_map(|b| Some((b.replica.clone(), *b.applied.get(route)?)))
             .collect();
-        let spec = judge::spec_for(&l.spec, &r);
+        let spec = judge::spec_for(&l.spec, &r, self.fleet.spec.max_replicas);
         let reports = self
             .reports
             .iter()
@@ -146,6 +146,7 @@ impl<J: Judged> Task<J> {
                 reason,
                 Some(evidence()),
             ),
+            Verdict::Halt(reason) => (Some(Change::Halt), reason, Some(evidence())),
             Verdict::Passed(reason) => (
                 Some(Change::Advance {
                     from: r.step,

@@ -88,12 +88,15 @@ pub(super) fn serving(e: &Entry) -> u32 {
     }
 }
 
-/// The spec a replica's own judge tests with: the whole alpha alone, `share` of it in a fleet.
+/// The spec a replica's own judge tests with: the whole alpha alone, `share` of it in a fleet
+/// (of `srm_alpha` too: the fleet's judge tests each replica's units at that share, so that
+/// what `/rollouts` shows here is what the fleet halts on).
 pub(super) fn judging(spec: &RolloutSpec, fleet: Option<f64>) -> Cow<'_, RolloutSpec> {
     match fleet {
         None => Cow::Borrowed(spec),
         Some(share) => Cow::Owned(RolloutSpec {
             alpha: spec.alpha * share,
+            srm_alpha: spec.srm_alpha * share,
             ..spec.clone()
         }),
     }

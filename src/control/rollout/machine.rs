@@ -20,6 +20,10 @@ use crate::samples::Tally;
 /// About how many canary answers the recent rates are taken from.
 pub const RECENT: u64 = 500;
 
+/// The `wealth` entry that keeps the sample ratio check's ln e-value from before a restart
+/// within the step (no guard's key: those hold a space).
+const SRM_CARRIED: &str = "srm";
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Phase {
@@ -33,8 +37,9 @@ pub enum Phase {
     Promoted,
     /// The canary is at 0% until the rollout's id changes.
     RolledBack,
-    /// The state could not be trusted (a corrupt state file): the canary is at 0% until an
-    /// operator resumes, promotes or rolls back.
+    /// The state could not be trusted (a corrupt state file), or the split is broken (a
+    /// sample ratio mismatch): the canary is at 0% until an operator resumes (at the same
+    /// step), promotes or rolls back.
     Halted,
 }
 
@@ -87,7 +92,8 @@ pub enum DecisionKind {
     Rollback,
     Pause,
     Resume,
-    /// The saved state could not be trusted.
+    /// The saved state could not be trusted, or the step's units show a sample ratio
+    /// mismatch.
     Halt,
 }
 
@@ -228,6 +234,31 @@ impl Progress {
             .collect()
     }
 
+    /// The sample ratio check over the step's units so far; None where it does not apply
+    /// (see `srm::read`) or in a phase that is not judged.
+    pub fn srm(&self, spec: &RolloutSpec) -> Option<super::srm::Srm> {
+        if !self.phase.judged() {
+            return None;
+        }
+        let canary = f64::from(self.percent(spec));
+        let p = canary / f64::from(spec.promoted());
+        let units = (self.canary.units, self.baseline.units);
+        let carried = self.wealth.get(SRM_CARRIED).copied().unwrap_or(0.0);
+        super::srm::read(units, p, spec.srm_alpha_per_step()).map(|s| s.carried(carried))
+    }
+
+    /// A new process resumes this step with empty unit slots: keys counted before would be
+    /// counted again. The check's e-value so far is kept aside and the units start over;
+    /// the product of the two stays a test supermartingale (see `srm`).
+    pub fn carry_units(&mut self, spec: &RolloutSpec) {
+        if let Some(s) = self.srm(spec) {
+            self.wealth
+                .insert(SRM_CARRIED.to_string(), s.statistic.min(s.threshold));
+        }
+        self.canary.units = 0;
+        self.baseline.units = 0;
+    }
+
     /// The judge's decision on `readings`, with its reason: roll back on a failed guard; when
     /// ramping, move on once the step has soaked, both cohorts have `min_samples` requests
     /// and every guard has been judged and passes.
@@ -238,6 +269,10 @@ impl Progress {
     ) -> Option<(DecisionKind, String)> {
         if !self.phase.judged() {
             return None;
+        }
+        // Before the guards: a broken split makes their comparison meaningless.
+        if let Some(s) = self.srm(spec).filter(|s| s.mismatch) {
+            return Some((DecisionKind::Halt, super::srm::describe(&s)));
         }
         if let Some(r) = readings.iter().find(|r| r.status == Status::Fail) {
             return Some((
@@ -301,7 +336,14 @@ impl Progress {
             DecisionKind::Promote => self.phase = Phase::Promoted,
             DecisionKind::Rollback => self.phase = Phase::RolledBack,
             DecisionKind::Pause => self.phase = Phase::Paused,
-            DecisionKind::Resume if self.phase == Phase::Halted => *self = Progress::start(),
+            // Back at the step it halted at (a halt on an untrusted file is at the first),
+            // with its evidence from the start.
+            DecisionKind::Resume if self.phase == Phase::Halted => {
+                *self = Progress {
+                    step: self.step,
+                    ..Progress::start()
+                }
+            }
             DecisionKind::Resume => {
                 self.phase = Phase::Ramping;
                 return false;
@@ -309,6 +351,7 @@ impl Progress {
             DecisionKind::Halt => {
                 *self = Progress {
                     phase: Phase::Halted,
+                    step: self.step,
                     ..Progress::start()
                 }
             }

@@ -12,10 +12,10 @@
 //! `samples::Cells` through handles kept in the table).
 //!
 //! Parts: `reconcile` (entries across configurations), `edit` (edits refused under an id),
-//! `stats` (the tests), `guard` (a guard over tallies), `machine` (the pure state machine),
+//! `stats` (the tests), `srm` (the sample ratio check), `guard` (a guard over tallies), `machine` (the pure state machine),
 //! `state` (files), `weights` (effective percents into a table, and through the door),
 //! `gauges` (metrics), `report` (JSON for the admin endpoints), `judge` (the task that ticks);
-//! test-only: `simulate` and `traffic` (Monte-Carlo checks).
+//! test-only: `simulate`, `traffic` and `srm_sim` (Monte-Carlo checks).
 
 mod edit;
 pub mod follow;
@@ -28,6 +28,9 @@ mod reconcile;
 mod report;
 #[cfg(test)]
 pub(crate) mod simulate;
+pub(crate) mod srm;
+#[cfg(test)]
+mod srm_sim;
 pub mod state;
 pub(crate) mod stats;
 #[cfg(test)]
@@ -42,7 +45,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 pub use edit::{check_saved, EditRefused};
-pub use gauges::{DECISIONS, STATE, STEP_PERCENT};
+pub use gauges::{DECISIONS, SRM_HALTS, SRM_STATISTIC, STATE, STEP_PERCENT};
 pub use machine::{Action, DecisionKind, Phase, Progress};
 pub use preflight::{preflight, Preflight};
 pub use state::{Decision, StateError};
@@ -110,6 +113,8 @@ struct Entry {
     gauges: Gauges,
     /// In a fleet, what the shared record says this replica serves (see `follow`).
     followed: Option<follow::Followed>,
+    /// The keys each step has counted (`samples::units`), for the sample ratio check.
+    slots: Arc<crate::samples::Seen>,
 }
 
 impl Entry {
@@ -199,6 +204,8 @@ impl Rollouts {
                 let spec = follow::judging(&e.spec, self.fleet);
                 e.progress.observe(&spec, elapsed, &block.0, &block.1);
                 e.readings = e.progress.readings(&spec);
+                let srm = e.progress.srm(&spec);
+                e.gauges.srm_statistic.set(srm.map_or(0.0, |s| s.statistic));
                 let verdict = e.progress.verdict(&spec, &e.readings);
                 // A fleet replica only rolls back on its own: the fleet's judge moves on.
                 let verdict = verdict.filter(|(k, _)| {
@@ -206,6 +213,10 @@ impl Rollouts {
                         || (*k == DecisionKind::Rollback && Rollouts::judges_locally(e))
                 });
                 if let Some((kind, reason)) = verdict {
+                    if kind == DecisionKind::Halt {
+                        e.gauges.srm_halts.increment(1);
+                        e.note = Some(reason.clone());
+                    }
                     self.decide(route, e, kind, "judge", reason, now);
                     changed = true;
                     continue;

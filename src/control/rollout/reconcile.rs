@@ -131,6 +131,7 @@ impl Rollouts {
             // Until the shared record is read, a fleet replica serves no canary.
             followed: self.fleet.map(|_| super::follow::Followed::default()),
             spec,
+            slots: Default::default(),
         };
         let loaded = match &self.store {
             Some(store) => store.load(route, &e.spec.id, e.spec.steps.len()),
@@ -139,7 +140,8 @@ impl Rollouts {
         let first = match loaded {
             // `load` has checked it against this rollout: the error arm is never taken.
             Ok(Some(saved)) if saved.id == e.spec.id => match saved.progress() {
-                Ok(p) => {
+                Ok(mut p) => {
+                    p.carry_units(&e.spec);
                     e.progress = p;
                     e.note = saved.note;
                     e.history = saved.history.into_iter().collect();

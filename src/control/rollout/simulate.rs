@@ -145,6 +145,7 @@ pub fn spec_of(
         after: RawAfter::Promote,
         alpha,
         guards,
+        srm_alpha: 0.001,
     };
     let outcomes: Vec<String> = crate::routing::table::DEFAULT_OUTCOMES
         .iter()

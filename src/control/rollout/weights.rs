@@ -1,5 +1,6 @@
 //! Effective percents into a table: the canary at its rollout's percent, the baseline with
-//! what is left, and the cells of judged cohorts attached for the request path; and that table
+//! what is left, and the cells of judged cohorts (and the rollout's unit slots, with the step's
+//! epoch) attached for the request path; and that table
 //! through the door, when a decision changed a percent.
 //!
 //! Owns: rewriting a route's cohorts and bands in a table not yet (or no longer) serving.
@@ -12,6 +13,7 @@ use super::{Entry, Rollouts};
 use crate::control::door::Door;
 use crate::routing::bands::{Bands, BUCKETS};
 use crate::routing::table::{CohortTarget, RoutingTable};
+use crate::samples::Units;
 
 /// Gives each route with a live rollout the weights it wants (the canary at its effective
 /// percent, the baseline what is left, the others as configured) and the cells of its judged
@@ -55,6 +57,20 @@ pub(super) fn adjust(entries: &BTreeMap<String, Entry>, table: &mut RoutingTable
         }
         if route_changed {
             route.bands = Bands::new(&weights);
+            changed = true;
+        }
+        // The step's epoch is its cells': new cells, and every key counts anew.
+        let units = judged.then(|| Units {
+            seen: Arc::clone(&e.slots),
+            epoch: e.cells.0.epoch(),
+        });
+        let same_units = match (&route.units, &units) {
+            (None, None) => true,
+            (Some(a), Some(b)) => Arc::ptr_eq(&a.seen, &b.seen) && a.epoch == b.epoch,
+            _ => false,
+        };
+        if !same_units {
+            route.units = units;
             changed = true;
         }
     }

@@ -130,6 +130,9 @@ pub struct Route {
     pub rollout: Option<Arc<rollout::RolloutSpec>>,
     /// Conversation pinning, when the route enables it.
     pub pin: Option<Arc<PinSpec>>,
+    /// Where the request path marks the keys it served from their band, for the sample ratio
+    /// check: set by `rollout::Rollouts` while the rollout is judged, with its step's epoch.
+    pub units: Option<crate::samples::Units>,
 }
 
 #[derive(Clone)]

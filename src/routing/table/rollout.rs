@@ -40,6 +40,9 @@ pub struct RolloutSpec {
     pub others: u32,
     /// The route's outcome values, which give outcome guards their slots.
     pub outcomes: Vec<String>,
+    /// The rollout-wide chance of halting on a sample ratio mismatch that is not there,
+    /// apart from `alpha`; 0 when the check is off.
+    pub srm_alpha: f64,
 }
 
 impl RolloutSpec {
@@ -47,6 +50,11 @@ impl RolloutSpec {
     /// the whole rollout rolls back an A/A canary with probability at most `alpha`.
     pub fn alpha_per_test(&self) -> f64 {
         self.alpha / (self.guards.len().max(1) * self.steps.len().max(1)) as f64
+    }
+
+    /// The sample ratio check at each step tests at `srm_alpha / steps`; 0 when it is off.
+    pub fn srm_alpha_per_step(&self) -> f64 {
+        self.srm_alpha / self.steps.len().max(1) as f64
     }
 
     /// The canary's share once promoted.
@@ -141,6 +149,15 @@ pub fn build(
             format!("{} is not a probability above 0 and at most 0.5", raw.alpha),
         );
     }
+    if !(raw.srm_alpha >= 0.0 && raw.srm_alpha <= 0.5) {
+        return fail(
+            "srm_alpha",
+            format!(
+                "{} is not a probability from 0 (the check off) to 0.5",
+                raw.srm_alpha
+            ),
+        );
+    }
     let mut guards: Vec<Guard> = Vec::with_capacity(raw.guards.len());
     for (j, g) in raw.guards.iter().enumerate() {
         let guard = guard(g, outcomes).map_err(|mut e| {
@@ -173,6 +190,7 @@ pub fn build(
         guards,
         others,
         outcomes: outcomes.to_vec(),
+        srm_alpha: raw.srm_alpha,
     })
 }
 

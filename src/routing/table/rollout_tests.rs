@@ -216,3 +216,30 @@ fn the_rollout_demo_config_loads() {
     assert!(t.state_dir.is_some());
     assert!(t.warnings().is_empty(), "{:?}", t.warnings());
 }
+
+#[test]
+fn srm_alpha_defaults_to_a_thousandth_may_be_off_and_is_checked() {
+    let t = accept(&with_rollout("", BASIC));
+    let spec = t.routes[0].rollout.as_ref().unwrap();
+    assert_eq!(spec.srm_alpha, 0.001);
+    assert_eq!(spec.srm_alpha_per_step(), 0.001 / 5.0);
+    let t = accept(&with_rollout("", &format!("{BASIC}      srm_alpha: 0\n")));
+    assert_eq!(
+        t.routes[0].rollout.as_ref().unwrap().srm_alpha_per_step(),
+        0.0
+    );
+    reject_rollout(
+        "srm_alpha: 0.7",
+        29,
+        18,
+        "srm_alpha",
+        &["from 0 (the check off) to 0.5"],
+    );
+    reject_rollout(
+        "srm_alpha: -0.1",
+        29,
+        18,
+        "srm_alpha",
+        &["not a probability"],
+    );
+}

@@ -315,6 +315,7 @@ pub(super) fn build_route(
         override_rejected: metrics.override_rejected(&r.name, Rejection::LABELS),
         rollout,
         pin,
+        units: None,
     })
 }
 
