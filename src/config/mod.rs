@@ -10,6 +10,7 @@ mod fleet;
 pub(crate) mod locate;
 mod raw;
 mod rollout;
+mod segment;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -21,6 +22,7 @@ pub use raw::{
     RawUpstream, RawUpstreamTls, RawUsage,
 };
 pub use rollout::{RawAfter, RawGuard, RawGuardMetric, RawRollout};
+pub use segment::RawSegment;
 
 /// A config error located in its file.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -320,6 +320,9 @@ pub struct RawRoute {
     /// Where answers report token usage: `auto`, `openai`, `anthropic`, `header` or `off`.
     #[serde(default)]
     pub usage: RawUsage,
+    /// The one dimension (a request or response header) the route's metrics and its
+    /// rollout's `per_segment` guards are split by.
+    pub segment: Option<super::RawSegment>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]

@@ -23,6 +23,9 @@ pub struct Cells {
     inter_token: [AtomicU64; BINS],
     output_tokens: [AtomicU64; BINS],
     cost: [AtomicU64; BINS],
+    /// A route with a segment: the cells of each segment (values, then `other`), written
+    /// with the whole ([`Cells::record_in`]).
+    pub(super) segments: Box<[Cells]>,
 }
 
 fn zeros<const N: usize>() -> [AtomicU64; N] {
@@ -43,6 +46,7 @@ impl Default for Cells {
             inter_token: zeros(),
             output_tokens: zeros(),
             cost: zeros(),
+            segments: Box::default(),
         }
     }
 }
@@ -153,6 +157,7 @@ impl Cells {
             with_usage,
             output_tokens,
             cost,
+            segments: self.segments.iter().map(Cells::snapshot).collect(),
         }
     }
 }

@@ -64,9 +64,11 @@ pub fn bin_floor(b: usize) -> f64 {
 }
 
 mod cells;
+mod segmented;
 mod tally;
 
 pub use cells::{Answer, Cells};
+pub use segmented::Needs;
 pub use tally::Tally;
 
 #[cfg(test)]

@@ -32,6 +32,9 @@ pub struct Tally {
     /// Their cost in millionths of the price's currency, per bin, where the upstream has a
     /// price.
     pub cost: Vec<u64>,
+    /// A route with a segment: the same counts in each segment (its values, then `other`),
+    /// whose own `segments` are empty; empty without one.
+    pub segments: Vec<Tally>,
 }
 
 impl Default for Tally {
@@ -48,6 +51,7 @@ impl Default for Tally {
             with_usage: 0,
             output_tokens: vec![0; BINS],
             cost: vec![0; BINS],
+            segments: Vec::new(),
         }
     }
 }
@@ -67,7 +71,7 @@ impl Tally {
         self.zip(self, |a, _| a / 2)
     }
 
-    fn zip(&self, other: &Tally, f: fn(u64, u64) -> u64) -> Tally {
+    pub(super) fn zip(&self, other: &Tally, f: fn(u64, u64) -> u64) -> Tally {
         let each = |a: &[u64], b: &[u64]| a.iter().zip(b).map(|(x, y)| f(*x, *y)).collect();
         Tally {
             requests: f(self.requests, other.requests),
@@ -81,6 +85,7 @@ impl Tally {
             with_usage: f(self.with_usage, other.with_usage),
             output_tokens: each(&self.output_tokens, &other.output_tokens),
             cost: each(&self.cost, &other.cost),
+            segments: super::segmented::zip_segments(&self.segments, &other.segments, f),
         }
     }
 
@@ -133,6 +138,7 @@ impl Tally {
             .into_iter()
             .find(|(part, whole, ..)| part > whole)
             .map(|(part, whole, what, of)| format!("{part} {what} but {whole} {of}"))
+            .or_else(|| super::segmented::impossible_segment(&self.segments))
     }
 
     /// Whether every vector has its fixed length (a restored tally is checked with this).
@@ -148,5 +154,9 @@ impl Tally {
             ]
             .iter()
             .all(|v| v.len() == BINS)
+            && self
+                .segments
+                .iter()
+                .all(|s| s.segments.is_empty() && s.well_formed())
     }
 }

@@ -8,6 +8,7 @@
 mod exposition;
 mod help;
 mod retired;
+mod segment;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -16,6 +17,7 @@ use metrics::{Counter, Gauge, Histogram, Key, KeyName, Label, Metadata, Recorder
 
 use self::exposition::Exposition;
 use self::retired::Retirements;
+pub use self::segment::SegmentMetrics;
 
 pub const REQUESTS: &str = "cohort_requests_total";
 pub const DURATION: &str = "cohort_request_duration_seconds";
@@ -129,6 +131,10 @@ pub struct CohortMetrics {
     pub cost: Histogram,
     pub ttft: Histogram,
     pub inter_token: Histogram,
+    /// A route with a `segment`: the requests, duration and outcome handles of each segment
+    /// (its values, then `other`), which replace the fields above (then never registered,
+    /// so no series without the `segment` label). Empty otherwise.
+    pub segments: Vec<SegmentMetrics>,
 }
 
 /// Which outcome counter a backend's verdict lands in.
@@ -239,6 +245,19 @@ impl Metrics {
         outcomes: &[String],
         failure_reasons: &[&'static str],
     ) -> CohortMetrics {
+        self.cohort_segmented(route, cohort, outcomes, failure_reasons, &[])
+    }
+
+    /// [`Metrics::cohort`] for a route whose `segments` (its values, then `other`; empty
+    /// without a segment) split the requests, duration and outcome series.
+    pub fn cohort_segmented(
+        &self,
+        route: &str,
+        cohort: &str,
+        outcomes: &[String],
+        failure_reasons: &[&'static str],
+        segments: &[String],
+    ) -> CohortMetrics {
         self.retired.note(route, Some(cohort));
         let base = || {
             vec![
@@ -259,12 +278,23 @@ impl Metrics {
             self.recorder
                 .register_histogram(&Key::from_parts(name, base()), &METADATA)
         };
+        let split = self.segments(route, cohort, outcomes, segments);
+        let whole = split.is_empty();
+        let counter_if = |name, labels| {
+            if whole {
+                counter(name, labels)
+            } else {
+                Counter::noop()
+            }
+        };
         CohortMetrics {
             requests: STATUS_CLASSES
-                .map(|c| counter(REQUESTS, with("status_class", c.to_string()))),
-            duration: self
-                .recorder
-                .register_histogram(&Key::from_parts(DURATION, base()), &METADATA),
+                .map(|c| counter_if(REQUESTS, with("status_class", c.to_string()))),
+            duration: if whole {
+                histogram(DURATION)
+            } else {
+                Histogram::noop()
+            },
             ttfb: self
                 .recorder
                 .register_histogram(&Key::from_parts(TTFB, base()), &METADATA),
@@ -276,9 +306,9 @@ impl Metrics {
                 .map(|a| counter(ABANDONED, with("stage", a.as_str().to_string()))),
             outcomes: outcomes
                 .iter()
-                .map(|o| counter(OUTCOMES, with("outcome", o.clone())))
+                .map(|o| counter_if(OUTCOMES, with("outcome", o.clone())))
                 .collect(),
-            outcome_other: counter(OUTCOMES, with("outcome", "other".to_string())),
+            outcome_other: counter_if(OUTCOMES, with("outcome", "other".to_string())),
             in_flight: self
                 .recorder
                 .register_gauge(&Key::from_parts(IN_FLIGHT, base()), &METADATA),
@@ -292,6 +322,7 @@ impl Metrics {
             cost: histogram(COST),
             ttft: histogram(TTFT),
             inter_token: histogram(INTER_TOKEN),
+            segments: split,
         }
     }
 

@@ -134,7 +134,7 @@ pub struct Pool {
 }
 
 fn covers(new: &Tally, old: &Tally) -> bool {
-    old.since(new) == Tally::default()
+    old.since(new).is_zero()
 }
 
 impl Pool {

@@ -17,6 +17,7 @@ pub(crate) mod rollout;
 mod rollout_tests;
 mod route;
 mod secure;
+pub mod segment;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
@@ -124,6 +125,8 @@ pub struct Route {
     /// The route's rollout, as configured; its state lives in `rollout::Rollouts`, which sets
     /// the cohorts' effective weights.
     pub rollout: Option<Arc<rollout::RolloutSpec>>,
+    /// The dimension the route's metrics and its rollout's `per_segment` guards are split by.
+    pub segment: Option<segment::Segment>,
 }
 
 #[derive(Clone)]

@@ -1,0 +1,107 @@
+//! The handles of a route's segments: `cohort_requests_total`, `cohort_outcomes_total` and
+//! `cohort_request_duration_seconds` with a `segment` label, one set per allowed value and
+//! one for `other`, made with the table; and the request path's choice among them, by index.
+//!
+//! Owns: which families carry the segment and the order of their labels (route, cohort,
+//! segment, then the family's own). Must not touch: where a segment comes from (`proxy`), the
+//! allowed values (`routing::table`); a segment's label is always one of the route's values
+//! or `other`, so the series stay as many as the configuration says.
+
+use metrics::{Counter, Histogram, Key, Label, Recorder};
+
+use super::{
+    CohortMetrics, Metrics, OutcomeSlot, DURATION, METADATA, OUTCOMES, REQUESTS, STATUS_CLASSES,
+};
+
+/// One segment's handles of one (route, cohort).
+#[derive(Clone)]
+pub struct SegmentMetrics {
+    pub requests: [Counter; 5],
+    pub duration: Histogram,
+    /// Aligned with the route's allowed outcome values.
+    pub outcomes: Vec<Counter>,
+    pub outcome_other: Counter,
+}
+
+impl Metrics {
+    /// The handles of each of `segments` (the route's values, then `other`), in order.
+    pub(super) fn segments(
+        &self,
+        route: &str,
+        cohort: &str,
+        outcomes: &[String],
+        segments: &[String],
+    ) -> Vec<SegmentMetrics> {
+        segments
+            .iter()
+            .map(|segment| {
+                let labels = |extra: Option<(&'static str, &str)>| {
+                    let mut l = vec![
+                        Label::new("route", route.to_string()),
+                        Label::new("cohort", cohort.to_string()),
+                        Label::new("segment", segment.clone()),
+                    ];
+                    if let Some((k, v)) = extra {
+                        l.push(Label::new(k, v.to_string()));
+                    }
+                    l
+                };
+                let counter = |name: &'static str, k: &'static str, v: &str| {
+                    self.recorder
+                        .register_counter(&Key::from_parts(name, labels(Some((k, v)))), &METADATA)
+                };
+                SegmentMetrics {
+                    requests: STATUS_CLASSES.map(|c| counter(REQUESTS, "status_class", c)),
+                    duration: self
+                        .recorder
+                        .register_histogram(&Key::from_parts(DURATION, labels(None)), &METADATA),
+                    outcomes: outcomes
+                        .iter()
+                        .map(|o| counter(OUTCOMES, "outcome", o))
+                        .collect(),
+                    outcome_other: counter(OUTCOMES, "outcome", "other"),
+                }
+            })
+            .collect()
+    }
+}
+
+impl CohortMetrics {
+    /// The handles of segment `segment` (an index the route's segment gave), if the route
+    /// has segments.
+    #[inline]
+    fn segment(&self, segment: Option<usize>) -> Option<&SegmentMetrics> {
+        segment.and_then(|i| self.segments.get(i))
+    }
+
+    /// Counts an answer in its segment, or in the route's series without one.
+    #[inline]
+    pub fn request_in(&self, segment: Option<usize>, status: http::StatusCode) {
+        match self.segment(segment) {
+            Some(s) => {
+                let class = (status.as_u16() / 100).clamp(1, 5) as usize - 1;
+                s.requests[class].increment(1);
+            }
+            None => self.request(status),
+        }
+    }
+
+    #[inline]
+    pub fn outcome_in(&self, segment: Option<usize>, slot: OutcomeSlot) {
+        match (self.segment(segment), slot) {
+            (Some(s), OutcomeSlot::Allowed(i)) => {
+                if let Some(c) = s.outcomes.get(i) {
+                    c.increment(1);
+                }
+            }
+            (Some(s), OutcomeSlot::Other) => s.outcome_other.increment(1),
+            (None, slot) => self.outcome(slot),
+        }
+    }
+
+    /// The duration histogram of the segment, or the route's.
+    #[inline]
+    pub fn duration_in(&self, segment: Option<usize>) -> &Histogram {
+        self.segment(segment).map_or(&self.duration, |s| &s.duration)
+    }
+}
