@@ -26,6 +26,8 @@ pub(crate) mod machine;
 mod preflight;
 mod reconcile;
 mod report;
+#[cfg(test)]
+mod segment_sim;
 mod segments;
 #[cfg(test)]
 pub(crate) mod simulate;
