@@ -19,6 +19,8 @@ mod route;
 mod secure;
 pub mod segment;
 #[cfg(test)]
+mod segment_tests;
+#[cfg(test)]
 mod tests;
 #[cfg(test)]
 mod usage_tests;
