@@ -164,3 +164,180 @@ async fn a_segmented_route_has_exactly_its_segments_series_and_others_keep_their
         assert_eq!(s.metric(name, &[("route", "chat"), ("cohort", "only")]).is_finite(), true);
     }
 }
+
+/// A proxy on a config file of its own directory, with the judge left to the test.
+struct Rig {
+    running: cohort::app::Running,
+    public: SocketAddr,
+    admin: SocketAddr,
+    client: H1Client,
+    now: Now,
+    next_user: u64,
+}
+
+/// The route `agent` (stable 50, canary 50) segmented by `x-channel`, judged by `guards`.
+fn write_config(dir: &Path, stable: &SimBackend, canary: &SimBackend, guards: &str) -> PathBuf {
+    let rollout = format!(
+        "rollout: {{id: v2, canary: canary, steps: [50], soak: 1h, min_samples: 100, guards: {guards}}}"
+    );
+    let route = Route::new("agent")
+        .key("header: x-user-id")
+        .set("segment: {request_header: x-channel, values: [billing, shipping, returns]}")
+        .set(&rollout)
+        .split(&[("stable", "stable", "50"), ("canary", "canary", "50")]);
+    let yaml = Config::new()
+        .top("state_dir: state")
+        .top("reload: {watch: false, poll_interval: 1h}")
+        .upstream("stable", stable.addr)
+        .upstream("canary", canary.addr)
+        .route(route)
+        .yaml();
+    let path = dir.join("cohort.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    path
+}
+
+/// Billing is a tenth of the traffic, shipping 45%, returns 40%, and 5% send no channel.
+fn channel(i: u64) -> Option<&'static str> {
+    match i % 20 {
+        0 | 1 => Some("billing"),
+        2..=10 => Some("shipping"),
+        11..=18 => Some("returns"),
+        _ => None,
+    }
+}
+
+impl Rig {
+    async fn start(path: &Path) -> Rig {
+        let options = cohort::app::Options { judge_every: None };
+        let running = match within("start", cohort::app::start_with(path, options)).await {
+            Ok(r) => r,
+            Err(e) => panic!("proxy did not start: {e}"),
+        };
+        Rig {
+            public: running.listener("public").unwrap(),
+            admin: running.admin_address,
+            running,
+            client: h1_client(),
+            now: Now::real(),
+            next_user: 0,
+        }
+    }
+
+    /// `n` requests from new users, 16 at a time, then a judge tick a simulated second on.
+    async fn send_and_tick(&mut self, n: u64) {
+        let gate = Arc::new(tokio::sync::Semaphore::new(16));
+        let mut set = tokio::task::JoinSet::new();
+        for _ in 0..n {
+            self.next_user += 1;
+            let user = format!("user-{}", self.next_user);
+            let mut headers = vec![("x-user-id", user.as_str())];
+            if let Some(c) = channel(self.next_user) {
+                headers.push(("x-channel", c));
+            }
+            let req = get(self.public, "/", &headers);
+            let (client, gate) = (self.client.clone(), Arc::clone(&gate));
+            set.spawn(async move {
+                let _permit = gate.acquire().await.unwrap();
+                fetch(&client, req).await.status
+            });
+        }
+        while let Some(r) = within("a batch of requests", set.join_next()).await {
+            r.unwrap();
+        }
+        self.now = self.now.later(Duration::from_secs(1));
+        judge::tick(&self.running.control, self.now);
+    }
+
+    async fn rollout(&self) -> Value {
+        let req = bearer_request("GET", self.admin, "/rollouts", None);
+        let r = fetch(&self.client, req).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        r.json()["rollouts"][0].clone()
+    }
+
+    /// Up to `ticks` ticks of `per_tick` requests while the rollout ramps; the ticks sent.
+    async fn run_while_ramping(&mut self, per_tick: u64, ticks: u64) -> u64 {
+        for t in 1..=ticks {
+            self.send_and_tick(per_tick).await;
+            if self.rollout().await["state"] != "ramping" {
+                return t;
+            }
+        }
+        ticks
+    }
+}
+
+const PER_TICK: u64 = 300;
+const MAX_TICKS: u64 = 40;
+
+/// A stable backend failing 2% everywhere, and a canary failing 2% but 25% for billing:
+/// 4.3% overall, inside a 3-point margin; billing far outside it.
+async fn backends() -> (SimBackend, SimBackend) {
+    let errors = |rate| Behaviour {
+        error_rate: rate,
+        ..Behaviour::default()
+    };
+    let stable = SimBackend::start(errors(0.02)).await;
+    let by = Arc::new(vec![("billing", errors(0.25))]);
+    let canary = SimBackend::start_by_channel(errors(0.02), by).await;
+    (stable, canary)
+}
+
+#[tokio::test]
+async fn a_canary_worse_for_billing_alone_is_rolled_back_by_its_per_segment_guard() {
+    let (stable, canary) = backends().await;
+    let dir = tempfile::tempdir().unwrap();
+    let both = "[{metric: error_rate, margin: 3}, {metric: error_rate, margin: 3, per_segment: true}]";
+    let path = write_config(dir.path(), &stable, &canary, both);
+    let mut rig = Rig::start(&path).await;
+    let ticks = rig.run_while_ramping(PER_TICK, MAX_TICKS).await;
+    let r = rig.rollout().await;
+    assert_eq!(r["state"], "rolled_back", "after {ticks} ticks: {r:#}");
+    let d = &r["history"][1];
+    assert_eq!((&d["decision"], &d["trigger"]), (&"rollback".into(), &"judge".into()));
+    let reason = d["reason"].as_str().unwrap();
+    eprintln!("rolled back after {ticks} ticks of {PER_TICK}: {reason}");
+    assert!(
+        reason.starts_with("guard failed: error_rate in segment billing: canary "),
+        "{reason}"
+    );
+    let failed: Vec<&Value> = d["guards"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|g| g["status"] == "fail")
+        .collect();
+    assert_eq!(failed.len(), 1, "{d:#}");
+    let g = failed[0];
+    assert_eq!((&g["guard"], &g["segment"]), (&"error_rate".into(), &"billing".into()));
+    let (c, b, limit) = (g["canary"].as_f64().unwrap(), g["baseline"].as_f64().unwrap(), g["limit"].as_f64().unwrap());
+    assert!(c > limit && (limit - b - 0.03).abs() < 1e-9, "{g:#}");
+    assert!(g["canary_samples"].as_u64() >= Some(100), "{g:#}");
+    assert!(g["statistic"].as_f64() >= g["threshold"].as_f64(), "{g:#}");
+    // The overall guard, over the same answers, had not failed; and every segment is read.
+    let segments: Vec<&Value> = d["guards"].as_array().unwrap().iter().map(|g| &g["segment"]).collect();
+    assert_eq!(segments, [&Value::Null, &"billing".into(), &"shipping".into(), &"returns".into(), &"other".into()]);
+    assert_ne!(d["guards"][0]["status"], "fail", "{d:#}");
+    assert_eq!(r["guards"], d["guards"]);
+
+    let audit = std::fs::read_to_string(dir.path().join("state/audit.jsonl")).unwrap();
+    let last: Value = serde_json::from_str(audit.lines().last().unwrap()).unwrap();
+    assert_eq!(last["decision"], "rollback");
+    assert_eq!(last["reason"], d["reason"]);
+    assert_eq!(last["guards"][1]["segment"], "billing");
+    assert_eq!(last["guards"][1]["canary"], g["canary"]);
+    rig.running.shutdown().await;
+
+    // The overall guard alone, at the same traffic: billing's regression hides in the mean.
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(dir.path(), &stable, &canary, "[{metric: error_rate, margin: 3}]");
+    let mut rig = Rig::start(&path).await;
+    let sent = rig.run_while_ramping(PER_TICK, MAX_TICKS).await;
+    let r = rig.rollout().await;
+    assert_eq!(r["state"], "ramping", "after {sent} ticks: {r:#}");
+    let g = &r["guards"][0];
+    assert_eq!(g["status"], "pass", "{g:#}");
+    assert!(g.get("segment").is_none(), "{g:#}");
+    rig.running.shutdown().await;
+}
