@@ -269,7 +269,7 @@ impl Rig {
 }
 
 const PER_TICK: u64 = 300;
-const MAX_TICKS: u64 = 40;
+const MAX_TICKS: u64 = 25;
 
 /// A stable backend failing 2% everywhere, and a canary failing 2% but 25% for billing:
 /// 4.3% overall, inside a 3-point margin; billing far outside it.

@@ -138,3 +138,23 @@ fn a_per_segment_guard_needs_a_segment_and_is_not_repeated() {
         &["a second per_segment error_rate guard"],
     );
 }
+
+#[test]
+fn per_segment_histograms_are_bounded_for_the_fleet_reports() {
+    let values: Vec<String> = (0..16).map(|i| format!("v{i}")).collect();
+    let segment = format!("      request_header: x-c\n      values: [{}]\n", values.join(", "));
+    let rollout = |guards: &str| {
+        format!("    rollout:\n      id: v2\n      canary: canary\n      guards:\n{guards}")
+    };
+    // 17 segments, each keeping durations and first-byte times: 34 histograms.
+    let two = "        - {metric: latency, per_segment: true}\n        - {metric: ttfb, per_segment: true}\n        - {metric: error_rate, per_segment: true}\n";
+    accept(&with_segment(&segment, &rollout(two)));
+    let three = format!("{two}        - {{metric: ttft, per_segment: true}}\n");
+    reject(
+        &with_segment(&segment, &rollout(&three)),
+        32,
+        7,
+        "routes[0].rollout.guards",
+        &["keep 51 histograms apart", "more than 34"],
+    );
+}
