@@ -297,7 +297,6 @@ async fn a_canary_worse_for_billing_alone_is_rolled_back_by_its_per_segment_guar
     let d = &r["history"][1];
     assert_eq!((&d["decision"], &d["trigger"]), (&"rollback".into(), &"judge".into()));
     let reason = d["reason"].as_str().unwrap();
-    eprintln!("rolled back after {ticks} ticks of {PER_TICK}: {reason}");
     assert!(
         reason.starts_with("guard failed: error_rate in segment billing: canary "),
         "{reason}"
