@@ -103,3 +103,72 @@ pub fn needs(spec: &RolloutSpec) -> Needs {
     }
     n
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::control::rollout::state::Saved;
+
+    fn segmented(segs: &[(u64, u64)]) -> Tally {
+        let segments: Vec<Tally> = segs
+            .iter()
+            .map(|&(requests, errors)| Tally {
+                requests,
+                errors,
+                ..Tally::default()
+            })
+            .collect();
+        Tally {
+            requests: segments.iter().map(|s| s.requests).sum(),
+            errors: segments.iter().map(|s| s.errors).sum(),
+            segments,
+            ..Tally::default()
+        }
+    }
+
+    #[test]
+    fn a_step_s_segment_counts_survive_a_restart_and_broken_ones_are_refused() {
+        let p = Progress {
+            canary: segmented(&[(10, 3), (20, 0), (1, 1)]),
+            baseline: segmented(&[(30, 1), (40, 0), (2, 0)]),
+            ..Progress::start()
+        };
+        let saved = Saved::new("r", "v2", &p, None, Vec::new(), &[500]);
+        let text = serde_json::to_string(&saved).unwrap();
+        let back: Saved = serde_json::from_str(&text).unwrap();
+        assert_eq!(back.progress().unwrap(), p);
+        // A tally without segments is written as before: files stay readable both ways.
+        let plain = Saved::new("r", "v2", &Progress::start(), None, Vec::new(), &[500]);
+        assert!(!serde_json::to_string(&plain).unwrap().contains("segments"));
+
+        let broken = Progress {
+            canary: segmented(&[(10, 3), (2, 5)]),
+            ..p
+        };
+        let saved = Saved::new("r", "v2", &broken, None, Vec::new(), &[500]);
+        assert_eq!(
+            saved.progress(),
+            Err("canary: segment 1: 5 errors but 2 requests".to_string())
+        );
+    }
+
+    #[test]
+    fn fresh_cells_keep_a_cell_per_segment_and_record_into_both() {
+        let mut spec = crate::control::rollout::traffic::tests::issue_spec();
+        assert_eq!(fresh_cells(&spec).0.segment_count(), 0);
+        spec.segments = ["a", "b", "other"].map(String::from).to_vec();
+        let (c, _) = fresh_cells(&spec);
+        let answer = crate::samples::Answer {
+            status: 503,
+            ..Default::default()
+        };
+        c.record_in(Some(1), &answer);
+        c.record_in(None, &answer);
+        c.record_abandoned_in(Some(2));
+        let t = c.snapshot();
+        assert_eq!((t.requests, t.errors), (3, 3));
+        let per: Vec<(u64, u64)> = t.segments.iter().map(|s| (s.requests, s.errors)).collect();
+        assert_eq!(per, [(0, 0), (1, 1), (1, 1)]);
+        assert_eq!(t.segments[2].latency[crate::samples::BINS - 1], 1);
+    }
+}
