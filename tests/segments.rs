@@ -81,14 +81,38 @@ async fn a_segmented_route_has_exactly_its_segments_series_and_others_keep_their
         .start()
         .await;
     let sends: [(&str, &[(&str, &str)]); 10] = [
-        ("/chat/", &[("x-channel", "billing"), ("x-mock-set", "x-agent-outcome: escalated")]),
-        ("/chat/", &[("x-channel", "Billing"), ("x-mock-status", "503")]),
-        ("/chat/", &[("x-channel", "shipping"), ("x-mock-set", "x-agent-outcome: resolved")]),
+        (
+            "/chat/",
+            &[
+                ("x-channel", "billing"),
+                ("x-mock-set", "x-agent-outcome: escalated"),
+            ],
+        ),
+        (
+            "/chat/",
+            &[("x-channel", "Billing"), ("x-mock-status", "503")],
+        ),
+        (
+            "/chat/",
+            &[
+                ("x-channel", "shipping"),
+                ("x-mock-set", "x-agent-outcome: resolved"),
+            ],
+        ),
         ("/chat/", &[("x-mock-set", "x-agent-outcome: resolved")]),
-        ("/chat/", &[("x-channel", "fax"), ("x-mock-set", "x-agent-outcome: odd")]),
+        (
+            "/chat/",
+            &[("x-channel", "fax"), ("x-mock-set", "x-agent-outcome: odd")],
+        ),
         ("/intent/", &[("x-mock-set", "x-agent-intent: refund")]),
         ("/intent/", &[("x-mock-set", "x-agent-intent: REFUND")]),
-        ("/intent/", &[("x-mock-set", "x-agent-intent: cancel"), ("x-channel", "refund")]),
+        (
+            "/intent/",
+            &[
+                ("x-mock-set", "x-agent-intent: cancel"),
+                ("x-channel", "refund"),
+            ],
+        ),
         ("/plain/", &[("x-channel", "billing")]),
         ("/plain/", &[("x-mock-set", "x-agent-outcome: resolved")]),
     ];
@@ -109,10 +133,23 @@ async fn a_segmented_route_has_exactly_its_segments_series_and_others_keep_their
     let count = "cohort_request_duration_seconds_count";
     let durations: BTreeSet<Vec<String>> = chat
         .iter()
-        .map(|seg| vec!["cohort=only".into(), "route=chat".into(), format!("segment={seg}")])
+        .map(|seg| {
+            vec![
+                "cohort=only".into(),
+                "route=chat".into(),
+                format!("segment={seg}"),
+            ]
+        })
         .collect();
     assert_eq!(label_sets(&s, count, "chat"), durations);
-    let at = |route, seg, k, v| [("route", route), ("cohort", "only"), ("segment", seg), (k, v)];
+    let at = |route, seg, k, v| {
+        [
+            ("route", route),
+            ("cohort", "only"),
+            ("segment", seg),
+            (k, v),
+        ]
+    };
     let requests = "cohort_requests_total";
     for (seg, class, n) in [
         ("billing", "2xx", 1.0),
@@ -121,7 +158,11 @@ async fn a_segmented_route_has_exactly_its_segments_series_and_others_keep_their
         ("other", "2xx", 2.0),
         ("shipping", "5xx", 0.0),
     ] {
-        assert_eq!(s.metric(requests, &at("chat", seg, "status_class", class)), n, "{seg} {class}");
+        assert_eq!(
+            s.metric(requests, &at("chat", seg, "status_class", class)),
+            n,
+            "{seg} {class}"
+        );
     }
     for (seg, outcome, n) in [
         ("billing", "escalated", 1.0),
@@ -130,15 +171,28 @@ async fn a_segmented_route_has_exactly_its_segments_series_and_others_keep_their
         ("other", "other", 1.0),
         ("billing", "resolved", 0.0),
     ] {
-        assert_eq!(s.metric("cohort_outcomes_total", &at("chat", seg, "outcome", outcome)), n, "{seg} {outcome}");
+        assert_eq!(
+            s.metric(
+                "cohort_outcomes_total",
+                &at("chat", seg, "outcome", outcome)
+            ),
+            n,
+            "{seg} {outcome}"
+        );
     }
     for (seg, n) in [("billing", 2.0), ("shipping", 1.0), ("other", 2.0)] {
         let labels = [("route", "chat"), ("cohort", "only"), ("segment", seg)];
         assert_eq!(s.metric(count, &labels), n, "{seg}");
     }
     // A response-header segment: the agent's answer says, the request's headers do not.
-    assert_eq!(s.metric(requests, &at("intent", "refund", "status_class", "2xx")), 2.0);
-    assert_eq!(s.metric(requests, &at("intent", "other", "status_class", "2xx")), 1.0);
+    assert_eq!(
+        s.metric(requests, &at("intent", "refund", "status_class", "2xx")),
+        2.0
+    );
+    assert_eq!(
+        s.metric(requests, &at("intent", "other", "status_class", "2xx")),
+        1.0
+    );
     assert_eq!(
         label_sets(&s, requests, "intent"),
         sets("intent", &["refund", "other"], "status_class", &CLASSES)
@@ -154,14 +208,27 @@ async fn a_segmented_route_has_exactly_its_segments_series_and_others_keep_their
     );
     let plain = [("route", "plain"), ("cohort", "only")];
     assert_eq!(s.metric(count, &plain), 2.0);
-    assert_eq!(s.metric(requests, &[plain[0], plain[1], ("status_class", "2xx")]), 2.0);
+    assert_eq!(
+        s.metric(requests, &[plain[0], plain[1], ("status_class", "2xx")]),
+        2.0
+    );
     // The other families carry no segment.
-    for name in ["cohort_time_to_first_byte_seconds_count", "cohort_in_flight_requests", "cohort_split_percent"] {
+    for (name, value) in [
+        ("cohort_time_to_first_byte_seconds_count", 5.0),
+        ("cohort_in_flight_requests", 0.0),
+        ("cohort_split_percent", 100.0),
+    ] {
         assert!(
-            s.series(name).iter().all(|x| x.labels.iter().all(|(k, _)| k != "segment")),
+            s.series(name)
+                .iter()
+                .all(|x| x.labels.iter().all(|(k, _)| k != "segment")),
             "{name}"
         );
-        assert_eq!(s.metric(name, &[("route", "chat"), ("cohort", "only")]).is_finite(), true);
+        assert_eq!(
+            s.metric(name, &[("route", "chat"), ("cohort", "only")]),
+            value,
+            "{name}"
+        );
     }
 }
 
@@ -288,14 +355,18 @@ async fn backends() -> (SimBackend, SimBackend) {
 async fn a_canary_worse_for_billing_alone_is_rolled_back_by_its_per_segment_guard() {
     let (stable, canary) = backends().await;
     let dir = tempfile::tempdir().unwrap();
-    let both = "[{metric: error_rate, margin: 3}, {metric: error_rate, margin: 3, per_segment: true}]";
+    let both =
+        "[{metric: error_rate, margin: 3}, {metric: error_rate, margin: 3, per_segment: true}]";
     let path = write_config(dir.path(), &stable, &canary, both);
     let mut rig = Rig::start(&path).await;
     let ticks = rig.run_while_ramping(PER_TICK, MAX_TICKS).await;
     let r = rig.rollout().await;
     assert_eq!(r["state"], "rolled_back", "after {ticks} ticks: {r:#}");
     let d = &r["history"][1];
-    assert_eq!((&d["decision"], &d["trigger"]), (&"rollback".into(), &"judge".into()));
+    assert_eq!(
+        (&d["decision"], &d["trigger"]),
+        (&"rollback".into(), &"judge".into())
+    );
     let reason = d["reason"].as_str().unwrap();
     assert!(
         reason.starts_with("guard failed: error_rate in segment billing: canary "),
@@ -309,14 +380,35 @@ async fn a_canary_worse_for_billing_alone_is_rolled_back_by_its_per_segment_guar
         .collect();
     assert_eq!(failed.len(), 1, "{d:#}");
     let g = failed[0];
-    assert_eq!((&g["guard"], &g["segment"]), (&"error_rate".into(), &"billing".into()));
-    let (c, b, limit) = (g["canary"].as_f64().unwrap(), g["baseline"].as_f64().unwrap(), g["limit"].as_f64().unwrap());
+    assert_eq!(
+        (&g["guard"], &g["segment"]),
+        (&"error_rate".into(), &"billing".into())
+    );
+    let (c, b, limit) = (
+        g["canary"].as_f64().unwrap(),
+        g["baseline"].as_f64().unwrap(),
+        g["limit"].as_f64().unwrap(),
+    );
     assert!(c > limit && (limit - b - 0.03).abs() < 1e-9, "{g:#}");
     assert!(g["canary_samples"].as_u64() >= Some(100), "{g:#}");
     assert!(g["statistic"].as_f64() >= g["threshold"].as_f64(), "{g:#}");
     // The overall guard, over the same answers, had not failed; and every segment is read.
-    let segments: Vec<&Value> = d["guards"].as_array().unwrap().iter().map(|g| &g["segment"]).collect();
-    assert_eq!(segments, [&Value::Null, &"billing".into(), &"shipping".into(), &"returns".into(), &"other".into()]);
+    let segments: Vec<&Value> = d["guards"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| &g["segment"])
+        .collect();
+    assert_eq!(
+        segments,
+        [
+            &Value::Null,
+            &"billing".into(),
+            &"shipping".into(),
+            &"returns".into(),
+            &"other".into()
+        ]
+    );
     assert_ne!(d["guards"][0]["status"], "fail", "{d:#}");
     assert_eq!(r["guards"], d["guards"]);
 
@@ -330,7 +422,12 @@ async fn a_canary_worse_for_billing_alone_is_rolled_back_by_its_per_segment_guar
 
     // The overall guard alone, at the same traffic: billing's regression hides in the mean.
     let dir = tempfile::tempdir().unwrap();
-    let path = write_config(dir.path(), &stable, &canary, "[{metric: error_rate, margin: 3}]");
+    let path = write_config(
+        dir.path(),
+        &stable,
+        &canary,
+        "[{metric: error_rate, margin: 3}]",
+    );
     let mut rig = Rig::start(&path).await;
     let sent = rig.run_while_ramping(PER_TICK, MAX_TICKS).await;
     let r = rig.rollout().await;

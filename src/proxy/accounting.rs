@@ -305,16 +305,19 @@ impl Drop for Accounting {
                 if let Some(cells) = guard {
                     // The segment's cells are picked now: a response-header segment is
                     // known only once the head has come.
-                    cells.record_in(self.segment, &Answer {
-                        status: self.status,
-                        cut: self.cut,
-                        outcome: self.outcome,
-                        ttfb,
-                        duration,
-                        ttft,
-                        gap,
-                        usage,
-                    });
+                    cells.record_in(
+                        self.segment,
+                        &Answer {
+                            status: self.status,
+                            cut: self.cut,
+                            outcome: self.outcome,
+                            ttfb,
+                            duration,
+                            ttft,
+                            gap,
+                            usage,
+                        },
+                    );
                 }
             }
         }

@@ -228,7 +228,11 @@ impl Proxy {
         let upstream_upgrade =
             (switched && upgrade.is_some()).then(|| hyper::upgrade::on(&mut resp));
         let (mut rparts, rbody) = resp.into_parts();
-        if let Some(i) = route.segment.as_ref().and_then(|s| s.of_response(&rparts.headers)) {
+        if let Some(i) = route
+            .segment
+            .as_ref()
+            .and_then(|s| s.of_response(&rparts.headers))
+        {
             acct.in_segment(i);
         }
         target.metrics.request_in(acct.segment(), rparts.status);

@@ -102,6 +102,7 @@ impl CohortMetrics {
     /// The duration histogram of the segment, or the route's.
     #[inline]
     pub fn duration_in(&self, segment: Option<usize>) -> &Histogram {
-        self.segment(segment).map_or(&self.duration, |s| &s.duration)
+        self.segment(segment)
+            .map_or(&self.duration, |s| &s.duration)
     }
 }

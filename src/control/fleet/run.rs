@@ -23,11 +23,11 @@ use super::judge::{Judging, Verdict};
 use super::keys::{self, Key};
 use super::lease::{wall_ms, Lease};
 use super::pooled::{Report, StepKey};
-use crate::control::rollout::segment_needs;
 use super::record::{self, Change, Op, Plan, Record, Refused};
 use super::shared::{decision, Event, Evidence, Fleet, WriteError};
 use crate::control::rollout::follow::{Follow, Local, Shared};
 use crate::control::rollout::judge::Judged;
+use crate::control::rollout::segment_needs;
 use crate::control::rollout::Phase;
 
 #[path = "run_view.rs"]

@@ -44,7 +44,10 @@ fn size(t: &Tally) -> usize {
     let r = Report::new(&"h".repeat(253), u64::MAX, u64::MAX, key(), (t, t));
     let bytes = r.encode();
     if bytes.len() <= MAX_REPORT_BYTES {
-        assert!(Report::decode(&bytes) == Ok(r), "a report does not read back");
+        assert!(
+            Report::decode(&bytes) == Ok(r),
+            "a report does not read back"
+        );
     }
     bytes.len()
 }
@@ -72,7 +75,9 @@ fn a_report_carries_only_the_segment_counts_its_guards_read_and_fits() {
         relative_margin: 0.1,
     };
     let mut spec = crate::control::rollout::traffic::tests::issue_spec();
-    spec.segments = ["billing", "shipping", "returns", "other"].map(String::from).to_vec();
+    spec.segments = ["billing", "shipping", "returns", "other"]
+        .map(String::from)
+        .to_vec();
     spec.segment_guards = vec![guard(rate(Rate::Errors)), guard(latency(Latency::Duration))];
     let needs = segment_needs(&spec);
     assert_eq!(
@@ -85,7 +90,10 @@ fn a_report_carries_only_the_segment_counts_its_guards_read_and_fits() {
     );
     let whole = size(&full(0));
     let kept = full(4).keeping(needs);
-    assert!(kept.segments.iter().all(|s| s.ttfb.iter().all(|c| *c == 0) && s.errors > 0));
+    assert!(kept
+        .segments
+        .iter()
+        .all(|s| s.ttfb.iter().all(|c| *c == 0) && s.errors > 0));
     let brief = size(&kept);
     // Every segment, every count: what a report would be without trimming.
     let untrimmed = size(&full(4));
@@ -146,8 +154,10 @@ fn segments_pool_across_replicas_and_go_back_never() {
     let mut pool = Pool::new(key());
     let a = t(&[(10, 1), (20, 0)]);
     let b = t(&[(5, 5), (0, 0)]);
-    pool.offer(&Report::new("r1", 1, 1, key(), (&a, &a))).unwrap();
-    pool.offer(&Report::new("r2", 1, 1, key(), (&b, &b))).unwrap();
+    pool.offer(&Report::new("r1", 1, 1, key(), (&a, &a)))
+        .unwrap();
+    pool.offer(&Report::new("r2", 1, 1, key(), (&b, &b)))
+        .unwrap();
     let (c, _) = pool.block();
     assert_eq!(c.segments, t(&[(15, 6), (20, 0)]).segments);
     // A segment that shrank is another incarnation's counts.
@@ -157,7 +167,8 @@ fn segments_pool_across_replicas_and_go_back_never() {
         Err(Rejected::WentBack)
     );
     let grown = t(&[(12, 2), (20, 0)]);
-    pool.offer(&Report::new("r1", 1, 3, key(), (&grown, &grown))).unwrap();
+    pool.offer(&Report::new("r1", 1, 3, key(), (&grown, &grown)))
+        .unwrap();
     let (c, _) = pool.block();
     assert_eq!(c.segments, t(&[(2, 1), (0, 0)]).segments);
     // Counts recording cannot make, in one segment, are refused.

@@ -199,7 +199,14 @@ impl Progress {
         let recent = (&self.recent.0, &self.recent.1);
         for g in &spec.guards {
             let step = (&self.canary, &self.baseline);
-            feed(&mut self.wealth, g, &g.key, step, recent, (canary, baseline));
+            feed(
+                &mut self.wealth,
+                g,
+                &g.key,
+                step,
+                recent,
+                (canary, baseline),
+            );
         }
         self.observe_segments(spec, canary, baseline);
         self.canary = self.canary.plus(canary);
@@ -249,8 +256,7 @@ impl Progress {
         if self.phase != Phase::Ramping
             || self.soaked < spec.soak
             || !enough(&self.canary)
-            || (comparable
-                && (!enough(&self.baseline) || readings.iter().any(|r| !r.lets_pass())))
+            || (comparable && (!enough(&self.baseline) || readings.iter().any(|r| !r.lets_pass())))
         {
             return None;
         }

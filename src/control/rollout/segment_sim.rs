@@ -215,7 +215,10 @@ fn a_regression_in_one_segment_is_caught_there_and_not_by_the_overall_guard() {
     // Billing (a tenth of the traffic) fails 20% of the time instead of 3%: 1.7 points
     // more overall, inside the overall guard's 3-point margin.
     worse[0].error = 0.20;
-    let overall = rollout(100, vec![guard(RawGuardMetric::ErrorRate, Some(3.0), false)]);
+    let overall = rollout(
+        100,
+        vec![guard(RawGuardMetric::ErrorRate, Some(3.0), false)],
+    );
     let both = rollout(
         100,
         vec![

@@ -40,7 +40,12 @@ fn segment(t: &Tally, i: usize) -> &Tally {
 impl Progress {
     /// One block into every `per_segment` guard, segment by segment; called by `observe`
     /// before the block joins the step's counts.
-    pub(super) fn observe_segments(&mut self, spec: &RolloutSpec, canary: &Tally, baseline: &Tally) {
+    pub(super) fn observe_segments(
+        &mut self,
+        spec: &RolloutSpec,
+        canary: &Tally,
+        baseline: &Tally,
+    ) {
         for (i, name) in spec.segments.iter().enumerate() {
             let step = (segment(&self.canary, i), segment(&self.baseline, i));
             let recent = (segment(&self.recent.0, i), segment(&self.recent.1, i));

@@ -151,7 +151,13 @@ pub fn spec_of(
         .iter()
         .map(|s| s.to_string())
         .collect();
-    match spec::build(&raw, &[("stable", 9_900), ("canary", 100)], &outcomes, None, None) {
+    match spec::build(
+        &raw,
+        &[("stable", 9_900), ("canary", 100)],
+        &outcomes,
+        None,
+        None,
+    ) {
         Ok(s) => s,
         Err(e) => panic!("simulated spec rejected: {e}"),
     }

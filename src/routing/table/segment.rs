@@ -83,7 +83,9 @@ impl Segment {
 pub(super) fn build(path: &str, raw: &RawSegment) -> Result<Segment, TableError> {
     let bad = |at: String, reason: String| Err(err(at, Invalid::Segment { reason }));
     let source = match (&raw.request_header, &raw.response_header) {
-        (Some(h), None) => SegmentSource::Request(header_name(&format!("{path}.request_header"), h)?),
+        (Some(h), None) => {
+            SegmentSource::Request(header_name(&format!("{path}.request_header"), h)?)
+        }
         (None, Some(h)) => {
             SegmentSource::Response(header_name(&format!("{path}.response_header"), h)?)
         }
@@ -109,7 +111,10 @@ pub(super) fn build(path: &str, raw: &RawSegment) -> Result<Segment, TableError>
         check_name(&at, v)?;
         let v = v.to_ascii_lowercase();
         if v == OTHER {
-            return bad(at, format!("`{OTHER}` is where every value not listed goes: do not list it"));
+            return bad(
+                at,
+                format!("`{OTHER}` is where every value not listed goes: do not list it"),
+            );
         }
         if values.contains(&v) {
             return Err(err(

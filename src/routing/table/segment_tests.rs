@@ -11,13 +11,17 @@ fn with_segment(segment: &str, rollout: &str) -> String {
     format!("{MINIMAL}    segment:\n{segment}{rollout}state_dir: state\n")
 }
 
-const CHANNEL: &str = "      request_header: x-channel\n      values: [Billing, shipping, returns]\n";
+const CHANNEL: &str =
+    "      request_header: x-channel\n      values: [Billing, shipping, returns]\n";
 
 #[test]
 fn a_segment_is_read_from_its_header_and_anything_else_is_other() {
     let t = accept(&with_segment(CHANNEL, ""));
     let s = t.routes[0].segment.as_ref().unwrap();
-    assert_eq!(s.source, SegmentSource::Request("x-channel".parse().unwrap()));
+    assert_eq!(
+        s.source,
+        SegmentSource::Request("x-channel".parse().unwrap())
+    );
     assert_eq!(s.names(), ["billing", "shipping", "returns", "other"]);
     let mut h = HeaderMap::new();
     assert_eq!(s.of_request(&h), 3);
@@ -43,7 +47,10 @@ fn a_segment_is_read_from_its_header_and_anything_else_is_other() {
 fn a_bad_segment_is_refused_where_it_is() {
     let at = "routes[0].segment";
     reject(
-        &with_segment("      request_header: a\n      response_header: b\n      values: [x]\n", ""),
+        &with_segment(
+            "      request_header: a\n      response_header: b\n      values: [x]\n",
+            "",
+        ),
         26,
         5,
         at,
@@ -85,7 +92,10 @@ fn a_bad_segment_is_refused_where_it_is() {
         &["not a valid name"],
     );
     reject(
-        &with_segment("      request_header: \"bad header\"\n      values: [a]\n", ""),
+        &with_segment(
+            "      request_header: \"bad header\"\n      values: [a]\n",
+            "",
+        ),
         27,
         23,
         &format!("{at}.request_header"),
@@ -94,7 +104,10 @@ fn a_bad_segment_is_refused_where_it_is() {
     let many: Vec<String> = (0..17).map(|i| format!("v{i}")).collect();
     reject(
         &with_segment(
-            &format!("      request_header: x-c\n      values: [{}]\n", many.join(", ")),
+            &format!(
+                "      request_header: x-c\n      values: [{}]\n",
+                many.join(", ")
+            ),
             "",
         ),
         28,
@@ -142,7 +155,10 @@ fn a_per_segment_guard_needs_a_segment_and_is_not_repeated() {
 #[test]
 fn per_segment_histograms_are_bounded_for_the_fleet_reports() {
     let values: Vec<String> = (0..16).map(|i| format!("v{i}")).collect();
-    let segment = format!("      request_header: x-c\n      values: [{}]\n", values.join(", "));
+    let segment = format!(
+        "      request_header: x-c\n      values: [{}]\n",
+        values.join(", ")
+    );
     let rollout = |guards: &str| {
         format!("    rollout:\n      id: v2\n      canary: canary\n      guards:\n{guards}")
     };

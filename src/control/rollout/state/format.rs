@@ -175,7 +175,10 @@ impl SavedTally {
     fn dense_segments(&self) -> Result<Vec<Tally>, String> {
         let most = crate::routing::table::segment::MAX_SEGMENT_VALUES + 1;
         if self.segments.len() > most {
-            return Err(format!("{} segments, more than {most}", self.segments.len()));
+            return Err(format!(
+                "{} segments, more than {most}",
+                self.segments.len()
+            ));
         }
         self.segments
             .iter()
