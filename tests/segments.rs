@@ -411,6 +411,8 @@ async fn a_canary_worse_for_billing_alone_is_rolled_back_by_its_per_segment_guar
     );
     assert_ne!(d["guards"][0]["status"], "fail", "{d:#}");
     assert_eq!(r["guards"], d["guards"]);
+    let names = serde_json::json!(["billing", "shipping", "returns", "other"]);
+    assert_eq!(r["segments"], names);
 
     let audit = std::fs::read_to_string(dir.path().join("state/audit.jsonl")).unwrap();
     let last: Value = serde_json::from_str(audit.lines().last().unwrap()).unwrap();

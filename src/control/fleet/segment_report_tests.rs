@@ -178,3 +178,88 @@ fn segments_pool_across_replicas_and_go_back_never() {
         Err(Rejected::Impossible(_))
     ));
 }
+
+#[test]
+fn the_judge_over_trimmed_pooled_reports_reads_every_segment_as_one_replica_would() {
+    use crate::control::rollout::Progress;
+    use std::time::Duration;
+    let latency = GuardKind::Latency {
+        source: Latency::Duration,
+        quantile: 0.5,
+        relative_margin: 0.0,
+    };
+    let errors = GuardKind::Rate {
+        source: Rate::Errors,
+        boundary: crate::routing::table::rollout::Boundary::new(
+            crate::routing::table::rollout::Worse::Higher,
+            crate::routing::table::rollout::Margin::Points(0.0),
+        ),
+    };
+    let mut spec = crate::control::rollout::traffic::tests::issue_spec();
+    spec.segments = ["a", "b", "other"].map(String::from).to_vec();
+    spec.segment_guards = vec![guard(errors), guard(latency)];
+    let needs = segment_needs(&spec);
+    let mut rng = fastrand::Rng::with_seed(12);
+    // Each replica's answers: segment `a` fails more in the canary and is slower.
+    let draw = |rng: &mut fastrand::Rng, canary: bool| {
+        let mut t = Tally {
+            segments: vec![Tally::default(); 3],
+            ..Tally::default()
+        };
+        for _ in 0..40 {
+            let s = rng.usize(0..3);
+            let worse = canary && s == 0;
+            let failed = rng.f64() < if worse { 0.3 } else { 0.05 };
+            let bin = 100 + rng.usize(0..10) + if worse { 8 } else { 0 };
+            for x in [&mut t.segments[s], &mut Tally::default()] {
+                x.requests += 1;
+                x.errors += u64::from(failed);
+                if !failed {
+                    x.latency[bin] += 1;
+                    x.ttfb[bin - 5] += 1;
+                }
+            }
+        }
+        let mut whole = t.segments.iter().fold(Tally::default(), |a, s| a.plus(s));
+        whole.segments = t.segments;
+        whole
+    };
+    let mut pool = Pool::new(key());
+    let (mut pooled, mut single) = (Progress::start(), Progress::start());
+    let mut cum = vec![(Tally::default(), Tally::default()); 3];
+    for tick in 1..40u64 {
+        let (mut all_c, mut all_b) = (Tally::default(), Tally::default());
+        for (i, c) in cum.iter_mut().enumerate() {
+            let (bc, bb) = (draw(&mut rng, true), draw(&mut rng, false));
+            c.0 = c.0.plus(&bc);
+            c.1 = c.1.plus(&bb);
+            all_c = all_c.plus(&bc);
+            all_b = all_b.plus(&bb);
+            let (rc, rb) = (c.0.keeping(needs), c.1.keeping(needs));
+            let r = Report::new(&format!("r{i}"), 7, tick, key(), (&rc, &rb));
+            pool.offer(&Report::decode(&r.encode()).unwrap()).unwrap();
+        }
+        let (c, b) = pool.block();
+        assert!(c.segments.iter().all(|s| s.ttfb.iter().all(|n| *n == 0)));
+        pooled.observe(&spec, Duration::from_secs(1), &c, &b);
+        single.observe(&spec, Duration::from_secs(1), &all_c, &all_b);
+        assert_eq!(
+            pooled.readings(&spec),
+            single.readings(&spec),
+            "tick {tick}"
+        );
+    }
+    let readings = pooled.readings(&spec);
+    let failed: Vec<_> = readings
+        .iter()
+        .filter(|r| r.status == crate::control::rollout::guard::Status::Fail)
+        .map(|r| (r.guard.as_str(), r.segment.as_deref()))
+        .collect();
+    // The overall error_rate sees the diluted regression too; the segments' guards fail in
+    // `a` alone, on counts the reports carried.
+    assert_eq!(
+        failed,
+        [("error_rate", None), ("g", Some("a")), ("g", Some("a"))],
+        "{readings:#?}"
+    );
+}

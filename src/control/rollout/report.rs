@@ -40,6 +40,7 @@ impl Rollouts {
                     "alpha_per_test": s.alpha_per_test(),
                     "test": "e-process per guard and step (exact two-proportion e-values; Ville's inequality); a guard's statistic is ln of its e-value, its threshold ln(1 / alpha_per_test)",
                     "guards": e.readings,
+                    "segments": s.segments,
                     "note": e.note,
                     "problem": e.problem,
                     "history": e.history,
