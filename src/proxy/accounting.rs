@@ -1,6 +1,7 @@
 //! Per-request accounting that ends with the exchange: in-flight gauges, time to first byte,
 //! duration, abandonment, the gRPC verdict, a streamed answer's first token and the gaps
-//! between its events, its token usage and cost, and the samples a rollout's guards read.
+//! between its events, its token usage and cost, and the samples a rollout's guards read;
+//! on a route with a segment, in the answer's segment (the request's, or the response head's).
 //!
 //! Owns: what is recorded exactly once per request, however it ends (body done, error, or
 //! the client going away). Must not touch: routing, header rewriting, the response body's

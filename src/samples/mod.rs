@@ -1,7 +1,8 @@
 //! Rollout evidence: the samples the request path records for a rollout's guards, per
 //! (route, cohort) atomic counters and fixed-size histograms ([`Cells`]): latency, first byte,
 //! first token, the gaps between tokens, output tokens and cost per answer; and the plain
-//! copies ([`Tally`]) the judge (`control::rollout`) reads them into.
+//! copies ([`Tally`]) the judge (`control::rollout`) reads them into; on a route with a
+//! segment, the same again for each segment (`segmented`).
 //!
 //! A leaf, so that the table (which carries the cells to the request path), the request path
 //! (which writes them) and the judge (which reads them) all point down to it. Owns: the

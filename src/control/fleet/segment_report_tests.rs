@@ -4,8 +4,8 @@
 
 use super::*;
 use crate::control::rollout::segment_needs;
-use crate::routing::table::rollout::{Guard, GuardKind, Latency, Rate, MAX_SEGMENT_HISTOGRAMS};
-use crate::routing::table::segment::MAX_SEGMENT_VALUES;
+use crate::routing::table::rollout::{Guard, GuardKind, Latency, Rate};
+use crate::routing::table::segment::{MAX_SEGMENT_HISTOGRAMS, MAX_SEGMENT_VALUES};
 use crate::samples::{Needs, BINS};
 
 fn key() -> StepKey {

@@ -184,14 +184,9 @@ pub fn build(
         }
         list.push(guard);
     }
-    let histograms = segment_histograms(&segment_guards) * segments.map_or(0, <[String]>::len);
-    if histograms > MAX_SEGMENT_HISTOGRAMS {
-        return fail(
-            "guards",
-            format!(
-                "per_segment guards keep {histograms} histograms apart (segments times the histograms they read), more than {MAX_SEGMENT_HISTOGRAMS}: a fleet replica's report would outgrow its limit; use fewer segment values or fewer per_segment latency, token or cost guards"
-            ),
-        );
+    if let Some(segments) = segments {
+        super::segment::histograms_fit(&segment_guards, segments.len())
+            .or_else(|message| fail("guards", message))?;
     }
     Ok(RolloutSpec {
         id: raw.id.clone(),
@@ -331,30 +326,6 @@ fn outcome_rate(g: &RawGuard, outcomes: &[String]) -> Result<(Rate, Worse, Strin
         format!("{metric} ({value})")
     };
     Ok((Rate::Outcome(slot), worse, name))
-}
-
-/// The most histograms (segments times the histograms each keeps) `per_segment` guards may
-/// keep apart: what bounds a fleet replica's report (`control::fleet::pooled`).
-pub const MAX_SEGMENT_HISTOGRAMS: usize = 34;
-
-/// How many histograms a segment's counts keep for `guards`: each one read, and the request
-/// durations that every other is part of.
-fn segment_histograms(guards: &[Guard]) -> usize {
-    let mut read: Vec<Latency> = Vec::new();
-    for g in guards {
-        if let GuardKind::Latency { source, .. } = g.kind {
-            let also = (source == Latency::InterToken).then_some(Latency::Ttft);
-            for s in std::iter::once(source).chain(also) {
-                if !read.contains(&s) {
-                    read.push(s);
-                }
-            }
-        }
-    }
-    if !read.is_empty() && !read.contains(&Latency::Duration) {
-        read.push(Latency::Duration);
-    }
-    read.len()
 }
 
 /// A validated guard of a rollout.

@@ -1,13 +1,15 @@
 //! A route's `segment`, validated: the header it is read from (the request's, or the
 //! response head's) and its allowed values; and the request path's lookup of a value's index.
 //!
-//! Owns: the segment rules and [`Segment`]. Must not touch: metrics (the table makes each
-//! segment's handles from [`Segment::names`]), the samples, the rollout's guards (its
-//! `per_segment` rules are in `rollout`, which is given the names).
+//! Owns: the segment rules and [`Segment`], and the bound on what `per_segment` guards keep
+//! apart ([`histograms_fit`], which `rollout` applies). Must not touch: metrics (the table
+//! makes each segment's handles from [`Segment::names`]), the samples, the rest of the
+//! rollout's rules (`rollout`, which is given the names).
 
 use http::{HeaderMap, HeaderName};
 
 use super::build::{check_name, err, header_name, Invalid, TableError};
+use super::rollout::{Guard, GuardKind, Latency};
 use crate::config::RawSegment;
 
 /// The most values a segment may allow: each is a label value of three metric families per
@@ -128,4 +130,40 @@ pub(super) fn build(path: &str, raw: &RawSegment) -> Result<Segment, TableError>
         values.push(v);
     }
     Ok(Segment { source, values })
+}
+
+/// The most histograms (segments times the histograms each keeps) `per_segment` guards may
+/// keep apart: what bounds a fleet replica's report (`control::fleet::pooled`).
+pub const MAX_SEGMENT_HISTOGRAMS: usize = 34;
+
+/// How many histograms a segment's counts keep for `guards`: each one read, and the request
+/// durations that every other is part of.
+fn segment_histograms(guards: &[Guard]) -> usize {
+    let mut read: Vec<Latency> = Vec::new();
+    for g in guards {
+        if let GuardKind::Latency { source, .. } = g.kind {
+            let also = (source == Latency::InterToken).then_some(Latency::Ttft);
+            for s in std::iter::once(source).chain(also) {
+                if !read.contains(&s) {
+                    read.push(s);
+                }
+            }
+        }
+    }
+    if !read.is_empty() && !read.contains(&Latency::Duration) {
+        read.push(Latency::Duration);
+    }
+    read.len()
+}
+
+/// Whether `guards` (the `per_segment` ones) over `segments` segments keep few enough
+/// histograms apart; the reason when not.
+pub(super) fn histograms_fit(guards: &[Guard], segments: usize) -> Result<(), String> {
+    let histograms = segment_histograms(guards) * segments;
+    if histograms <= MAX_SEGMENT_HISTOGRAMS {
+        return Ok(());
+    }
+    Err(format!(
+        "per_segment guards keep {histograms} histograms apart (segments times the histograms they read), more than {MAX_SEGMENT_HISTOGRAMS}: a fleet replica's report would outgrow its limit; use fewer segment values or fewer per_segment latency, token or cost guards"
+    ))
 }
