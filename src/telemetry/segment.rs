@@ -24,6 +24,15 @@ pub struct SegmentMetrics {
 }
 
 impl Metrics {
+    /// After a reload, applied or rejected, and [`Metrics::settle`]: retires, of each cohort
+    /// still served, the segments' series that `serving` (route, cohort and its segments:
+    /// the route's values and `other`, or none) no longer has: a value removed from
+    /// `values`, a segment removed, or the series without one when a segment was added.
+    /// Counters and histograms go after the same grace as a removed cohort's.
+    pub fn settle_segments(&self, serving: &[(String, String, Vec<String>)]) {
+        self.retired.settle_segments(serving);
+    }
+
     /// The handles of each of `segments` (the route's values, then `other`), in order.
     pub(super) fn segments(
         &self,
@@ -32,6 +41,7 @@ impl Metrics {
         outcomes: &[String],
         segments: &[String],
     ) -> Vec<SegmentMetrics> {
+        self.retired.note_segments(route, cohort, segments);
         segments
             .iter()
             .map(|segment| {
@@ -104,5 +114,79 @@ impl CohortMetrics {
     pub fn duration_in(&self, segment: Option<usize>) -> &Histogram {
         self.segment(segment)
             .map_or(&self.duration, |s| &s.duration)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::telemetry::{Metrics, RETIRED_GRACE};
+    use std::time::Instant;
+
+    fn names(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    fn settle(m: &Metrics, segments: &[&str]) {
+        m.settle(&[("r".to_string(), names(&["c"]))]);
+        m.settle_segments(&[("r".to_string(), "c".to_string(), names(segments))]);
+    }
+
+    /// The `cohort_requests_total` 2xx series of route r, cohort c, as rendered.
+    fn series(m: &Metrics) -> Vec<String> {
+        m.render()
+            .lines()
+            .filter(|l| l.starts_with("cohort_requests_total{route=\"r\"") && l.contains("2xx"))
+            .map(String::from)
+            .collect()
+    }
+
+    #[test]
+    fn a_segment_a_reload_removes_goes_after_the_grace_and_the_others_stay() {
+        let m = Metrics::new();
+        let first = m.cohort_segmented("r", "c", &[], &[], &names(&["x", "y", "other"]));
+        first.segments[1].requests[1].increment(1);
+        settle(&m, &["x", "y", "other"]);
+        assert_eq!(series(&m).len(), 3);
+
+        // `y` leaves the values.
+        let second = m.cohort_segmented("r", "c", &[], &[], &names(&["x", "other"]));
+        second.segments[0].requests[1].increment(1);
+        settle(&m, &["x", "other"]);
+        let y =
+            "cohort_requests_total{route=\"r\",cohort=\"c\",segment=\"y\",status_class=\"2xx\"} 1";
+        assert!(series(&m).iter().any(|l| l == y), "kept for the grace");
+        m.upkeep_at(Instant::now() + RETIRED_GRACE);
+        assert_eq!(
+            series(&m),
+            [
+                "cohort_requests_total{route=\"r\",cohort=\"c\",segment=\"other\",status_class=\"2xx\"} 0",
+                "cohort_requests_total{route=\"r\",cohort=\"c\",segment=\"x\",status_class=\"2xx\"} 1",
+            ]
+        );
+
+        // A refused table registered `z`; what serves is still x and other.
+        let _tried = m.cohort_segmented("r", "c", &[], &[], &names(&["z", "other"]));
+        settle(&m, &["x", "other"]);
+        m.upkeep_at(Instant::now() + RETIRED_GRACE);
+        assert!(series(&m).iter().all(|l| !l.contains("\"z\"")));
+
+        // The route drops its segment: the segments' series go, the plain ones come.
+        let plain = m.cohort("r", "c", &[], &[]);
+        plain.requests[1].increment(1);
+        settle(&m, &[]);
+        m.upkeep_at(Instant::now() + RETIRED_GRACE);
+        assert_eq!(
+            series(&m),
+            ["cohort_requests_total{route=\"r\",cohort=\"c\",status_class=\"2xx\"} 1"]
+        );
+
+        // And takes one again: the plain series go in their turn.
+        let _back = m.cohort_segmented("r", "c", &[], &[], &names(&["x", "other"]));
+        settle(&m, &["x", "other"]);
+        assert_eq!(series(&m).len(), 3, "the plain one kept for the grace");
+        m.upkeep_at(Instant::now() + RETIRED_GRACE);
+        let now = series(&m);
+        assert_eq!(now.len(), 2, "{now:?}");
+        assert!(now.iter().all(|l| l.contains("segment=")), "{now:?}");
     }
 }
