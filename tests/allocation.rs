@@ -110,3 +110,30 @@ fn checking_a_conversation_pin_allocates_nothing() {
     assert_eq!(checked, Ok(pin));
     assert_eq!(forged, Err(cohort::routing::pin::Rejection::Forged));
 }
+
+#[test]
+fn a_segment_is_found_and_counted_without_allocating() {
+    let text = format!(
+        "{MINIMAL}    segment:\n      request_header: x-channel\n      values: [billing, shipping]\n"
+    );
+    let loaded = cohort::config::parse(Path::new("minimal.yaml"), text).unwrap();
+    let registry = cohort::telemetry::Metrics::new();
+    let table = cohort::routing::table::from_loaded(&loaded, &registry, None, 1).unwrap();
+    let route = &table.routes[0];
+    let segment = route.segment.as_ref().unwrap();
+    let mut h = HeaderMap::new();
+    h.insert("x-channel", HeaderValue::from_static("Shipping"));
+    let before = allocations();
+    let index = segment.of_request(&h);
+    let metrics = &route.cohorts[0].metrics;
+    metrics.request_in(Some(index), http::StatusCode::OK);
+    metrics.outcome_in(Some(index), cohort::telemetry::OutcomeSlot::Other);
+    let duration = metrics.duration_in(Some(index));
+    let made = allocations() - before;
+    std::hint::black_box(duration);
+    assert_eq!(made, 0, "{made} allocations");
+    assert_eq!(index, 1);
+    let scrape = registry.render();
+    let line = "cohort_requests_total{route=\"agent\",cohort=\"stable\",segment=\"shipping\",status_class=\"2xx\"} 1";
+    assert!(scrape.lines().any(|l| l == line), "{scrape}");
+}

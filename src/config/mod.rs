@@ -11,6 +11,7 @@ pub(crate) mod locate;
 mod pin;
 mod raw;
 mod rollout;
+mod segment;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -23,6 +24,7 @@ pub use raw::{
     RawUpstream, RawUpstreamTls, RawUsage,
 };
 pub use rollout::{RawAfter, RawGuard, RawGuardMetric, RawRollout};
+pub use segment::RawSegment;
 
 /// A config error located in its file.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -322,6 +322,9 @@ pub struct RawRoute {
     pub usage: RawUsage,
     /// Conversation pinning: a signed pin keeps a conversation on its cohort through a ramp.
     pub pin: Option<super::pin::RawPin>,
+    /// The one dimension (a request or response header) the route's metrics and its
+    /// rollout's `per_segment` guards are split by.
+    pub segment: Option<super::RawSegment>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]

@@ -66,6 +66,10 @@ pub struct RawGuard {
     pub quantile: Option<f64>,
     /// Outcome guards: the outcome value counted.
     pub outcome: Option<String>,
+    /// Tested in each of the route's segments (its values and `other`) instead of over all
+    /// answers, with the guard's alpha split across them.
+    #[serde(default)]
+    pub per_segment: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
@@ -108,5 +112,6 @@ fn default_guards() -> Vec<RawGuard> {
         relative_margin: None,
         quantile: None,
         outcome: None,
+        per_segment: false,
     }]
 }

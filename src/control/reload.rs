@@ -230,9 +230,11 @@ impl Control {
                 let generation = new.generation;
                 let hash = new.config_hash;
                 let serving = owners(&new);
+                let segments = segment_owners(&new);
                 let changes = turn.store(new);
                 // Only once nothing new can take a handle of a removed cohort.
                 self.metrics.settle(&serving);
+                self.metrics.settle_segments(&segments);
                 self.metrics.generation.set(generation as f64);
                 self.metrics.reload_success.increment(1);
                 if let Ok(mut e) = self.last_error.lock() {
@@ -244,6 +246,7 @@ impl Control {
             Err(e) => {
                 // The refused table may have registered series for cohorts nobody serves.
                 self.metrics.settle(&owners(&old));
+                self.metrics.settle_segments(&segment_owners(&old));
                 self.metrics.reload_failure.increment(1);
                 let message = e.to_string();
                 tracing::error!(trigger, file = %e.file.display(), line = e.line, column = e.column, field = %e.field, error = %e.message, "configuration rejected; still serving the previous one");
@@ -268,6 +271,18 @@ fn fingerprint(path: &Path, table: &RoutingTable) -> Option<u64> {
 }
 
 /// Each route's name and its cohorts': whose series a table's handles feed.
+/// Each (route, cohort) of `table` with its route's segments (none without one).
+fn segment_owners(table: &RoutingTable) -> Vec<(String, String, Vec<String>)> {
+    let mut out = Vec::new();
+    for r in &table.routes {
+        let names = r.segment.as_ref().map(|s| s.names()).unwrap_or_default();
+        for c in &r.cohorts {
+            out.push((r.name.clone(), c.name.clone(), names.clone()));
+        }
+    }
+    out
+}
+
 fn owners(table: &RoutingTable) -> Vec<(String, Vec<String>)> {
     table
         .routes

@@ -1,6 +1,7 @@
 //! Per-request accounting that ends with the exchange: in-flight gauges, time to first byte,
 //! duration, abandonment, the gRPC verdict, a streamed answer's first token and the gaps
-//! between its events, its token usage and cost, and the samples a rollout's guards read.
+//! between its events, its token usage and cost, and the samples a rollout's guards read;
+//! on a route with a segment, in the answer's segment (the request's, or the response head's).
 //!
 //! Owns: what is recorded exactly once per request, however it ends (body done, error, or
 //! the client going away). Must not touch: routing, header rewriting, the response body's
@@ -39,6 +40,9 @@ pub struct Accounting {
     usage: Option<Tokens>,
     /// Where the exchange stands, which decides what the drop records.
     stage: Stage,
+    /// The answer's segment on a route with one: the request's, or (a response-header
+    /// segment) `other` until the response head names one.
+    segment: Option<usize>,
 }
 
 /// One answer's token counts, normalised: `input` includes `cached`.
@@ -95,7 +99,18 @@ impl Accounting {
             reads_usage: false,
             usage: None,
             stage: Stage::Waiting,
+            segment: None,
         }
+    }
+
+    /// The answer's segment, on a route with one (see [`Accounting::segment`]).
+    pub fn in_segment(&mut self, segment: usize) {
+        self.segment = Some(segment);
+    }
+
+    /// The segment whose series and cells the answer counts in; `None` on a route without.
+    pub fn segment(&self) -> Option<usize> {
+        self.segment
     }
 
     /// Notes the status the client gets. A local answer (502, 504) is complete at once; an
@@ -254,7 +269,7 @@ impl Drop for Accounting {
                 (false, slot) => slot,
             };
             if let Some(slot) = self.outcome {
-                m.outcome(slot);
+                m.outcome_in(self.segment, slot);
             }
         }
         m.in_flight.decrement(1.0);
@@ -266,12 +281,12 @@ impl Drop for Accounting {
                 // histogram, which stays in step with it.
                 m.abandoned[Abandoned::BeforeHead as usize].increment(1);
                 if let Some(cells) = guard {
-                    cells.record_abandoned();
+                    cells.record_abandoned_in(self.segment);
                 }
             }
             Stage::Answered | Stage::Finished => {
                 let duration = self.start.elapsed();
-                m.duration.record(duration.as_secs_f64());
+                m.duration_in(self.segment).record(duration.as_secs_f64());
                 let (mut ttfb, mut duration) = (self.ttfb, duration);
                 let (mut ttft, mut gap) = self.stream_answer();
                 let complete =
@@ -289,16 +304,21 @@ impl Drop for Accounting {
                     }
                 }
                 if let Some(cells) = guard {
-                    cells.record(&Answer {
-                        status: self.status,
-                        cut: self.cut,
-                        outcome: self.outcome,
-                        ttfb,
-                        duration,
-                        ttft,
-                        gap,
-                        usage,
-                    });
+                    // The segment's cells are picked now: a response-header segment is
+                    // known only once the head has come.
+                    cells.record_in(
+                        self.segment,
+                        &Answer {
+                            status: self.status,
+                            cut: self.cut,
+                            outcome: self.outcome,
+                            ttfb,
+                            duration,
+                            ttft,
+                            gap,
+                            usage,
+                        },
+                    );
                 }
             }
         }

@@ -152,6 +152,9 @@ impl Proxy {
                 units.record(unit, cells);
             }
             acct = Accounting::start(Arc::clone(&target), start);
+            if let Some(segment) = &route.segment {
+                acct.in_segment(segment.of_request(&parts.headers));
+            }
 
             strip_hop_by_hop(&mut parts.headers);
             if let Some(protocol) = &upgrade {
@@ -243,7 +246,14 @@ impl Proxy {
         let upstream_upgrade =
             (switched && upgrade.is_some()).then(|| hyper::upgrade::on(&mut resp));
         let (mut rparts, rbody) = resp.into_parts();
-        target.metrics.request(rparts.status);
+        if let Some(i) = route
+            .segment
+            .as_ref()
+            .and_then(|s| s.of_response(&rparts.headers))
+        {
+            acct.in_segment(i);
+        }
+        target.metrics.request_in(acct.segment(), rparts.status);
         acct.answered(rparts.status);
         let outcome = rparts
             .headers
@@ -258,7 +268,7 @@ impl Proxy {
                 failed,
             });
         } else if let Some(slot) = outcome {
-            target.metrics.outcome(slot);
+            target.metrics.outcome_in(acct.segment(), slot);
             acct.counted_outcome(slot);
         }
         let switched_to = rparts.headers.get(header::UPGRADE).cloned();
@@ -307,7 +317,7 @@ fn fail(acct: &mut Accounting, reason: failure::Upstream) -> Response<ProxyBody>
     let target = acct.cohort();
     target.metrics.failure(reason as usize);
     let resp: Response<ProxyBody> = Failure::Upstream(reason).response();
-    target.metrics.request(resp.status());
+    target.metrics.request_in(acct.segment(), resp.status());
     acct.answered(resp.status());
     resp
 }

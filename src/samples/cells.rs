@@ -27,6 +27,9 @@ pub struct Cells {
     /// that marks this step's keys in the rollout's slots: new cells, a new epoch.
     units: AtomicU64,
     epoch: u16,
+    /// A route with a segment: the cells of each segment (values, then `other`), written
+    /// with the whole ([`Cells::record_in`]).
+    pub(super) segments: Box<[Cells]>,
 }
 
 /// The last epoch handed out. 0 is never one: it is what fresh slots hold.
@@ -61,6 +64,7 @@ impl Default for Cells {
             cost: zeros(),
             units: AtomicU64::new(0),
             epoch: next_epoch(),
+            segments: Box::default(),
         }
     }
 }
@@ -183,6 +187,7 @@ impl Cells {
             output_tokens,
             cost,
             units: self.units.load(Ordering::Relaxed),
+            segments: self.segments.iter().map(Cells::snapshot).collect(),
         }
     }
 }

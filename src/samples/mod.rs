@@ -1,8 +1,9 @@
 //! Rollout evidence: the samples the request path records for a rollout's guards, per
 //! (route, cohort) atomic counters and fixed-size histograms ([`Cells`]): latency, first byte,
 //! first token, the gaps between tokens, output tokens and cost per answer, and the distinct
-//! keys each cohort served (`units`, for the sample ratio check); and the plain
-//! copies ([`Tally`]) the judge (`control::rollout`) reads them into.
+//! keys each cohort served (`units`, for the sample ratio check); and the plain copies
+//! ([`Tally`]) the judge (`control::rollout`) reads them into; on a route with a segment, the
+//! same again for each segment (`segmented`).
 //!
 //! A leaf, so that the table (which carries the cells to the request path), the request path
 //! (which writes them) and the judge (which reads them) all point down to it. Owns: the
@@ -65,10 +66,12 @@ pub fn bin_floor(b: usize) -> f64 {
 }
 
 mod cells;
+mod segmented;
 mod tally;
 mod units;
 
 pub use cells::{Answer, Cells};
+pub use segmented::Needs;
 pub use tally::Tally;
 pub use units::{unit_hash, Seen, Units};
 

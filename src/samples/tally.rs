@@ -34,6 +34,9 @@ pub struct Tally {
     pub cost: Vec<u64>,
     /// Distinct keys served from the cohort's band (the sample ratio check's units).
     pub units: u64,
+    /// A route with a segment: the same counts in each segment (its values, then `other`),
+    /// whose own `segments` are empty; empty without one.
+    pub segments: Vec<Tally>,
 }
 
 impl Default for Tally {
@@ -51,6 +54,7 @@ impl Default for Tally {
             output_tokens: vec![0; BINS],
             cost: vec![0; BINS],
             units: 0,
+            segments: Vec::new(),
         }
     }
 }
@@ -70,7 +74,7 @@ impl Tally {
         self.zip(self, |a, _| a / 2)
     }
 
-    fn zip(&self, other: &Tally, f: fn(u64, u64) -> u64) -> Tally {
+    pub(super) fn zip(&self, other: &Tally, f: fn(u64, u64) -> u64) -> Tally {
         let each = |a: &[u64], b: &[u64]| a.iter().zip(b).map(|(x, y)| f(*x, *y)).collect();
         Tally {
             requests: f(self.requests, other.requests),
@@ -85,6 +89,7 @@ impl Tally {
             output_tokens: each(&self.output_tokens, &other.output_tokens),
             cost: each(&self.cost, &other.cost),
             units: f(self.units, other.units),
+            segments: super::segmented::zip_segments(&self.segments, &other.segments, f),
         }
     }
 
@@ -137,6 +142,7 @@ impl Tally {
             .into_iter()
             .find(|(part, whole, ..)| part > whole)
             .map(|(part, whole, what, of)| format!("{part} {what} but {whole} {of}"))
+            .or_else(|| super::segmented::impossible_segment(&self.segments))
     }
 
     /// Whether every vector has its fixed length (a restored tally is checked with this).
@@ -152,5 +158,9 @@ impl Tally {
             ]
             .iter()
             .all(|v| v.len() == BINS)
+            && self
+                .segments
+                .iter()
+                .all(|s| s.segments.is_empty() && s.well_formed())
     }
 }

@@ -9,6 +9,7 @@ mod exposition;
 mod help;
 mod pins;
 mod retired;
+mod segment;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -18,6 +19,7 @@ use metrics::{Counter, Gauge, Histogram, Key, KeyName, Label, Metadata, Recorder
 use self::exposition::Exposition;
 pub use self::pins::PinCounters;
 use self::retired::Retirements;
+pub use self::segment::SegmentMetrics;
 
 pub const REQUESTS: &str = "cohort_requests_total";
 pub const DURATION: &str = "cohort_request_duration_seconds";
@@ -134,6 +136,10 @@ pub struct CohortMetrics {
     pub cost: Histogram,
     pub ttft: Histogram,
     pub inter_token: Histogram,
+    /// A route with a `segment`: the requests, duration and outcome handles of each segment
+    /// (its values, then `other`), which replace the fields above (then never registered,
+    /// so no series without the `segment` label). Empty otherwise.
+    pub segments: Vec<SegmentMetrics>,
 }
 
 /// Which outcome counter a backend's verdict lands in.
@@ -244,6 +250,19 @@ impl Metrics {
         outcomes: &[String],
         failure_reasons: &[&'static str],
     ) -> CohortMetrics {
+        self.cohort_segmented(route, cohort, outcomes, failure_reasons, &[])
+    }
+
+    /// [`Metrics::cohort`] for a route whose `segments` (its values, then `other`; empty
+    /// without a segment) split the requests, duration and outcome series.
+    pub fn cohort_segmented(
+        &self,
+        route: &str,
+        cohort: &str,
+        outcomes: &[String],
+        failure_reasons: &[&'static str],
+        segments: &[String],
+    ) -> CohortMetrics {
         self.retired.note(route, Some(cohort));
         let base = || {
             vec![
@@ -264,12 +283,23 @@ impl Metrics {
             self.recorder
                 .register_histogram(&Key::from_parts(name, base()), &METADATA)
         };
+        let split = self.segments(route, cohort, outcomes, segments);
+        let whole = split.is_empty();
+        let counter_if = |name, labels| {
+            if whole {
+                counter(name, labels)
+            } else {
+                Counter::noop()
+            }
+        };
         CohortMetrics {
             requests: STATUS_CLASSES
-                .map(|c| counter(REQUESTS, with("status_class", c.to_string()))),
-            duration: self
-                .recorder
-                .register_histogram(&Key::from_parts(DURATION, base()), &METADATA),
+                .map(|c| counter_if(REQUESTS, with("status_class", c.to_string()))),
+            duration: if whole {
+                histogram(DURATION)
+            } else {
+                Histogram::noop()
+            },
             ttfb: self
                 .recorder
                 .register_histogram(&Key::from_parts(TTFB, base()), &METADATA),
@@ -281,9 +311,9 @@ impl Metrics {
                 .map(|a| counter(ABANDONED, with("stage", a.as_str().to_string()))),
             outcomes: outcomes
                 .iter()
-                .map(|o| counter(OUTCOMES, with("outcome", o.clone())))
+                .map(|o| counter_if(OUTCOMES, with("outcome", o.clone())))
                 .collect(),
-            outcome_other: counter(OUTCOMES, with("outcome", "other".to_string())),
+            outcome_other: counter_if(OUTCOMES, with("outcome", "other".to_string())),
             in_flight: self
                 .recorder
                 .register_gauge(&Key::from_parts(IN_FLIGHT, base()), &METADATA),
@@ -297,6 +327,7 @@ impl Metrics {
             cost: histogram(COST),
             ttft: histogram(TTFT),
             inter_token: histogram(INTER_TOKEN),
+            segments: split,
         }
     }
 

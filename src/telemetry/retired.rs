@@ -2,7 +2,8 @@
 //! and their removal from the registry (gauges at once, counters and histograms once a last
 //! scrape has had time to read them).
 //!
-//! Owns: the list of retired routes and cohorts. Must not touch: the request path (nothing
+//! Owns: the list of retired routes and cohorts, and of the segments' series (see
+//! `segment`) a reload removed from cohorts that stay. Must not touch: the request path (nothing
 //! here runs on it: a reload retires, the periodic upkeep sweeps), the tables themselves.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -10,6 +11,8 @@ use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use metrics::Key;
+
+use super::{DURATION, OUTCOMES, REQUESTS};
 
 use crate::telemetry::exposition::Exposition;
 
@@ -19,13 +22,60 @@ pub struct Retirements {
     /// Every route and cohort handles were registered for since the last settle, including
     /// those of a table that then failed to validate.
     registered: Mutex<BTreeMap<String, BTreeSet<String>>>,
+    /// The segments (`None`: the series without one) each route and cohort registered
+    /// handles for since the last `settle_segments`.
+    segments: Mutex<Registered>,
 }
 
-/// A removed route (every series labelled with it) or cohort of a route.
+/// A removed route (every series labelled with it) or cohort of a route, or (`scope`) a
+/// segment's series of a cohort that stays.
 struct Retired {
     route: String,
     cohort: Option<String>,
     at: Instant,
+    scope: Scope,
+}
+
+/// Which of a cohort's series a retirement takes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Scope {
+    /// All of them (a removed route or cohort).
+    All,
+    /// Those of one segment (its value left the route's `values`, or the route its segment).
+    Segment(String),
+    /// The three families' series without a segment (the route has one now).
+    Unsegmented,
+}
+
+impl Scope {
+    fn owns(&self, key: &Key) -> bool {
+        let segment = key
+            .labels()
+            .find(|l| l.key() == "segment")
+            .map(|l| l.value());
+        match self {
+            Scope::All => true,
+            Scope::Segment(s) => segment == Some(s.as_str()),
+            Scope::Unsegmented => {
+                segment.is_none() && [REQUESTS, OUTCOMES, DURATION].contains(&key.name())
+            }
+        }
+    }
+
+    fn of(segment: &Option<String>) -> Scope {
+        segment.clone().map_or(Scope::Unsegmented, Scope::Segment)
+    }
+}
+
+/// Per (route, cohort), the segments handles were registered for; `None`: the series
+/// without a segment.
+type Registered = BTreeMap<(String, String), BTreeSet<Option<String>>>;
+
+fn scopes(segments: &[String]) -> BTreeSet<Option<String>> {
+    if segments.is_empty() {
+        return BTreeSet::from([None]);
+    }
+    segments.iter().cloned().map(Some).collect()
 }
 
 impl Retired {
@@ -36,6 +86,7 @@ impl Retired {
                 .cohort
                 .as_deref()
                 .is_none_or(|c| label("cohort") == Some(c))
+            && self.scope.owns(key)
     }
 }
 
@@ -91,6 +142,7 @@ impl Retirements {
                 route: route.clone(),
                 cohort: cohort.cloned(),
                 at,
+                scope: Scope::All,
             };
             if !has(route, None) {
                 gone.push(retired(None));
@@ -104,8 +156,56 @@ impl Retirements {
             registry.remove_gauges(|k| r.owns(k));
         }
         let mut list = self.list.lock().unwrap_or_else(PoisonError::into_inner);
-        list.retain(|r| !has(&r.route, r.cohort.as_deref()));
+        // A segment's retirement is undone by `settle_segments` alone, when it serves again.
+        list.retain(|r| r.scope != Scope::All || !has(&r.route, r.cohort.as_deref()));
         list.extend(gone);
+    }
+
+    /// Handles were registered for `route`'s `cohort` in `segments` (none: without one).
+    pub fn note_segments(&self, route: &str, cohort: &str, segments: &[String]) {
+        self.segments
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry((route.to_string(), cohort.to_string()))
+            .or_default()
+            .extend(scopes(segments));
+    }
+
+    /// See `Metrics::settle_segments`.
+    pub fn settle_segments(&self, serving: &[(String, String, Vec<String>)]) {
+        let now: Registered = serving
+            .iter()
+            .map(|(r, c, s)| ((r.clone(), c.clone()), scopes(s)))
+            .collect();
+        let old = std::mem::replace(
+            &mut *self.segments.lock().unwrap_or_else(PoisonError::into_inner),
+            now.clone(),
+        );
+        let at = Instant::now();
+        let serves = |r: &Retired| {
+            let cohort = r.cohort.clone().unwrap_or_default();
+            now.get(&(r.route.clone(), cohort))
+                .is_some_and(|s| match &r.scope {
+                    Scope::All => true,
+                    Scope::Segment(v) => s.contains(&Some(v.clone())),
+                    Scope::Unsegmented => s.contains(&None),
+                })
+        };
+        let mut list = self.list.lock().unwrap_or_else(PoisonError::into_inner);
+        list.retain(|r| r.scope == Scope::All || !serves(r));
+        for ((route, cohort), registered) in old {
+            let Some(kept) = now.get(&(route.clone(), cohort.clone())) else {
+                continue;
+            };
+            for s in registered.difference(kept) {
+                list.push(Retired {
+                    route: route.clone(),
+                    cohort: Some(cohort.clone()),
+                    at,
+                    scope: Scope::of(s),
+                });
+            }
+        }
     }
 
     /// Removes the counters and histograms of what was retired `grace` or more before `now`.

@@ -33,6 +33,10 @@ pub struct SimBackend {
     accept: tokio::task::JoinHandle<()>,
 }
 
+/// Behaviours that replace the backend's for requests whose `x-channel` header has the
+/// given value (a segment that answers worse than the rest).
+pub type ByChannel = Arc<Vec<(&'static str, Behaviour)>>;
+
 impl Drop for SimBackend {
     fn drop(&mut self) {
         self.accept.abort();
@@ -41,6 +45,11 @@ impl Drop for SimBackend {
 
 impl SimBackend {
     pub async fn start(behaviour: Behaviour) -> Self {
+        Self::start_by_channel(behaviour, ByChannel::default()).await
+    }
+
+    /// As [`SimBackend::start`], answering the requests of the channels in `by` as they say.
+    pub async fn start_by_channel(behaviour: Behaviour, by: ByChannel) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let shared = Arc::new(Mutex::new(behaviour));
@@ -53,10 +62,12 @@ impl SimBackend {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
-                let (b, builder) = (Arc::clone(&b), Arc::clone(&builder));
+                let (b, builder, by) = (Arc::clone(&b), Arc::clone(&builder), Arc::clone(&by));
                 tokio::spawn(async move {
-                    let svc = service_fn(move |_req| {
-                        let now = *b.lock().unwrap();
+                    let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                        let channel = req.headers().get("x-channel").map(|v| v.as_bytes());
+                        let special = by.iter().find(|(c, _)| Some(c.as_bytes()) == channel);
+                        let now = special.map_or_else(|| *b.lock().unwrap(), |(_, b)| *b);
                         async move { Ok::<_, Infallible>(reply(now).await) }
                     });
                     let _ = builder.serve_connection(TokioIo::new(stream), svc).await;

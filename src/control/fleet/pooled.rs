@@ -35,8 +35,11 @@ use crate::routing::table::rollout::RolloutSpec;
 use crate::samples::Tally;
 
 /// The largest report [`Report::decode`] reads: two full sparse tallies (six histograms
-/// each, every bin at its largest count) are about 80 KB; real ones a few KB.
-pub const MAX_REPORT_BYTES: usize = 128 * 1024;
+/// each, every bin at its largest count) are about 75 KB; real ones a few KB. A segmented
+/// rollout's reports add the segments' counts that its `per_segment` guards read, at most
+/// `MAX_SEGMENT_HISTOGRAMS` histograms per cohort: about 520 KB at the very worst (see
+/// `segment_report_tests`), under NATS's default 1 MB payload.
+pub const MAX_REPORT_BYTES: usize = 768 * 1024;
 
 /// The most (replica, incarnation) pairs one step's pool keeps (a fleet of 20 replicas
 /// restarting every minute for three days).
@@ -149,7 +152,7 @@ pub struct Pool {
 }
 
 fn covers(new: &Tally, old: &Tally) -> bool {
-    old.since(new) == Tally::default()
+    old.since(new).is_zero()
 }
 
 impl Pool {
@@ -405,3 +408,7 @@ mod tests;
 #[cfg(test)]
 #[path = "pooled_sim.rs"]
 mod sim;
+
+#[cfg(test)]
+#[path = "segment_report_tests.rs"]
+mod segment_reports;

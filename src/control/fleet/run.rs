@@ -27,6 +27,7 @@ use super::record::{self, Change, Op, Plan, Record, Refused};
 use super::shared::{decision, Event, Evidence, Fleet, WriteError};
 use crate::control::rollout::follow::{Follow, Local, Shared};
 use crate::control::rollout::judge::Judged;
+use crate::control::rollout::segment_needs;
 use crate::control::rollout::Phase;
 
 #[path = "run_view.rs"]
@@ -484,7 +485,11 @@ impl<J: Judged> Task<J> {
                 step: f.step,
                 step_version: f.step_version,
             },
-            (&l.counts.0, &l.counts.1),
+            // Of the segments, only what the per_segment guards read: the report's size.
+            (
+                &l.counts.0.keeping(segment_needs(&l.spec)),
+                &l.counts.1.keeping(segment_needs(&l.spec)),
+            ),
         )
         .judging(f.judges);
         let key = keys::report(route, &self.fleet.spec.replica);

@@ -143,7 +143,7 @@ impl Rollouts {
                     step: s.step,
                     ..Progress::start()
                 };
-                e.cells = Default::default();
+                e.cells = super::segments::fresh_cells(&e.spec);
                 e.seen = Default::default();
                 e.readings.clear();
             }

@@ -47,6 +47,9 @@ pub struct Reading {
     /// Why the status is not what the statistic alone says (`invalid`, impossible counts).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
+    /// A `per_segment` guard's reading in one segment: which (absent for the others).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub segment: Option<String>,
 }
 
 fn counts(t: &Tally, source: Rate) -> Counts {
@@ -193,6 +196,7 @@ impl Guard {
             threshold,
             slower_share: slower,
             note,
+            segment: None,
         }
     }
 }

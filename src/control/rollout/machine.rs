@@ -204,16 +204,17 @@ impl Progress {
         self.soaked += elapsed;
         let recent = (&self.recent.0, &self.recent.1);
         for g in &spec.guards {
-            let mut w = wealth_of(&self.wealth, &g.key);
-            w.bet(
-                g.observe(0.0, (&self.canary, &self.baseline), (canary, baseline)),
-                g.observe(0.0, recent, (canary, baseline)),
+            let step = (&self.canary, &self.baseline);
+            feed(
+                &mut self.wealth,
+                g,
+                &g.key,
+                step,
+                recent,
+                (canary, baseline),
             );
-            for (j, part) in w.0.iter().enumerate() {
-                self.wealth.insert(part_key(&g.key, j), *part);
-            }
-            self.wealth.insert(g.key.clone(), w.total());
         }
+        self.observe_segments(spec, canary, baseline);
         self.canary = self.canary.plus(canary);
         self.baseline = self.baseline.plus(baseline);
         self.recent = (self.recent.0.plus(canary), self.recent.1.plus(baseline));
@@ -225,13 +226,16 @@ impl Progress {
     /// Every guard's reading over the step so far.
     pub fn readings(&self, spec: &RolloutSpec) -> Vec<Reading> {
         let threshold = log_threshold(spec.alpha_per_test());
-        spec.guards
+        let mut readings: Vec<Reading> = spec
+            .guards
             .iter()
             .map(|g| {
                 let w = self.wealth.get(&g.key).copied().unwrap_or(0.0);
                 g.read(w, &self.canary, &self.baseline, spec.min_samples, threshold)
             })
-            .collect()
+            .collect();
+        readings.extend(self.segment_readings(spec));
+        readings
     }
 
     /// The sample ratio check over the step's units so far; None where it does not apply
@@ -287,8 +291,7 @@ impl Progress {
         if self.phase != Phase::Ramping
             || self.soaked < spec.soak
             || !enough(&self.canary)
-            || (comparable
-                && (!enough(&self.baseline) || readings.iter().any(|r| r.status != Status::Pass)))
+            || (comparable && (!enough(&self.baseline) || readings.iter().any(|r| !r.lets_pass())))
         {
             return None;
         }
@@ -363,6 +366,24 @@ impl Progress {
     }
 }
 
+/// One block into the guard `g`'s wealth under `key`: its parts bet on the step's rates
+/// (`step`, the evidence before the block) and on the recent ones.
+pub(super) fn feed(
+    wealth: &mut BTreeMap<String, f64>,
+    g: &crate::routing::table::rollout::Guard,
+    key: &str,
+    step: (&Tally, &Tally),
+    recent: (&Tally, &Tally),
+    block: (&Tally, &Tally),
+) {
+    let mut w = wealth_of(wealth, key);
+    w.bet(g.observe(0.0, step, block), g.observe(0.0, recent, block));
+    for (j, part) in w.0.iter().enumerate() {
+        wealth.insert(part_key(key, j), *part);
+    }
+    wealth.insert(key.to_string(), w.total());
+}
+
 fn part_key(key: &str, part: usize) -> String {
     format!("{key} @{part}")
 }
@@ -391,8 +412,12 @@ fn action_name(a: Action) -> &'static str {
 
 /// One line on a reading, for logs and decision reasons.
 pub fn describe(r: &Reading) -> String {
+    let guard = match &r.segment {
+        Some(segment) => format!("{} in segment {segment}", r.guard),
+        None => r.guard.clone(),
+    };
     if let Some(note) = &r.note {
-        return format!("{}: {note}", r.guard);
+        return format!("{guard}: {note}");
     }
     let value = |v: f64| {
         if r.guard.starts_with("latency") || r.guard.starts_with("ttfb") {
@@ -403,7 +428,7 @@ pub fn describe(r: &Reading) -> String {
     };
     format!(
         "{}: canary {} against baseline {} (limit {}) over {} and {} samples; ln e-value {:.2} >= {:.2}",
-        r.guard,
+        guard,
         value(r.canary),
         value(r.baseline),
         value(r.limit),

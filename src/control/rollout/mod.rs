@@ -27,6 +27,9 @@ mod preflight;
 mod reconcile;
 mod report;
 #[cfg(test)]
+mod segment_sim;
+mod segments;
+#[cfg(test)]
 pub(crate) mod simulate;
 pub(crate) mod srm;
 #[cfg(test)]
@@ -48,6 +51,7 @@ pub use edit::{check_saved, EditRefused};
 pub use gauges::{DECISIONS, SRM_HALTS, SRM_STATISTIC, STATE, STEP_PERCENT};
 pub use machine::{Action, DecisionKind, Phase, Progress};
 pub use preflight::{preflight, Preflight};
+pub use segments::needs as segment_needs;
 pub use state::{Decision, StateError};
 
 use crate::routing::table::rollout::RolloutSpec;
@@ -281,7 +285,7 @@ impl Rollouts {
             // New cells, which `weights::adjust` puts in the next table: a request keeps the
             // cells of the table it started on, so one started before this decision (in the
             // old step, at the old share) never enters the new step's evidence.
-            e.cells = Default::default();
+            e.cells = segments::fresh_cells(&e.spec);
             e.seen = Default::default();
         }
         if e.progress.step == step {

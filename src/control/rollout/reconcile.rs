@@ -25,7 +25,7 @@ impl Entry {
     /// drops the evidence against what was replaced, and a supermartingale lowered at a
     /// stopping time is still one (the null holds block by block, whatever the cohorts are).
     fn reset_evidence(&mut self) {
-        self.cells = Default::default();
+        self.cells = super::segments::fresh_cells(&self.spec);
         self.seen = Default::default();
         let keep = std::mem::replace(&mut self.progress, Progress::start());
         self.progress = Progress {
@@ -88,7 +88,8 @@ impl Rollouts {
                 Some(e) if e.spec.id == spec.id => {
                     let same_samples = e.spec.canary == spec.canary
                         && e.spec.baseline == spec.baseline
-                        && e.spec.outcomes == spec.outcomes;
+                        && e.spec.outcomes == spec.outcomes
+                        && e.spec.segments == spec.segments;
                     e.spec = Arc::clone(spec);
                     if !same_samples {
                         e.reset_evidence();
@@ -119,7 +120,7 @@ impl Rollouts {
     fn open_entry(&self, route: &str, spec: Arc<RolloutSpec>, now: Now, trigger: &str) -> Entry {
         let mut e = Entry {
             progress: Progress::start(),
-            cells: Default::default(),
+            cells: super::segments::fresh_cells(&spec),
             seen: Default::default(),
             readings: Vec::new(),
             history: VecDeque::new(),

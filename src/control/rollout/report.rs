@@ -42,6 +42,7 @@ impl Rollouts {
                     "guards": e.readings,
                     "srm_alpha": s.srm_alpha,
                     "srm": e.progress.srm(&super::follow::judging(s, self.fleet)),
+                    "segments": s.segments,
                     "note": e.note,
                     "problem": e.problem,
                     "history": e.history,

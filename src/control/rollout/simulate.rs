@@ -125,6 +125,7 @@ pub fn guard(metric: RawGuardMetric, relative_margin: Option<f64>) -> RawGuard {
         relative_margin,
         quantile: None,
         outcome: None,
+        per_segment: false,
     }
 }
 
@@ -151,7 +152,13 @@ pub fn spec_of(
         .iter()
         .map(|s| s.to_string())
         .collect();
-    match spec::build(&raw, &[("stable", 9_900), ("canary", 100)], &outcomes, None) {
+    match spec::build(
+        &raw,
+        &[("stable", 9_900), ("canary", 100)],
+        &outcomes,
+        None,
+        None,
+    ) {
         Ok(s) => s,
         Err(e) => panic!("simulated spec rejected: {e}"),
     }

@@ -98,6 +98,8 @@ pub enum Invalid {
     BadPrice { value: f64, max: f64 },
     #[error("{reason}")]
     Pin { reason: String },
+    #[error("{reason}")]
+    Segment { reason: String },
 }
 
 pub(super) fn err(path: impl Into<String>, kind: Invalid) -> TableError {

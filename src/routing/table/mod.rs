@@ -20,6 +20,9 @@ pub(crate) mod rollout;
 mod rollout_tests;
 mod route;
 mod secure;
+pub mod segment;
+#[cfg(test)]
+mod segment_tests;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
@@ -133,6 +136,8 @@ pub struct Route {
     /// Where the request path marks the keys it served from their band, for the sample ratio
     /// check: set by `rollout::Rollouts` while the rollout is judged, with its step's epoch.
     pub units: Option<crate::samples::Units>,
+    /// The dimension the route's metrics and its rollout's `per_segment` guards are split by.
+    pub segment: Option<segment::Segment>,
 }
 
 #[derive(Clone)]

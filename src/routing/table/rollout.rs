@@ -43,13 +43,25 @@ pub struct RolloutSpec {
     /// The rollout-wide chance of halting on a sample ratio mismatch that is not there,
     /// apart from `alpha`; 0 when the check is off.
     pub srm_alpha: f64,
+    /// The route's segments (its values, then `other`; empty without a segment): every
+    /// one is tested by each of `segment_guards`.
+    pub segments: Vec<String>,
+    /// The `per_segment` guards, tested in each segment apart (see `alpha_per_segment_test`).
+    pub segment_guards: Vec<Guard>,
 }
 
 impl RolloutSpec {
     /// Each guard at each step is one test at `alpha / (guards x steps)` (Bonferroni), so
     /// the whole rollout rolls back an A/A canary with probability at most `alpha`.
     pub fn alpha_per_test(&self) -> f64 {
-        self.alpha / (self.guards.len().max(1) * self.steps.len().max(1)) as f64
+        let guards = self.guards.len() + self.segment_guards.len();
+        self.alpha / (guards.max(1) * self.steps.len().max(1)) as f64
+    }
+
+    /// A `per_segment` guard's share of alpha at a step, split evenly (Bonferroni again)
+    /// among the segments it is tested in: all of them, `other` included.
+    pub fn alpha_per_segment_test(&self) -> f64 {
+        self.alpha_per_test() / self.segments.len().max(1) as f64
     }
 
     /// The sample ratio check at each step tests at `srm_alpha / steps`; 0 when it is off.
@@ -81,12 +93,14 @@ fn fail<T>(field: impl Into<String>, message: impl Into<String>) -> Result<T, Sp
 
 /// Validates a route's rollout. `cohorts` are the split's names and basis points in order,
 /// `outcomes` the route's (lower-cased) outcome values, `fallback` the cohort keyless
-/// requests go to, if one is named.
+/// requests go to, if one is named, `segments` the route's segments (its values, then
+/// `other`) if it has a segment, which a guard marked `per_segment` needs.
 pub fn build(
     raw: &RawRollout,
     cohorts: &[(&str, u32)],
     outcomes: &[String],
     fallback: Option<usize>,
+    segments: Option<&[String]>,
 ) -> Result<RolloutSpec, SpecError> {
     let Some(canary) = cohorts.iter().position(|(n, _)| *n == raw.canary) else {
         return fail(
@@ -159,7 +173,14 @@ pub fn build(
         );
     }
     let mut guards: Vec<Guard> = Vec::with_capacity(raw.guards.len());
+    let mut segment_guards: Vec<Guard> = Vec::new();
     for (j, g) in raw.guards.iter().enumerate() {
+        if g.per_segment && segments.is_none() {
+            return fail(
+                format!("guards[{j}].per_segment"),
+                "the route has no `segment` to test this guard in",
+            );
+        }
         let guard = guard(g, outcomes).map_err(|mut e| {
             e.field = match e.field.as_str() {
                 "" => format!("guards[{j}]"),
@@ -167,13 +188,22 @@ pub fn build(
             };
             e
         })?;
-        if guards.iter().any(|other| other.name == guard.name) {
+        let (list, what) = if g.per_segment {
+            (&mut segment_guards, "per_segment ")
+        } else {
+            (&mut guards, "")
+        };
+        if list.iter().any(|other| other.name == guard.name) {
             return fail(
                 format!("guards[{j}]"),
-                format!("a second {} guard", guard.name),
+                format!("a second {what}{} guard", guard.name),
             );
         }
-        guards.push(guard);
+        list.push(guard);
+    }
+    if let Some(segments) = segments {
+        super::segment::histograms_fit(&segment_guards, segments.len())
+            .or_else(|message| fail("guards", message))?;
     }
     Ok(RolloutSpec {
         id: raw.id.clone(),
@@ -191,6 +221,8 @@ pub fn build(
         others,
         outcomes: outcomes.to_vec(),
         srm_alpha: raw.srm_alpha,
+        segments: segments.map(<[String]>::to_vec).unwrap_or_default(),
+        segment_guards,
     })
 }
 

@@ -178,6 +178,11 @@ pub(super) fn build_route(
         RawUsage::Header => UsageSource::Header,
         RawUsage::Off => UsageSource::Off,
     };
+    let segment = match &r.segment {
+        Some(raw) => Some(super::segment::build(&format!("{path}.segment"), raw)?),
+        None => None,
+    };
+    let segment_names = segment.as_ref().map(|s| s.names()).unwrap_or_default();
     if r.split.is_empty() {
         return Err(err(format!("{path}.split"), Invalid::EmptySplit));
     }
@@ -229,7 +234,13 @@ pub(super) fn build_route(
             weight,
             configured: weight,
             upstream: Arc::clone(upstream),
-            metrics: metrics.cohort(&r.name, &s.cohort, &outcomes, &failure::Upstream::LABELS),
+            metrics: metrics.cohort_segmented(
+                &r.name,
+                &s.cohort,
+                &outcomes,
+                &failure::Upstream::LABELS,
+                &segment_names,
+            ),
             guard: None,
             usage,
             price: match raw_upstreams.get(&s.upstream).and_then(|u| u.price) {
@@ -274,7 +285,9 @@ pub(super) fn build_route(
                 Fallback::Cohort(i) => Some(i),
                 Fallback::Random => None,
             };
-            let spec = super::rollout::build(raw, &split, &outcomes, named).map_err(|e| {
+            let segments = segment.as_ref().map(|_| segment_names.as_slice());
+            let spec = super::rollout::build(raw, &split, &outcomes, named, segments);
+            let spec = spec.map_err(|e| {
                 let at = if e.field.is_empty() {
                     rp.clone()
                 } else {
@@ -316,6 +329,7 @@ pub(super) fn build_route(
         rollout,
         pin,
         units: None,
+        segment,
     })
 }
 

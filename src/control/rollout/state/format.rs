@@ -93,6 +93,10 @@ pub struct SavedTally {
     /// Added with the sample ratio check (issue 18): files and reports from before have none.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub units: u64,
+    /// A route with a segment: each segment's counts (values, then `other`). Added with
+    /// segments (issue 18): files and reports from before have none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub segments: Vec<SavedTally>,
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -131,6 +135,7 @@ impl From<&Tally> for SavedTally {
             output_tokens: sparse(&t.output_tokens),
             cost: sparse(&t.cost),
             units: t.units,
+            segments: t.segments.iter().map(SavedTally::from).collect(),
         }
     }
 }
@@ -166,7 +171,27 @@ impl SavedTally {
             output_tokens: dense(&self.output_tokens, BINS, "output_tokens bin")?,
             cost: dense(&self.cost, BINS, "cost bin")?,
             units: self.units,
+            segments: self.dense_segments()?,
         })
+    }
+
+    /// The segments, at most one per value a segment may have and `other`, none of them
+    /// with segments of its own.
+    fn dense_segments(&self) -> Result<Vec<Tally>, String> {
+        let most = crate::routing::table::segment::MAX_SEGMENT_VALUES + 1;
+        if self.segments.len() > most {
+            return Err(format!(
+                "{} segments, more than {most}",
+                self.segments.len()
+            ));
+        }
+        self.segments
+            .iter()
+            .map(|s| match s.segments.is_empty() {
+                true => s.dense(),
+                false => Err("a segment with segments of its own".to_string()),
+            })
+            .collect()
     }
 }
 
