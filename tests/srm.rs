@@ -104,6 +104,32 @@ impl Rig {
         out
     }
 
+    /// Stops the proxy and starts another on the same file and state directory.
+    async fn restart(self) -> Rig {
+        let Rig {
+            running,
+            _backends,
+            dir,
+            ..
+        } = self;
+        running.shutdown().await;
+        let path = dir.path().join("cohort.yaml");
+        let options = cohort::app::Options { judge_every: None };
+        let running = match within("restart", cohort::app::start_with(&path, options)).await {
+            Ok(r) => r,
+            Err(e) => panic!("proxy did not restart: {e}"),
+        };
+        Rig {
+            public: running.listener("public").unwrap(),
+            admin: running.admin_address,
+            running,
+            client: h1_client(),
+            now: Now::real(),
+            _backends,
+            dir,
+        }
+    }
+
     fn tick(&mut self) {
         self.now = self.now.later(Duration::from_secs(1));
         judge::tick(&self.running.control, self.now);
@@ -348,5 +374,47 @@ async fn a_user_counts_once_a_step_across_reloads() {
     let requests =
         r["samples"]["canary"].as_u64().unwrap() + r["samples"]["baseline"].as_u64().unwrap();
     assert_eq!(requests, 300, "{r:#}");
+    rig.running.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_restart_mid_step_keeps_the_checks_e_value_and_counts_units_anew() {
+    let mut rig = Rig::start().await;
+    let broken = traffic(|u| !(cohort_of(u) == "canary" && u % 2 == 0));
+    rig.send(&broken[..60]).await;
+    rig.tick();
+    let before = rig.rollout().await;
+    assert_eq!(before["state"], "ramping", "{before:#}");
+    let statistic = before["srm"]["statistic"].as_f64().unwrap();
+    assert!(
+        before["srm"]["canary_units"].as_u64() > Some(0),
+        "{before:#}"
+    );
+
+    let mut rig = rig.restart().await;
+    let after = rig.rollout().await;
+    assert_eq!(
+        (&after["state"], &after["step"]),
+        (&"ramping".into(), &0.into())
+    );
+    // The slots are new: the units start over; the e-value goes on from where it was.
+    let srm = &after["srm"];
+    assert_eq!(
+        (&srm["canary_units"], &srm["baseline_units"]),
+        (&0.into(), &0.into()),
+        "{after:#}"
+    );
+    assert_eq!(srm["statistic"].as_f64(), Some(statistic), "{after:#}");
+    // The same broken client after the restart: halted, on both spans' evidence.
+    let mut halted = false;
+    for chunk in broken[60..].chunks(100) {
+        rig.send(chunk).await;
+        rig.tick();
+        if rig.rollout().await["state"] == "halted" {
+            halted = true;
+            break;
+        }
+    }
+    assert!(halted, "{:#}", rig.rollout().await);
     rig.running.shutdown().await;
 }

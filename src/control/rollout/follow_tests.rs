@@ -192,3 +192,38 @@ fn a_replica_judges_locally_only_in_a_step_it_saw_begin() {
     assert!(judges(&fresh));
     let _ = rig.canary();
 }
+
+#[test]
+fn a_replicas_own_sample_ratio_mismatch_never_hides_a_failed_guard() {
+    use crate::samples::Answer;
+    let rig = rig();
+    rig.rollouts.follow("agent", &shared(0, 1, 1, 500));
+    let mut now = Now::real();
+    // Each tick, half the units in a 5% canary (a mismatch), and every canary answer an
+    // error; the guard bets from its second block on.
+    for _ in 0..5 {
+        {
+            let entries = rig.rollouts.lock();
+            let (canary, baseline) = &entries.get("agent").unwrap().cells;
+            for _ in 0..100 {
+                canary.count_unit();
+                baseline.count_unit();
+                canary.record(&Answer {
+                    status: 500,
+                    ..Answer::default()
+                });
+                baseline.record(&Answer {
+                    status: 200,
+                    ..Answer::default()
+                });
+            }
+        }
+        now = now.later(std::time::Duration::from_secs(1));
+        rig.rollouts.tick(now);
+    }
+    let report = rig.rollouts.report();
+    let r = &report["rollouts"][0];
+    assert_eq!(r["state"], "rolled_back", "{r:#}");
+    let reason = r["history"][1]["reason"].as_str().unwrap();
+    assert!(reason.starts_with("guard failed: error_rate"), "{reason}");
+}

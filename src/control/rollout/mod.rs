@@ -210,7 +210,18 @@ impl Rollouts {
                 e.readings = e.progress.readings(&spec);
                 let srm = e.progress.srm(&spec);
                 e.gauges.srm_statistic.set(srm.map_or(0.0, |s| s.statistic));
-                let verdict = e.progress.verdict(&spec, &e.readings);
+                let verdict = match self.fleet {
+                    // A replica's own units are the fleet's judge's to halt on (from its
+                    // reports): here the check must not hide a guard's failure.
+                    Some(_) => {
+                        let guards_only = RolloutSpec {
+                            srm_alpha: 0.0,
+                            ..RolloutSpec::clone(&spec)
+                        };
+                        e.progress.verdict(&guards_only, &e.readings)
+                    }
+                    None => e.progress.verdict(&spec, &e.readings),
+                };
                 // A fleet replica only rolls back on its own: the fleet's judge moves on.
                 let verdict = verdict.filter(|(k, _)| {
                     self.fleet.is_none()
