@@ -7,6 +7,7 @@
 
 pub(crate) mod duration;
 mod fleet;
+mod late;
 pub(crate) mod locate;
 mod raw;
 mod rollout;
@@ -15,6 +16,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 pub use fleet::{RawFleet, RawFleetTls};
+pub use late::RawLateOutcomes;
 pub use raw::{
     RawAdmin, RawAuthority, RawCertificate, RawConfig, RawKeySource, RawLimits, RawListener,
     RawListenerTls, RawMatch, RawPrice, RawProtocol, RawReload, RawRoute, RawSplit, RawUnderscores,

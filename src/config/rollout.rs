@@ -62,6 +62,10 @@ pub struct RawGuard {
     pub quantile: Option<f64>,
     /// Outcome guards: the outcome value counted.
     pub outcome: Option<String>,
+    /// Outcome guards: also count late outcomes (`POST /outcomes`) as observations of the
+    /// cohort they are attributed to, in the step in which they arrive.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub include_late: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
@@ -101,5 +105,6 @@ fn default_guards() -> Vec<RawGuard> {
         relative_margin: None,
         quantile: None,
         outcome: None,
+        include_late: false,
     }]
 }

@@ -16,6 +16,7 @@ pub mod admin;
 pub(crate) mod door;
 pub mod fleet;
 pub mod healthcheck;
+pub mod late;
 pub mod reload;
 pub mod rollout;
 pub(crate) mod watch;

@@ -23,6 +23,9 @@ pub struct Cells {
     inter_token: [AtomicU64; BINS],
     output_tokens: [AtomicU64; BINS],
     cost: [AtomicU64; BINS],
+    /// Late outcomes (posted after the turn, `control::late`) attributed to this cohort: not
+    /// part of any request, so outside the request counts' order.
+    late_outcomes: [AtomicU64; OUTCOME_SLOTS],
 }
 
 fn zeros<const N: usize>() -> [AtomicU64; N] {
@@ -43,6 +46,7 @@ impl Default for Cells {
             inter_token: zeros(),
             output_tokens: zeros(),
             cost: zeros(),
+            late_outcomes: zeros(),
         }
     }
 }
@@ -126,6 +130,11 @@ impl Cells {
         add(&self.ttfb[BINS - 1]);
     }
 
+    /// Records one late outcome of this cohort (see [`Tally::late_outcomes`]).
+    pub fn record_late(&self, slot: OutcomeSlot) {
+        add(&self.late_outcomes[outcome_index(slot)]);
+    }
+
     /// A copy of every counter, read parts before wholes (see [`Cells::record`]): a request
     /// recorded meanwhile may show in its wholes and not yet in its parts, never the reverse,
     /// and is complete in the next snapshot.
@@ -153,6 +162,7 @@ impl Cells {
             with_usage,
             output_tokens,
             cost,
+            late_outcomes: read(&self.late_outcomes),
         }
     }
 }

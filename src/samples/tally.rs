@@ -32,6 +32,9 @@ pub struct Tally {
     /// Their cost in millionths of the price's currency, per bin, where the upstream has a
     /// price.
     pub cost: Vec<u64>,
+    /// Late outcomes attributed to this cohort, per outcome slot ([`OUTCOME_SLOTS`] long):
+    /// outcome observations of guards with `include_late`, besides the answers'.
+    pub late_outcomes: Vec<u64>,
 }
 
 impl Default for Tally {
@@ -48,6 +51,7 @@ impl Default for Tally {
             with_usage: 0,
             output_tokens: vec![0; BINS],
             cost: vec![0; BINS],
+            late_outcomes: vec![0; OUTCOME_SLOTS],
         }
     }
 }
@@ -81,6 +85,7 @@ impl Tally {
             with_usage: f(self.with_usage, other.with_usage),
             output_tokens: each(&self.output_tokens, &other.output_tokens),
             cost: each(&self.cost, &other.cost),
+            late_outcomes: each(&self.late_outcomes, &other.late_outcomes),
         }
     }
 

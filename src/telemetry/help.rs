@@ -9,9 +9,10 @@ use super::{
     OPEN_CONNECTIONS, OUTCOMES, OUTPUT_TOKENS, OVERRIDE_REJECTED, PARKED_CONNECTIONS, REJECTED,
     RELOADS, REQUESTS, SPLIT, TOKENS, TTFB, TTFT, UNROUTED, UPSTREAM_FAILURES, USAGE_ANSWERS,
 };
+use super::{LATE_EVICTED, LATE_OUTCOMES, LATE_REFUSED};
 
 /// Name, unit and help of each metric, described once when the registry is made.
-pub(super) const HELP: [(&str, Unit, &str); 23] = [
+pub(super) const HELP: [(&str, Unit, &str); 26] = [
         (
             TOKENS,
             Unit::Count,
@@ -126,5 +127,20 @@ pub(super) const HELP: [(&str, Unit, &str); 23] = [
             GENERATION,
             Unit::Count,
             "Generation of the serving configuration; starts at 1.",
+        ),
+        (
+            LATE_OUTCOMES,
+            Unit::Count,
+            "Outcomes posted after the turn (POST /outcomes), by route, the cohort the key had when its conversation started, and outcome.",
+        ),
+        (
+            LATE_REFUSED,
+            Unit::Count,
+            "Late outcome events refused, by reason; a body refused whole (too large, too slow) counts once.",
+        ),
+        (
+            LATE_EVICTED,
+            Unit::Count,
+            "Remembered late-outcome event ids forgotten before their dedupe window ended, because max_remembered_ids was reached.",
         ),
     ];

@@ -40,6 +40,9 @@ pub const OUTPUT_TOKENS: &str = "cohort_answer_output_tokens";
 pub const COST: &str = "cohort_answer_cost";
 pub const TTFT: &str = "cohort_time_to_first_token_seconds";
 pub const INTER_TOKEN: &str = "cohort_inter_token_seconds";
+pub const LATE_OUTCOMES: &str = "cohort_late_outcomes_total";
+pub const LATE_REFUSED: &str = "cohort_late_outcomes_refused_total";
+pub const LATE_EVICTED: &str = "cohort_late_outcomes_ids_evicted_total";
 
 /// The `kind` labels of `cohort_tokens_total`, in [`CohortMetrics::tokens`]' order.
 pub const TOKEN_KINDS: [&str; 3] = ["input", "output", "cached_input"];
@@ -129,6 +132,9 @@ pub struct CohortMetrics {
     pub cost: Histogram,
     pub ttft: Histogram,
     pub inter_token: Histogram,
+    /// `cohort_late_outcomes_total`, aligned with the route's allowed outcome values (a late
+    /// outcome outside them is refused, so there is no `other`).
+    pub late_outcomes: Vec<Counter>,
 }
 
 /// Which outcome counter a backend's verdict lands in.
@@ -292,7 +298,26 @@ impl Metrics {
             cost: histogram(COST),
             ttft: histogram(TTFT),
             inter_token: histogram(INTER_TOKEN),
+            late_outcomes: outcomes
+                .iter()
+                .map(|o| counter(LATE_OUTCOMES, with("outcome", o.clone())))
+                .collect(),
         }
+    }
+
+    /// `cohort_late_outcomes_refused_total`, one counter per `reasons` label, in their order.
+    pub fn late_refused<const N: usize>(&self, reasons: [&'static str; N]) -> [Counter; N] {
+        reasons.map(|r| {
+            let labels = vec![Label::new("reason", r)];
+            self.recorder
+                .register_counter(&Key::from_parts(LATE_REFUSED, labels), &METADATA)
+        })
+    }
+
+    /// `cohort_late_outcomes_ids_evicted_total`.
+    pub fn late_evicted(&self) -> Counter {
+        self.recorder
+            .register_counter(&Key::from_name(LATE_EVICTED), &METADATA)
     }
 
     /// Override rejections of one route, one counter per `reasons` label, in their order.

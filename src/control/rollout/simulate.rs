@@ -125,6 +125,7 @@ pub fn guard(metric: RawGuardMetric, relative_margin: Option<f64>) -> RawGuard {
         relative_margin,
         quantile: None,
         outcome: None,
+        include_late: false,
     }
 }
 

@@ -96,6 +96,8 @@ pub enum Invalid {
     NoStateDir,
     #[error("{value} is not a price per million tokens from 0 to {max}")]
     BadPrice { value: f64, max: f64 },
+    #[error("{reason}")]
+    Late { reason: String },
 }
 
 pub(super) fn err(path: impl Into<String>, kind: Invalid) -> TableError {
@@ -308,6 +310,7 @@ impl TryFrom<TableInput<'_>> for RoutingTable {
                 routes.iter().map(|r| &r.matcher),
             )),
             routes,
+            late: super::late::build(&raw.late_outcomes)?,
         })
     }
 }

@@ -10,6 +10,7 @@ mod build;
 mod duration_tests;
 mod edge;
 mod index;
+pub mod late;
 #[cfg(test)]
 mod index_tests;
 pub(crate) mod rollout;
@@ -78,6 +79,8 @@ pub struct RoutingTable {
     pub state_dir: Option<std::path::PathBuf>,
     /// `routes` by host and path prefix, built with them (see `index.rs`).
     index: Arc<index::RouteIndex>,
+    /// `POST /outcomes`: its limits and windows.
+    pub late: late::LateSpec,
 }
 
 /// Connection-level limits, read by listeners for each new connection.

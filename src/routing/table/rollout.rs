@@ -195,6 +195,12 @@ fn guard(g: &RawGuard, outcomes: &[String]) -> Result<Guard, SpecError> {
             "only escalation_rate and resolution_rate guards take an outcome",
         );
     }
+    if g.include_late && !outcome_guard {
+        return fail(
+            "include_late",
+            "only escalation_rate and resolution_rate guards take include_late",
+        );
+    }
     if g.margin.is_some() && g.relative_margin.is_some() {
         return fail("margin", "set margin or relative_margin, not both");
     }
@@ -293,6 +299,9 @@ fn outcome_rate(g: &RawGuard, outcomes: &[String]) -> Result<(Rate, Worse, Strin
     } else {
         format!("{metric} ({value})")
     };
+    if g.include_late {
+        return Ok((Rate::OutcomeWithLate(slot), worse, format!("{name} +late")));
+    }
     Ok((Rate::Outcome(slot), worse, name))
 }
 
@@ -325,6 +334,8 @@ pub enum Rate {
     Errors,
     /// One outcome slot among the answers that carried an outcome.
     Outcome(usize),
+    /// The same, with the late outcomes attributed to the cohort (`include_late: true`).
+    OutcomeWithLate(usize),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -90,6 +90,9 @@ pub struct SavedTally {
     pub output_tokens: Vec<(usize, u64)>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub cost: Vec<(usize, u64)>,
+    // Added with late outcomes (issue 18).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub late_outcomes: Vec<(usize, u64)>,
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -127,6 +130,7 @@ impl From<&Tally> for SavedTally {
             with_usage: t.with_usage,
             output_tokens: sparse(&t.output_tokens),
             cost: sparse(&t.cost),
+            late_outcomes: sparse(&t.late_outcomes),
         }
     }
 }
@@ -161,6 +165,7 @@ impl SavedTally {
             with_usage: self.with_usage,
             output_tokens: dense(&self.output_tokens, BINS, "output_tokens bin")?,
             cost: dense(&self.cost, BINS, "cost bin")?,
+            late_outcomes: dense(&self.late_outcomes, OUTCOME_SLOTS, "late outcome")?,
         })
     }
 }
