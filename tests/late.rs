@@ -505,3 +505,43 @@ fn assert_history_file(state: &Path) {
     let text = std::fs::read_to_string(state.join("percent-history.jsonl")).unwrap();
     assert_eq!(text.lines().count(), 2, "{text}");
 }
+
+#[tokio::test]
+async fn a_guard_with_include_late_counts_them_in_the_step_they_arrive_in() {
+    let mut rig = Rig::start(
+        "{id: v2, canary: canary, steps: [50, 100], soak: 1h, min_samples: 100000, guards: [\
+         {metric: escalation_rate, include_late: true}, {metric: escalation_rate}]}",
+        &[],
+    )
+    .await;
+    let now = wall_ms();
+    let split = [("stable", 5000), ("canary", 5000)];
+    let mut want = BTreeMap::new();
+    let events: Vec<Value> = (0..200)
+        .map(|k| {
+            let key = format!("c-{k}");
+            let outcome = if k % 4 == 0 { "escalated" } else { "resolved" };
+            let cohort = contract_cohort("agent", key.as_bytes(), &split);
+            let e: &mut (u64, u64) = want.entry(cohort).or_default();
+            e.0 += u64::from(outcome == "escalated");
+            e.1 += 1;
+            event(&format!("g-{k}"), &key, outcome, now)
+        })
+        .collect();
+    let r = rig.post(&Value::Array(events)).await;
+    assert_eq!(r.json()["accepted"], 200, "{}", r.text());
+    rig.tick(1);
+    let rollouts = rig.admin("GET", "/rollouts", "").await.json();
+    let guards = &rollouts["rollouts"][0]["guards"];
+    let (canary, stable) = (want["canary"], want["stable"]);
+    assert_eq!(guards[0]["guard"], "escalation_rate +late");
+    assert_eq!(
+        (guards[0]["canary_samples"].clone(), guards[0]["baseline_samples"].clone()),
+        (json!(canary.1), json!(stable.1)),
+        "{guards}"
+    );
+    assert_eq!(guards[0]["canary"], json!(canary.0 as f64 / canary.1 as f64));
+    // The guard without include_late saw none of them (the mock backends send no outcome).
+    assert_eq!(guards[1]["canary_samples"], 0, "{guards}");
+    rig.running.shutdown().await;
+}

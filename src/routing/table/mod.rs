@@ -12,6 +12,8 @@ mod edge;
 mod index;
 pub mod late;
 #[cfg(test)]
+mod late_tests;
+#[cfg(test)]
 mod index_tests;
 pub(crate) mod rollout;
 #[cfg(test)]

@@ -216,3 +216,25 @@ fn the_rollout_demo_config_loads() {
     assert!(t.state_dir.is_some());
     assert!(t.warnings().is_empty(), "{:?}", t.warnings());
 }
+
+#[test]
+fn only_outcome_guards_include_late_outcomes() {
+    reject_guard(
+        &["metric: error_rate", "include_late: true"],
+        31,
+        25,
+        "include_late",
+        &["only escalation_rate and resolution_rate"],
+    );
+    let guard = "guards:\n        - metric: resolution_rate\n          include_late: true\n";
+    let t = accept(&with_rollout("", &format!("{BASIC}      {guard}")));
+    let g = &t.routes[0].rollout.as_ref().unwrap().guards[0];
+    assert_eq!(g.name, "resolution_rate +late");
+    assert!(matches!(
+        g.kind,
+        super::rollout::GuardKind::Rate {
+            source: super::rollout::Rate::OutcomeWithLate(0),
+            ..
+        }
+    ));
+}
