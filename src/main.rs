@@ -338,7 +338,8 @@ fn assign_at(config: &Path, route: &str, at: &str, keys: &[String]) -> anyhow::R
     let entry = history.at(route, at_ms).map_err(|_| {
         anyhow::anyhow!(
             "no split of route {route:?} is recorded at or before {at} in {}",
-            dir.join(cohort::control::late::file::HISTORY_FILE).display()
+            dir.join(cohort::control::late::file::HISTORY_FILE)
+                .display()
         )
     })?;
     for key in keys {

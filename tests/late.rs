@@ -15,8 +15,8 @@ use bytes::Bytes;
 use cohort::control::rollout::{judge, Now};
 use serde_json::{json, Value};
 use support::{
-    contract_cohort, fetch, get, h1_client, request, within, Config, H1Client, MockUpstream,
-    Reply, Route, Scrape,
+    contract_cohort, fetch, get, h1_client, request, within, Config, H1Client, MockUpstream, Reply,
+    Route, Scrape,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -117,7 +117,9 @@ impl Rig {
     /// The canary's effective percent, from `GET /routes`.
     async fn canary_percent(&self) -> f64 {
         let routes = self.admin("GET", "/routes", "").await.json();
-        routes["routes"][0]["cohorts"][1]["percent"].as_f64().unwrap()
+        routes["routes"][0]["cohorts"][1]["percent"]
+            .as_f64()
+            .unwrap()
     }
 
     /// A judge tick `secs` simulated seconds after the last.
@@ -162,7 +164,11 @@ async fn late_outcomes_take_the_cohort_of_their_start_across_a_ramp_and_a_rollba
         rig.send(400).await;
         let to = wall_ms();
         assert!(rig.tick(2), "the judge advanced");
-        spans.push(Span { from, to, canary: 0 });
+        spans.push(Span {
+            from,
+            to,
+            canary: 0,
+        });
         from = wall_ms();
         assert_eq!(rig.canary_percent().await, expected);
     }
@@ -170,7 +176,11 @@ async fn late_outcomes_take_the_cohort_of_their_start_across_a_ramp_and_a_rollba
     let to = wall_ms();
     let r = rig.admin("POST", "/rollouts/agent/rollback", "").await;
     assert_eq!(r.status, 200, "{}", r.text());
-    spans.push(Span { from, to, canary: 0 });
+    spans.push(Span {
+        from,
+        to,
+        canary: 0,
+    });
     from = wall_ms();
     assert_eq!(rig.canary_percent().await, 0.0);
     pause().await;
@@ -247,10 +257,22 @@ async fn late_outcomes_take_the_cohort_of_their_start_across_a_ramp_and_a_rollba
     for (s, span) in spans.iter().enumerate() {
         let keys: Vec<String> = (0..300).map(|k| format!("conversation-{k}")).collect();
         let at = rfc3339(span.middle());
-        let mut args = vec!["assign", "--config", "cohort.yaml", "--route", "agent", "--at", &at];
+        let mut args = vec![
+            "assign",
+            "--config",
+            "cohort.yaml",
+            "--route",
+            "agent",
+            "--at",
+            &at,
+        ];
         args.extend(keys.iter().map(String::as_str));
         let out = support::process::cohort(&args, &dir);
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let lines = String::from_utf8(out.stdout).unwrap();
         let cohorts: Vec<&str> = lines
             .lines()
@@ -261,7 +283,16 @@ async fn late_outcomes_take_the_cohort_of_their_start_across_a_ramp_and_a_rollba
     // Unix seconds name the same moment.
     let secs = format!("{}", spans[1].middle() as f64 / 1000.0);
     let out = support::process::cohort(
-        &["assign", "-c", "cohort.yaml", "--route", "agent", "--at", &secs, "conversation-7"],
+        &[
+            "assign",
+            "-c",
+            "cohort.yaml",
+            "--route",
+            "agent",
+            "--at",
+            &secs,
+            "conversation-7",
+        ],
         &dir,
     );
     let line = String::from_utf8(out.stdout).unwrap();
@@ -278,7 +309,9 @@ async fn curl(args: Vec<String>) -> std::process::Output {
             .output()
             .expect("curl")
     };
-    within("curl", tokio::task::spawn_blocking(run)).await.unwrap()
+    within("curl", tokio::task::spawn_blocking(run))
+        .await
+        .unwrap()
 }
 
 async fn refused(rig: &Rig, reason: &str) -> f64 {
@@ -292,7 +325,12 @@ async fn refused(rig: &Rig, reason: &str) -> f64 {
 async fn every_bad_event_is_refused_with_its_reason_and_good_ones_count_once() {
     let rig = Rig::start(
         "",
-        &["window: 1h", "dedupe_window: 1h", "max_events: 50", "max_body_bytes: 4096"],
+        &[
+            "window: 1h",
+            "dedupe_window: 1h",
+            "max_events: 50",
+            "max_body_bytes: 4096",
+        ],
     )
     .await;
     let now = wall_ms();
@@ -346,7 +384,10 @@ async fn every_bad_event_is_refused_with_its_reason_and_good_ones_count_once() {
             "pin_unsupported",
         ]
     );
-    assert_eq!((doc["accepted"].clone(), doc["refused"].clone()), (json!(1), json!(10)));
+    assert_eq!(
+        (doc["accepted"].clone(), doc["refused"].clone()),
+        (json!(1), json!(10))
+    );
     assert_eq!(doc["refused_by_reason"]["malformed"], 3);
     // alice is bucket 2871: stable at 10%.
     assert_eq!(doc["results"][0]["cohort"], "stable");
@@ -355,18 +396,32 @@ async fn every_bad_event_is_refused_with_its_reason_and_good_ones_count_once() {
     let again = rig.post(&ok("a")).await.json();
     assert_eq!(again["results"][0]["reason"], "duplicate");
     let scrape = rig.scrape().await;
-    let labels = [("route", "agent"), ("cohort", "stable"), ("outcome", "resolved")];
+    let labels = [
+        ("route", "agent"),
+        ("cohort", "stable"),
+        ("outcome", "resolved"),
+    ];
     assert_eq!(scrape.get("cohort_late_outcomes_total", &labels), Some(1.0));
     assert_eq!(
-        scrape.get("cohort_late_outcomes_refused_total", &[("reason", "duplicate")]),
+        scrape.get(
+            "cohort_late_outcomes_refused_total",
+            &[("reason", "duplicate")]
+        ),
         Some(2.0)
     );
     // The sender's route name never becomes a label.
-    assert!(!rig.admin("GET", "/metrics", "").await.text().contains("no-such-route"));
+    assert!(!rig
+        .admin("GET", "/metrics", "")
+        .await
+        .text()
+        .contains("no-such-route"));
 
     // Whole bodies: not JSON, not the shape, without the token.
     let r = rig.admin("POST", "/outcomes", "{not json").await;
-    assert_eq!((r.status.as_u16(), r.json()["reason"].clone()), (400, json!("malformed")));
+    assert_eq!(
+        (r.status.as_u16(), r.json()["reason"].clone()),
+        (400, json!("malformed"))
+    );
     let r = rig.post(&json!({"events": 3})).await;
     assert_eq!(r.status, 400);
     let r = fetch(
@@ -382,14 +437,25 @@ async fn every_bad_event_is_refused_with_its_reason_and_good_ones_count_once() {
 
 #[tokio::test]
 async fn huge_batches_and_slow_clients_are_bounded_and_nothing_else_is_lost() {
-    let rig = Rig::start("", &["max_events: 50", "max_body_bytes: 4096", "read_timeout: 300ms"]).await;
+    let rig = Rig::start(
+        "",
+        &[
+            "max_events: 50",
+            "max_body_bytes: 4096",
+            "read_timeout: 300ms",
+        ],
+    )
+    .await;
     let now = wall_ms();
     // Too many events (the body itself is small enough).
     let many: Vec<Value> = (0..51)
         .map(|i| json!({"id": format!("{i}"), "route": "agent", "key": "k", "outcome": "resolved", "started_at": now / 1000}))
         .collect();
     let r = rig.post(&Value::Array(many)).await;
-    assert_eq!((r.status.as_u16(), r.json()["reason"].clone()), (413, json!("too_large")));
+    assert_eq!(
+        (r.status.as_u16(), r.json()["reason"].clone()),
+        (413, json!("too_large"))
+    );
     // A declared length past the cap is refused before a byte of the body is read.
     let big = "x".repeat(5000);
     let r = rig.admin("POST", "/outcomes", big).await;
@@ -400,20 +466,20 @@ async fn huge_batches_and_slow_clients_are_bounded_and_nothing_else_is_lost() {
     let file = rig.path.parent().unwrap().join("huge.json");
     std::fs::write(&file, format!("[{}]", "{\"id\": \"padding\"},".repeat(400))).unwrap();
     let out = curl(vec![
-            "-sS".to_string(),
-            "-o".into(),
-            "/dev/null".into(),
-            "-w".into(),
-            "%{http_code}".into(),
-            "-H".into(),
-            format!("Authorization: Bearer {TOKEN}"),
-            "-H".into(),
-            "Transfer-Encoding: chunked".into(),
-            "--data-binary".into(),
-            format!("@{}", file.display()),
-            format!("http://{}/outcomes", rig.admin),
-        ])
-        .await;
+        "-sS".to_string(),
+        "-o".into(),
+        "/dev/null".into(),
+        "-w".into(),
+        "%{http_code}".into(),
+        "-H".into(),
+        format!("Authorization: Bearer {TOKEN}"),
+        "-H".into(),
+        "Transfer-Encoding: chunked".into(),
+        "--data-binary".into(),
+        format!("@{}", file.display()),
+        format!("http://{}/outcomes", rig.admin),
+    ])
+    .await;
     assert_eq!(String::from_utf8_lossy(&out.stdout), "413");
     assert_eq!(refused(&rig, "too_large").await, 3.0);
 
@@ -430,7 +496,9 @@ async fn huge_batches_and_slow_clients_are_bounded_and_nothing_else_is_lost() {
         assert_eq!(rig.admin("GET", "/healthz", "").await.status, 200);
     }
     let mut answer = Vec::new();
-    within("the slow client's answer", slow.read_to_end(&mut answer)).await.unwrap();
+    within("the slow client's answer", slow.read_to_end(&mut answer))
+        .await
+        .unwrap();
     let answer = String::from_utf8_lossy(&answer);
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
     assert!(answer.contains("read_timeout"), "{answer}");
@@ -470,8 +538,14 @@ async fn the_history_survives_a_restart_and_is_served_for_offline_attribution() 
     let history = rig.admin("GET", "/outcomes/history", "").await.json();
     let entries = history["entries"].as_array().unwrap();
     assert_eq!(entries.len(), 2, "{history}");
-    assert_eq!(entries[0]["cohorts"][1], json!({"cohort": "canary", "weight": 1000}));
-    assert_eq!(entries[1]["cohorts"][1], json!({"cohort": "canary", "weight": 5000}));
+    assert_eq!(
+        entries[0]["cohorts"][1],
+        json!({"cohort": "canary", "weight": 1000})
+    );
+    assert_eq!(
+        entries[1]["cohorts"][1],
+        json!({"cohort": "canary", "weight": 5000})
+    );
     assert_eq!(entries[1]["salt"], "agent");
     let path = rig.path.clone();
     let dir = rig._dir.path().to_path_buf();
@@ -479,7 +553,9 @@ async fn the_history_survives_a_restart_and_is_served_for_offline_attribution() 
 
     // Restarted on the same state directory: the first split is still known.
     let options = cohort::app::Options { judge_every: None };
-    let running = within("restart", cohort::app::start_with(&path, options)).await.unwrap();
+    let running = within("restart", cohort::app::start_with(&path, options))
+        .await
+        .unwrap();
     let client = h1_client();
     let auth = format!("Bearer {TOKEN}");
     // user-3 (bucket 9955) was canary at 10% and is at 50%; user-2 (8756) only at 50%.
@@ -536,11 +612,17 @@ async fn a_guard_with_include_late_counts_them_in_the_step_they_arrive_in() {
     let (canary, stable) = (want["canary"], want["stable"]);
     assert_eq!(guards[0]["guard"], "escalation_rate +late");
     assert_eq!(
-        (guards[0]["canary_samples"].clone(), guards[0]["baseline_samples"].clone()),
+        (
+            guards[0]["canary_samples"].clone(),
+            guards[0]["baseline_samples"].clone()
+        ),
         (json!(canary.1), json!(stable.1)),
         "{guards}"
     );
-    assert_eq!(guards[0]["canary"], json!(canary.0 as f64 / canary.1 as f64));
+    assert_eq!(
+        guards[0]["canary"],
+        json!(canary.0 as f64 / canary.1 as f64)
+    );
     // The guard without include_late saw none of them (the mock backends send no outcome).
     assert_eq!(guards[1]["canary_samples"], 0, "{guards}");
     rig.running.shutdown().await;

@@ -122,9 +122,7 @@ impl Admin {
                 _,
                 "/metrics" | "/healthz" | "/readyz" | "/routes" | "/reload" | "/rollouts"
                 | "/outcomes" | "/outcomes/history",
-            ) => {
-                reply(StatusCode::METHOD_NOT_ALLOWED, TEXT, "method not allowed\n")
-            }
+            ) => reply(StatusCode::METHOD_NOT_ALLOWED, TEXT, "method not allowed\n"),
             _ => reply(StatusCode::NOT_FOUND, TEXT, "not found\n"),
         }
     }

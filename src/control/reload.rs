@@ -18,8 +18,8 @@ use arc_swap::ArcSwap;
 
 use crate::config::{self, ConfigError};
 use crate::control::door::Door;
-use crate::control::late::Late;
 use crate::control::fleet::spec::{self as fleet, FleetSpec};
+use crate::control::late::Late;
 use crate::control::rollout::judge::Judged;
 use crate::control::rollout::{
     self, Action, ActionError, Decision, Now, Preflight, Rollouts, StateError,

@@ -43,7 +43,10 @@ impl Entry {
         let bucket = bands::bucket(key, seed);
         let widths: Vec<u32> = self.cohorts.iter().map(|s| s.weight).collect();
         let i = Bands::new(&widths).lookup(bucket);
-        (bucket, self.cohorts.get(i).map_or("", |s| s.cohort.as_str()))
+        (
+            bucket,
+            self.cohorts.get(i).map_or("", |s| s.cohort.as_str()),
+        )
     }
 
     /// A split whose weights cannot have come from a table (their sum is not [`BUCKETS`]).
@@ -179,10 +182,16 @@ mod tests {
         // user-2 is bucket 8756 (the contract's vectors): stable at 5% and 10%, user-3 (9955)
         // canary at both, and both stable once the canary is at 0%.
         assert_eq!(h.at("agent", 999), Err(Unknown::BeforeHistory));
-        assert_eq!(h.at("agent", 1_000).unwrap().assign(b"user-3"), (9955, "canary"));
-        assert_eq!(h.at("agent", 1_999).unwrap().assign(b"user-2"), (8756, "stable"));
-        assert_eq!(h.at("agent", 2_500).unwrap().assign(b"user-3"), (9955, "canary"));
-        assert_eq!(h.at("agent", 3_000).unwrap().assign(b"user-3"), (9955, "stable"));
+        let cases = [
+            (1_000, "user-3", 9955, "canary"),
+            (1_999, "user-2", 8756, "stable"),
+            (2_500, "user-3", 9955, "canary"),
+            (3_000, "user-3", 9955, "stable"),
+        ];
+        for (at, key, bucket, cohort) in cases {
+            let got = h.at("agent", at).map(|e| e.assign(key.as_bytes()));
+            assert_eq!(got, Ok((bucket, cohort)), "{key} at {at}");
+        }
         assert_eq!(h.at("other", 5_000), Err(Unknown::BeforeHistory));
     }
 

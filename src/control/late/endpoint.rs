@@ -59,7 +59,12 @@ pub async fn post(late: &Late, table: Arc<RoutingTable>, req: Request<Incoming>)
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
     if declared.is_some_and(|n| n > spec.max_body_bytes) {
-        return whole(late, StatusCode::PAYLOAD_TOO_LARGE, Reason::TooLarge, too_large());
+        return whole(
+            late,
+            StatusCode::PAYLOAD_TOO_LARGE,
+            Reason::TooLarge,
+            too_large(),
+        );
     }
     let limit = usize::try_from(spec.max_body_bytes).unwrap_or(usize::MAX);
     let body = Limited::new(req.into_body(), limit);
@@ -76,7 +81,12 @@ pub async fn post(late: &Late, table: Arc<RoutingTable>, req: Request<Incoming>)
             )
         }
         Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
-            return whole(late, StatusCode::PAYLOAD_TOO_LARGE, Reason::TooLarge, too_large())
+            return whole(
+                late,
+                StatusCode::PAYLOAD_TOO_LARGE,
+                Reason::TooLarge,
+                too_large(),
+            )
         }
         Ok(Err(e)) => {
             return whole(
@@ -101,9 +111,7 @@ pub async fn post(late: &Late, table: Arc<RoutingTable>, req: Request<Incoming>)
     };
     let items = match event::events(&doc) {
         Ok(items) => items,
-        Err(message) => {
-            return whole(late, StatusCode::BAD_REQUEST, Reason::Malformed, message)
-        }
+        Err(message) => return whole(late, StatusCode::BAD_REQUEST, Reason::Malformed, message),
     };
     if items.len() > spec.max_events {
         return whole(

@@ -233,10 +233,16 @@ mod tests {
         assert_eq!(rfc3339_ms("1970-01-01T01:00:01+01:00"), Some(1000));
         assert_eq!(rfc3339_ms("1970-01-01T00:00:01-00:30"), Some(1_801_000));
         assert_eq!(rfc3339_ms("2026-12-07T09:30:00Z"), Some(1_796_635_800_000));
-        for bad in ["1970-01-01", "1970-01-01T00:00:01", "yesterday", "1970-01-01T00:00:01.Z"] {
+        for bad in [
+            "1970-01-01",
+            "1970-01-01T00:00:01",
+            "yesterday",
+            "1970-01-01T00:00:01.Z",
+        ] {
             assert_eq!(rfc3339_ms(bad), None, "{bad}");
         }
-        let e = parse(&json!({"id": "e", "route": "r", "key": "k", "outcome": "o", "started_at": 1.5}));
+        let e =
+            parse(&json!({"id": "e", "route": "r", "key": "k", "outcome": "o", "started_at": 1.5}));
         assert_eq!(e.map(|e| e.started_ms), Ok(1500));
     }
 
@@ -244,7 +250,10 @@ mod tests {
     fn bodies_hold_one_event_or_many() {
         let one = json!({"id": "a"});
         assert_eq!(events(&one).map(<[Value]>::len), Ok(1));
-        assert_eq!(events(&json!({"events": [1, 2]})).map(<[Value]>::len), Ok(2));
+        assert_eq!(
+            events(&json!({"events": [1, 2]})).map(<[Value]>::len),
+            Ok(2)
+        );
         assert_eq!(events(&json!([1, 2, 3])).map(<[Value]>::len), Ok(3));
         assert!(events(&json!({"events": 1})).is_err());
         assert!(events(&json!("x")).is_err());

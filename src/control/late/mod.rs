@@ -91,7 +91,11 @@ impl Late {
         let (history, lines) = match state_dir.map(file::read).transpose() {
             Ok(Some((h, bad))) => {
                 if bad > 0 {
-                    tracing::warn!(file = file::HISTORY_FILE, lines = bad, "percent history: lines that do not parse were skipped");
+                    tracing::warn!(
+                        file = file::HISTORY_FILE,
+                        lines = bad,
+                        "percent history: lines that do not parse were skipped"
+                    );
                 }
                 let lines = h.entries().len() + bad;
                 (h, lines)

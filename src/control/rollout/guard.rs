@@ -59,7 +59,11 @@ fn counts(t: &Tally, source: Rate) -> Counts {
             let late = t.late_outcomes.get(slot).copied().unwrap_or(0);
             let late_all: u64 = t.late_outcomes.iter().sum();
             Counts::new(
-                t.outcomes.get(slot).copied().unwrap_or(0).saturating_add(late),
+                t.outcomes
+                    .get(slot)
+                    .copied()
+                    .unwrap_or(0)
+                    .saturating_add(late),
                 t.with_outcome.saturating_add(late_all),
             )
         }

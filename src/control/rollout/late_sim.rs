@@ -109,9 +109,15 @@ fn rollbacks(sims: u64, alpha: f64, delays: (Delay, Delay), seed: u64) -> u64 {
 fn late_outcomes_with_equal_delays_keep_aa_within_alpha() {
     let (sims, alpha) = (200, 0.05);
     for (what, delays) in [
-        ("equal exponential delays, mean 20s", (Delay::Mean(20.0), Delay::Mean(20.0))),
+        (
+            "equal exponential delays, mean 20s",
+            (Delay::Mean(20.0), Delay::Mean(20.0)),
+        ),
         // Delays that differ but say nothing of the outcome leave each arrival a fair draw.
-        ("canary 3x slower, whatever the outcome", (Delay::Mean(60.0), Delay::Mean(20.0))),
+        (
+            "canary 3x slower, whatever the outcome",
+            (Delay::Mean(60.0), Delay::Mean(20.0)),
+        ),
     ] {
         let n = rollbacks(sims, alpha, delays, 18);
         assert!(
@@ -153,6 +159,9 @@ fn late_aa_long() {
         ),
     ] {
         let n = rollbacks(sims, 0.05, delays, 7);
-        println!("alpha 0.05, {what}: {n} of {sims} A/A rollouts rolled back ({:.1}%)", 100.0 * n as f64 / sims as f64);
+        println!(
+            "alpha 0.05, {what}: {n} of {sims} A/A rollouts rolled back ({:.1}%)",
+            100.0 * n as f64 / sims as f64
+        );
     }
 }

@@ -48,13 +48,19 @@ pub(super) fn build(raw: &RawLateOutcomes) -> Result<LateSpec, TableError> {
     if !(1..=MAX_IDS_CEILING).contains(&raw.max_remembered_ids) {
         return Err(bad(
             "max_remembered_ids",
-            format!("{} is not from 1 to {MAX_IDS_CEILING}", raw.max_remembered_ids),
+            format!(
+                "{} is not from 1 to {MAX_IDS_CEILING}",
+                raw.max_remembered_ids
+            ),
         ));
     }
     if !(256..=MAX_BODY_CEILING).contains(&raw.max_body_bytes) {
         return Err(bad(
             "max_body_bytes",
-            format!("{} is not from 256 to {MAX_BODY_CEILING}", raw.max_body_bytes),
+            format!(
+                "{} is not from 256 to {MAX_BODY_CEILING}",
+                raw.max_body_bytes
+            ),
         ));
     }
     if !(1..=100_000).contains(&raw.max_events) {

@@ -10,7 +10,10 @@ fn late_outcomes_have_defaults_and_take_every_option() {
     let t = accept(MINIMAL);
     assert_eq!(t.late, LateSpec::default());
     assert_eq!(t.late.window, Duration::from_secs(7 * 86_400));
-    assert_eq!((t.late.max_events, t.late.max_body_bytes), (1000, 1024 * 1024));
+    assert_eq!(
+        (t.late.max_events, t.late.max_body_bytes),
+        (1000, 1024 * 1024)
+    );
     let text = format!(
         "{MINIMAL}late_outcomes:\n  window: 2d\n  max_clock_skew: 0s\n  dedupe_window: 1h\n  \
          max_remembered_ids: 10\n  max_body_bytes: 300\n  max_events: 2\n  read_timeout: 100ms\n"
@@ -33,7 +36,13 @@ fn late_outcomes_have_defaults_and_take_every_option() {
 #[test]
 fn late_outcome_limits_are_refused_at_their_field() {
     let with = |lines: &str| format!("{MINIMAL}late_outcomes:\n{lines}");
-    reject(&with("  max_events: 0\n"), 27, 15, "late_outcomes.max_events", &["from 1"]);
+    reject(
+        &with("  max_events: 0\n"),
+        27,
+        15,
+        "late_outcomes.max_events",
+        &["from 1"],
+    );
     reject(
         &with("  max_body_bytes: 10\n"),
         27,

@@ -10,11 +10,11 @@ mod build;
 mod duration_tests;
 mod edge;
 mod index;
+#[cfg(test)]
+mod index_tests;
 pub mod late;
 #[cfg(test)]
 mod late_tests;
-#[cfg(test)]
-mod index_tests;
 pub(crate) mod rollout;
 #[cfg(test)]
 mod rollout_tests;
