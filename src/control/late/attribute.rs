@@ -125,7 +125,14 @@ pub fn attribute(cx: &mut Context<'_>, event: &Event) -> Result<Counted, Refusal
     if let Some(c) = cohort.metrics.late_outcomes.get(slot) {
         c.increment(1);
     }
-    if let Some(cells) = &cohort.guard {
+    // The guards take only conversations that started under the split being judged: one that
+    // started in an earlier step, at another share, would make the canary's arrivals a
+    // different mix of delays than the baseline's (`rollout::late_sim` shows the bias).
+    let this_step = cx
+        .history
+        .at(&route.name, cx.now_ms)
+        .is_ok_and(|current| event.started_ms >= current.at_unix_ms);
+    if let (Some(cells), true) = (&cohort.guard, this_step) {
         cells.record_late(OutcomeSlot::Allowed(slot));
     }
     Ok(Counted {

@@ -56,11 +56,21 @@ fn spec(alpha: f64) -> RolloutSpec {
     spec_of(&[1.0, 5.0, 25.0, 50.0, 100.0], 30, 100, alpha, vec![g])
 }
 
+/// Which late outcomes a step's guards take.
+#[derive(Clone, Copy, PartialEq)]
+enum Taken {
+    /// Those of conversations that started in the step (what the proxy does).
+    StartedInStep,
+    /// Every one that arrives in the step, whenever its conversation started.
+    All,
+}
+
 /// One A/A rollout, 100 conversations a second; whether it was rolled back.
-fn rolled_back(spec: &RolloutSpec, delays: (Delay, Delay), rng: &mut Rng) -> bool {
+fn rolled_back(spec: &RolloutSpec, delays: (Delay, Delay), taken: Taken, rng: &mut Rng) -> bool {
     let mut p = Progress::start();
-    // Arrival tick -> (attributed to the canary, escalated).
-    let mut pending: BTreeMap<u64, Vec<(bool, bool)>> = BTreeMap::new();
+    // Arrival tick -> (start tick, attributed to the canary, escalated).
+    let mut pending: BTreeMap<u64, Vec<(u64, bool, bool)>> = BTreeMap::new();
+    let mut step_began = 0;
     for tick in 0..20_000u64 {
         if !p.phase.judged() {
             return false;
@@ -77,10 +87,16 @@ fn rolled_back(spec: &RolloutSpec, delays: (Delay, Delay), rng: &mut Rng) -> boo
                 let escalated = rng.f64() < LATE_ESCALATED;
                 let delay = if canary { delays.0 } else { delays.1 };
                 let at = tick + 1 + delay.draw(rng, escalated);
-                pending.entry(at).or_default().push((canary, escalated));
+                pending
+                    .entry(at)
+                    .or_default()
+                    .push((tick, canary, escalated));
             }
         }
-        for (canary, escalated) in pending.remove(&tick).unwrap_or_default() {
+        for (started, canary, escalated) in pending.remove(&tick).unwrap_or_default() {
+            if taken == Taken::StartedInStep && started < step_began {
+                continue;
+            }
             let t = if canary { &mut c } else { &mut b };
             t.late_outcomes[usize::from(escalated)] += 1;
         }
@@ -90,36 +106,48 @@ fn rolled_back(spec: &RolloutSpec, delays: (Delay, Delay), rng: &mut Rng) -> boo
             if kind == DecisionKind::Rollback {
                 return true;
             }
+            let before = p.percent(spec);
             p.apply(kind);
+            if p.percent(spec) != before {
+                step_began = tick + 1;
+            }
         }
     }
     assert_ne!(p.phase, Phase::Ramping, "an A/A rollout did not finish");
     false
 }
 
-fn rollbacks(sims: u64, alpha: f64, delays: (Delay, Delay), seed: u64) -> u64 {
+fn rollbacks(sims: u64, alpha: f64, delays: (Delay, Delay), taken: Taken, seed: u64) -> u64 {
     let mut rng = Rng::with_seed(seed);
     let spec = spec(alpha);
     (0..sims)
-        .filter(|_| rolled_back(&spec, delays, &mut rng))
+        .filter(|_| rolled_back(&spec, delays, taken, &mut rng))
         .count() as u64
 }
 
+/// Equal delays, whether or not they depend on the outcome, and delays that differ but do
+/// not depend on it: each case at most alpha.
+const FAIR: [(&str, (Delay, Delay)); 3] = [
+    ("equal, mean 20s", (Delay::Mean(20.0), Delay::Mean(20.0))),
+    (
+        "equal, by outcome (escalations 2s, resolutions 60s)",
+        (Delay::ByOutcome(2.0, 60.0), Delay::ByOutcome(2.0, 60.0)),
+    ),
+    (
+        "canary 3x slower, whatever the outcome",
+        (Delay::Mean(60.0), Delay::Mean(20.0)),
+    ),
+];
+
+/// The canary's escalations arrive in 2s and its resolutions in 60s, the baseline's all at
+/// one pace: what arrives early in a step is richer in escalations for the canary alone.
+const SKEWED: (Delay, Delay) = (Delay::ByOutcome(2.0, 60.0), Delay::Mean(31.0));
+
 #[test]
 fn late_outcomes_with_equal_delays_keep_aa_within_alpha() {
-    let (sims, alpha) = (200, 0.05);
-    for (what, delays) in [
-        (
-            "equal exponential delays, mean 20s",
-            (Delay::Mean(20.0), Delay::Mean(20.0)),
-        ),
-        // Delays that differ but say nothing of the outcome leave each arrival a fair draw.
-        (
-            "canary 3x slower, whatever the outcome",
-            (Delay::Mean(60.0), Delay::Mean(20.0)),
-        ),
-    ] {
-        let n = rollbacks(sims, alpha, delays, 18);
+    let (sims, alpha) = (150, 0.05);
+    for (what, delays) in FAIR {
+        let n = rollbacks(sims, alpha, delays, Taken::StartedInStep, 18);
         assert!(
             n as f64 / sims as f64 <= alpha,
             "{what}: {n} of {sims} A/A rollouts rolled back"
@@ -127,14 +155,26 @@ fn late_outcomes_with_equal_delays_keep_aa_within_alpha() {
     }
 }
 
-/// The documented failure: escalations reach the canary's judge faster than its resolutions
-/// (and the baseline's come at one pace), so what arrives in a step is richer in escalations
-/// for the canary: an equal canary looks worse and is rolled back far more often than alpha.
+/// Why the guards take only conversations started in the step: after a raise, the canary's
+/// arrivals are its many new conversations' fast outcomes and its few old ones' slow ones, a
+/// mix the baseline (whose share barely moved) does not see. With delays that depend on the
+/// outcome, an equal canary then looks worse.
+#[test]
+fn arrivals_from_earlier_steps_would_bias_the_guard_across_a_ramp() {
+    let (sims, alpha) = (30, 0.05);
+    let n = rollbacks(sims, alpha, FAIR[1].1, Taken::All, 19);
+    assert!(
+        n as f64 / sims as f64 > 2.0 * alpha,
+        "{n} of {sims}: the bias did not show"
+    );
+}
+
+/// The documented limit: delays that depend on the outcome differently in each cohort bias
+/// the guard however arrivals are taken.
 #[test]
 fn outcome_dependent_delays_that_differ_bias_the_guard() {
-    let (sims, alpha) = (60, 0.05);
-    let delays = (Delay::ByOutcome(2.0, 60.0), Delay::Mean(31.0));
-    let n = rollbacks(sims, alpha, delays, 19);
+    let (sims, alpha) = (30, 0.05);
+    let n = rollbacks(sims, alpha, SKEWED, Taken::StartedInStep, 20);
     assert!(
         n as f64 / sims as f64 > 2.0 * alpha,
         "{n} of {sims}: the bias did not show"
@@ -146,22 +186,19 @@ fn outcome_dependent_delays_that_differ_bias_the_guard() {
 #[ignore]
 fn late_aa_long() {
     let sims = 1_000;
-    for (what, delays) in [
-        ("equal, mean 20s", (Delay::Mean(20.0), Delay::Mean(20.0))),
-        ("canary 3x slower", (Delay::Mean(60.0), Delay::Mean(20.0))),
-        (
-            "equal, by outcome (escalations 2s, resolutions 60s)",
-            (Delay::ByOutcome(2.0, 60.0), Delay::ByOutcome(2.0, 60.0)),
-        ),
-        (
-            "canary by outcome, baseline not",
-            (Delay::ByOutcome(2.0, 60.0), Delay::Mean(31.0)),
-        ),
-    ] {
-        let n = rollbacks(sims, 0.05, delays, 7);
-        println!(
-            "alpha 0.05, {what}: {n} of {sims} A/A rollouts rolled back ({:.1}%)",
-            100.0 * n as f64 / sims as f64
-        );
+    let cases = FAIR
+        .into_iter()
+        .chain([("canary by outcome, baseline not", SKEWED)]);
+    for (what, delays) in cases {
+        for (taken, how) in [
+            (Taken::StartedInStep, "started in the step"),
+            (Taken::All, "all arrivals"),
+        ] {
+            let n = rollbacks(sims, 0.05, delays, taken, 7);
+            println!(
+                "alpha 0.05, {what}, {how}: {n} of {sims} A/A rollouts rolled back ({:.1}%)",
+                100.0 * n as f64 / sims as f64
+            );
+        }
     }
 }
