@@ -627,3 +627,63 @@ async fn a_guard_with_include_late_counts_them_in_the_step_they_arrive_in() {
     assert_eq!(guards[1]["canary_samples"], 0, "{guards}");
     rig.running.shutdown().await;
 }
+
+#[tokio::test]
+async fn late_outcomes_of_an_earlier_step_are_counted_but_are_no_evidence_in_the_next() {
+    let mut rig = Rig::start(
+        "{id: v2, canary: canary, steps: [30, 60], soak: 1s, min_samples: 10, after: hold, \
+         guards: [{metric: escalation_rate, margin: 50, include_late: true}]}",
+        &[],
+    )
+    .await;
+    let first_step = wall_ms();
+    let events: Vec<Value> = (0..200)
+        .map(|k| {
+            event(
+                &format!("s0-{k}"),
+                &format!("c-{k}"),
+                "resolved",
+                first_step,
+            )
+        })
+        .collect();
+    assert_eq!(
+        rig.post(&Value::Array(events)).await.json()["accepted"],
+        200
+    );
+    // A step also needs its requests.
+    rig.send(200).await;
+    assert!(rig.tick(2), "the judge advanced");
+    assert_eq!(rig.canary_percent().await, 60.0);
+    let second_step = wall_ms();
+
+    // One conversation of each step, both canary under the split they started in.
+    let at_30 = [("stable", 7000), ("canary", 3000)];
+    let key = (0..)
+        .map(|k| format!("k-{k}"))
+        .find(|k| contract_cohort("agent", k.as_bytes(), &at_30) == "canary")
+        .unwrap();
+    let r = rig
+        .post(&json!([
+            event("old", &key, "escalated", first_step),
+            event("new", &key, "escalated", second_step),
+        ]))
+        .await;
+    assert_eq!(r.json()["accepted"], 2, "{}", r.text());
+    rig.tick(1);
+    let guards = &rig.admin("GET", "/rollouts", "").await.json()["rollouts"][0]["guards"];
+    assert_eq!(guards[0]["canary_samples"], 1, "{guards}");
+    assert_eq!(guards[0]["baseline_samples"], 0, "{guards}");
+    let labels = [
+        ("route", "agent"),
+        ("cohort", "canary"),
+        ("outcome", "escalated"),
+    ];
+    assert_eq!(
+        rig.scrape()
+            .await
+            .get("cohort_late_outcomes_total", &labels),
+        Some(2.0)
+    );
+    rig.running.shutdown().await;
+}
