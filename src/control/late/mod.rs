@@ -16,6 +16,8 @@ mod dedupe;
 pub mod endpoint;
 pub mod event;
 pub mod file;
+#[cfg(test)]
+mod tests;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};

@@ -69,12 +69,6 @@ pub(super) fn build(raw: &RawLateOutcomes) -> Result<LateSpec, TableError> {
             format!("{} is not from 1 to 100000", raw.max_events),
         ));
     }
-    if raw.max_clock_skew > raw.window {
-        return Err(bad(
-            "max_clock_skew",
-            "must not be longer than `window`".to_string(),
-        ));
-    }
     Ok(LateSpec {
         window: raw.window,
         max_clock_skew: raw.max_clock_skew,

@@ -58,13 +58,6 @@ fn late_outcome_limits_are_refused_at_their_field() {
         &["from 1"],
     );
     reject(
-        &with("  window: 1m\n  max_clock_skew: 2m\n"),
-        28,
-        19,
-        "late_outcomes.max_clock_skew",
-        &["window"],
-    );
-    reject(
         &with("  read_timeout: 1ms\n"),
         27,
         17,
