@@ -280,6 +280,26 @@ async fn late_outcomes_take_the_cohort_of_their_start_across_a_ramp_and_a_rollba
             .collect();
         assert_eq!(cohorts, wanted[s * 300..(s + 1) * 300], "span {s}");
     }
+    // Before the history began there is no answer, and the command says why.
+    let out = support::process::cohort(
+        &[
+            "assign",
+            "-c",
+            "cohort.yaml",
+            "--route",
+            "agent",
+            "--at",
+            "2020-01-01T00:00:00Z",
+            "k",
+        ],
+        &dir,
+    );
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no split of route \"agent\" is recorded"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // Unix seconds name the same moment.
     let secs = format!("{}", spans[1].middle() as f64 / 1000.0);
     let out = support::process::cohort(
