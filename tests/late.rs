@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 use support::late::{event, rfc3339, wall_ms, Rig, TOKEN};
-use support::{contract_cohort, fetch, h1_client, request, within};
+use support::{contract_cohort, fetch, h1_client, request};
 
 /// One span of real time in which the route served one split: `[from, to]`, canary width.
 struct Span {
@@ -230,10 +230,7 @@ async fn the_history_survives_a_restart_and_is_served_for_offline_attribution() 
     rig.running.shutdown().await;
 
     // Restarted on the same state directory: the first split is still known.
-    let options = cohort::app::Options { judge_every: None };
-    let running = within("restart", cohort::app::start_with(&path, options))
-        .await
-        .unwrap();
+    let running = support::start_unjudged(&path).await;
     let client = h1_client();
     let auth = format!("Bearer {TOKEN}");
     // user-3 (bucket 9955) was canary at 10% and is at 50%; user-2 (8756) only at 50%.

@@ -69,11 +69,7 @@ impl Rig {
         }
         let path = dir.path().join("cohort.yaml");
         std::fs::write(&path, config.yaml()).unwrap();
-        let options = cohort::app::Options { judge_every: None };
-        let running = match within("start", cohort::app::start_with(&path, options)).await {
-            Ok(r) => r,
-            Err(e) => panic!("proxy did not start: {e}"),
-        };
+        let running = super::start_unjudged(&path).await;
         Rig {
             public: running.listener("public").unwrap(),
             admin: running.admin_address,
