@@ -91,6 +91,7 @@ async fn every_bad_event_is_refused_with_its_reason_and_good_ones_count_once() {
     let again = rig.post(&ok("a")).await.json();
     assert_eq!(again["results"][0]["reason"], "duplicate");
     let scrape = rig.scrape().await;
+    scrape.assert_well_formed();
     let labels = [
         ("route", "agent"),
         ("cohort", "stable"),
