@@ -201,7 +201,12 @@ pub fn rfc3339_ms(s: &str) -> Option<u64> {
     };
     let offset_s: i64 = match zone {
         "Z" | "z" => 0,
-        z if z.len() == 6 && (z.starts_with('+') || z.starts_with('-')) && &z[3..4] == ":" => {
+        // ASCII first: the slices below are then on character boundaries.
+        z if z.len() == 6
+            && z.is_ascii()
+            && (z.starts_with('+') || z.starts_with('-'))
+            && &z[3..4] == ":" =>
+        {
             let h: i64 = z[1..3].parse().ok()?;
             let m: i64 = z[4..6].parse().ok()?;
             if h > 23 || m > 59 {
@@ -244,6 +249,21 @@ mod tests {
         let e =
             parse(&json!({"id": "e", "route": "r", "key": "k", "outcome": "o", "started_at": 1.5}));
         assert_eq!(e.map(|e| e.started_ms), Ok(1500));
+    }
+
+    proptest::proptest! {
+        // The sender's text never panics the reader, whatever its bytes.
+        #[test]
+        fn any_time_text_is_read_or_refused(s in "\\PC{0,40}", tail in "[+-]?.{0,6}") {
+            let _ = rfc3339_ms(&s);
+            let _ = rfc3339_ms(&format!("2026-12-07T09:30:00{tail}"));
+            let _ = parse(&json!({"id": s, "route": "r", "key": "k", "outcome": "o", "started_at": s}));
+        }
+    }
+
+    #[test]
+    fn a_multibyte_offset_is_refused_not_a_panic() {
+        assert_eq!(rfc3339_ms("2026-12-07T09:30:00+0\u{e9}:0"), None);
     }
 
     #[test]
