@@ -100,6 +100,10 @@ enum Command {
         config: PathBuf,
         #[arg(long)]
         route: String,
+        /// The cohort each key had at this time (RFC 3339 or unix seconds), read from the
+        /// percent history in the config's state_dir, as late outcomes are attributed.
+        #[arg(long)]
+        at: Option<String>,
         #[arg(required = true)]
         keys: Vec<String>,
     },
@@ -225,8 +229,15 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::Assign {
             config,
             route,
+            at: None,
             keys,
         } => assign(&config, &route, &keys),
+        Command::Assign {
+            config,
+            route,
+            at: Some(at),
+            keys,
+        } => assign_at(&config, &route, &at, &keys),
         Command::Demo { config, args } => {
             let (path, _keep) = match (config, args.rollout) {
                 (None, true) => {
@@ -312,6 +323,41 @@ fn assign(config: &Path, route: &str, keys: &[String]) -> anyhow::Result<ExitCod
     for key in keys {
         let bucket = cohort::routing::bands::bucket(key.as_bytes(), r.seed);
         println!("{key} {bucket} {}", r.cohorts[r.bands.lookup(bucket)].name);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `cohort assign --at`: the cohort of each key under the split `route` served at `at`, from
+/// the percent history in the config's `state_dir` (as `POST /outcomes` attributes).
+fn assign_at(config: &Path, route: &str, at: &str, keys: &[String]) -> anyhow::Result<ExitCode> {
+    let loaded = cohort::config::load(config)?;
+    let table =
+        cohort::routing::table::from_loaded(&loaded, &cohort::telemetry::Metrics::new(), None, 1)?;
+    let at_ms = cohort::control::late::event::rfc3339_ms(at)
+        .or_else(|| {
+            at.parse::<f64>()
+                .ok()
+                .filter(|s| s.is_finite() && *s >= 0.0 && *s < 1e11)
+                .map(|s| (s * 1000.0).round() as u64)
+        })
+        .with_context(|| format!("--at {at:?} is not an RFC 3339 time or unix seconds"))?;
+    let dir = table.state_dir.as_deref().with_context(|| {
+        format!(
+            "{} sets no state_dir, so no percent history is kept",
+            config.display()
+        )
+    })?;
+    let (history, _) = cohort::control::late::file::read(dir)?;
+    let entry = history.at(route, at_ms).map_err(|_| {
+        anyhow::anyhow!(
+            "no split of route {route:?} is recorded at or before {at} in {}",
+            dir.join(cohort::control::late::file::HISTORY_FILE)
+                .display()
+        )
+    })?;
+    for key in keys {
+        let (bucket, cohort) = entry.assign(key.as_bytes());
+        println!("{key} {bucket} {cohort}");
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -7,6 +7,7 @@
 
 pub(crate) mod duration;
 mod fleet;
+mod late;
 pub(crate) mod locate;
 mod pin;
 mod raw;
@@ -17,6 +18,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 pub use fleet::{RawFleet, RawFleetTls};
+pub use late::RawLateOutcomes;
 pub use pin::RawPin;
 pub use raw::{
     RawAdmin, RawAuthority, RawCertificate, RawConfig, RawKeySource, RawLimits, RawListener,

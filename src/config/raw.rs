@@ -12,6 +12,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::fleet::RawFleet;
+use super::late::RawLateOutcomes;
 use super::rollout::RawRollout;
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -49,6 +50,9 @@ pub struct RawConfig {
     pub state_dir: Option<PathBuf>,
     /// Replicas that run each rollout together, through NATS. Default: none (one process).
     pub fleet: Option<RawFleet>,
+    /// `POST /outcomes`: outcomes posted after the turn (see `late`).
+    #[serde(default)]
+    pub late_outcomes: RawLateOutcomes,
 }
 
 /// Edge limits and request hygiene; defaults follow Envoy's edge guidance.

@@ -70,6 +70,10 @@ pub struct RawGuard {
     /// answers, with the guard's alpha split across them.
     #[serde(default)]
     pub per_segment: bool,
+    /// Outcome guards: also count late outcomes (`POST /outcomes`) as observations of the
+    /// cohort they are attributed to, in the step in which they arrive.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub include_late: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
@@ -113,5 +117,6 @@ fn default_guards() -> Vec<RawGuard> {
         quantile: None,
         outcome: None,
         per_segment: false,
+        include_late: false,
     }]
 }

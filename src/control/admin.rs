@@ -89,6 +89,17 @@ impl Admin {
                 self.rollout_action(method, &path["/rollouts/".len()..])
                     .await
             }
+            (&Method::POST, "/outcomes") => {
+                crate::control::late::endpoint::post(
+                    self.control.late(),
+                    self.control.current(),
+                    req,
+                )
+                .await
+            }
+            (&Method::GET, "/outcomes/history") => {
+                crate::control::late::endpoint::history(self.control.late())
+            }
             (&Method::POST, "/reload") => {
                 let control = Arc::clone(&self.control);
                 let outcome = tokio::task::spawn_blocking(move || control.reload("admin")).await;
@@ -107,9 +118,11 @@ impl Admin {
                     Err(_) => reply(StatusCode::INTERNAL_SERVER_ERROR, TEXT, "reload task failed\n"),
                 }
             }
-            (_, "/metrics" | "/healthz" | "/readyz" | "/routes" | "/reload" | "/rollouts") => {
-                reply(StatusCode::METHOD_NOT_ALLOWED, TEXT, "method not allowed\n")
-            }
+            (
+                _,
+                "/metrics" | "/healthz" | "/readyz" | "/routes" | "/reload" | "/rollouts"
+                | "/outcomes" | "/outcomes/history",
+            ) => reply(StatusCode::METHOD_NOT_ALLOWED, TEXT, "method not allowed\n"),
             _ => reply(StatusCode::NOT_FOUND, TEXT, "not found\n"),
         }
     }

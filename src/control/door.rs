@@ -1,13 +1,14 @@
 //! The one door to the serving table: the `ArcSwap<RoutingTable>` the request path loads from,
 //! the serialisation of every swap (a reload from any trigger, a rollout's new percents from
-//! the judge or the admin endpoint), and what changed between two tables for the audit line.
+//! the judge or the admin endpoint), what changed between two tables for the audit line, and
+//! the one observer told of every table stored (the percent history of late outcomes).
 //!
 //! Owns: the store and its turn. Must not touch: how a new table is made (`reload` reads
 //! files, `rollout` rewrites percents), the request path (which only loads), sockets. It
 //! imports nothing of `control`, so both `reload` and `rollout` go through it without
 //! importing each other.
 
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use arc_swap::ArcSwap;
 
@@ -18,6 +19,14 @@ pub struct Door {
     /// Serialises swaps from signals, the admin endpoint, the watcher and the judge. Never
     /// taken on the request path.
     turn: Mutex<()>,
+    /// Told of every table stored, within the turn (the percent history of late outcomes).
+    observer: OnceLock<Arc<dyn Observer>>,
+}
+
+/// What wants to know of every table that begins serving, in the order they do: set once
+/// with [`Door::observe`], so the door names nothing of who listens.
+pub trait Observer: Send + Sync {
+    fn stored(&self, table: &RoutingTable);
 }
 
 /// One swap at a time: while a turn is held no other can store, so [`Turn::old`] is the
@@ -27,6 +36,7 @@ pub struct Turn<'a> {
     _one_at_a_time: MutexGuard<'a, ()>,
     /// The table serving when the turn began.
     pub old: Arc<RoutingTable>,
+    observer: Option<&'a Arc<dyn Observer>>,
 }
 
 impl Door {
@@ -34,7 +44,16 @@ impl Door {
         Door {
             table: Arc::new(ArcSwap::from_pointee(table)),
             turn: Mutex::new(()),
+            observer: OnceLock::new(),
         }
+    }
+
+    /// Sets the observer of every later store (once; a second is ignored), and tells it of
+    /// the serving table now.
+    pub fn observe(&self, observer: Arc<dyn Observer>) {
+        let _turn = self.enter();
+        observer.stored(&self.current());
+        let _ = self.observer.set(observer);
     }
 
     /// The shared handle the request path loads from.
@@ -54,6 +73,7 @@ impl Door {
             table: &self.table,
             _one_at_a_time: guard,
             old: self.table.load_full(),
+            observer: self.observer.get(),
         }
     }
 }
@@ -64,7 +84,11 @@ impl Turn<'_> {
     pub fn store(&self, new: RoutingTable) -> Vec<String> {
         let changes = diff(&self.old, &new);
         new.publish_gauges();
-        self.table.store(Arc::new(new));
+        let new = Arc::new(new);
+        self.table.store(Arc::clone(&new));
+        if let Some(o) = self.observer {
+            o.stored(&new);
+        }
         changes
     }
 }

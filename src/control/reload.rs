@@ -19,6 +19,7 @@ use arc_swap::ArcSwap;
 use crate::config::{self, ConfigError};
 use crate::control::door::Door;
 use crate::control::fleet::spec::{self as fleet, FleetSpec};
+use crate::control::late::Late;
 use crate::control::rollout::judge::Judged;
 use crate::control::rollout::{
     self, Action, ActionError, Decision, Now, Preflight, Rollouts, StateError,
@@ -60,6 +61,8 @@ pub struct Control {
     fleet: Option<FleetSpec>,
     /// The section as written at start: a reload that changes it is refused.
     fleet_raw: Option<config::RawFleet>,
+    /// Late outcomes, and the percent history the door keeps them told of.
+    late: Arc<Late>,
 }
 
 /// A reload that changes listeners or the admin address cannot be applied live.
@@ -123,8 +126,11 @@ impl Control {
         metrics.generation.set(1.0);
         tracing::info!(generation = 1, config_hash = %format_args!("{:016x}", table.config_hash), routes = table.routes.len(), file = %path.display(), "configuration loaded");
         let seen = fingerprint(path, &table).unwrap_or(0);
+        let late = Arc::new(Late::open(table.state_dir.as_deref(), &metrics));
+        let door = Door::new(table);
+        door.observe(Arc::clone(&late) as Arc<dyn crate::control::door::Observer>);
         Ok(Control {
-            door: Door::new(table),
+            door,
             metrics,
             path: path.to_path_buf(),
             last_error: Mutex::new(None),
@@ -132,7 +138,13 @@ impl Control {
             rollouts,
             fleet,
             fleet_raw: loaded.raw.fleet.clone(),
+            late,
         })
+    }
+
+    /// Late outcomes (`POST /outcomes`) and the percent history.
+    pub fn late(&self) -> &Late {
+        &self.late
     }
 
     /// The validated `fleet` section, if the file has one.

@@ -8,6 +8,7 @@
 //! below it to build each cohort's upstream.
 
 pub mod bands;
+pub mod history;
 pub mod key;
 pub(crate) mod overrides;
 pub mod pin;

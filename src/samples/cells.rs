@@ -23,6 +23,9 @@ pub struct Cells {
     inter_token: [AtomicU64; BINS],
     output_tokens: [AtomicU64; BINS],
     cost: [AtomicU64; BINS],
+    /// Late outcomes (posted after the turn, `control::late`) attributed to this cohort: not
+    /// part of any request, so outside the request counts' order.
+    late_outcomes: [AtomicU64; OUTCOME_SLOTS],
     /// Distinct keys this cohort served from its band (see `super::units`), and the epoch
     /// that marks this step's keys in the rollout's slots: new cells, a new epoch.
     units: AtomicU64,
@@ -65,6 +68,7 @@ impl Default for Cells {
             units: AtomicU64::new(0),
             epoch: next_epoch(),
             segments: Box::default(),
+            late_outcomes: zeros(),
         }
     }
 }
@@ -159,6 +163,11 @@ impl Cells {
         self.epoch
     }
 
+    /// Records one late outcome of this cohort (see [`Tally::late_outcomes`]).
+    pub fn record_late(&self, slot: OutcomeSlot) {
+        add(&self.late_outcomes[outcome_index(slot)]);
+    }
+
     /// A copy of every counter, read parts before wholes (see [`Cells::record`]): a request
     /// recorded meanwhile may show in its wholes and not yet in its parts, never the reverse,
     /// and is complete in the next snapshot.
@@ -188,6 +197,7 @@ impl Cells {
             cost,
             units: self.units.load(Ordering::Relaxed),
             segments: self.segments.iter().map(Cells::snapshot).collect(),
+            late_outcomes: read(&self.late_outcomes),
         }
     }
 }

@@ -117,6 +117,7 @@ impl Tally {
             output_tokens: keep(needs.output_tokens, &s.output_tokens),
             cost: keep(needs.cost, &s.cost),
             units: s.units,
+            late_outcomes: s.late_outcomes.clone(),
             segments: Vec::new(),
         };
         Tally {

@@ -37,6 +37,9 @@ pub struct Tally {
     /// A route with a segment: the same counts in each segment (its values, then `other`),
     /// whose own `segments` are empty; empty without one.
     pub segments: Vec<Tally>,
+    /// Late outcomes attributed to this cohort, per outcome slot ([`OUTCOME_SLOTS`] long):
+    /// outcome observations of guards with `include_late`, besides the answers'.
+    pub late_outcomes: Vec<u64>,
 }
 
 impl Default for Tally {
@@ -55,6 +58,7 @@ impl Default for Tally {
             cost: vec![0; BINS],
             units: 0,
             segments: Vec::new(),
+            late_outcomes: vec![0; OUTCOME_SLOTS],
         }
     }
 }
@@ -90,6 +94,7 @@ impl Tally {
             cost: each(&self.cost, &other.cost),
             units: f(self.units, other.units),
             segments: super::segmented::zip_segments(&self.segments, &other.segments, f),
+            late_outcomes: each(&self.late_outcomes, &other.late_outcomes),
         }
     }
 

@@ -9,10 +9,10 @@ use super::{
     OPEN_CONNECTIONS, OUTCOMES, OUTPUT_TOKENS, OVERRIDE_REJECTED, PARKED_CONNECTIONS, REJECTED,
     RELOADS, REQUESTS, SPLIT, TOKENS, TTFB, TTFT, UNROUTED, UPSTREAM_FAILURES, USAGE_ANSWERS,
 };
-use super::{PINNED, PINS_ISSUED, PIN_REJECTED};
+use super::{LATE_EVICTED, LATE_OUTCOMES, LATE_REFUSED, PINNED, PINS_ISSUED, PIN_REJECTED};
 
 /// Name, unit and help of each metric, described once when the registry is made.
-pub(super) const HELP: [(&str, Unit, &str); 26] = [
+pub(super) const HELP: [(&str, Unit, &str); 29] = [
         (
             TOKENS,
             Unit::Count,
@@ -142,5 +142,20 @@ pub(super) const HELP: [(&str, Unit, &str); 26] = [
             PIN_REJECTED,
             Unit::Count,
             "Conversation pins ignored (the request took its normal cohort), by route and reason.",
+        ),
+        (
+            LATE_OUTCOMES,
+            Unit::Count,
+            "Outcomes posted after the turn (POST /outcomes), by route, the cohort the key had when its conversation started, and outcome.",
+        ),
+        (
+            LATE_REFUSED,
+            Unit::Count,
+            "Late outcome events refused, by reason; a body refused whole (too large, too slow) counts once.",
+        ),
+        (
+            LATE_EVICTED,
+            Unit::Count,
+            "Remembered late-outcome event ids forgotten before their dedupe window ended, because max_remembered_ids was reached.",
         ),
     ];

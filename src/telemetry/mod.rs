@@ -47,6 +47,9 @@ pub const INTER_TOKEN: &str = "cohort_inter_token_seconds";
 pub const PINNED: &str = "cohort_pinned_requests_total";
 pub const PINS_ISSUED: &str = "cohort_pins_issued_total";
 pub const PIN_REJECTED: &str = "cohort_pin_rejected_total";
+pub const LATE_OUTCOMES: &str = "cohort_late_outcomes_total";
+pub const LATE_REFUSED: &str = "cohort_late_outcomes_refused_total";
+pub const LATE_EVICTED: &str = "cohort_late_outcomes_ids_evicted_total";
 
 /// The `kind` labels of `cohort_tokens_total`, in [`CohortMetrics::tokens`]' order.
 pub const TOKEN_KINDS: [&str; 3] = ["input", "output", "cached_input"];
@@ -140,6 +143,9 @@ pub struct CohortMetrics {
     /// (its values, then `other`), which replace the fields above (then never registered,
     /// so no series without the `segment` label). Empty otherwise.
     pub segments: Vec<SegmentMetrics>,
+    /// `cohort_late_outcomes_total`, aligned with the route's allowed outcome values (a late
+    /// outcome outside them is refused, so there is no `other`).
+    pub late_outcomes: Vec<Counter>,
 }
 
 /// Which outcome counter a backend's verdict lands in.
@@ -328,7 +334,26 @@ impl Metrics {
             ttft: histogram(TTFT),
             inter_token: histogram(INTER_TOKEN),
             segments: split,
+            late_outcomes: outcomes
+                .iter()
+                .map(|o| counter(LATE_OUTCOMES, with("outcome", o.clone())))
+                .collect(),
         }
+    }
+
+    /// `cohort_late_outcomes_refused_total`, one counter per `reasons` label, in their order.
+    pub fn late_refused<const N: usize>(&self, reasons: [&'static str; N]) -> [Counter; N] {
+        reasons.map(|r| {
+            let labels = vec![Label::new("reason", r)];
+            self.recorder
+                .register_counter(&Key::from_parts(LATE_REFUSED, labels), &METADATA)
+        })
+    }
+
+    /// `cohort_late_outcomes_ids_evicted_total`.
+    pub fn late_evicted(&self) -> Counter {
+        self.recorder
+            .register_counter(&Key::from_name(LATE_EVICTED), &METADATA)
     }
 
     /// Override rejections of one route, one counter per `reasons` label, in their order.

@@ -11,11 +11,12 @@
 //! | `process.rs` | the `cohort` binary run as a separate process |
 //! | `tls.rs` | a test CA, certificates, TLS clients |
 //! | `sim.rs` | the simulated agent backend of the rollout tests |
+//! | `late.rs` | the late-outcome tests' proxy, its admin calls and events |
 //! | `nats.rs` | a NATS JetStream cluster on loopback, for the fleet tests |
 //! | `fleet/` | several `cohort run` replicas on one NATS cluster: their configs and processes (`replica.rs`), admin reads, client-side sampling and the shared record over time (`observe.rs`) |
 //!
 //! This file keeps what they all share: the step timeout, header values as text, and the
-//! contract's assignment formula. Tests reach everything but `process`, `tls`, `sim`, `nats` and `fleet`
+//! contract's assignment formula. Tests reach everything but `process`, `tls`, `sim`, `nats`, `fleet` and `late`
 //! as `support::Name`; those they name by module.
 //!
 //! Every await that could hang goes through [`within`], so a broken proxy fails a test instead
@@ -27,6 +28,7 @@ pub mod bodies;
 pub mod client;
 pub mod config;
 pub mod fleet;
+pub mod late;
 pub mod mock;
 pub mod nats;
 pub mod process;

@@ -23,6 +23,16 @@ pub struct TestProxy {
     pub dir: tempfile::TempDir,
 }
 
+/// The proxy on the config file at `path`, with the rollout judge left to the test (it ticks
+/// `rollout::judge::tick` on a simulated clock).
+pub async fn start_unjudged(path: &std::path::Path) -> cohort::app::Running {
+    let options = cohort::app::Options { judge_every: None };
+    match within("start", cohort::app::start_with(path, options)).await {
+        Ok(r) => r,
+        Err(e) => panic!("proxy did not start: {e}"),
+    }
+}
+
 impl TestProxy {
     pub async fn start(yaml: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();

@@ -58,6 +58,18 @@ fn counts(t: &Tally, source: Rate) -> Counts {
         Rate::Outcome(slot) => {
             Counts::new(t.outcomes.get(slot).copied().unwrap_or(0), t.with_outcome)
         }
+        Rate::OutcomeWithLate(slot) => {
+            let late = t.late_outcomes.get(slot).copied().unwrap_or(0);
+            let late_all: u64 = t.late_outcomes.iter().sum();
+            Counts::new(
+                t.outcomes
+                    .get(slot)
+                    .copied()
+                    .unwrap_or(0)
+                    .saturating_add(late),
+                t.with_outcome.saturating_add(late_all),
+            )
+        }
     }
 }
 
@@ -375,5 +387,9 @@ mod tests {
         t.outcomes[1] = 4;
         assert_eq!(counts(&t, Rate::Errors), Counts::new(2, 10));
         assert_eq!(counts(&t, Rate::Outcome(1)), Counts::new(4, 8));
+        t.late_outcomes[1] = 3;
+        t.late_outcomes[0] = 2;
+        assert_eq!(counts(&t, Rate::Outcome(1)), Counts::new(4, 8));
+        assert_eq!(counts(&t, Rate::OutcomeWithLate(1)), Counts::new(7, 13));
     }
 }

@@ -15,13 +15,15 @@
 //! `stats` (the tests), `srm` (the sample ratio check), `guard` (a guard over tallies), `machine` (the pure state machine),
 //! `state` (files), `weights` (effective percents into a table, and through the door),
 //! `gauges` (metrics), `report` (JSON for the admin endpoints), `judge` (the task that ticks);
-//! test-only: `simulate`, `traffic` and `srm_sim` (Monte-Carlo checks).
+//! test-only: `simulate`, `traffic`, `srm_sim` and `late_sim` (Monte-Carlo checks).
 
 mod edit;
 pub mod follow;
 mod gauges;
 pub(crate) mod guard;
 pub mod judge;
+#[cfg(test)]
+mod late_sim;
 pub(crate) mod machine;
 mod preflight;
 mod reconcile;

@@ -132,6 +132,7 @@ fn guard(metric: RawGuardMetric, margin: Option<f64>, per_segment: bool) -> RawG
         quantile: None,
         outcome: None,
         per_segment,
+        include_late: false,
     }
 }
 

@@ -93,7 +93,7 @@ pub fn needs(spec: &RolloutSpec) -> Needs {
                 ..
             } => n.errors = true,
             GuardKind::Rate {
-                source: Rate::Outcome(_),
+                source: Rate::Outcome(_) | Rate::OutcomeWithLate(_),
                 ..
             } => n.outcomes = true,
             GuardKind::Latency { source, .. } => match source {

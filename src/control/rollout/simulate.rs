@@ -126,6 +126,7 @@ pub fn guard(metric: RawGuardMetric, relative_margin: Option<f64>) -> RawGuard {
         quantile: None,
         outcome: None,
         per_segment: false,
+        include_late: false,
     }
 }
 

@@ -100,6 +100,8 @@ pub enum Invalid {
     Pin { reason: String },
     #[error("{reason}")]
     Segment { reason: String },
+    #[error("{reason}")]
+    Late { reason: String },
 }
 
 pub(super) fn err(path: impl Into<String>, kind: Invalid) -> TableError {
@@ -312,6 +314,7 @@ impl TryFrom<TableInput<'_>> for RoutingTable {
                 routes.iter().map(|r| &r.matcher),
             )),
             routes,
+            late: super::late::build(&raw.late_outcomes)?,
         })
     }
 }

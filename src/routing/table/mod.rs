@@ -12,6 +12,9 @@ mod edge;
 mod index;
 #[cfg(test)]
 mod index_tests;
+pub mod late;
+#[cfg(test)]
+mod late_tests;
 mod pin;
 #[cfg(test)]
 mod pin_tests;
@@ -85,6 +88,8 @@ pub struct RoutingTable {
     pub state_dir: Option<std::path::PathBuf>,
     /// `routes` by host and path prefix, built with them (see `index.rs`).
     index: Arc<index::RouteIndex>,
+    /// `POST /outcomes`: its limits and windows.
+    pub late: late::LateSpec,
 }
 
 /// Connection-level limits, read by listeners for each new connection.

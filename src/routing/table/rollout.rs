@@ -181,6 +181,13 @@ pub fn build(
                 "the route has no `segment` to test this guard in",
             );
         }
+        if g.per_segment && g.include_late {
+            // A late outcome names a key and a time, never the segment of a turn.
+            return fail(
+                format!("guards[{j}].include_late"),
+                "late outcomes carry no segment: a per_segment guard cannot include them",
+            );
+        }
         let guard = guard(g, outcomes).map_err(|mut e| {
             e.field = match e.field.as_str() {
                 "" => format!("guards[{j}]"),
@@ -243,6 +250,12 @@ fn guard(g: &RawGuard, outcomes: &[String]) -> Result<Guard, SpecError> {
         return fail(
             "outcome",
             "only escalation_rate and resolution_rate guards take an outcome",
+        );
+    }
+    if g.include_late && !outcome_guard {
+        return fail(
+            "include_late",
+            "only escalation_rate and resolution_rate guards take include_late",
         );
     }
     if g.margin.is_some() && g.relative_margin.is_some() {
@@ -343,6 +356,9 @@ fn outcome_rate(g: &RawGuard, outcomes: &[String]) -> Result<(Rate, Worse, Strin
     } else {
         format!("{metric} ({value})")
     };
+    if g.include_late {
+        return Ok((Rate::OutcomeWithLate(slot), worse, format!("{name} +late")));
+    }
     Ok((Rate::Outcome(slot), worse, name))
 }
 
@@ -375,6 +391,8 @@ pub enum Rate {
     Errors,
     /// One outcome slot among the answers that carried an outcome.
     Outcome(usize),
+    /// The same, with the late outcomes attributed to the cohort (`include_late: true`).
+    OutcomeWithLate(usize),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -243,3 +243,25 @@ fn srm_alpha_defaults_to_a_thousandth_may_be_off_and_is_checked() {
         &["not a probability"],
     );
 }
+
+#[test]
+fn only_outcome_guards_include_late_outcomes() {
+    reject_guard(
+        &["metric: error_rate", "include_late: true"],
+        31,
+        25,
+        "include_late",
+        &["only escalation_rate and resolution_rate"],
+    );
+    let guard = "guards:\n        - metric: resolution_rate\n          include_late: true\n";
+    let t = accept(&with_rollout("", &format!("{BASIC}      {guard}")));
+    let g = &t.routes[0].rollout.as_ref().unwrap().guards[0];
+    assert_eq!(g.name, "resolution_rate +late");
+    assert!(matches!(
+        g.kind,
+        super::rollout::GuardKind::Rate {
+            source: super::rollout::Rate::OutcomeWithLate(0),
+            ..
+        }
+    ));
+}

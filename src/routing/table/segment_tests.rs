@@ -153,6 +153,18 @@ fn a_per_segment_guard_needs_a_segment_and_is_not_repeated() {
 }
 
 #[test]
+fn a_per_segment_guard_cannot_include_late_outcomes_which_carry_no_segment() {
+    let rollout = "    rollout:\n      id: v2\n      canary: canary\n      guards:\n        - {metric: escalation_rate, per_segment: true, include_late: true}\n";
+    reject(
+        &with_segment(CHANNEL, rollout),
+        33,
+        70,
+        "routes[0].rollout.guards[0].include_late",
+        &["late outcomes carry no segment"],
+    );
+}
+
+#[test]
 fn per_segment_histograms_are_bounded_for_the_fleet_reports() {
     let values: Vec<String> = (0..16).map(|i| format!("v{i}")).collect();
     let segment = format!(

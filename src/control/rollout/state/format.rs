@@ -97,6 +97,9 @@ pub struct SavedTally {
     /// segments (issue 18): files and reports from before have none.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub segments: Vec<SavedTally>,
+    // Added with late outcomes (issue 18).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub late_outcomes: Vec<(usize, u64)>,
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -136,6 +139,7 @@ impl From<&Tally> for SavedTally {
             cost: sparse(&t.cost),
             units: t.units,
             segments: t.segments.iter().map(SavedTally::from).collect(),
+            late_outcomes: sparse(&t.late_outcomes),
         }
     }
 }
@@ -172,6 +176,7 @@ impl SavedTally {
             cost: dense(&self.cost, BINS, "cost bin")?,
             units: self.units,
             segments: self.dense_segments()?,
+            late_outcomes: dense(&self.late_outcomes, OUTCOME_SLOTS, "late outcome")?,
         })
     }
 
