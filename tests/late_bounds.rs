@@ -76,7 +76,8 @@ async fn every_bad_event_is_refused_with_its_reason_and_good_ones_count_once() {
             "malformed",
             "malformed",
             "malformed",
-            "pin_unsupported",
+            // The route does not pin conversations.
+            "bad_pin",
         ]
     );
     assert_eq!(

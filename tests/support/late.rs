@@ -46,11 +46,28 @@ impl Rig {
     /// The route `agent` (stable, canary) with `rollout` when not empty, `late` lines under
     /// `late_outcomes:`, the admin token, and the judge left to the test.
     pub async fn start(rollout: &str, late: &[&str]) -> Rig {
+        Rig::with_route(rollout, late, &[], &[]).await
+    }
+
+    /// The same, with `route` lines added to the route, and `files` (name, contents) written
+    /// beside the config first.
+    pub async fn with_route(
+        rollout: &str,
+        late: &[&str],
+        route_lines: &[&str],
+        files: &[(&str, &str)],
+    ) -> Rig {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("token"), TOKEN).unwrap();
+        for (name, text) in files {
+            std::fs::write(dir.path().join(name), text).unwrap();
+        }
         let stable = MockUpstream::json("stable").await;
         let canary = MockUpstream::json("canary").await;
         let mut route = Route::new("agent").key("header: x-user-id");
+        for l in route_lines {
+            route = route.set(l);
+        }
         if !rollout.is_empty() {
             route = route.set(&format!("rollout: {rollout}"));
         }

@@ -31,16 +31,40 @@ pub struct Context<'a> {
     pub now_ms: u64,
 }
 
-/// HOOK for the lead's merge with conversation pins (`routing/pin.rs`, another branch): the
-/// cohort a valid pin of `route` names, by index. A pin carries the cohort that served the
-/// conversation, so it needs no history; a forged, expired or foreign pin, or one to a cohort
-/// the route no longer has, is refused here. Until pins are merged every pin is refused
-/// (`pin_unsupported`) rather than guessed at.
-fn pin_cohort(_route: &Route, _pin: &str) -> Result<usize, Refusal> {
-    Err(refuse(
-        Reason::PinUnsupported,
-        "this build does not read conversation pins yet: post the key",
-    ))
+/// The cohort a genuine pin of `route` names, by index. A pin carries the cohort that served
+/// the conversation, so it needs no history. Its expiry is no matter here: it bounds how long
+/// the pin routes, and outcomes come later than that; the route's `window` bounds them
+/// instead. Its rollout id is no matter either, as a key's attribution does not ask which
+/// rollout was running. A pin the route's secrets did not sign, another route's, or any pin
+/// on a route that does not pin, is refused; so is one to a cohort the route no longer has.
+fn pin_cohort(route: &Route, value: &str) -> Result<usize, Refusal> {
+    let Some(spec) = &route.pin else {
+        return Err(refuse(
+            Reason::BadPin,
+            "the route does not pin conversations (no `pin` section): post the key",
+        ));
+    };
+    let pin = crate::routing::pin::genuine(&spec.secrets, value.as_bytes()).map_err(|r| {
+        refuse(
+            Reason::BadPin,
+            format!("not a genuine pin of this route ({})", r.as_str()),
+        )
+    })?;
+    if pin.route != route.name {
+        return Err(refuse(
+            Reason::BadPin,
+            format!("a pin of route {:?}, not of this one", pin.route),
+        ));
+    }
+    route.cohort_index(pin.cohort.as_bytes()).ok_or_else(|| {
+        refuse(
+            Reason::CohortGone,
+            format!(
+                "the pin's cohort {:?} is no longer among the route's",
+                pin.cohort
+            ),
+        )
+    })
 }
 
 /// Checks `event` and, when it passes, counts it; what it was counted as.

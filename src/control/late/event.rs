@@ -25,8 +25,9 @@ pub enum Reason {
     /// The cohort the key had then is no longer among the route's.
     CohortGone,
     Duplicate,
-    /// A pin was given, and this build cannot read pins yet.
-    PinUnsupported,
+    /// A pin was given that is not a genuine pin of the route: malformed, signed with no
+    /// secret of its `pin.secret_file`, another route's, or the route does not pin.
+    BadPin,
     /// Whole bodies: larger than `max_body_bytes` or with more than `max_events`.
     TooLarge,
     /// Whole bodies: not all there within `read_timeout`.
@@ -43,7 +44,7 @@ impl Reason {
         Reason::NoHistory,
         Reason::CohortGone,
         Reason::Duplicate,
-        Reason::PinUnsupported,
+        Reason::BadPin,
         Reason::TooLarge,
         Reason::ReadTimeout,
     ];
@@ -58,7 +59,7 @@ impl Reason {
             Reason::NoHistory => "no_history",
             Reason::CohortGone => "cohort_gone",
             Reason::Duplicate => "duplicate",
-            Reason::PinUnsupported => "pin_unsupported",
+            Reason::BadPin => "bad_pin",
             Reason::TooLarge => "too_large",
             Reason::ReadTimeout => "read_timeout",
         }
