@@ -19,6 +19,7 @@
 mod support;
 
 mod common;
+mod history;
 mod outage;
 mod srm;
 mod takeover;
