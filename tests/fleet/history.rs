@@ -1,6 +1,7 @@
-//! The percent history through the fleet (issue 18, late outcomes): a replica that comes up
-//! after a step change, with no history of its own from before, attributes a late outcome of
-//! a conversation that started before it came up exactly as a replica that was there.
+//! The percent history through the fleet (issue 18, late outcomes): replicas that come up
+//! after a step change, one restarted on its own (stale) history, one with none, attribute a
+//! late outcome of a conversation that started before they came up exactly as the replica
+//! that was there.
 
 use std::time::Duration;
 
@@ -28,7 +29,7 @@ async fn post(r: &Replica, events: &[Value]) -> Value {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_replica_up_after_a_step_attributes_as_the_replica_that_was_there() {
+async fn replicas_up_after_a_step_attribute_as_the_replica_that_was_there() {
     let _one = one_at_a_time().await;
     let rollout = "{id: hs-v1, canary: canary, steps: [10, 50, 100], soak: 4s, min_samples: 20, \
                    guards: [{metric: error_rate, margin: 5}]}";
@@ -42,7 +43,9 @@ async fn a_replica_up_after_a_step_attributes_as_the_replica_that_was_there() {
                 r["step"] == 0
             })
             .await;
-        // r3 goes away, and loses its own history: it comes back as a new replica would.
+        // r2 and r3 go away; r3 loses its own history, to come back as a new replica would,
+        // and r2's ends at step 0.
+        fleet.replicas[1].stop().await;
         fleet.replicas[2].stop().await;
         let file = fleet.replicas[2].state_dir.join("percent-history.jsonl");
         assert!(file.exists(), "r3 kept no history file");
@@ -71,9 +74,9 @@ async fn a_replica_up_after_a_step_attributes_as_the_replica_that_was_there() {
         assert_eq!((moved.len(), stayed.len()), (6, 6));
         tokio::time::sleep(Duration::from_millis(300)).await;
         let up_ms = now_ms();
-        fleet.replicas[2].start().await;
+        fleet.start_all().await;
         fleet
-            .until_synced("r3 synced", Duration::from_secs(20), |_| true)
+            .until_synced("r2 and r3 synced", Duration::from_secs(20), |_| true)
             .await;
         // Its first heartbeat has read the shared history by now; one more for slack.
         tokio::time::sleep(fleet.timings.heartbeat * 2).await;
@@ -88,13 +91,15 @@ async fn a_replica_up_after_a_step_attributes_as_the_replica_that_was_there() {
                 .collect()
         };
         let there = post(&fleet.replicas[0], &events("r1")).await;
+        let restarted = post(&fleet.replicas[1], &events("r2")).await;
         let new = post(&fleet.replicas[2], &events("r3")).await;
         eprintln!(
-            "step 1 from {switched_ms}, conversations started {started_ms}, r3 up at {up_ms}"
+            "step 1 from {switched_ms}, conversations started {started_ms}, r2 and r3 up at {up_ms}"
         );
-        eprintln!("r1: {there}\nr3: {new}");
-        assert_eq!(there["accepted"], 12, "r1: {there:#}");
-        assert_eq!(new["accepted"], 12, "r3: {new:#}");
+        eprintln!("r1: {there}\nr2: {restarted}\nr3: {new}");
+        for (id, v) in [("r1", &there), ("r2", &restarted), ("r3", &new)] {
+            assert_eq!(v["accepted"], 12, "{id}: {v:#}");
+        }
         let results = |v: &Value| -> Vec<(Value, Value, Value)> {
             v["results"]
                 .as_array()
@@ -110,7 +115,8 @@ async fn a_replica_up_after_a_step_attributes_as_the_replica_that_was_there() {
                 .collect()
         };
         assert_eq!(results(&there), results(&new));
-        // And both by the public formula over the fleet's percents at started_at, with the
+        assert_eq!(results(&there), results(&restarted));
+        // And all by the public formula over the fleet's percents at started_at, with the
         // split stamped at the record's effective time.
         for (k, (cohort, _, since)) in moved.iter().chain(&stayed).zip(results(&new)) {
             let want = if in_canary(k, step_bp) {
