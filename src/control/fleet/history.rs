@@ -133,6 +133,11 @@ impl Copies {
         self.add(route, &theirs, cutoff_ms)
     }
 
+    /// Every route with a copy.
+    pub fn routes(&self) -> Vec<String> {
+        self.routes.keys().cloned().collect()
+    }
+
     /// Routes whose copy holds what the bucket lacks (or was never read).
     pub fn pending(&self) -> Vec<String> {
         self.routes

@@ -357,18 +357,22 @@ impl<J: Judged + Keeps> Task<J> {
         }
     }
 
-    /// Writes each route's shared history that holds what the bucket lacks.
+    /// Writes each route's shared history that holds what the bucket lacks, and takes every
+    /// copy in again: what this replica served on its own since (a stale spell, its start)
+    /// gives way to the fleet's splits even when no change came with contact.
     async fn push_history(&mut self) {
         let cutoff = history::cutoff(&self.on.door().current(), wall_ms());
         let engine = Arc::clone(&self.fleet.engine);
         for route in self.history.pending() {
             match self.history.push(engine.as_ref(), &route, cutoff).await {
-                Ok(true) => self.adopt(&route),
-                Ok(false) => {}
+                Ok(_) => {}
                 Err(e) => {
                     tracing::debug!(route, error = %e, "fleet: the shared percent history not written");
                 }
             }
+        }
+        for route in self.history.routes() {
+            self.adopt(&route);
         }
     }
 
