@@ -308,6 +308,12 @@ fn owners(table: &RoutingTable) -> Vec<(String, Vec<String>)> {
         .collect()
 }
 
+impl crate::control::fleet::history::Keeps for Control {
+    fn late(&self) -> &Late {
+        &self.late
+    }
+}
+
 impl Judged for Control {
     fn rollouts(&self) -> &Rollouts {
         &self.rollouts

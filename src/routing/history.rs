@@ -10,6 +10,9 @@ use serde::{Deserialize, Serialize};
 
 use super::bands::{self, Bands, BUCKETS};
 
+#[path = "history_shared.rs"]
+pub mod shared;
+
 /// One cohort of a recorded split.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -12,13 +12,15 @@
 //!
 //! The tests are split by what they put the fleet through: `walk` (steps and a rollback),
 //! `takeover` (a judge killed, a replica restarted), `outage` (NATS nodes down) and `srm` (a
-//! broken split halts the fleet); `common`
+//! broken split halts the fleet), `history` (late outcomes attributed alike through the shared
+//! percent history); `common`
 //! holds the checks they share.
 
 #[path = "../support/mod.rs"]
 mod support;
 
 mod common;
+mod history;
 mod outage;
 mod srm;
 mod takeover;

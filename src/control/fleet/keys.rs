@@ -10,6 +10,7 @@
 //! | `beat.<replica>` | the replica's heartbeat ([`super::run::Beat`]) | that replica |
 //! | `report.<route>.<replica>` | its counts for the step (`pooled::Report`) | that replica |
 //! | `judge.<route>` | the judge's progress in the step, for a successor | the judge |
+//! | `history.<route>` | the route's percent history as the fleet put it in force (`history`) | anyone, by compare-and-swap |
 
 /// The one lease: one judge per fleet.
 pub const LEASE: &str = "lease.judge";
@@ -65,6 +66,10 @@ pub fn judge(route: &str) -> String {
     format!("judge.{}", token(route))
 }
 
+pub fn history(route: &str) -> String {
+    format!("history.{}", token(route))
+}
+
 /// What a key is about.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Key {
@@ -73,6 +78,7 @@ pub enum Key {
     Beat(String),
     Report { route: String, replica: String },
     Judge(String),
+    History(String),
 }
 
 /// The meaning of a key of the bucket; `None` for a key cohort does not write.
@@ -88,6 +94,7 @@ pub fn parse(key: &str) -> Option<Key> {
     match (kind, b) {
         ("route", None) => route_of(a).map(Key::Route),
         ("judge", None) => route_of(a).map(Key::Judge),
+        ("history", None) => route_of(a).map(Key::History),
         ("beat", None) => Some(Key::Beat(a.to_string())),
         ("report", Some(replica)) => Some(Key::Report {
             route: route_of(a)?,
@@ -128,6 +135,7 @@ mod tests {
         assert_eq!(parse(LEASE), Some(Key::Lease));
         assert_eq!(parse(&route("a.b")), Some(Key::Route("a.b".into())));
         assert_eq!(parse(&judge("agent")), Some(Key::Judge("agent".into())));
+        assert_eq!(parse(&history("a b")), Some(Key::History("a b".into())));
         assert_eq!(parse(&beat("r1")), Some(Key::Beat("r1".into())));
         assert_eq!(
             parse(&report("agent", "r2")),

@@ -12,7 +12,9 @@
 //! through `door` at its effective time (within a second of seeing it), heartbeats the
 //! versions it serves, publishes its step's counts, writes its own rollbacks and new rollout
 //! ids, and, while it holds the lease, judges the pooled counts (`judge`) and writes the
-//! verdicts; without contact for `stale_after` every canary goes to 0% here. Every write of
+//! verdicts; without contact for `stale_after` every canary goes to 0% here. It also shares
+//! the percent history each record change put in force (`history`), which late outcomes are
+//! attributed with. Every write of
 //! a record goes through `shared::Fleet::write` (read, `record::propose`, compare-and-swap),
 //! operators' actions too. The key layout is in `keys`.
 //!
@@ -21,6 +23,7 @@
 //! `reload` or `admin` (they import this).
 
 pub mod engine;
+pub mod history;
 pub mod judge;
 pub mod keys;
 pub mod lease;

@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 use super::engine::{Change as KvChange, Changes, EngineError, Revision};
+use super::history::{self, Copies, Keeps};
 use super::judge::{Judging, Verdict};
 use super::keys::{self, Key};
 use super::lease::{wall_ms, Lease};
@@ -75,10 +76,12 @@ struct Task<J> {
     stale: bool,
     /// Ids whose record holds another, logged once each.
     behind: BTreeSet<String>,
+    /// The shared percent history of each route, as this replica has it.
+    history: Copies,
 }
 
 /// Runs the fleet task until `abort`.
-pub async fn run<J: Judged>(fleet: Arc<Fleet>, on: Arc<J>, abort: CancellationToken) {
+pub async fn run<J: Judged + Keeps>(fleet: Arc<Fleet>, on: Arc<J>, abort: CancellationToken) {
     let lease = Lease::new(
         Arc::clone(&fleet.engine),
         keys::LEASE,
@@ -107,6 +110,7 @@ pub async fn run<J: Judged>(fleet: Arc<Fleet>, on: Arc<J>, abort: CancellationTo
         connected: false,
         stale: false,
         behind: BTreeSet::new(),
+        history: Copies::default(),
     };
     let mut beat = tokio::time::interval(t.fleet.spec.heartbeat);
     beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -165,7 +169,7 @@ async fn next(watch: &mut Option<Changes>) -> Option<Result<KvChange, EngineErro
     }
 }
 
-impl<J: Judged> Task<J> {
+impl<J: Judged + Keeps> Task<J> {
     /// Until the next record change comes into force (a minute when none is pending).
     fn next_switch(&self) -> Duration {
         let now = wall_ms();
@@ -215,6 +219,15 @@ impl<J: Judged> Task<J> {
                     self.beats.remove(&replica);
                 }
             },
+            Some(Key::History(route)) => {
+                let cutoff = history::cutoff(&self.on.door().current(), wall_ms());
+                if self
+                    .history
+                    .learned(&route, c.value.as_deref(), c.revision, cutoff)
+                {
+                    self.adopt(&route);
+                }
+            }
             Some(Key::Report { route, replica }) => match c.value.map(|b| Report::decode(&b)) {
                 Some(Ok(r)) => {
                     self.reports.insert((route, replica), r);
@@ -304,6 +317,11 @@ impl<J: Judged> Task<J> {
                 }
                 if in_force && self.applied.get(route) != Some(&r.version) {
                     self.applied.insert(route.to_string(), r.version);
+                    // Stamped with the record's effective time, not this replica's switch:
+                    // the same entry on every replica.
+                    let table = self.on.door().current();
+                    let decided = history::served(&table, route, r.effective_at_ms)
+                        .is_some_and(|e| self.history.decided(e, history::cutoff(&table, now)));
                     // The lag of a decision this task saw happen: not of a claim (no new
                     // percent), nor of a record read at start or on rejoining.
                     // From when the change could be served: its effective time, or its
@@ -319,6 +337,9 @@ impl<J: Judged> Task<J> {
                     }
                     self.fleet.metrics.count(Event::Applied);
                     tracing::info!(route, id = %r.plan.id, version = r.version, state = %r.phase, step = r.step, percent = f64::from(shared.percent) / 100.0, lag_ms, "fleet: record applied");
+                    if decided {
+                        self.adopt(route);
+                    }
                 }
             }
             Follow::OtherId => {
@@ -326,6 +347,32 @@ impl<J: Judged> Task<J> {
                 self.on.rollouts().apply(self.on.door(), "fleet");
             }
             Follow::KeptRollback | Follow::Absent => {}
+        }
+    }
+
+    /// Takes the route's shared history into the one late outcomes are attributed with.
+    fn adopt(&self, route: &str) {
+        if self.on.door().current().route(route).is_some() {
+            self.on.late().adopt(route, self.history.of(route));
+        }
+    }
+
+    /// Writes each route's shared history that holds what the bucket lacks, and takes every
+    /// copy in again: what this replica served on its own since (a stale spell, its start)
+    /// gives way to the fleet's splits even when no change came with contact.
+    async fn push_history(&mut self) {
+        let cutoff = history::cutoff(&self.on.door().current(), wall_ms());
+        let engine = Arc::clone(&self.fleet.engine);
+        for route in self.history.pending() {
+            match self.history.push(engine.as_ref(), &route, cutoff).await {
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::debug!(route, error = %e, "fleet: the shared percent history not written");
+                }
+            }
+        }
+        for route in self.history.routes() {
+            self.adopt(&route);
         }
     }
 
@@ -406,6 +453,7 @@ impl<J: Judged> Task<J> {
         for l in &locals {
             self.for_local(l).await;
         }
+        self.push_history().await;
         self.lease_round().await;
         // A judge that cannot trust its watch cannot tell a live replica from a dead one (it
         // would think itself alone): it decides nothing until the watch delivers again.

@@ -20,7 +20,7 @@ use crate::control::rollout::follow::Local;
 use crate::control::rollout::judge::Judged;
 use crate::samples::Tally;
 
-impl<J: Judged> Task<J> {
+impl<J: Judged + super::Keeps> Task<J> {
     /// Renews or takes the lease; on taking it, claims every record so that a former
     /// judge's writes are refused from then on.
     pub(super) async fn lease_round(&mut self) {

@@ -9,13 +9,15 @@
 //! the request path, the rollouts' state (it only adds to the late cells of a judged cohort).
 //!
 //! Parts: `event` (the body's shape, refusal reasons), `attribute` (the checks and the count),
-//! `dedupe` (ids), `file` (the history on disk), `endpoint` (HTTP).
+//! `dedupe` (ids), `file` (the history on disk), `endpoint` (HTTP), `shared` (the fleet's
+//! history taken in).
 
 mod attribute;
 mod dedupe;
 pub mod endpoint;
 pub mod event;
 pub mod file;
+mod shared;
 #[cfg(test)]
 mod tests;
 
