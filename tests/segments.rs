@@ -276,11 +276,7 @@ fn channel(i: u64) -> Option<&'static str> {
 
 impl Rig {
     async fn start(path: &Path) -> Rig {
-        let options = cohort::app::Options { judge_every: None };
-        let running = match within("start", cohort::app::start_with(path, options)).await {
-            Ok(r) => r,
-            Err(e) => panic!("proxy did not start: {e}"),
-        };
+        let running = support::start_unjudged(path).await;
         Rig {
             public: running.listener("public").unwrap(),
             admin: running.admin_address,

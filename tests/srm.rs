@@ -57,11 +57,7 @@ impl Rig {
         );
         let dir = tempfile::tempdir().unwrap();
         let path = write_config(dir.path(), &backends.0, &backends.1);
-        let options = cohort::app::Options { judge_every: None };
-        let running = match within("start", cohort::app::start_with(&path, options)).await {
-            Ok(r) => r,
-            Err(e) => panic!("proxy did not start: {e}"),
-        };
+        let running = support::start_unjudged(&path).await;
         Rig {
             public: running.listener("public").unwrap(),
             admin: running.admin_address,
@@ -114,11 +110,7 @@ impl Rig {
         } = self;
         running.shutdown().await;
         let path = dir.path().join("cohort.yaml");
-        let options = cohort::app::Options { judge_every: None };
-        let running = match within("restart", cohort::app::start_with(&path, options)).await {
-            Ok(r) => r,
-            Err(e) => panic!("proxy did not restart: {e}"),
-        };
+        let running = support::start_unjudged(&path).await;
         Rig {
             public: running.listener("public").unwrap(),
             admin: running.admin_address,

@@ -12,7 +12,7 @@ use std::time::Duration;
 use cohort::control::rollout::{judge, Now};
 use serde_json::Value;
 use support::sim::{Behaviour, SimBackend};
-use support::{bearer_request, contract_cohort, fetch, get, h1_client, within, Config, Route};
+use support::{bearer_request, contract_cohort, fetch, get, h1_client, Config, Route};
 
 const HEADER: &str = "x-cohort-pin";
 
@@ -47,10 +47,7 @@ async fn pinned_turns_after_a_step_are_no_units_and_a_sound_split_does_not_halt(
         .yaml();
     let path = dir.path().join("cohort.yaml");
     std::fs::write(&path, yaml).unwrap();
-    let options = cohort::app::Options { judge_every: None };
-    let running = within("start", cohort::app::start_with(&path, options))
-        .await
-        .unwrap();
+    let running = support::start_unjudged(&path).await;
     let (public, admin) = (running.listener("public").unwrap(), running.admin_address);
     let client = h1_client();
     let rollout = || async {

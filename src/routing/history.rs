@@ -158,7 +158,8 @@ impl History {
 mod tests {
     use super::*;
 
-    fn entry(at: u64, canary: u32) -> Entry {
+    /// A two-cohort split of `agent` at `at` (also `shared`'s tests').
+    pub(super) fn entry(at: u64, canary: u32) -> Entry {
         Entry {
             route: "agent".into(),
             at_unix_ms: at,

@@ -1,23 +1,5 @@
-use super::super::{Share, BUCKETS};
+use super::super::tests::entry;
 use super::*;
-
-fn entry(at: u64, canary: u32) -> Entry {
-    Entry {
-        route: "agent".into(),
-        at_unix_ms: at,
-        salt: "agent".into(),
-        cohorts: vec![
-            Share {
-                cohort: "stable".into(),
-                weight: BUCKETS - canary,
-            },
-            Share {
-                cohort: "canary".into(),
-                weight: canary,
-            },
-        ],
-    }
-}
 
 fn weights(entries: &[Entry]) -> Vec<(u64, u32)> {
     entries
